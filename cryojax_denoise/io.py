@@ -1,0 +1,378 @@
+"""MRC stacks and RELION STAR files: reading with checks, writing atomically.
+
+Every reader raises `InputError` with the file and the problem; every writer writes
+to a temporary name beside the target and renames it when complete, so a crash never
+leaves a half-written file and an existing input is never overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import starfile
+
+from cryojax_denoise.errors import InputError
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str):
+  """Yields a temporary path beside `path`; renames it onto `path` only on success."""
+  directory = os.path.dirname(os.path.abspath(path)) or "."
+  os.makedirs(directory, exist_ok=True)
+  base = os.path.basename(path)
+  fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + os.path.splitext(base)[1], dir=directory)
+  os.close(fd)
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  with atomic_path(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+
+
+def check_not_input(output: str, *inputs: str) -> None:
+  """Refuses an output path that is one of the inputs (we never overwrite user data)."""
+  for inp in inputs:
+    if inp and os.path.exists(output) and os.path.exists(inp) and os.path.samefile(output, inp):
+      raise InputError(f"{output}: output path is the input file; choose another output")
+    if inp and os.path.abspath(output) == os.path.abspath(inp):
+      raise InputError(f"{output}: output path is the input file; choose another output")
+
+
+def write_stack(path: str, images, pixel_size: float) -> None:
+  """Writes (N, H, W) float32 images as an MRC image stack with the pixel size (Å) in the header."""
+  images = np.asarray(images, dtype=np.float32)
+  if images.ndim == 2:
+    images = images[None]
+  with atomic_path(path) as tmp:
+    with mrcfile.new(tmp, overwrite=True) as mrc:
+      mrc.set_data(images)
+      mrc.set_image_stack()
+      mrc.voxel_size = float(pixel_size)
+
+
+def write_volume(path: str, volume, pixel_size: float) -> None:
+  """Writes a (D, H, W) float32 map as an MRC volume with the voxel size (Å) in the header."""
+  with atomic_path(path) as tmp:
+    with mrcfile.new(tmp, overwrite=True) as mrc:
+      mrc.set_data(np.asarray(volume, dtype=np.float32))
+      mrc.set_volume()
+      mrc.voxel_size = float(pixel_size)
+
+
+class StackWriter:
+  """Writes a large (N, H, W) stack in batches without holding it in memory; atomic on close.
+
+  Use as a context manager; the file appears at `path` only when every image was written.
+  """
+
+  def __init__(self, path: str, n: int, shape: tuple[int, int], pixel_size: float):
+    self.path, self.n, self.shape, self.pixel_size = path, n, shape, pixel_size
+    self._ctx = atomic_path(path)
+    self._written = 0
+
+  def __enter__(self):
+    self._tmp = self._ctx.__enter__()
+    mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, *self.shape), mrc_mode=2, overwrite=True)
+    mrc.set_image_stack()
+    mrc.voxel_size = float(self.pixel_size)
+    self._mrc = mrc
+    return self
+
+  def write(self, start: int, images) -> None:
+    images = np.asarray(images, dtype=np.float32)
+    self._mrc.data[start:start + len(images)] = images
+    self._written += len(images)
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is None and self._written != self.n:
+      exc_type = RuntimeError
+      exc = RuntimeError(f"{self.path}: wrote {self._written} of {self.n} images")
+    if exc_type is None:
+      self._mrc.update_header_stats()
+    self._mrc.close()
+    if exc_type is not None:
+      self._ctx.__exit__(exc_type, exc, tb)
+      if isinstance(exc, RuntimeError) and exc_type is RuntimeError and tb is None:
+        raise exc
+      return False
+    self._ctx.__exit__(None, None, None)
+    return False
+
+
+# ---------------------------------------------------------------------------- reading MRC
+
+
+def _open_mrc(path: str, mmap: bool):
+  if not os.path.exists(path):
+    raise InputError(f"{path}: file not found")
+  if os.path.isdir(path):
+    raise InputError(f"{path}: is a folder, expected an MRC file")
+  if os.path.getsize(path) == 0:
+    raise InputError(f"{path}: empty file, expected an MRC file")
+  opener = mrcfile.mmap if mmap else mrcfile.open
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      return opener(path, mode="r", permissive=False)
+  except ValueError as e:
+    strict_msg = str(e).split("\n")[0]
+  except Exception as e:  # noqa: BLE001 - mrcfile raises many types on garbage
+    raise InputError(f"{path}: not a readable MRC file ({type(e).__name__}: {e})") from None
+  # Older writers (some RELION/EMAN stacks) omit the MAP ID string: accept them when the
+  # header is otherwise sane and the data block matches the file size.
+  try:
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      mrc = opener(path, mode="r", permissive=True)
+  except Exception as e:  # noqa: BLE001
+    raise InputError(f"{path}: not an MRC file ({strict_msg})") from None
+  h = mrc.header
+  sane = mrc.data is not None and 0 < int(h.nx) < 2**20 and 0 < int(h.ny) < 2**20 and 0 <= int(h.nz) < 2**31
+  if not sane:
+    messages = " ".join(str(w.message).split("\n")[0] for w in caught)
+    mrc.close()
+    if "too short" in messages or "smaller than expected" in messages:
+      raise InputError(f"{path}: truncated MRC file ({messages})")
+    raise InputError(f"{path}: not an MRC file ({strict_msg})")
+  return mrc
+
+
+def read_pixel_size(path: str) -> float:
+  """Pixel (voxel) size in Å from the MRC header; 0.0 when the header does not say."""
+  mrc = _open_mrc(path, mmap=True)
+  try:
+    return float(mrc.voxel_size.x)
+  finally:
+    mrc.close()
+
+
+def _is_volume(mrc) -> bool:
+  return mrc.data.ndim == 3 and mrc.is_volume() and not path_is_stack_name(mrc._iostream.name)
+
+
+def path_is_stack_name(path: str) -> bool:
+  return str(path).endswith(".mrcs")
+
+
+@dataclass
+class Stack:
+  """An (N, H, W) image stack; `data` may be a read-only memory map of the file."""
+
+  data: np.ndarray
+  pixel_size: float
+  path: str
+
+  def __len__(self):
+    return self.data.shape[0]
+
+
+def read_stack(path: str, mmap: bool = True, check_finite: bool = True, allow_volume: bool = False) -> Stack:
+  """Reads an MRC image stack (a 2D image is a stack of one), checked for shape and values.
+
+  A 3D MRC flagged as a volume (ISPG 1, `.mrc`) is refused unless `allow_volume`;
+  mode 0/1/2/6/12 data are returned as-is (cast to float32 lazily by callers).
+  """
+  mrc = _open_mrc(path, mmap=mmap)
+  data = mrc.data
+  if data is None:
+    raise InputError(f"{path}: MRC file holds no data")
+  if data.ndim == 2:
+    data = data[None]
+  elif data.ndim != 3:
+    raise InputError(f"{path}: expected a stack of 2D images, got data of {data.ndim} dimensions {data.shape}")
+  elif not allow_volume and mrc.header.ispg == 1 and not path.endswith(".mrcs") and data.shape[0] == data.shape[1] == data.shape[2] and data.shape[0] > 1:
+    raise InputError(f"{path}: is a 3D volume {data.shape}, expected a stack of 2D images")
+  if data.shape[0] == 0 or data.shape[1] == 0 or data.shape[2] == 0:
+    raise InputError(f"{path}: empty stack (shape {data.shape})")
+  if np.iscomplexobj(data):
+    raise InputError(f"{path}: complex-valued MRC data, expected real images")
+  if check_finite:
+    _check_finite(path, data)
+  return Stack(data=data, pixel_size=float(mrc.voxel_size.x), path=path)
+
+
+def _check_finite(path: str, data: np.ndarray, chunk: int = 4096) -> None:
+  """Scans in chunks (memory stays bounded for memory-mapped stacks)."""
+  if not np.issubdtype(data.dtype, np.floating):
+    return
+  for start in range(0, data.shape[0], chunk):
+    block = np.asarray(data[start:start + chunk])
+    if not np.isfinite(block).all():
+      bad = start + int(np.argwhere(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0][0])
+      raise InputError(f"{path}: image {bad + 1} contains NaN or Inf values")
+
+
+def read_volume(path: str, pixel_size: float | None = None) -> tuple[np.ndarray, float]:
+  """Reads a cubic 3D map; returns (D, D, D) float32 and its voxel size in Å.
+
+  `pixel_size` overrides the header; a header voxel size of 0 without it is an error.
+  """
+  mrc = _open_mrc(path, mmap=False)
+  try:
+    data = np.asarray(mrc.data, dtype=np.float32)
+    header_size = float(mrc.voxel_size.x)
+    ispg = int(mrc.header.ispg)
+  finally:
+    mrc.close()
+  if data.ndim != 3 or data.shape[0] == 1:
+    raise InputError(f"{path}: expected a 3D volume, got data of shape {data.shape}")
+  if ispg == 0 and not (data.shape[0] == data.shape[1] == data.shape[2]):
+    raise InputError(f"{path}: is an image stack {data.shape}, expected a 3D volume")
+  if not (data.shape[0] == data.shape[1] == data.shape[2]):
+    raise InputError(f"{path}: expected a cubic volume, got shape {data.shape}")
+  if not np.isfinite(data).all():
+    raise InputError(f"{path}: volume contains NaN or Inf values")
+  size = float(pixel_size) if pixel_size else header_size
+  if size <= 0:
+    raise InputError(f"{path}: header voxel size is 0; pass --config.pixel_size=Å")
+  return data, size
+
+
+# ---------------------------------------------------------------------------- STAR
+
+
+@dataclass
+class ParticleStar:
+  """A RELION STAR particle set: optics and particles tables, and where each image lives.
+
+  `stack_paths[i]` (absolute) and `indices[i]` (0-based) locate particle i's image.
+  RELION 3.0 files (no optics block) get a synthesised single optics group.
+  """
+
+  path: str
+  optics: pd.DataFrame
+  particles: pd.DataFrame
+  stack_paths: list[str]
+  indices: np.ndarray
+  is_relion30: bool = False
+
+  def __len__(self):
+    return len(self.particles)
+
+  def pixel_size(self) -> float:
+    for key in ("rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize"):
+      if key in self.optics.columns:
+        return float(self.optics[key].iloc[0])
+      if key in self.particles.columns:
+        return float(self.particles[key].iloc[0])
+    raise InputError(f"{self.path}: no pixel size (rlnImagePixelSize) in optics or particles block")
+
+  def optics_for_particles(self) -> pd.DataFrame:
+    """Optics columns broadcast to one row per particle (joined on rlnOpticsGroup)."""
+    if "rlnOpticsGroup" in self.particles.columns and "rlnOpticsGroup" in self.optics.columns:
+      merged = self.particles[["rlnOpticsGroup"]].merge(self.optics, on="rlnOpticsGroup", how="left")
+      return merged
+    return pd.concat([self.optics.iloc[[0]]] * len(self.particles), ignore_index=True)
+
+
+def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_files: bool = True) -> ParticleStar:
+  """Reads a RELION 3.0/3.1 particle STAR file and resolves `rlnImageName` (`000001@stack.mrcs`)
+  relative to the STAR file's folder, checking that every stack exists and every index is in range."""
+  if not os.path.exists(path):
+    raise InputError(f"{path}: file not found")
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      blocks = starfile.read(path, always_dict=True)
+  except Exception as e:  # noqa: BLE001
+    raise InputError(f"{path}: not a readable STAR file ({type(e).__name__}: {e})") from None
+  if not blocks:
+    raise InputError(f"{path}: STAR file holds no data blocks")
+  optics = blocks.get("optics")
+  particles = blocks.get("particles")
+  is30 = False
+  if particles is None:
+    tables = [v for v in blocks.values() if isinstance(v, pd.DataFrame)]
+    if len(tables) == 1 and optics is None:
+      particles, is30 = tables[0], True
+    else:
+      raise InputError(f"{path}: no data_particles block (found: {', '.join(blocks)})")
+  if not isinstance(particles, pd.DataFrame) or len(particles) == 0:
+    raise InputError(f"{path}: particles block is empty")
+  if optics is None:
+    is30 = True
+    cols = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPixelSize",
+                        "rlnDetectorPixelSize", "rlnImagePixelSize") if c in particles.columns]
+    optics = particles[cols].iloc[[0]].reset_index(drop=True)
+    optics.insert(0, "rlnOpticsGroup", 1)
+  elif isinstance(optics, dict):
+    optics = pd.DataFrame([optics])
+  missing = [c for c in required if c not in particles.columns]
+  if missing:
+    raise InputError(f"{path}: missing required column(s) {', '.join(missing)}")
+  base = os.path.dirname(os.path.abspath(path))
+  stack_paths, indices = [], []
+  for row, name in enumerate(particles["rlnImageName"].astype(str)):
+    if "@" in name:
+      idx, stack = name.split("@", 1)
+      try:
+        i = int(idx) - 1
+      except ValueError:
+        raise InputError(f"{path}: row {row + 1}: bad rlnImageName {name!r}") from None
+    else:
+      i, stack = 0, name
+    stack_paths.append(stack if os.path.isabs(stack) else os.path.join(base, stack))
+    indices.append(i)
+  star = ParticleStar(path, optics.reset_index(drop=True), particles.reset_index(drop=True), stack_paths,
+                      np.asarray(indices, dtype=np.int64), is30)
+  if check_files:
+    _check_star_images(star)
+  return star
+
+
+def _check_star_images(star: ParticleStar) -> None:
+  counts: dict[str, int] = {}
+  for row, (stack, i) in enumerate(zip(star.stack_paths, star.indices)):
+    if stack not in counts:
+      if not os.path.exists(stack):
+        raise InputError(f"{star.path}: row {row + 1}: image stack {stack} not found")
+      counts[stack] = len(read_stack(stack, mmap=True, check_finite=False, allow_volume=True))
+    if i < 0 or i >= counts[stack]:
+      raise InputError(f"{star.path}: row {row + 1}: image index {i + 1} out of range for {stack} "
+                       f"({counts[stack]} images)")
+
+
+def star_images(star: ParticleStar, rows=None) -> np.ndarray:
+  """The particle images of `rows` (default all) as (n, H, W) float32, in row order."""
+  rows = np.arange(len(star)) if rows is None else np.asarray(rows)
+  out = None
+  cache: dict[str, Stack] = {}
+  for j, r in enumerate(rows):
+    stack = star.stack_paths[r]
+    if stack not in cache:
+      cache[stack] = read_stack(stack, mmap=True, check_finite=False, allow_volume=True)
+    img = np.asarray(cache[stack].data[star.indices[r]], dtype=np.float32)
+    if out is None:
+      out = np.empty((len(rows), *img.shape), np.float32)
+    if img.shape != out.shape[1:]:
+      raise InputError(f"{star.path}: row {r + 1}: image shape {img.shape} differs from {out.shape[1:]}")
+    out[j] = img
+  if out is not None and not np.isfinite(out).all():
+    bad = rows[int(np.argwhere(~np.isfinite(out.reshape(len(out), -1)).all(axis=1))[0][0])]
+    raise InputError(f"{star.path}: row {bad + 1}: image contains NaN or Inf values")
+  return out
+
+
+def write_star(path: str, optics: pd.DataFrame, particles: pd.DataFrame) -> None:
+  """Writes a RELION 3.1 STAR file (data_optics + data_particles) atomically."""
+  with atomic_path(path) as tmp:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True)

@@ -1,0 +1,48 @@
+"""Progress logging for long loops: periodic absl log lines with rate and ETA."""
+
+from __future__ import annotations
+
+import time
+
+from absl import logging
+
+
+class Progress:
+  """Logs `desc: done/total (pct) rate unit/s, ETA` at most every `every_s` seconds.
+
+  >>> bar = Progress(total=1000, desc="train", unit="step")
+  >>> for step in range(1000): ...; bar.update(1)
+  """
+
+  def __init__(self, total: int, desc: str, unit: str = "it", every_s: float = 5.0, start: int = 0):
+    self.total, self.desc, self.unit, self.every_s = int(total), desc, unit, every_s
+    self.done = self._start_done = int(start)
+    self._t0 = self._last = time.perf_counter()
+
+  @property
+  def rate(self) -> float:
+    elapsed = time.perf_counter() - self._t0
+    return (self.done - self._start_done) / elapsed if elapsed > 0 else 0.0
+
+  def line(self) -> str:
+    rate = self.rate
+    left = max(self.total - self.done, 0)
+    eta = left / rate if rate > 0 else float("nan")
+    pct = 100.0 * self.done / max(self.total, 1)
+    return f"{self.desc}: {self.done}/{self.total} ({pct:.0f}%) {rate:.3g} {self.unit}/s, ETA {_fmt(eta)}"
+
+  def update(self, n: int = 1, extra: str = "") -> None:
+    self.done += n
+    now = time.perf_counter()
+    if now - self._last >= self.every_s or self.done >= self.total:
+      self._last = now
+      logging.info("%s%s", self.line(), f" {extra}" if extra else "")
+
+
+def _fmt(seconds: float) -> str:
+  if seconds != seconds:
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -1,0 +1,1 @@
+"""Experiments: each module has `get_config()` and `run(config, workdir)`; see launch.py."""
