@@ -1,0 +1,1 @@
+"""Classical and learned denoisers (registry to follow)."""
