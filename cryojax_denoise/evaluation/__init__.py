@@ -1,0 +1,1 @@
+"""Evaluation of denoisers: scoring on test sets, tables, figures and the sweep report."""

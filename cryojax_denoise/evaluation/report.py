@@ -1,0 +1,199 @@
+"""Sweep outputs: results.json/csv, the metric-vs-SNR figure, the example grid and report.md.
+
+Everything in the report is computed from the result rows; nothing is written by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cryojax_denoise.io import atomic_path, atomic_write_text  # noqa: E402
+
+FIELDS = ("method", "snr", "mse", "psnr", "ssim", "frc_resolution_A", "seconds_per_image", "n_images")
+PANELS = (("mse", "MSE (relative to signal power)", True), ("psnr", "PSNR (dB)", False),
+          ("ssim", "SSIM", False), ("frc_resolution_A", "FRC 0.5 resolution (Å)", False),
+          ("fsc_resolution_A", "3D half-map FSC 0.143 resolution (Å)", False))
+
+
+def methods_of(rows) -> list[str]:
+  seen = []
+  for r in rows:
+    if r["method"] not in seen:
+      seen.append(r["method"])
+  return seen
+
+
+def snrs_of(rows) -> list[float]:
+  return sorted({r["snr"] for r in rows}, reverse=True)
+
+
+def write_results(rows: list[dict], workdir: str) -> None:
+  """results.json (list of rows, INTERFACE schema plus extras) and results.csv (same columns)."""
+  atomic_write_text(os.path.join(workdir, "results.json"), json.dumps(rows, indent=2) + "\n")
+  extra = sorted({k for r in rows for k in r} - set(FIELDS))
+  buf = _io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(FIELDS) + extra)
+  writer.writeheader()
+  for r in rows:
+    writer.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
+  atomic_write_text(os.path.join(workdir, "results.csv"), buf.getvalue())
+
+
+def _savefig(fig, path: str) -> None:
+  with atomic_path(path) as tmp:
+    fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+  plt.close(fig)
+
+
+def plot_metrics(rows: list[dict], path: str) -> None:
+  """MSE against SNR (log axes), one line per method, with panels for the other metrics."""
+  panels = [p for p in PANELS if any(p[0] in r and r[p[0]] is not None for r in rows)]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8))
+  axes = np.atleast_1d(axes)
+  for ax, (key, label, logy) in zip(axes, panels):
+    for m in methods_of(rows):
+      pts = sorted((r["snr"], r[key]) for r in rows if r["method"] == m and r.get(key) is not None)
+      if pts:
+        ax.plot(*zip(*pts), marker="o", label=m, linestyle="--" if m == "noisy" else "-")
+    ax.set_xscale("log")
+    if logy:
+      ax.set_yscale("log")
+    ax.set_xlabel("SNR")
+    ax.set_title(label, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  _savefig(fig, path)
+
+
+def plot_examples(clean: dict, noisy: dict, denoised: dict, path: str, n_cols: int = 3) -> None:
+  """Grid: rows clean / noisy / each method; columns `n_cols` test images at each SNR given.
+
+  `clean[snr]`, `noisy[snr]`: (N,H,W); `denoised[method][snr]`: (N,H,W). Each column shares one
+  contrast range (from its clean image) so methods compare fairly.
+  """
+  snrs = sorted(clean, reverse=True)
+  methods = list(denoised)
+  rows = ["clean", "noisy"] + methods
+  cols = [(s, i) for s in snrs for i in range(min(n_cols, len(clean[s])))]
+  fig, axes = plt.subplots(len(rows), len(cols), figsize=(1.6 * len(cols), 1.6 * len(rows)), squeeze=False)
+  for j, (s, i) in enumerate(cols):
+    ref = clean[s][i]
+    lo, hi = np.percentile(ref, 1), np.percentile(ref, 99)
+    pad = 0.25 * (hi - lo)
+    for r, name in enumerate(rows):
+      img = ref if name == "clean" else noisy[s][i] if name == "noisy" else denoised[name][s][i]
+      ax = axes[r, j]
+      ax.imshow(img, cmap="gray", vmin=lo - pad, vmax=hi + pad)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if j == 0:
+        ax.set_ylabel(name, fontsize=9)
+      if r == 0:
+        ax.set_title(f"SNR {s:g} #{i}", fontsize=8)
+  fig.tight_layout(pad=0.2)
+  _savefig(fig, path)
+
+
+def _table(rows: list[dict], key: str, fmt: str) -> list[str]:
+  methods, snrs = methods_of(rows), snrs_of(rows)
+  lines = ["| method | " + " | ".join(f"SNR {s:g}" for s in snrs) + " |", "|---" * (len(snrs) + 1) + "|"]
+  for m in methods:
+    vals = []
+    for s in snrs:
+      r = next((r for r in rows if r["method"] == m and r["snr"] == s), None)
+      v = None if r is None else r.get(key)
+      vals.append("–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt))
+    lines.append(f"| {m} | " + " | ".join(vals) + " |")
+  return lines
+
+
+def _best(rows, snr, methods, key="mse"):
+  cand = [r for r in rows if r["snr"] == snr and r["method"] in methods and r.get(key) is not None]
+  return min(cand, key=lambda r: r[key]) if cand else None
+
+
+def findings(rows: list[dict], classical: list[str], learned: list[str]) -> list[str]:
+  """The study's questions answered from the rows (MSE unless said otherwise)."""
+  out = []
+  snrs = snrs_of(rows)
+  hi, lo = snrs[0], snrs[-1]
+  grow = []
+  for m in methods_of(rows):
+    a = next((r["mse"] for r in rows if r["method"] == m and r["snr"] == hi), None)
+    b = next((r["mse"] for r in rows if r["method"] == m and r["snr"] == lo), None)
+    if a and b:
+      grow.append(f"{m} {a:.3g} → {b:.3g} (×{b / a:.1f})")
+  out.append(f"- **MSE as SNR falls** from {hi:g} to {lo:g}: " + "; ".join(grow) + ".")
+  for s in snrs:
+    ranked = sorted((r for r in rows if r["snr"] == s), key=lambda r: r["mse"])
+    out.append(f"- **Ranking at SNR {s:g}** (MSE, best first): " + " < ".join(f"{r['method']} ({r['mse']:.3g})" for r in ranked))
+  present_classical = [m for m in classical if any(r["method"] == m for r in rows)]
+  if present_classical:
+    wins = {}
+    for s in snrs:
+      b = _best(rows, s, present_classical)
+      if b:
+        wins.setdefault(b["method"], []).append(f"{s:g}")
+    out.append("- **Best classical method**: " + "; ".join(f"{m} at SNR {', '.join(v)}" for m, v in wins.items()) + ".")
+  if "gan" in methods_of(rows) and "autoencoder" in methods_of(rows):
+    cmp = []
+    for s in snrs:
+      g = next(r for r in rows if r["method"] == "gan" and r["snr"] == s)
+      a = next(r for r in rows if r["method"] == "autoencoder" and r["snr"] == s)
+      cmp.append(f"SNR {s:g}: {'GAN' if g['mse'] < a['mse'] else 'autoencoder'} "
+                 f"({g['mse']:.3g} vs {a['mse']:.3g}; SSIM {g['ssim']:.3f} vs {a['ssim']:.3f})")
+    out.append("- **GAN vs autoencoder** (MSE): " + "; ".join(cmp) + ".")
+  present_learned = [m for m in learned if any(r["method"] == m for r in rows)]
+  if present_classical and present_learned:
+    cmp = []
+    for s in snrs:
+      bl, bc = _best(rows, s, present_learned), _best(rows, s, present_classical)
+      verdict = "learned wins" if bl["mse"] < bc["mse"] else "classical wins"
+      cmp.append(f"SNR {s:g}: {verdict} ({bl['method']} {bl['mse']:.3g} vs {bc['method']} {bc['mse']:.3g})")
+    out.append("- **Learned vs classical**: " + "; ".join(cmp) + ".")
+  if any(r.get("fsc_resolution_A") is not None for r in rows):
+    for s in snrs:
+      cand = [r for r in rows if r["snr"] == s and r.get("fsc_resolution_A") is not None]
+      best = min(cand, key=lambda r: r["fsc_resolution_A"])
+      noisy = next((r for r in cand if r["method"] == "noisy"), None)
+      ref = f" (raw particles: {noisy['fsc_resolution_A']:.1f} Å)" if noisy else ""
+      out.append(f"- **3D reconstruction at SNR {s:g}**: best half-map resolution {best['fsc_resolution_A']:.1f} Å "
+                 f"from {best['method']}{ref}.")
+  return out
+
+
+def write_report(rows: list[dict], workdir: str, *, config_json: str, device: str, command: str,
+                 elapsed_s: float, classical: list[str], learned: list[str], chosen: dict, notes: list[str]) -> None:
+  """report.md: tables, rankings, findings, tuned parameters, timings, device, config, how to reproduce."""
+  lines = ["# SNR sweep report", "",
+           f"Generated by `{command}` in {elapsed_s / 60:.1f} min on {device}.", "",
+           "![metrics vs SNR](mse_vs_snr.png)", "", "![examples](examples.png)", "",
+           "## MSE (relative to signal power; lower is better)", ""]
+  lines += _table(rows, "mse", ".4f")
+  lines += ["", "## PSNR (dB)", ""] + _table(rows, "psnr", ".2f")
+  lines += ["", "## SSIM", ""] + _table(rows, "ssim", ".3f")
+  lines += ["", "## FRC 0.5 resolution against the clean image (Å)", ""] + _table(rows, "frc_resolution_A", ".1f")
+  if any(r.get("fsc_resolution_A") is not None for r in rows):
+    lines += ["", "## 3D reconstruction: half-map FSC 0.143 resolution (Å)", ""] + _table(rows, "fsc_resolution_A", ".1f")
+  lines += ["", "## Seconds per image", ""] + _table(rows, "seconds_per_image", ".4f")
+  lines += ["", "## Findings", ""] + findings(rows, classical, learned)
+  if chosen:
+    lines += ["", "## Parameters chosen on the tuning batch", "", "| method | SNR | chosen |", "|---|---|---|"]
+    for (m, s), p in sorted(chosen.items(), key=lambda kv: (kv[0][0], -kv[0][1])):
+      lines.append(f"| {m} | {s:g} | {json.dumps(p)} |")
+  if notes:
+    lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+  lines += ["", "## Config", "", "```json", config_json.strip(), "```", "",
+            "## Reproduce", "", f"    {command}", ""]
+  atomic_write_text(os.path.join(workdir, "report.md"), "\n".join(lines))
