@@ -26,18 +26,40 @@ from cryojax_denoise.errors import InputError
 
 @contextlib.contextmanager
 def atomic_path(path: str):
-  """Yields a temporary path beside `path`; renames it onto `path` only on success."""
+  """Yields a temporary path beside `path`; renames it onto `path` only on success.
+
+  On failure the temporary file is removed, and so are the folders this call created.
+  """
   directory = os.path.dirname(os.path.abspath(path)) or "."
+  created = _missing_dirs(directory)
   os.makedirs(directory, exist_ok=True)
   base = os.path.basename(path)
   fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp" + os.path.splitext(base)[1], dir=directory)
   os.close(fd)
+  ok = False
   try:
     yield tmp
     os.replace(tmp, path)
+    ok = True
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+    if not ok:
+      for d in created:  # deepest first
+        with contextlib.suppress(OSError):
+          os.rmdir(d)
+
+
+def _missing_dirs(directory: str) -> list[str]:
+  """The folders of `directory` that do not exist yet, deepest first."""
+  missing = []
+  while directory and not os.path.exists(directory):
+    missing.append(directory)
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      break
+    directory = parent
+  return missing
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -77,46 +99,115 @@ def write_volume(path: str, volume, pixel_size: float) -> None:
 
 
 class StackWriter:
-  """Writes a large (N, H, W) stack in batches without holding it in memory; atomic on close.
+  """Writes a large (N, H, W) float32 stack in batches without holding it in memory; atomic on close.
 
   Use as a context manager; the file appears at `path` only when every image was written.
+  Batches go to the file with plain writes (not through a memory map, whose dirty pages would
+  stay resident and grow the process to the stack's size); header statistics are accumulated.
   """
 
   def __init__(self, path: str, n: int, shape: tuple[int, int], pixel_size: float):
-    self.path, self.n, self.shape, self.pixel_size = path, n, shape, pixel_size
+    self.path, self.n, self.shape, self.pixel_size = path, int(n), tuple(shape), pixel_size
     self._ctx = atomic_path(path)
     self._written = 0
+    self._file = None
 
   def __enter__(self):
     self._tmp = self._ctx.__enter__()
-    mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, *self.shape), mrc_mode=2, overwrite=True)
-    mrc.set_image_stack()
-    mrc.voxel_size = float(self.pixel_size)
-    self._mrc = mrc
+    try:
+      with mrcfile.new_mmap(self._tmp, shape=(self.n, *self.shape), mrc_mode=2, overwrite=True) as mrc:
+        mrc.set_image_stack()
+        mrc.voxel_size = float(self.pixel_size)
+        self._offset = int(mrc.header.nbytes) + int(mrc.header.nsymbt)
+        self._dtype = mrc.data.dtype
+      self._file = open(self._tmp, "r+b")
+    except BaseException as e:
+      self._ctx.__exit__(type(e), e, e.__traceback__)
+      raise
+    self._min, self._max, self._sum, self._sumsq = np.inf, -np.inf, 0.0, 0.0
     return self
 
   def write(self, start: int, images) -> None:
-    images = np.asarray(images, dtype=np.float32)
-    self._mrc.data[start:start + len(images)] = images
+    """Writes images (n, H, W) at positions start .. start + n - 1."""
+    images = np.ascontiguousarray(images, dtype=self._dtype)
+    if images.ndim != 3 or images.shape[1:] != self.shape or start < 0 or start + len(images) > self.n:
+      raise ValueError(f"{self.path}: cannot write images of shape {images.shape} at {start} "
+                       f"into a stack of {self.n} images of {self.shape}")
+    if len(images) == 0:
+      return
+    self._file.seek(self._offset + start * images[0].nbytes)
+    images.tofile(self._file)
+    values = images.astype(np.float64)
+    self._min = min(self._min, float(values.min()))
+    self._max = max(self._max, float(values.max()))
+    self._sum += float(values.sum())
+    self._sumsq += float(np.square(values).sum())
     self._written += len(images)
+
+  def _finish(self) -> None:
+    self._file.close()
+    count = self.n * self.shape[0] * self.shape[1]
+    mean = self._sum / max(count, 1)
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore")
+      with mrcfile.mmap(self._tmp, mode="r+") as mrc:  # header only: data pages are not touched
+        mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = self._min, self._max, mean
+        mrc.header.rms = float(np.sqrt(max(self._sumsq / max(count, 1) - mean * mean, 0.0)))
 
   def __exit__(self, exc_type, exc, tb):
     if exc_type is None and self._written != self.n:
-      exc_type = RuntimeError
       exc = RuntimeError(f"{self.path}: wrote {self._written} of {self.n} images")
+      exc_type, tb = RuntimeError, None
+      self._file.close()
+      self._ctx.__exit__(exc_type, exc, tb)  # removes the temporary file
+      raise exc
     if exc_type is None:
-      self._mrc.update_header_stats()
-    self._mrc.close()
-    if exc_type is not None:
-      self._ctx.__exit__(exc_type, exc, tb)
-      if isinstance(exc, RuntimeError) and exc_type is RuntimeError and tb is None:
-        raise exc
+      try:
+        self._finish()
+      except BaseException as e:
+        self._ctx.__exit__(type(e), e, e.__traceback__)
+        raise
+      self._ctx.__exit__(None, None, None)  # renames onto path
       return False
-    self._ctx.__exit__(None, None, None)
+    if not self._file.closed:
+      self._file.close()
+    self._ctx.__exit__(exc_type, exc, tb)
     return False
 
 
 # ---------------------------------------------------------------------------- reading MRC
+
+
+_MODE_BYTES = {0: 1, 1: 2, 2: 4, 3: 4, 4: 8, 6: 2, 12: 2}
+
+
+def _truncation(path: str) -> str | None:
+  """Says how an MRC file is cut short when its header looks like an MRC header, else None.
+
+  Reads the 1024-byte header (either byte order): nx, ny, nz, mode, and the extended header size,
+  and compares the size the header promises with the file's size.
+  """
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    head = f.read(1024)
+  if len(head) < 16:
+    return None
+  for order in ("<", ">"):
+    nx, ny, nz, mode = np.frombuffer(head[:16], dtype=order + "i4")
+    if not (0 < nx < 2**20 and 0 < ny < 2**20 and 0 <= nz < 2**31 and int(mode) in _MODE_BYTES):
+      continue
+    has_map_id = head[208:212] == b"MAP "
+    if len(head) < 1024:
+      if has_map_id or len(head) < 208:
+        return f"truncated MRC file: {size} bytes, shorter than the 1024-byte header"
+      return None
+    nsymbt = int(np.frombuffer(head[92:96], dtype=order + "i4")[0])
+    expected = 1024 + max(nsymbt, 0) + int(nx) * int(ny) * int(nz) * _MODE_BYTES[int(mode)]
+    if size < expected:
+      return (f"truncated MRC file: header says {int(nz)} section(s) of {int(nx)}x{int(ny)} "
+              f"({expected} bytes), file has {size} bytes")
+    return None
+  return None
 
 
 def _open_mrc(path: str, mmap: bool):
@@ -126,6 +217,9 @@ def _open_mrc(path: str, mmap: bool):
     raise InputError(f"{path}: is a folder, expected an MRC file")
   if os.path.getsize(path) == 0:
     raise InputError(f"{path}: empty file, expected an MRC file")
+  truncated = _truncation(path)
+  if truncated:
+    raise InputError(f"{path}: {truncated}")
   opener = mrcfile.mmap if mmap else mrcfile.open
   try:
     with warnings.catch_warnings():
@@ -217,6 +311,63 @@ def _check_finite(path: str, data: np.ndarray, chunk: int = 4096) -> None:
     if not np.isfinite(block).all():
       bad = start + int(np.argwhere(~np.isfinite(block).reshape(len(block), -1).all(axis=1))[0][0])
       raise InputError(f"{path}: image {bad + 1} contains NaN or Inf values")
+
+
+def check_square(path: str, shape) -> None:
+  """Refuses non-square images (H != W): the denoisers and projections work on square boxes."""
+  h, w = int(shape[-2]), int(shape[-1])
+  if h != w:
+    raise InputError(f"{path}: images are {h}x{w} pixels, expected square images")
+
+
+class ImageReader:
+  """Reads chosen images of MRC stacks as float32 with memory bounded by what is asked for.
+
+  Each `read` maps the file's data block only for the copy and unmaps it afterwards: a memory
+  map kept open for a whole pass would keep every page read resident (RSS grows to the stack's
+  size). The layout (data offset, dtype, shape) of each stack is read once from its header.
+  """
+
+  def __init__(self):
+    self._layouts: dict[str, tuple[int, np.dtype, tuple[int, int, int]]] = {}
+
+  def layout(self, path: str) -> tuple[int, np.dtype, tuple[int, int, int]]:
+    """(byte offset of the data, dtype, (N, H, W)) of the stack at `path`."""
+    if path not in self._layouts:
+      mrc = _open_mrc(path, mmap=True)
+      try:
+        data = mrc.data
+        if data is None or data.ndim not in (2, 3):
+          raise InputError(f"{path}: expected a stack of 2D images, got data of shape "
+                           f"{None if data is None else data.shape}")
+        if np.iscomplexobj(data):
+          raise InputError(f"{path}: complex-valued MRC data, expected real images")
+        shape = (1, *data.shape) if data.ndim == 2 else tuple(data.shape)
+        self._layouts[path] = (int(mrc.header.nbytes) + int(mrc.header.nsymbt), data.dtype, shape)
+      finally:
+        mrc.close()
+    return self._layouts[path]
+
+  def read(self, path: str, indices) -> np.ndarray:
+    """Images `indices` (0-based, any order) of the stack at `path` as (n, H, W) float32."""
+    offset, dtype, shape = self.layout(path)
+    indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= shape[0]):
+      bad = int(indices[(indices < 0) | (indices >= shape[0])][0])
+      raise InputError(f"{path}: image index {bad + 1} out of range ({shape[0]} images)")
+    if len(indices) == 0:
+      return np.empty((0, *shape[1:]), np.float32)
+    lo, hi = int(indices.min()), int(indices.max()) + 1
+    image_bytes = shape[1] * shape[2] * dtype.itemsize
+    mapped = np.memmap(path, dtype=dtype, mode="r", offset=offset + lo * image_bytes, shape=(hi - lo, *shape[1:]))
+    try:
+      if hi - lo == len(indices) and np.all(np.diff(indices) == 1):
+        out = np.array(mapped, dtype=np.float32)
+      else:
+        out = np.array(mapped[indices - lo], dtype=np.float32)
+    finally:
+      del mapped  # unmaps: the pages read leave this process's resident set
+    return out
 
 
 def read_volume(path: str, pixel_size: float | None = None) -> tuple[np.ndarray, float]:
@@ -370,9 +521,19 @@ def star_images(star: ParticleStar, rows=None) -> np.ndarray:
   return out
 
 
-def write_star(path: str, optics: pd.DataFrame, particles: pd.DataFrame) -> None:
-  """Writes a RELION 3.1 STAR file (data_optics + data_particles) atomically."""
+def _star_float(value) -> str:
+  """Shortest text that reads back as the same float64 (RELION and starfile parse it)."""
+  return repr(float(value))
+
+
+def write_star(path: str, optics: pd.DataFrame | None, particles: pd.DataFrame) -> None:
+  """Writes a RELION 3.1 STAR file (data_optics + data_particles) atomically.
+
+  With `optics=None` only the particles block is written (the RELION 3.0 layout). Floats are
+  written losslessly (not rounded to 6 decimals), so columns read back unchanged.
+  """
+  blocks = {"particles": particles} if optics is None else {"optics": optics, "particles": particles}
   with atomic_path(path) as tmp:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
-      starfile.write({"optics": optics, "particles": particles}, tmp, overwrite=True)
+      starfile.write(blocks, tmp, float_format=_star_float, overwrite=True)
