@@ -138,14 +138,25 @@ def block_valid(shape: tuple[int, int], r: int, stride: int = 1, block_rows: int
   return np.repeat(valid[:, :, None], nx, axis=2).reshape(n_blocks, block_rows * nx)
 
 
-def sample_patches(key: jax.Array, images: jax.Array, r: int, n: int) -> jax.Array:
-  """`n` patches at uniformly random positions of a random image of the batch (B, H, W): (n, r*r)."""
-  B, H, W = images.shape
+def sample_positions(key: jax.Array, shape: tuple[int, int, int], r: int, n: int):
+  """`n` random patch corners over a batch of `shape` (B, H, W): image index b, row y, col x, each (n,)."""
+  B, H, W = shape
   kb, ky, kx = jax.random.split(key, 3)
   b = jax.random.randint(kb, (n,), 0, B)
   y = jax.random.randint(ky, (n,), 0, H - r + 1)
   x = jax.random.randint(kx, (n,), 0, W - r + 1)
+  return b, y, x
+
+
+def gather_patches(images: jax.Array, b: jax.Array, y: jax.Array, x: jax.Array, r: int) -> jax.Array:
+  """Patches of the batch `images` (B, H, W) at corners (b, y, x), each (n,): (n, r*r)."""
   off = jnp.arange(r)
   iy = (y[:, None] + off[None, :])[:, :, None]
   ix = (x[:, None] + off[None, :])[:, None, :]
-  return images[b[:, None, None], iy, ix].reshape(n, r * r)
+  return images[b[:, None, None], iy, ix].reshape(b.shape[0], r * r)
+
+
+def sample_patches(key: jax.Array, images: jax.Array, r: int, n: int) -> jax.Array:
+  """`n` patches at uniformly random positions of a random image of the batch (B, H, W): (n, r*r)."""
+  b, y, x = sample_positions(key, images.shape, r, n)
+  return gather_patches(images, b, y, x, r)
