@@ -121,7 +121,8 @@ def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 
   images = jnp.asarray(images, jnp.float32)
   B, H, W = images.shape
   sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), (B,))
-  key = jax.random.key(seed) if isinstance(seed, int) else seed
+  seed = jnp.asarray(seed)
+  key = seed if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.key(seed)
   if shared:
     b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
     xs = pt.gather_patches(images, b, y, x, r)
