@@ -23,6 +23,9 @@ from cryojax_denoise.errors import InputError
 
 # ---------------------------------------------------------------------------- writing
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str):
@@ -39,6 +42,7 @@ def atomic_path(path: str):
   ok = False
   try:
     yield tmp
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
     os.replace(tmp, path)
     ok = True
   finally:

@@ -1,0 +1,285 @@
+"""Streaming a particle set (an MRC stack or a RELION STAR file) through a batched function.
+
+Denoising 10⁵–10⁶ particles must not need the stack in memory: images are read a batch at a
+time (`io.ImageReader` maps only what a batch needs), processed, and written with
+`io.StackWriter`, so resident memory stays at a few batches whatever the stack size, and the
+output appears only when complete. The same loop makes the clean targets of `make_pairs`.
+
+    table = open_particles("particles.star")
+    outputs = output_paths(table, "out/denoised.mrcs")
+    denoise(table, denoiser, outputs, batch_size=64)   # writes out/denoised.mrcs + .star
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from cryojax_denoise import io
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.progress import Progress
+
+
+@dataclass
+class ParticleTable:
+  """Where each of N particle images lives, in output order.
+
+  `stacks[stack_of[i]]` and `indices[i]` (0-based) locate image i; `star` is the parsed STAR
+  file for STAR input (None for a plain stack). Images are (H, W) = `shape`, `pixel_size` in Å.
+  """
+
+  source: str
+  stacks: list[str]
+  stack_of: np.ndarray
+  indices: np.ndarray
+  shape: tuple[int, int]
+  pixel_size: float
+  star: io.ParticleStar | None = None
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  @property
+  def is_star(self) -> bool:
+    return self.star is not None
+
+
+def is_star_path(path: str) -> bool:
+  return str(path).lower().endswith(".star")
+
+
+def open_particles(path: str, reader: io.ImageReader | None = None, square: bool = True) -> ParticleTable:
+  """Opens an MRC stack or a RELION STAR file for streaming; checks every referenced stack.
+
+  Raises `InputError` (naming the file) for a missing or unreadable file, a 3D volume, an empty
+  stack, non-square images (when `square`), STAR rows pointing at missing stacks or out-of-range
+  indices, and stacks of different image sizes. NaN/Inf are found while streaming (`read_batch`).
+  """
+  reader = reader or io.ImageReader()
+  if not path:
+    raise InputError("input: no input file given (an MRC stack or a RELION STAR file)")
+  if is_star_path(path):
+    return _open_star(path, reader, square)
+  stack = io.read_stack(path, mmap=True, check_finite=False)  # shape, volume and emptiness checks
+  n, h, w = stack.data.shape
+  pixel_size = stack.pixel_size
+  del stack
+  if square:
+    io.check_square(path, (h, w))
+  reader.layout(path)
+  return ParticleTable(path, [os.path.abspath(path)], np.zeros(n, np.int64), np.arange(n, dtype=np.int64),
+                       (h, w), pixel_size)
+
+
+def _open_star(path: str, reader: io.ImageReader, square: bool) -> ParticleTable:
+  star = io.read_star(path, check_files=False)
+  stacks: list[str] = []
+  ids: dict[str, int] = {}
+  stack_of = np.empty(len(star), np.int64)
+  for row, stack in enumerate(star.stack_paths):
+    if stack not in ids:
+      if not os.path.exists(stack):
+        raise InputError(f"{path}: row {row + 1}: image stack {stack} not found")
+      ids[stack] = len(stacks)
+      stacks.append(stack)
+    stack_of[row] = ids[stack]
+  shape = None
+  for k, stack in enumerate(stacks):
+    io.read_stack(stack, mmap=True, check_finite=False, allow_volume=True)  # checks the file itself
+    _, _, (n, h, w) = reader.layout(stack)
+    if shape is None:
+      shape = (h, w)
+      if square:
+        io.check_square(stack, shape)
+    elif (h, w) != shape:
+      raise InputError(f"{stack}: images are {h}x{w}, but {stacks[0]} has {shape[0]}x{shape[1]}; "
+                       f"all stacks of {path} must have one image size")
+    rows = np.flatnonzero(stack_of == k)
+    bad = rows[(star.indices[rows] < 0) | (star.indices[rows] >= n)]
+    if len(bad):
+      r = int(bad[0])
+      raise InputError(f"{path}: row {r + 1}: image index {star.indices[r] + 1} out of range for {stack} "
+                       f"({n} images)")
+  try:
+    pixel_size = star.pixel_size()
+  except InputError:
+    pixel_size = io.read_pixel_size(stacks[0])
+  return ParticleTable(path, stacks, stack_of, star.indices.astype(np.int64), shape, pixel_size, star)
+
+
+def read_batch(table: ParticleTable, reader: io.ImageReader, start: int, stop: int) -> np.ndarray:
+  """Images start .. stop-1 of `table` as (n, H, W) float32; NaN/Inf raise `InputError`."""
+  out = np.empty((stop - start, *table.shape), np.float32)
+  stack_of = table.stack_of[start:stop]
+  indices = table.indices[start:stop]
+  for k in np.unique(stack_of):
+    rows = np.flatnonzero(stack_of == k)
+    out[rows] = reader.read(table.stacks[k], indices[rows])
+  finite = np.isfinite(out.reshape(len(out), -1)).all(axis=1)
+  if not finite.all():
+    j = int(np.flatnonzero(~finite)[0])
+    stack = table.stacks[stack_of[j]]
+    where = f"{table.source}: row {start + j + 1} ({indices[j] + 1}@{stack})" if table.is_star else \
+        f"{table.source}: image {start + j + 1}"
+    raise InputError(f"{where} contains NaN or Inf values")
+  return out
+
+
+def sample_stats(table: ParticleTable, reader: io.ImageReader, max_images: int = 1024) -> tuple[float, float]:
+  """Mean and standard deviation of the stack from up to `max_images` evenly spaced images.
+
+  Bounded work and memory for any stack size; deterministic (no random sampling).
+  """
+  n = len(table)
+  rows = np.unique(np.linspace(0, n - 1, min(n, max_images)).round().astype(np.int64))
+  total, total_sq, count = 0.0, 0.0, 0
+  for r in rows:
+    x = read_batch(table, reader, int(r), int(r) + 1).astype(np.float64)
+    total += float(x.sum())
+    total_sq += float(np.square(x).sum())
+    count += x.size
+  mean = total / count
+  return mean, float(np.sqrt(max(total_sq / count - mean * mean, 0.0)))
+
+
+def stream(table: ParticleTable, fn: Callable[[np.ndarray, np.ndarray], object], output: str,
+           batch_size: int = 64, desc: str = "images", pad: bool = True,
+           reader: io.ImageReader | None = None) -> None:
+  """Writes `fn(rows, images)` for every batch of `table` to the MRC stack `output`, in order.
+
+  `fn` gets the row numbers (n,) and images (n, H, W) float32 and returns (n, H, W) (a JAX array
+  is fine: the next batch is read while it computes). With `pad`, the last batch is filled up to
+  `batch_size` by repeating its images, so a jitted `fn` sees one shape and compiles once.
+  The output is atomic: on any error nothing is left at `output`.
+  """
+  reader = reader or io.ImageReader()
+  n = len(table)
+  batch_size = max(1, min(int(batch_size), n))
+  bar = Progress(n, desc, unit="img")
+  with io.StackWriter(output, n, table.shape, table.pixel_size) as writer:
+    pending = None
+    for start in range(0, n, batch_size):
+      stop = min(start + batch_size, n)
+      images = read_batch(table, reader, start, stop)
+      rows = np.arange(start, stop)
+      if pad and stop - start < batch_size:
+        fill = np.resize(np.arange(stop - start), batch_size)
+        images, rows = images[fill], rows[fill]
+      result = fn(rows, images)  # dispatched; finished below while the next batch is read
+      if pending is not None:
+        _write(writer, *pending, bar)
+      pending = (start, stop, result)
+    if pending is not None:
+      _write(writer, *pending, bar)
+
+
+def _write(writer: io.StackWriter, start: int, stop: int, result, bar: Progress) -> None:
+  out = np.asarray(result, dtype=np.float32)[:stop - start]
+  if out.shape != (stop - start, *writer.shape):
+    raise RuntimeError(f"expected output images {(stop - start, *writer.shape)}, got {out.shape}")
+  if not np.isfinite(out).all():
+    raise RuntimeError(f"non-finite output values for images {start + 1}..{stop}")
+  writer.write(start, out)
+  bar.update(stop - start)
+
+
+# ---------------------------------------------------------------------------- denoising
+
+
+@dataclass
+class Outputs:
+  """Where denoising writes: the stack, and for STAR input a STAR file beside it."""
+
+  stack: str
+  star: str | None = None
+
+
+def output_paths(table: ParticleTable, output: str | None, default_dir: str = ".") -> Outputs:
+  """Resolves `output` (a .mrcs/.mrc stack, or a .star file for STAR input; default
+  `default_dir/denoised.mrcs`) and refuses any output that is one of the input files."""
+  output = output or os.path.join(default_dir, "denoised.mrcs")
+  stem, ext = os.path.splitext(output)
+  if table.is_star:
+    if ext.lower() == ".star":
+      outputs = Outputs(stem + ".mrcs", output)
+    elif ext.lower() in (".mrcs", ".mrc"):
+      outputs = Outputs(output, stem + ".star")
+    else:
+      raise InputError(f"{output}: output must end in .mrcs (the stack) or .star for STAR input")
+  else:
+    if ext.lower() not in (".mrcs", ".mrc"):
+      raise InputError(f"{output}: output must be an MRC stack path ending in .mrcs or .mrc")
+    outputs = Outputs(output)
+  for path in (outputs.stack, outputs.star):
+    if path:
+      io.check_not_input(path, table.source, *table.stacks)
+  if outputs.star and os.path.abspath(outputs.star) == os.path.abspath(outputs.stack):
+    raise InputError(f"{output}: the output stack and STAR file would be the same file")
+  return outputs
+
+
+def denoise_batches(denoiser: Callable, noise_std: float | None = None, mean: float = 0.0,
+                    scale: float = 1.0) -> Callable[[np.ndarray, np.ndarray], object]:
+  """Wraps `denoiser(images, noise_std)` as a `stream` function working in the input's units.
+
+  Images are mapped to (x - mean) / scale for the denoiser (noise_std divided by `scale`) and
+  its output mapped back, so the written stack has the input's offset and scale.
+  """
+  std = None if noise_std is None else float(noise_std) / scale
+
+  def fn(rows, images):
+    del rows
+    if mean == 0.0 and scale == 1.0:
+      return denoiser(images, std)
+    out = denoiser((images - np.float32(mean)) / np.float32(scale), std)
+    return out * np.float32(scale) + np.float32(mean)  # stays a (lazy) JAX array when it is one
+
+  return fn
+
+
+def denoise(table: ParticleTable, denoiser: Callable, outputs: Outputs, batch_size: int = 64,
+            noise_std: float | None = None, normalize: str = "mean",
+            reader: io.ImageReader | None = None) -> Outputs:
+  """Denoises every image of `table` into `outputs.stack` (same order, shape, pixel size, units);
+  for STAR input also writes `outputs.star`: the same rows and optics block, `rlnImageName`
+  pointing at the new stack.
+
+  `normalize`: "none" passes the input as is, "mean" subtracts the stack mean (estimated from
+  up to 1024 images) and adds it back, "std" also divides by the stack's standard deviation
+  (and scales `noise_std`), for denoisers tuned on standardised images.
+  """
+  reader = reader or io.ImageReader()
+  if normalize not in ("none", "mean", "std"):
+    raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
+  mean, scale = 0.0, 1.0
+  if normalize != "none":
+    mean, std = sample_stats(table, reader)
+    if normalize == "std":
+      if std <= 0:
+        raise InputError(f"{table.source}: images are constant, cannot standardise (normalize=std)")
+      scale = std
+  fn = denoise_batches(denoiser, noise_std, mean, scale)
+  particles = None
+  if outputs.star:
+    particles = star_for_stack(table, outputs)
+  stream(table, fn, outputs.stack, batch_size=batch_size, desc="denoise", reader=reader)
+  if outputs.star:
+    try:
+      io.write_star(outputs.star, None if table.star.is_relion30 else table.star.optics, particles)
+    except BaseException:
+      os.remove(outputs.stack)  # no stack without its STAR file
+      raise
+  return outputs
+
+
+def star_for_stack(table: ParticleTable, outputs: Outputs):
+  """The particles block of `table.star` with `rlnImageName` = `i@stack` (relative to the STAR
+  file's folder) for row i of the new stack; every other column unchanged."""
+  star_dir = os.path.dirname(os.path.abspath(outputs.star))
+  name = os.path.relpath(os.path.abspath(outputs.stack), star_dir)
+  particles = table.star.particles.copy()
+  particles["rlnImageName"] = [f"{i:06d}@{name}" for i in range(1, len(table) + 1)]
+  return particles
