@@ -1,0 +1,119 @@
+"""io: checked reading, atomic and bounded-memory writing of MRC stacks and STAR files.
+
+Also holds the small helpers (`launch`, `files_under`) the denoise / make_pairs / bad-input
+tests share.
+"""
+
+import os
+import stat
+import subprocess
+import sys
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryojax_denoise import io
+from cryojax_denoise.errors import InputError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(ROOT, "..", "shared", "data")
+
+
+def launch(*args, **kw) -> subprocess.CompletedProcess:
+  """Runs `launch.py ARGS` in a subprocess (the way users run it)."""
+  return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], capture_output=True,
+                        text=True, cwd=ROOT, timeout=kw.get("timeout", 300))
+
+
+def launch_async(*args) -> subprocess.Popen:
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def files_under(path) -> list[str]:
+  """Every file and folder below `path` (relative), sorted: to check that nothing was written."""
+  out = []
+  for base, dirs, files in os.walk(path):
+    out += [os.path.relpath(os.path.join(base, n), path) for n in dirs + files]
+  return sorted(out)
+
+
+def random_stack(n=6, size=32, seed=0):
+  return np.random.default_rng(seed).normal(size=(n, size, size)).astype(np.float32)
+
+
+def test_write_stack_roundtrip_and_pixel_size(tmp_path):
+  x = random_stack()
+  io.write_stack(str(tmp_path / "a.mrcs"), x, 2.5)
+  s = io.read_stack(str(tmp_path / "a.mrcs"))
+  np.testing.assert_array_equal(np.asarray(s.data), x)
+  assert s.pixel_size == pytest.approx(2.5)
+  umask = os.umask(0)
+  os.umask(umask)
+  assert stat.S_IMODE(os.stat(tmp_path / "a.mrcs").st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+  assert files_under(tmp_path) == ["a.mrcs"]  # no temporary left behind
+
+
+def test_stack_writer_batches_out_of_order_and_header_stats(tmp_path):
+  x = random_stack(n=10)
+  path = str(tmp_path / "w.mrcs")
+  with io.StackWriter(path, 10, (32, 32), 1.7) as w:
+    w.write(6, x[6:])
+    w.write(0, x[:6])
+  with mrcfile.open(path) as mrc:
+    np.testing.assert_array_equal(mrc.data, x)
+    assert mrc.is_image_stack() and mrc.voxel_size.x == pytest.approx(1.7)
+    assert mrc.header.dmin == pytest.approx(x.min()) and mrc.header.dmax == pytest.approx(x.max())
+    assert mrc.header.dmean == pytest.approx(x.mean(), abs=1e-6) and mrc.header.rms == pytest.approx(x.std(), rel=1e-5)
+
+
+def test_stack_writer_leaves_nothing_when_incomplete_or_failing(tmp_path):
+  path = str(tmp_path / "sub" / "w.mrcs")
+  with pytest.raises(RuntimeError, match="wrote 4 of 10"):
+    with io.StackWriter(path, 10, (32, 32), 1.0) as w:
+      w.write(0, random_stack(4))
+  with pytest.raises(KeyError):
+    with io.StackWriter(path, 10, (32, 32), 1.0) as w:
+      w.write(0, random_stack(4))
+      raise KeyError("boom")
+  assert files_under(tmp_path) == []  # neither the file, a temporary, nor the folder it created
+
+
+def test_image_reader_reads_any_rows(tmp_path):
+  x = random_stack(n=9)
+  io.write_stack(str(tmp_path / "a.mrcs"), x, 1.0)
+  r = io.ImageReader()
+  np.testing.assert_array_equal(r.read(str(tmp_path / "a.mrcs"), [7, 2, 2, 0]), x[[7, 2, 2, 0]])
+  np.testing.assert_array_equal(r.read(str(tmp_path / "a.mrcs"), range(3, 8)), x[3:8])
+  with pytest.raises(InputError, match="index 10 out of range"):
+    r.read(str(tmp_path / "a.mrcs"), [9])
+
+
+def test_truncated_and_garbage_files_are_named(tmp_path):
+  io.write_stack(str(tmp_path / "a.mrcs"), random_stack(n=4), 1.0)
+  data = (tmp_path / "a.mrcs").read_bytes()
+  (tmp_path / "cut.mrcs").write_bytes(data[:-100])
+  (tmp_path / "head.mrcs").write_bytes(data[:300])
+  (tmp_path / "text.mrcs").write_text("this is not an MRC file\n" * 100)
+  with pytest.raises(InputError, match=r"cut\.mrcs: truncated MRC file"):
+    io.read_stack(str(tmp_path / "cut.mrcs"))
+  with pytest.raises(InputError, match=r"head\.mrcs: truncated MRC file"):
+    io.read_stack(str(tmp_path / "head.mrcs"))
+  with pytest.raises(InputError, match=r"text\.mrcs: not an MRC file"):
+    io.read_stack(str(tmp_path / "text.mrcs"))
+
+
+def test_write_star_is_lossless(tmp_path):
+  optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [1.234567891], "rlnVoltage": [300.0]})
+  particles = pd.DataFrame({"rlnImageName": ["000001@a.mrcs", "000002@a.mrcs"],
+                            "rlnDefocusU": [12345.678901234, 1e-7], "rlnAngleRot": [90.0, -0.5],
+                            "rlnOpticsGroup": [1, 1]})
+  io.write_star(str(tmp_path / "p.star"), optics, particles)
+  back = starfile.read(str(tmp_path / "p.star"))
+  pd.testing.assert_frame_equal(back["optics"], optics)
+  pd.testing.assert_frame_equal(back["particles"], particles)
+  io.write_star(str(tmp_path / "p30.star"), None, particles)  # RELION 3.0 layout: one block
+  pd.testing.assert_frame_equal(starfile.read(str(tmp_path / "p30.star")), particles)
