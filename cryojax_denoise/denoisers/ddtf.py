@@ -50,10 +50,19 @@ def hard_threshold(coef: jax.Array, thresh: jax.Array) -> jax.Array:
   return jnp.where(keep, coef, 0.0)
 
 
+PROX = 1e-3  # weight of the proximal term that makes the filter update unique (relative to ‖XᵀV‖)
+
+
 def filter_update(x: jax.Array, v: jax.Array, d: jax.Array) -> jax.Array:
-  """Closed-form DDTF update: orthogonal D maximising tr(Dᵀ Xᵀ V) with the DC column d[:, 0] fixed."""
+  """Closed-form DDTF update: orthogonal D maximising tr(Dᵀ Xᵀ V) with the DC column d[:, 0] fixed.
+
+  When most coefficients are thresholded away (low SNR, few patches) XᵀV is rank-deficient and
+  the maximiser is not unique; a small proximal term, tr(Dᵀ μ D_old) with μ = PROX·‖XᵀV‖_F, picks
+  the solution closest to the previous filters, so the iteration is deterministic and stable.
+  """
   dc = d[:, :1]
   m = x.T @ v[:, 1:]  # (r², r²-1)
+  m = m + PROX * jnp.linalg.norm(m) * d[:, 1:]
   m = m - dc @ (dc.T @ m)  # project onto the complement of the DC filter
   u, _, wt = jnp.linalg.svd(m, full_matrices=False)
   return jnp.concatenate([dc, u @ wt], axis=1)
@@ -88,6 +97,7 @@ def _analysis(images: jax.Array, d: jax.Array, r: int, stride: int) -> jax.Array
                                       precision=jax.lax.Precision.HIGHEST)
 
 
+@functools.partial(jax.jit, static_argnames=("stride",))
 def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: int = 1) -> jax.Array:
   """Denoise (B, H, W) with filter bank `d` (r², r²), per-image thresholds `thresh` (B,) = λ₂σ.
 
@@ -113,28 +123,27 @@ def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 
                  shared: bool = True, seed: int | jax.Array = 0) -> jax.Array:
   """DDTF denoising of a batch (B, H, W) with noise std `noise_std` (scalar or (B,)), in image units.
 
-  Learns the frame on `n_patches` random patches (of the whole batch when `shared`, else of each
-  image) with threshold `lam_scale*lam1*σ` for `n_iter` iterations, then denoises with threshold
+  Learns the frame on `n_patches` patches drawn at random (with replacement) from the whole batch
+  when `shared`, else from each image alone (vmapped: the same as a loop over single images), with
+  threshold `lam_scale*lam1*σ` for `n_iter` iterations; then denoises with threshold
   `lam_scale*lam2*σ` on a patch grid of step `stride` (1 = all patches, as in the paper; 2 is ~4×
-  faster and nearly as good). Returns (B, H, W).
+  faster and nearly as good). `seed`: an int or a PRNG key. Returns (B, H, W) float32.
   """
   images = jnp.asarray(images, jnp.float32)
   B, H, W = images.shape
   sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), (B,))
   seed = jnp.asarray(seed)
   key = seed if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.key(seed)
-  if shared:
-    b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
-    xs = pt.gather_patches(images, b, y, x, r)
-    d = learn_filters(xs, lam_scale * lam1 * sigma[b], n_iter)
-    return apply_filters(images, d, lam_scale * lam2 * sigma, stride)
+  if not shared:  # each image alone, with the same patch positions drawn for each
+    one = lambda img, s: _ddtf_shared(img[None], s[None], key, lam_scale * lam1, lam_scale * lam2, r, n_iter,
+                                      n_patches, stride)[0]
+    return jax.vmap(one)(images, sigma)
+  return _ddtf_shared(images, sigma, key, lam_scale * lam1, lam_scale * lam2, r, n_iter, n_patches, stride)
 
-  n_each = min(n_patches, pt.num_patches((H, W), r, 1))
 
-  def one(img, s, k):
-    b, y, x = pt.sample_positions(k, (1, H, W), r, n_each)
-    xs = pt.gather_patches(img[None], b, y, x, r)
-    d = learn_filters(xs, jnp.full((n_each,), lam_scale * lam1 * s), n_iter)
-    return apply_filters(img[None], d, (lam_scale * lam2 * s)[None], stride)[0]
-
-  return jax.vmap(one)(images, sigma, jax.random.split(key, B))
+def _ddtf_shared(images, sigma, key, l1, l2, r, n_iter, n_patches, stride):
+  """One filter bank learned on `n_patches` patches of the whole batch, applied to every image."""
+  b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
+  xs = pt.gather_patches(images, b, y, x, r)
+  d = learn_filters(xs, l1 * sigma[b], n_iter)
+  return apply_filters(images, d, l2 * sigma, stride)

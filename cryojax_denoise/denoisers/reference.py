@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryojax_denoise.denoisers.ddtf import dct_filters
+from cryojax_denoise.denoisers.ddtf import PROX, dct_filters
 
 
 def learn_filters_numpy(x: np.ndarray, thresh: np.ndarray, n_iter: int = 30) -> np.ndarray:
@@ -22,6 +22,7 @@ def learn_filters_numpy(x: np.ndarray, thresh: np.ndarray, n_iter: int = 30) -> 
     v = x @ d
     v[:, 1:] *= np.abs(v[:, 1:]) > thresh[:, None]
     m = x.T @ v[:, 1:]
+    m += PROX * np.linalg.norm(m) * d[:, 1:]
     m -= dc @ (dc.T @ m)
     u, _, wt = np.linalg.svd(m, full_matrices=False)
     d = np.concatenate([dc, u @ wt], axis=1)
