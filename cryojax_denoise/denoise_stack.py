@@ -51,18 +51,19 @@ def is_star_path(path: str) -> bool:
   return str(path).lower().endswith(".star")
 
 
-def open_particles(path: str, reader: io.ImageReader | None = None, square: bool = True) -> ParticleTable:
+def open_particles(path: str, reader: io.ImageReader | None = None, square: bool = True,
+                   required: tuple[str, ...] = ("rlnImageName",)) -> ParticleTable:
   """Opens an MRC stack or a RELION STAR file for streaming; checks every referenced stack.
 
   Raises `InputError` (naming the file) for a missing or unreadable file, a 3D volume, an empty
-  stack, non-square images (when `square`), STAR rows pointing at missing stacks or out-of-range
+  stack, non-square images (when `square`), STAR files missing `required` columns, STAR rows pointing at missing stacks or out-of-range
   indices, and stacks of different image sizes. NaN/Inf are found while streaming (`read_batch`).
   """
   reader = reader or io.ImageReader()
   if not path:
     raise InputError("input: no input file given (an MRC stack or a RELION STAR file)")
   if is_star_path(path):
-    return _open_star(path, reader, square)
+    return _open_star(path, reader, square, required)
   stack = io.read_stack(path, mmap=True, check_finite=False)  # shape, volume and emptiness checks
   n, h, w = stack.data.shape
   pixel_size = stack.pixel_size
@@ -74,8 +75,8 @@ def open_particles(path: str, reader: io.ImageReader | None = None, square: bool
                        (h, w), pixel_size)
 
 
-def _open_star(path: str, reader: io.ImageReader, square: bool) -> ParticleTable:
-  star = io.read_star(path, check_files=False)
+def _open_star(path: str, reader: io.ImageReader, square: bool, required: tuple[str, ...]) -> ParticleTable:
+  star = io.read_star(path, required=tuple(dict.fromkeys(("rlnImageName", *required))), check_files=False)
   stacks: list[str] = []
   ids: dict[str, int] = {}
   stack_of = np.empty(len(star), np.int64)
@@ -184,6 +185,24 @@ def _write(writer: io.StackWriter, start: int, stop: int, result, bar: Progress)
     raise RuntimeError(f"non-finite output values for images {start + 1}..{stop}")
   writer.write(start, out)
   bar.update(stop - start)
+
+
+def fit_scale_offset(model, images):
+  """Per-image least-squares a·model + b ≈ images for (B, H, W) arrays; returns (a·model + b, a, b).
+
+  Puts projections in the particles' units (the clean targets of `make_pairs`). A constant
+  model image gets a = 0 and b = the image mean.
+  """
+  import jax.numpy as jnp
+
+  p = jnp.asarray(model, jnp.float32)
+  x = jnp.asarray(images, jnp.float32)
+  pc = p - p.mean(axis=(-2, -1), keepdims=True)
+  xc = x - x.mean(axis=(-2, -1), keepdims=True)
+  var = (pc * pc).sum(axis=(-2, -1))
+  a = jnp.where(var > 0, (pc * xc).sum(axis=(-2, -1)) / jnp.where(var > 0, var, 1.0), 0.0)
+  b = x.mean(axis=(-2, -1)) - a * p.mean(axis=(-2, -1))
+  return a[:, None, None] * p + b[:, None, None], a, b
 
 
 # ---------------------------------------------------------------------------- denoising

@@ -388,7 +388,7 @@ def read_volume(path: str, pixel_size: float | None = None) -> tuple[np.ndarray,
     mrc.close()
   if data.ndim != 3 or data.shape[0] == 1:
     raise InputError(f"{path}: expected a 3D volume, got data of shape {data.shape}")
-  if ispg == 0 and not (data.shape[0] == data.shape[1] == data.shape[2]):
+  if (ispg == 0 and not (data.shape[0] == data.shape[1] == data.shape[2])) or path_is_stack_name(path):
     raise InputError(f"{path}: is an image stack {data.shape}, expected a 3D volume")
   if not (data.shape[0] == data.shape[1] == data.shape[2]):
     raise InputError(f"{path}: expected a cubic volume, got shape {data.shape}")

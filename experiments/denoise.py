@@ -60,18 +60,9 @@ def parse_params(text) -> dict:
 def _denoiser(config):
   from cryojax_denoise import denoisers
 
-  names = list(denoisers.names())
-  if config.method not in names:
-    raise InputError(f"method: unknown method {config.method!r}; valid methods: {', '.join(names)}")
   params = parse_params(config.params)
   if config.method in LEARNED:
-    if not config.checkpoint:
-      raise InputError(f"checkpoint: method {config.method} needs --config.checkpoint=TRAINING_WORKDIR")
-    if not os.path.isdir(config.checkpoint):
-      raise InputError(f"{config.checkpoint}: checkpoint folder not found")
     params["checkpoint"] = config.checkpoint
-  elif config.checkpoint:
-    raise InputError(f"checkpoint: method {config.method} takes no checkpoint (only {', '.join(LEARNED)})")
   try:
     return denoisers.get(config.method, **params)
   except TypeError as e:
@@ -79,7 +70,8 @@ def _denoiser(config):
 
 
 def validate(config) -> None:
-  """Cheap checks before anything is written (files are checked fully when opened in `run`)."""
+  """Cheap checks before anything is written; files are checked fully when `run` opens them
+  (once: a STAR file may reference 10⁵ stacks), and the launcher removes what it wrote on error."""
   if not config.input:
     raise InputError("input: give --config.input=STACK.mrcs or PARTICLES.star")
   if not os.path.exists(config.input):
@@ -93,16 +85,27 @@ def validate(config) -> None:
   if config.output:
     from cryojax_denoise import io
     io.check_not_input(config.output, config.input)
-  _denoiser(config)
+  from cryojax_denoise import denoisers  # the registry module is light: no JAX import yet
+
+  if config.method not in denoisers.names():
+    raise InputError(f"method: unknown method {config.method!r}; valid methods: {', '.join(denoisers.names())}")
+  parse_params(config.params)
+  if config.method in LEARNED:
+    if not config.checkpoint:
+      raise InputError(f"checkpoint: method {config.method} needs --config.checkpoint=TRAINING_WORKDIR")
+    if not os.path.isdir(config.checkpoint):
+      raise InputError(f"{config.checkpoint}: checkpoint folder not found")
+  elif config.checkpoint:
+    raise InputError(f"checkpoint: method {config.method} takes no checkpoint (only {', '.join(LEARNED)})")
 
 
 def run(config, workdir: str) -> None:
   from cryojax_denoise import denoise_stack, io
 
-  denoiser = _denoiser(config)
   reader = io.ImageReader()
-  table = denoise_stack.open_particles(config.input, reader)
+  table = denoise_stack.open_particles(config.input, reader)  # file problems surface before JAX loads
   outputs = denoise_stack.output_paths(table, config.output, workdir)
+  denoiser = _denoiser(config)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")

@@ -1,0 +1,93 @@
+"""Clean targets for real particles: the map projected at each particle's pose with its CTF.
+
+    python launch.py --experiment=make_pairs --config.star=particles.star \\
+        --config.volume=map.mrc --config.pixel_size=1.06
+
+For every row of the STAR file (in order): the projection of `volume` at rlnAngleRot/Tilt/Psi
+(degrees), shifted by rlnOriginX/YAngst, with the particle's CTF (defocus U/V/angle, voltage, Cs,
+amplitude contrast from its optics group), then fitted to the particle image by least squares
+(per-particle scale and offset, `fit=True`) so it is in the particle's units. Writes
+WORKDIR/clean.mrcs (or `output=`), streamed in batches: pairs (noisy STAR images, clean.mrcs)
+train the learned denoisers on real data.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+from absl import logging
+
+from cryojax_denoise.errors import InputError
+
+POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.star = ""          # RELION STAR file of the particles (poses, CTF, rlnImageName)
+  c.volume = ""        # the 3D map (MRC) to project, e.g. the refined reconstruction
+  c.pixel_size = 0.0   # voxel size of the map in Å; 0 = from its header
+  c.output = ""        # default WORKDIR/clean.mrcs
+  c.batch_size = 64    # particles per projection batch
+  c.fit = True         # least-squares scale + offset of each projection to its particle
+  return c
+
+
+def validate(config) -> None:
+  from cryojax_denoise import io
+
+  if not config.star:
+    raise InputError("star: give --config.star=PARTICLES.star")
+  if not config.volume:
+    raise InputError("volume: give --config.volume=MAP.mrc (and --config.pixel_size=Å if its header lacks it)")
+  for path in (config.star, config.volume):
+    if not os.path.exists(path):
+      raise InputError(f"{path}: file not found")
+  if config.batch_size < 1:
+    raise InputError(f"batch_size: must be at least 1, got {config.batch_size}")
+  io.read_volume(config.volume, config.pixel_size or None)  # a 3D map, finite, with a voxel size
+  if config.output:
+    io.check_not_input(config.output, config.star, config.volume)
+
+
+def _angstrom_origins(particles, pixel_size: float):
+  """RELION 3.0 origins (rlnOriginX/Y, pixels) as rlnOriginX/YAngst, which `project` reads."""
+  particles = particles.copy()
+  for axis in ("X", "Y"):
+    if f"rlnOrigin{axis}Angst" not in particles.columns and f"rlnOrigin{axis}" in particles.columns:
+      particles[f"rlnOrigin{axis}Angst"] = particles[f"rlnOrigin{axis}"] * pixel_size
+  return particles
+
+
+def run(config, workdir: str) -> None:
+  from cryojax_denoise import denoise_stack, io
+
+  reader = io.ImageReader()
+  table = denoise_stack.open_particles(config.star, reader, required=POSE_COLUMNS)
+  if not table.is_star:
+    raise InputError(f"{config.star}: expected a RELION STAR file (poses and CTF per particle)")
+  output = config.output or os.path.join(workdir, "clean.mrcs")
+  io.check_not_input(output, config.star, config.volume, *table.stacks)
+  _, map_pixel = io.read_volume(config.volume, config.pixel_size or None)
+  if abs(map_pixel - table.pixel_size) > 1e-3 * table.pixel_size:
+    raise InputError(f"{config.volume}: map voxel size {map_pixel:g} Å differs from the particles' pixel size "
+                     f"{table.pixel_size:g} Å ({config.star}); resample the map or set --config.pixel_size")
+  from cryojax_denoise.data import simulate
+
+  size = table.shape[0]
+  source = simulate.load_source(volume=config.volume, pixel_size=map_pixel, image_size=size)
+  particles = _angstrom_origins(table.star.particles, table.pixel_size)
+  optics = table.star.optics
+  logging.info("make_pairs: %d particles of %dx%d (%.4g Å/px) from %s, map %s -> %s", len(table), size, size,
+               table.pixel_size, config.star, config.volume, output)
+
+  def clean_targets(rows, images):
+    projections = simulate.project(source, particles.iloc[rows].reset_index(drop=True), optics, size)
+    if not config.fit:
+      return projections
+    return denoise_stack.fit_scale_offset(projections, images)[0]
+
+  denoise_stack.stream(table, clean_targets, output, batch_size=config.batch_size, desc="make_pairs",
+                       reader=reader)
+  logging.info("wrote %s", output)
