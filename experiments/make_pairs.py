@@ -6,7 +6,8 @@
 For every row of the STAR file (in order): the projection of `volume` at rlnAngleRot/Tilt/Psi
 (degrees), shifted by rlnOriginX/YAngst, with the particle's CTF (defocus U/V/angle, voltage, Cs,
 amplitude contrast from its optics group), then fitted to the particle image by least squares
-(per-particle scale and offset, `fit=True`) so it is in the particle's units. Writes
+(per-particle scale and offset, `fit=True`) so it is in the particle's units. The map is
+resampled to the particles' pixel size (per optics group) when the two differ. Writes
 WORKDIR/clean.mrcs (or `output=`), streamed in batches: pairs (noisy STAR images, clean.mrcs)
 train the learned denoisers on real data.
 """
@@ -51,15 +52,6 @@ def validate(config) -> None:
     io.check_not_input(config.output, config.star, config.volume)
 
 
-def _angstrom_origins(particles, pixel_size: float):
-  """RELION 3.0 origins (rlnOriginX/Y, pixels) as rlnOriginX/YAngst, which `project` reads."""
-  particles = particles.copy()
-  for axis in ("X", "Y"):
-    if f"rlnOrigin{axis}Angst" not in particles.columns and f"rlnOrigin{axis}" in particles.columns:
-      particles[f"rlnOrigin{axis}Angst"] = particles[f"rlnOrigin{axis}"] * pixel_size
-  return particles
-
-
 def run(config, workdir: str) -> None:
   from cryojax_denoise import denoise_stack, io
 
@@ -69,21 +61,17 @@ def run(config, workdir: str) -> None:
     raise InputError(f"{config.star}: expected a RELION STAR file (poses and CTF per particle)")
   output = config.output or os.path.join(workdir, "clean.mrcs")
   io.check_not_input(output, config.star, config.volume, *table.stacks)
-  _, map_pixel = io.read_volume(config.volume, config.pixel_size or None)
-  if abs(map_pixel - table.pixel_size) > 1e-3 * table.pixel_size:
-    raise InputError(f"{config.volume}: map voxel size {map_pixel:g} Å differs from the particles' pixel size "
-                     f"{table.pixel_size:g} Å ({config.star}); resample the map or set --config.pixel_size")
   from cryojax_denoise.data import simulate
 
   size = table.shape[0]
-  source = simulate.load_source(volume=config.volume, pixel_size=map_pixel, image_size=size)
-  particles = _angstrom_origins(table.star.particles, table.pixel_size)
-  optics = table.star.optics
-  logging.info("make_pairs: %d particles of %dx%d (%.4g Å/px) from %s, map %s -> %s", len(table), size, size,
-               table.pixel_size, config.star, config.volume, output)
+  source = simulate.load_source(volume=config.volume, pixel_size=config.pixel_size or None, image_size=size)
+  particles = table.star.particles
+  project = denoise_stack.RowProjector(source, table.star.optics, size, ctf="rlnDefocusU" in particles.columns)
+  logging.info("make_pairs: %d particles of %dx%d (%.4g Å/px) from %s, map %s (%.4g Å/px) -> %s", len(table),
+               size, size, table.pixel_size, config.star, config.volume, source.pixel_size, output)
 
   def clean_targets(rows, images):
-    projections = simulate.project(source, particles.iloc[rows].reset_index(drop=True), optics, size)
+    projections = project(particles.iloc[rows])
     if not config.fit:
       return projections
     return denoise_stack.fit_scale_offset(projections, images)[0]
