@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,10 @@ def _make_files(d):
   nan, inf = random_stack(n=6), random_stack(n=6)
   nan[2, 5, 7] = np.nan
   inf[1, 0, 0] = np.inf
-  io.write_stack(str(d / "nan.mrcs"), nan, 2.0)
-  io.write_stack(str(d / "inf.mrcs"), inf, 2.0)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # mrcfile warns while writing the header statistics
+    io.write_stack(str(d / "nan.mrcs"), nan, 2.0)
+    io.write_stack(str(d / "inf.mrcs"), inf, 2.0)
   io.write_stack(str(d / "empty.mrcs"), np.zeros((0, 32, 32), np.float32), 2.0)
   io.write_stack(str(d / "rect.mrcs"), np.zeros((3, 32, 48), np.float32), 2.0)
   names = [f"{i}@good.mrcs" for i in (1, 2, 3)]

@@ -12,11 +12,10 @@ import pytest
 import starfile
 
 from cryojax_denoise import denoise_stack, denoisers, io
-from test_io import ROOT, SHARED, files_under, launch, random_stack
+from test_io import ROOT, SHARED, files_under, launch_async, random_stack
 
 RELION_STAR = os.path.join(SHARED, "relion31.star")
 RELION_STACK = os.path.join(SHARED, "relion31.mrcs")
-needs_relion = pytest.mark.skipif(not os.path.exists(RELION_STAR), reason="../shared/data/relion31.* absent")
 
 
 def gaussian(images):
@@ -30,37 +29,55 @@ def read_mrc(path):
       return np.array(mrc.data), float(mrc.voxel_size.x)
 
 
-@needs_relion
-def test_relion31_star_in_star_out(tmp_path):
-  out = tmp_path / "out" / "den.mrcs"
-  r = launch("--experiment=denoise", f"--workdir={tmp_path / 'w'}", "--config.method=gaussian",
-             f"--config.input={RELION_STAR}", f"--config.output={out}")
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert "denoise: 5/5" in r.stderr and "img/s" in r.stderr and "ETA" in r.stderr  # progress line
-  before, after = starfile.read(RELION_STAR), starfile.read(str(tmp_path / "out" / "den.star"))
+@pytest.fixture(scope="module")
+def relion_runs(tmp_path_factory):
+  """`denoise` on relion31.star (gaussian, output out/den.mrcs) and on relion31.mrcs (wiener,
+  default output), run side by side; returns (folder, {name: CompletedProcess-like})."""
+  if not os.path.exists(RELION_STAR):
+    pytest.skip("../shared/data/relion31.* absent")
+  d = tmp_path_factory.mktemp("relion")
+  procs = {
+      "star": launch_async("--experiment=denoise", f"--workdir={d / 'w_star'}", "--config.method=gaussian",
+                           f"--config.input={RELION_STAR}", f"--config.output={d / 'out' / 'den.mrcs'}"),
+      "stack": launch_async("--experiment=denoise", f"--workdir={d / 'w'}", "--config.method=wiener",
+                            f"--config.input={RELION_STACK}"),
+  }
+  results = {}
+  for name, p in procs.items():
+    _, stderr = p.communicate(timeout=300)
+    results[name] = (p.returncode, stderr)
+  return d, results
+
+
+def test_relion31_star_in_star_out(relion_runs):
+  d, runs = relion_runs
+  returncode, stderr = runs["star"]
+  assert returncode == 0, stderr[-2000:]
+  assert "denoise: 5/5" in stderr and "img/s" in stderr and "ETA" in stderr  # progress line
+  before, after = starfile.read(RELION_STAR), starfile.read(str(d / "out" / "den.star"))
   pd.testing.assert_frame_equal(after["optics"], before["optics"])
   assert list(after["particles"].columns) == list(before["particles"].columns) and len(after["particles"]) == 5
   others = [c for c in before["particles"].columns if c != "rlnImageName"]
   pd.testing.assert_frame_equal(after["particles"][others], before["particles"][others])
   assert list(after["particles"]["rlnImageName"]) == [f"{i:06d}@den.mrcs" for i in range(1, 6)]
   x, _ = read_mrc(RELION_STACK)
-  y, pixel = read_mrc(str(out))
+  y, pixel = read_mrc(str(d / "out" / "den.mrcs"))
   assert y.shape == x.shape and pixel == pytest.approx(2.806)  # pixel size from the STAR optics
   np.testing.assert_allclose(y, gaussian(x), atol=1e-4)  # input units, same order
   assert abs(y.mean() - x.mean()) < 1e-3 and 0.05 < y.std() / x.std() < 1
   # The written STAR file resolves back to the new images.
-  star = io.read_star(str(tmp_path / "out" / "den.star"))
+  star = io.read_star(str(d / "out" / "den.star"))
   np.testing.assert_allclose(io.star_images(star), y)
+  assert files_under(d / "out") == ["den.mrcs", "den.star"]
 
 
-@needs_relion
-def test_relion31_stack_default_output(tmp_path):
-  r = launch("--experiment=denoise", f"--workdir={tmp_path / 'w'}", "--config.method=wiener",
-             f"--config.input={RELION_STACK}")
-  assert r.returncode == 0, r.stderr[-2000:]
-  assert files_under(tmp_path / "w") == ["config.json", "denoised.mrcs"]
+def test_relion31_stack_default_output(relion_runs):
+  d, runs = relion_runs
+  returncode, stderr = runs["stack"]
+  assert returncode == 0, stderr[-2000:]
+  assert files_under(d / "w") == ["config.json", "denoised.mrcs"]
   x, pixel_in = read_mrc(RELION_STACK)
-  y, pixel_out = read_mrc(str(tmp_path / "w" / "denoised.mrcs"))
+  y, pixel_out = read_mrc(str(d / "w" / "denoised.mrcs"))
   assert y.shape == x.shape and pixel_out == pytest.approx(pixel_in)
   assert abs(y.mean() - x.mean()) < 0.05 * x.std() and y.std() < x.std()
 
@@ -140,29 +157,35 @@ def test_stream_pads_last_batch_and_leaves_nothing_on_error(tmp_path):
   assert files_under(tmp_path) == ["in.mrcs", "out.mrcs"]
 
 
-def _peak_rss_of_denoise(tmp_path, stack, out):
-  """Peak resident memory (bytes) of `launch.py --experiment=denoise` on `stack`, via wait4."""
-  p = subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise",
-                        f"--workdir={tmp_path / 'w'}", "--config.method=gaussian", f"--config.input={stack}",
-                        f"--config.output={out}", "--config.batch_size=256"],
-                       cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _start_denoise(tmp_path, stack, out):
+  return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise",
+                           f"--workdir={tmp_path / ('w_' + os.path.basename(out))}", "--config.method=gaussian",
+                           f"--config.input={stack}", f"--config.output={out}", "--config.batch_size=256"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _peak_rss(p) -> int:
+  """Peak resident memory (bytes) of the finished child `p`, from wait4's rusage."""
   err = p.stderr.read()
   _, status, usage = os.wait4(p.pid, 0)
-  assert os.waitstatus_to_exitcode(status) == 0, err[-2000:]
+  p.returncode = os.waitstatus_to_exitcode(status)
+  assert p.returncode == 0, err[-2000:]
   return usage.ru_maxrss * 1024  # kB on Linux
 
 
 @pytest.mark.skipif(not hasattr(os, "wait4") or sys.platform != "linux", reason="needs Linux wait4 rusage")
 def test_memory_stays_bounded_on_a_large_stack(tmp_path):
-  """20,000 images of 64² (328 MB): peak RSS grows by far less than the stack over a 256-image run."""
+  """20,000 images of 64² (328 MB): `launch.py --experiment=denoise` peaks at about the same
+  resident memory as on 256 images (the two run side by side), far below the stack's size."""
   n, block = 20000, random_stack(n=1000, size=64, seed=3)
   big, small = str(tmp_path / "big.mrcs"), str(tmp_path / "small.mrcs")
   with io.StackWriter(big, n, (64, 64), 1.0) as w:
     for start in range(0, n, len(block)):
       w.write(start, block + np.float32(start // len(block)))
   io.write_stack(small, block[:256], 1.0)
-  base = _peak_rss_of_denoise(tmp_path, small, str(tmp_path / "small_out.mrcs"))
-  peak = _peak_rss_of_denoise(tmp_path, big, str(tmp_path / "big_out.mrcs"))
+  runs = [_start_denoise(tmp_path, small, str(tmp_path / "small_out.mrcs")),
+          _start_denoise(tmp_path, big, str(tmp_path / "big_out.mrcs"))]
+  base, peak = (_peak_rss(p) for p in runs)
   stack_bytes = n * 64 * 64 * 4
   print(f"peak RSS: 256 images {base / 2**20:.0f} MiB, {n} images {peak / 2**20:.0f} MiB, "
         f"growth {(peak - base) / 2**20:.0f} MiB for a {stack_bytes / 2**20:.0f} MiB stack")
