@@ -53,6 +53,8 @@ def _make_files(d):
   _star(d / "noposes.star", names, drop=("rlnAngleTilt",))
   _star(d / "missing.star", ["1@good.mrcs", "1@Extract/gone.mrcs"])
   _star(d / "range.star", ["1@good.mrcs", "7@good.mrcs"])
+  (d / "notckpt").mkdir()
+  (d / "notckpt" / "config.json").write_text("{}\n")
 
 
 # name: (experiment, config overrides (relative paths are in the case folder), words the error line must hold)
@@ -72,6 +74,8 @@ CASES = {
     "star_missing_stack": ("denoise", {"input": "missing.star"}, ["missing.star", "row 2", "gone.mrcs", "not found"]),
     "star_index_out_of_range": ("denoise", {"input": "range.star"},
                                 ["range.star", "row 2", "index 7 out of range", "6 images"]),
+    "checkpoint_not_a_checkpoint": ("denoise", {"input": "good.mrcs", "method": "autoencoder", "checkpoint": "notckpt"},
+                                    ["notckpt", "checkpoint"]),
     "missing_input": ("denoise", {"input": "nowhere.mrcs"}, ["nowhere.mrcs", "not found"]),
     "output_is_input": ("denoise", {"input": "good.mrcs", "output": "good.mrcs"},
                         ["good.mrcs", "output path is the input"]),
@@ -95,8 +99,8 @@ def results(tmp_path_factory):
     if experiment == "make_pairs":
       cfg.setdefault("output", "out/clean.mrcs")
     args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--experiment={experiment}", f"--workdir={d / 'w'}"]
-    args += [f"--config.{k}={d / v}" for k, v in cfg.items()]
-    before = {f: (d / f).read_bytes() for f in files_under(d) if (d / f).is_file()}
+    args += [f"--config.{k}={v if k == 'method' else d / v}" for k, v in cfg.items()]
+    before = {f: (d / f).read_bytes() if (d / f).is_file() else None for f in files_under(d)}
     jobs.append((name, d, before, args))
   running = []
   while jobs or running:
@@ -123,4 +127,4 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(results, case):
   assert all(w in errors[0] for w in words), errors[0]
   # Nothing written: no workdir, no output folder or temporary; every input byte-identical.
   assert files_under(d) == sorted(before), set(files_under(d)) ^ set(before)
-  assert all((d / f).read_bytes() == data for f, data in before.items())
+  assert all((d / f).read_bytes() == data for f, data in before.items() if data is not None)

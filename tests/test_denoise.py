@@ -194,3 +194,11 @@ def test_memory_stays_bounded_on_a_large_stack(tmp_path):
   for rows in ([0, 1], [12345], [n - 1]):
     np.testing.assert_allclose(reader.read(str(tmp_path / "big_out.mrcs"), rows), gaussian(reader.read(big, rows)),
                                atol=1e-4)
+
+
+def test_star_stacks_of_different_sizes_are_refused(tmp_path):
+  io.write_stack(str(tmp_path / "a.mrcs"), random_stack(n=2, size=32), 1.0)
+  io.write_stack(str(tmp_path / "b.mrcs"), random_stack(n=2, size=24), 1.0)
+  io.write_star(str(tmp_path / "p.star"), None, pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@b.mrcs"]}))
+  with pytest.raises(denoise_stack.InputError, match=r"b\.mrcs: images are 24x24, but .*a\.mrcs has 32x32"):
+    denoise_stack.open_particles(str(tmp_path / "p.star"))
