@@ -5,13 +5,13 @@ shift (a phase ramp), multiplied by its CTF, and its central slice is inserted i
 Fourier grid by trilinear gridding (scatter-add). Two accumulators are kept per map,
 Σ CTF·F and Σ CTF², and the map is their Wiener-style ratio Σ CTF·F / (Σ CTF² + λ), inverse
 transformed, cropped to D³ and divided by the trilinear kernel's real-space transform
-(gridding correction). Maps come out in the projection units of the images: summing the
-map along z reproduces a CTF-free, unshifted image at the identity pose.
+(gridding correction). Maps are in the images' units: summing a map along z gives back a
+CTF-free, centred image at the identity pose.
 
 Conventions (checked against `cryojax_denoise.data.simulate`, which simulates with cryojax):
 - Poses are RELION's: rlnAngleRot/Tilt/Psi (degrees, ZYZ) give RELION's matrix A
-  (Euler_angles2matrix) that maps map coordinates to image coordinates, so the image
-  frequency (kx, ky) lies at Aᵀ (kx, ky, 0) in the map. It equals cryojax's
+  (Euler_angles2matrix, `data.simulate.relion_matrix`) that maps map coordinates to image
+  coordinates, so the image frequency (kx, ky) lies at Aᵀ (kx, ky, 0) in the map. It equals cryojax's
   `EulerAnglePose(phi=-rot, theta=-tilt, psi=-psi).rotation`. Volumes are indexed
   [z, y, x] and images [y, x], like cryojax and mrcfile.
 - Origins: a particle sits at (box centre − rlnOriginX/YAngst) in its image, so it is
@@ -41,6 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import cryojax.simulator as cxs
 from cryojax.constants import wavelength_from_kilovolts
 
+from cryojax_denoise.data.simulate import relion_matrix
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.progress import Progress
 from cryojax_denoise.reconstruction import fsc as fsc_lib
@@ -50,19 +51,6 @@ DEFAULT_REG = 1e-3
 
 
 # ---------------------------------------------------------------------------- poses and CTF
-
-
-def relion_matrices(rot, tilt, psi) -> np.ndarray:
-  """RELION's Euler_angles2matrix for ZYZ angles in degrees: (N, 3, 3) float64 matrices A with
-  image coordinates = A · map coordinates (x, y, z)."""
-  a, b, g = (np.deg2rad(np.asarray(v, np.float64)) for v in (rot, tilt, psi))
-  ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
-  cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
-  m = np.empty(a.shape + (3, 3))
-  m[..., 0, 0], m[..., 0, 1], m[..., 0, 2] = cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb
-  m[..., 1, 0], m[..., 1, 1], m[..., 1, 2] = -sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb
-  m[..., 2, 0], m[..., 2, 1], m[..., 2, 2] = sc, ss, cb
-  return m
 
 
 class ParticleParams(NamedTuple):
@@ -111,7 +99,8 @@ def particle_params(particles: pd.DataFrame, optics: pd.DataFrame | None, pixel_
   rot = _column(particles, "rlnAngleRot")
   tilt = _column(particles, "rlnAngleTilt")
   psi = _column(particles, "rlnAnglePsi")
-  a = relion_matrices(rot, tilt, psi)
+  psi = np.where(psi == -999.0, 0.0, psi)  # RELION's "unset"
+  a = relion_matrix(rot, tilt, psi)
   if "rlnOriginXAngst" in particles.columns or "rlnOriginYAngst" in particles.columns:
     sx = _column(particles, "rlnOriginXAngst", 0.0)
     sy = _column(particles, "rlnOriginYAngst", 0.0)
