@@ -50,12 +50,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.reference = True  # also time the reference implementations
   c.omp_patches = 4096  # patches coded by both OMPs
   c.omp_atoms = 8  # atoms per patch in the OMP comparison (fixed sparsity, so supports compare)
+  c.ddtf_n_patches = 0  # patches DDTF learns from; 0: its default (40000)
+  c.ksvd_n_train = 0  # patches K-SVD learns from; 0: its default
   c.tune = False  # pick each knob on a separate tuning batch of `n_tune` images first
   c.n_tune = 8
   return c
 
 
 def validate(config) -> None:
+  if config.ddtf_n_patches < 0 or config.ksvd_n_train < 0 or config.omp_patches < 1:
+    raise InputError("benchmark: ddtf_n_patches, ksvd_n_train must be >= 0 and omp_patches >= 1")
   if config.n_images < 1 or config.image_size < 16:
     raise InputError("benchmark: n_images must be >= 1 and image_size >= 16")
   if not config.snr > 0:
@@ -159,12 +163,18 @@ def run(config, workdir: str) -> None:
     for name in config.methods:
       if name == "bm3d":
         continue  # slow; its default σ multiplier is 1
-      chosen[name], tables[name] = tuning.tune(name, t_noisy, t_clean, t_sigma)
+      fixed = {"ddtf": {"n_patches": int(config.ddtf_n_patches)} if config.ddtf_n_patches else {},
+               "ksvd": {"n_train": int(config.ksvd_n_train)} if config.ksvd_n_train else {}}.get(name, {})
+      chosen[name], tables[name] = tuning.tune(name, t_noisy, t_clean, t_sigma, **fixed)
       logging.info("benchmark: tuned %s: %s", name, chosen[name])
   rows = []
   bar = Progress(total=len(config.methods), desc="benchmark", unit="methods", every_s=0.0)
   for name in config.methods:
     params = dict(chosen.get(name, {}))
+    if name == "ddtf" and config.ddtf_n_patches:
+      params["n_patches"] = int(config.ddtf_n_patches)
+    if name == "ksvd" and config.ksvd_n_train:
+      params["n_train"] = int(config.ksvd_n_train)
     if name == "bm3d" and config.bm3d_workers:
       params["workers"] = int(config.bm3d_workers)
     den = denoisers.get(name, **params)
