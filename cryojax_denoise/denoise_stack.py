@@ -89,8 +89,9 @@ def _open_star(path: str, reader: io.ImageReader, square: bool, required: tuple[
     stack_of[row] = ids[stack]
   shape = None
   for k, stack in enumerate(stacks):
-    io.read_stack(stack, mmap=True, check_finite=False, allow_volume=True)  # checks the file itself
-    _, _, (n, h, w) = reader.layout(stack)
+    _, _, (n, h, w) = reader.layout(stack)  # opens and checks the file once (10⁵ stacks are common)
+    if n == 0 or h == 0 or w == 0:
+      raise InputError(f"{stack}: empty stack (shape {(n, h, w)})")
     if shape is None:
       shape = (h, w)
       if square:

@@ -12,14 +12,15 @@ import pytest
 import starfile
 
 from cryojax_denoise import denoise_stack, denoisers, io
+from cryojax_denoise.errors import InputError
 from test_io import ROOT, SHARED, files_under, launch_async, random_stack
 
 RELION_STAR = os.path.join(SHARED, "relion31.star")
 RELION_STACK = os.path.join(SHARED, "relion31.mrcs")
 
 
-def gaussian(images):
-  return np.asarray(denoisers.get("gaussian", width=1.5)(np.asarray(images, np.float32)))
+def gaussian(images, width=1.5):
+  return np.asarray(denoisers.get("gaussian", width=width)(np.asarray(images, np.float32)))
 
 
 def read_mrc(path):
@@ -31,14 +32,15 @@ def read_mrc(path):
 
 @pytest.fixture(scope="module")
 def relion_runs(tmp_path_factory):
-  """`denoise` on relion31.star (gaussian, output out/den.mrcs) and on relion31.mrcs (wiener,
+  """`denoise` on relion31.star (gaussian of width 2.5, output out/den.mrcs) and on relion31.mrcs (wiener,
   default output), run side by side; returns (folder, {name: CompletedProcess-like})."""
   if not os.path.exists(RELION_STAR):
     pytest.skip("../shared/data/relion31.* absent")
   d = tmp_path_factory.mktemp("relion")
   procs = {
       "star": launch_async("--experiment=denoise", f"--workdir={d / 'w_star'}", "--config.method=gaussian",
-                           f"--config.input={RELION_STAR}", f"--config.output={d / 'out' / 'den.mrcs'}"),
+                           "--config.params=width=2.5", f"--config.input={RELION_STAR}",
+                           f"--config.output={d / 'out' / 'den.mrcs'}"),
       "stack": launch_async("--experiment=denoise", f"--workdir={d / 'w'}", "--config.method=wiener",
                             f"--config.input={RELION_STACK}"),
   }
@@ -63,7 +65,7 @@ def test_relion31_star_in_star_out(relion_runs):
   x, _ = read_mrc(RELION_STACK)
   y, pixel = read_mrc(str(d / "out" / "den.mrcs"))
   assert y.shape == x.shape and pixel == pytest.approx(2.806)  # pixel size from the STAR optics
-  np.testing.assert_allclose(y, gaussian(x), atol=1e-4)  # input units, same order
+  np.testing.assert_allclose(y, gaussian(x, width=2.5), atol=1e-4)  # params used; input units, same order
   assert abs(y.mean() - x.mean()) < 1e-3 and 0.05 < y.std() / x.std() < 1
   # The written STAR file resolves back to the new images.
   star = io.read_star(str(d / "out" / "den.star"))
@@ -200,5 +202,16 @@ def test_star_stacks_of_different_sizes_are_refused(tmp_path):
   io.write_stack(str(tmp_path / "a.mrcs"), random_stack(n=2, size=32), 1.0)
   io.write_stack(str(tmp_path / "b.mrcs"), random_stack(n=2, size=24), 1.0)
   io.write_star(str(tmp_path / "p.star"), None, pd.DataFrame({"rlnImageName": ["1@a.mrcs", "2@b.mrcs"]}))
-  with pytest.raises(denoise_stack.InputError, match=r"b\.mrcs: images are 24x24, but .*a\.mrcs has 32x32"):
+  with pytest.raises(InputError, match=r"b\.mrcs: images are 24x24, but .*a\.mrcs has 32x32"):
     denoise_stack.open_particles(str(tmp_path / "p.star"))
+
+
+def test_parse_params():
+  from experiments.denoise import parse_params
+
+  assert parse_params("") == {}
+  assert parse_params("width=2.5") == {"width": 2.5}
+  assert parse_params("lam_scale=0.8, patch=8,shared=True,mode=fast,sizes=(1,2)") == \
+      {"lam_scale": 0.8, "patch": 8, "shared": True, "mode": "fast", "sizes": (1, 2)}
+  with pytest.raises(InputError, match="not key=value"):
+    parse_params("2.5")
