@@ -1,0 +1,134 @@
+"""The denoising generator, after the cianfrocco-lab GAN-for-Cryo-EM-image-denoising model.
+
+A pix2pix-style encoder-decoder (Tan et al., bioRxiv 256792): each level halves the image with a 4×4
+stride-2 convolution followed by bottleneck residual blocks; the decoder doubles it back with 4×4
+stride-2 transposed convolutions, adds the encoder's (normalised, pre-activation) feature map of the
+same size (an additive skip, not a concatenation) and runs the same number of residual blocks.
+Activations are ELU. The original used batch norm with a batch of one image at training and at test
+time, i.e. per-image (instance) normalisation; we use instance normalisation explicitly, so every image
+is processed independently of its batch-mates (and of how the batch is sharded).
+
+`faithful` settings: widths (64, 128, 256, 512, 512, 512), residual blocks (3, 3, 3, 3, 2, 0), tanh
+output. Our standardised data is not confined to [-1, 1], so the improved default has a linear output
+(and, for CPU budgets, is narrower). Images must be divisible by 2**len(widths).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+# The original initialised weights with N(0, 0.02); we keep that.
+_INIT = nnx.initializers.normal(0.02)
+_EPS = 1e-5  # TF batch_norm epsilon of the original
+
+
+def host_init(factory: Callable[[], nnx.Module], seed: int) -> nnx.Module:
+  """Builds `factory()` with parameters drawn on the host by numpy: convolution kernels N(0, 0.02²),
+  biases 0, normalisation scales 1 (the same distributions as the modules' own initialisers).
+
+  Why: XLA:CPU takes tens of seconds to compile JAX's threefry random initialisers, whether eager or
+  jitted; building the module abstractly (`nnx.eval_shape`, no compilation) and filling it with numpy
+  is instant, and gives bit-identical initial weights on every platform.
+  """
+  graphdef, state = nnx.split(nnx.eval_shape(factory))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
+    if name == "kernel":
+      return jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype)
+    if name == "bias":
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if name == "scale":
+      return jnp.ones(leaf.shape, leaf.dtype)
+    raise ValueError(f"host_init: no rule for parameter {jax.tree_util.keystr(path)}")
+
+  values = jax.tree_util.tree_map_with_path(fill, state.to_pure_dict())
+  nnx.replace_by_pure_dict(state, values)
+  return nnx.merge(graphdef, state)
+
+
+def instance_norm(features: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
+  """Per-image, per-channel normalisation over (H, W) with a learned scale and bias."""
+  return nnx.InstanceNorm(features, epsilon=_EPS, rngs=rngs)
+
+
+def conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs, padding: str = "SAME") -> nnx.Conv:
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=padding,
+                  kernel_init=_INIT, rngs=rngs)
+
+
+class ResidualBlock(nnx.Module):
+  """Bottleneck identity block: 1×1 (C→C/4), 4×4 (C/4→C/4), 1×1 (C/4→C), each normalised; ELU(x + f(x))."""
+
+  def __init__(self, channels: int, *, rngs: nnx.Rngs):
+    mid = max(channels // 4, 1)
+    self.conv_a, self.norm_a = conv(channels, mid, 1, 1, rngs), instance_norm(mid, rngs)
+    self.conv_b, self.norm_b = conv(mid, mid, 4, 1, rngs), instance_norm(mid, rngs)
+    self.conv_c, self.norm_c = conv(mid, channels, 1, 1, rngs), instance_norm(channels, rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    h = jax.nn.elu(self.norm_a(self.conv_a(x)))
+    h = jax.nn.elu(self.norm_b(self.conv_b(h)))
+    h = self.norm_c(self.conv_c(h))
+    return jax.nn.elu(x + h)
+
+
+class Generator(nnx.Module):
+  """Maps noisy images (B, H, W) to denoised images (B, H, W), H and W divisible by 2**len(widths).
+
+  Args:
+    widths: channels at each level, from the first stride-2 convolution down to the bottleneck.
+    blocks: residual blocks at each level (same count in the encoder and the decoder).
+    output: "linear" (default, for standardised data) or "tanh" (the original's, for data in [-1, 1]).
+  """
+
+  def __init__(self, widths: Sequence[int] = (32, 64, 128, 128), blocks: Sequence[int] = (2, 2, 2, 0),
+               output: str = "linear", *, rngs: nnx.Rngs):
+    widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
+    if len(widths) != len(blocks) or not widths:
+      raise ValueError(f"widths {widths} and blocks {blocks} must be non-empty and of equal length")
+    if output not in ("linear", "tanh"):
+      raise ValueError(f"output must be 'linear' or 'tanh', got {output!r}")
+    self.output, self.depth = output, len(widths)
+    cins = (1,) + widths[:-1]
+    self.down = nnx.List([conv(ci, co, 4, 2, rngs) for ci, co in zip(cins, widths)])
+    self.down_norm = nnx.List([instance_norm(co, rngs) for co in widths])
+    self.down_blocks = nnx.List([nnx.List([ResidualBlock(w, rngs=rngs) for _ in range(b)])
+                                 for w, b in zip(widths, blocks)])
+    # Decoder level i (i = depth-2 .. 0) upsamples level i+1's features to widths[i] and adds skip i.
+    self.up = nnx.List([nnx.ConvTranspose(widths[i + 1], widths[i], (4, 4), strides=(2, 2), padding="SAME",
+                                          kernel_init=_INIT, rngs=rngs) for i in range(self.depth - 1)])
+    self.up_norm = nnx.List([instance_norm(widths[i], rngs) for i in range(self.depth - 1)])
+    self.up_blocks = nnx.List([nnx.List([ResidualBlock(widths[i], rngs=rngs) for _ in range(blocks[i])])
+                               for i in range(self.depth - 1)])
+    self.head = nnx.ConvTranspose(widths[0], 1, (4, 4), strides=(2, 2), padding="SAME", kernel_init=_INIT,
+                                  rngs=rngs)
+
+  @property
+  def stride(self) -> int:
+    return 2 ** self.depth
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    _, h, w = images.shape
+    if h % self.stride or w % self.stride:
+      raise ValueError(f"image size {h}×{w} is not divisible by the generator's total stride {self.stride}")
+    x = images[..., None]
+    skips = []
+    for conv_, norm, blocks in zip(self.down, self.down_norm, self.down_blocks):
+      e = norm(conv_(x))
+      skips.append(e)
+      x = jax.nn.elu(e)
+      for block in blocks:
+        x = block(x)
+    for i in reversed(range(self.depth - 1)):
+      x = jax.nn.elu(self.up_norm[i](self.up[i](x)) + skips[i])
+      for block in self.up_blocks[i]:
+        x = block(x)
+    y = self.head(x)[..., 0]
+    return jnp.tanh(y) if self.output == "tanh" else y

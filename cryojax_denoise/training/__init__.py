@@ -1,0 +1,1 @@
+"""Training, checkpointing, sharding and restoring of the learned denoisers (GAN and autoencoder)."""

@@ -1,0 +1,148 @@
+"""Training data for the learned denoisers: fresh simulated pairs, pairs of stacks from disk, a fixed
+validation batch, and the per-image standardisation every learned model sees.
+
+Standardisation (used identically at training and at inference): each noisy image is shifted and
+scaled by its own mean and standard deviation over the box, x' = (x - m) / s; the network maps x' to
+an estimate of (clean - m) / s, which is mapped back to the input's units as y = y' s + m. Per-image
+(rather than per-stack) statistics make the model independent of the batch composition and let large
+stacks stream in batches, and they make it indifferent to the units of real data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryojax_denoise import io
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.training.sharding import shard_host_batch
+
+_VAL_TAG = 0x5EED  # folds the validation key away from every training step's key
+
+
+def standardise(images: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(B, H, W) -> (standardised images, mean (B, 1, 1), std (B, 1, 1)); std floored to avoid 0/0."""
+  mean = jnp.mean(images, axis=(-2, -1), keepdims=True)
+  std = jnp.std(images, axis=(-2, -1), keepdims=True)
+  std = jnp.maximum(std, 1e-6 * (1.0 + jnp.abs(mean)))
+  return (images - mean) / std, mean, std
+
+
+def destandardise(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+  """Inverse of `standardise` for the network's output."""
+  return images * std + mean
+
+
+def sample_snr(key: jax.Array, batch_size: int, snr: float, snr_range) -> jax.Array:
+  """(B,) SNRs: the fixed `snr` when > 0, else log-uniform in `snr_range` (one model for all SNRs)."""
+  if snr and snr > 0:
+    return jnp.full((batch_size,), float(snr), jnp.float32)
+  lo, hi = (float(v) for v in snr_range)
+  u = jax.random.uniform(key, (batch_size,), jnp.float32)
+  return jnp.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+
+def check_snr_config(config) -> None:
+  if config.snr and config.snr > 0:
+    return
+  rng = tuple(config.snr_range)
+  if len(rng) != 2 or not (0 < rng[0] <= rng[1]) or not all(math.isfinite(v) for v in rng):
+    raise InputError(f"config.snr_range: expected (low, high) with 0 < low <= high, got {rng}")
+
+
+class SimulatedPairs:
+  """Fresh (noisy, clean) batches from the jitted simulator; batch `step` is a pure function of
+  (seed, step), so a resumed run sees the same data stream as an uninterrupted one."""
+
+  def __init__(self, config, sharding=None):
+    from cryojax_denoise.data import simulate
+
+    check_snr_config(config)
+    source = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+                                  pixel_size=config.pixel_size or None, image_size=config.image_size,
+                                  seed=config.seed)
+    self.simulator = simulate.Simulator(source, config.image_size, ctf=bool(config.ctf))
+    self.config = config
+    self.image_size = int(config.image_size)
+    b, snr, snr_range = int(config.batch_size), float(config.snr), tuple(config.snr_range)
+    sim = self.simulator
+
+    def make(key):
+      k_snr, k_img = jax.random.split(key)
+      return sim.batch(k_img, b, sample_snr(k_snr, b, snr, snr_range))
+
+    outs = None if sharding is None else (sharding, sharding)
+    self._make = jax.jit(make, out_shardings=outs)
+
+  def batch(self, step: int):
+    return self._make(jax.random.fold_in(jax.random.key(self.config.seed), step))
+
+  def validation(self):
+    """A fixed held-out batch of `val_size` images at `val_snr` (poses never drawn in training)."""
+    c = self.config
+    key = jax.random.fold_in(jax.random.key(c.seed), _VAL_TAG)
+    key = jax.random.fold_in(key, 1 << 30)
+    snr = jnp.full((int(c.val_size),), float(c.val_snr), jnp.float32)
+    noisy, clean = self.simulator.batch(key, int(c.val_size), snr)
+    return np.asarray(noisy, np.float32), np.asarray(clean, np.float32)
+
+
+def read_pairs(noisy_path: str, clean_path: str) -> tuple[io.Stack, io.Stack]:
+  """Reads and checks a (noisy, clean) pair of MRC stacks: same shape, square, finite, ≥ 2 images."""
+  noisy = io.read_stack(noisy_path)
+  clean = io.read_stack(clean_path)
+  if noisy.data.shape != clean.data.shape:
+    raise InputError(f"{clean_path}: clean stack shape {clean.data.shape} differs from noisy stack "
+                     f"{noisy_path} shape {noisy.data.shape}")
+  n, h, w = noisy.data.shape
+  if h != w:
+    raise InputError(f"{noisy_path}: images are {h}×{w}, expected square images")
+  if n < 2:
+    raise InputError(f"{noisy_path}: {n} image(s); training needs at least 2 (one held out for validation)")
+  return noisy, clean
+
+
+class StackPairs:
+  """Random (noisy, clean) batches from two aligned MRC stacks (e.g. real particles and their
+  `make_pairs` projections); the last `val_size` images (at most a tenth of the stack) are held out
+  for validation. Batch `step` depends only on (seed, step). Random 90° rotations and flips, applied
+  identically to both images, augment the (usually small) real sets."""
+
+  def __init__(self, config, sharding=None):
+    self.noisy, self.clean = read_pairs(config.noisy, config.clean)
+    n, self.image_size = self.noisy.data.shape[0], self.noisy.data.shape[1]
+    self.n_val = max(1, min(int(config.val_size), n // 10))
+    self.n_train = n - self.n_val
+    self.config, self.sharding = config, sharding
+
+  def batch(self, step: int):
+    rng = np.random.default_rng([int(self.config.seed), int(step)])
+    idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
+    noisy = np.asarray(self.noisy.data[idx], np.float32)
+    clean = np.asarray(self.clean.data[idx], np.float32)
+    rot, flip = rng.integers(0, 4, len(idx)), rng.integers(0, 2, len(idx))
+    for i in range(len(idx)):
+      for a in (noisy, clean):
+        a[i] = np.rot90(a[i], rot[i])
+        if flip[i]:
+          a[i] = a[i][:, ::-1]
+    if self.sharding is None:
+      return jnp.asarray(noisy), jnp.asarray(clean)
+    return shard_host_batch(noisy, self.sharding), shard_host_batch(clean, self.sharding)
+
+  def validation(self):
+    sl = slice(self.n_train, self.n_train + self.n_val)
+    return np.asarray(self.noisy.data[sl], np.float32), np.asarray(self.clean.data[sl], np.float32)
+
+
+def make_data(config, sharding=None):
+  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`."""
+  if bool(config.noisy) != bool(config.clean):
+    missing = "clean" if config.noisy else "noisy"
+    raise InputError(f"config.{missing}: training on stacks needs both noisy= and clean=")
+  if config.noisy:
+    return StackPairs(config, sharding)
+  return SimulatedPairs(config, sharding)

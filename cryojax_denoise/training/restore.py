@@ -1,0 +1,77 @@
+"""Rebuilds a trained generator from a checkpoint as a denoiser callable.
+
+`load_denoiser(DIR)` reads the config saved with the latest checkpoint in DIR (a training workdir or
+its `checkpoints/` folder), rebuilds the generator, restores its parameters (replicated over the local
+devices) and returns `denoise(images (B, H, W), noise_std=None) -> (B, H, W) float32` in the input's
+units. Images are standardised per image (see `training.data`), processed in fixed-size batches
+sharded over the devices (the last batch padded, so one compilation serves any stack length), and
+images whose size is not a multiple of the generator's stride are reflect-padded and cropped back.
+The model is blind: `noise_std` is accepted for the common denoiser interface and not used.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.training import checkpoints, sharding as sh
+from cryojax_denoise.training.train import build_generator, make_denoise_fn
+
+
+def load_generator(directory: str, mesh=None):
+  """(generator with restored parameters, saved config, step) from the latest checkpoint in `directory`."""
+  step, cfg = checkpoints.saved_config(directory)
+  config = ml_collections.ConfigDict(cfg)
+  for key in ("model",):
+    if key not in config:
+      raise InputError(f"{directory}: checkpoint config has no '{key}' section")
+  try:
+    generator = build_generator(config, abstract=True)
+  except (ValueError, TypeError) as e:
+    raise InputError(f"{directory}: checkpoint config cannot build a generator ({e})") from None
+  mesh = sh.data_mesh(jax.local_devices()) if mesh is None else mesh
+  ckpt = checkpoints.Checkpointer(directory, create=False)
+  try:
+    ckpt.restore(step, {"generator": generator}, sharding=sh.replicated(mesh))
+  finally:
+    ckpt.close()
+  return generator, config, step
+
+
+def load_denoiser(directory: str, batch_size: int = 64):
+  """A batched, jitted, device-sharded denoiser from the trained generator in `directory`."""
+  mesh = sh.data_mesh(jax.local_devices())
+  generator, config, _ = load_generator(directory, mesh)
+  n_dev = mesh.devices.size
+  chunk = max(n_dev, -(-int(batch_size) // n_dev) * n_dev)
+  graphdef, state = nnx.split(generator)
+  denoise_fn = make_denoise_fn(graphdef, mesh)
+  data_sharding = sh.batch_sharding(mesh)
+  stride = generator.stride
+
+  def denoise(images, noise_std=None):
+    del noise_std  # blind model
+    images = np.asarray(images, np.float32)
+    if images.ndim == 2:
+      return denoise(images[None])[0]
+    if images.ndim != 3:
+      raise InputError(f"expected images (B, H, W), got shape {images.shape}")
+    n, h, w = images.shape
+    ph, pw = -h % stride, -w % stride
+    out = np.empty_like(images)
+    for start in range(0, n, chunk):
+      block = images[start:start + chunk]
+      m = len(block)
+      if ph or pw:
+        block = np.pad(block, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+      if m < chunk:
+        block = np.concatenate([block, np.repeat(block[-1:], chunk - m, 0)])
+      est = np.asarray(denoise_fn(state, sh.shard_host_batch(block, data_sharding)))
+      out[start:start + m] = est[:m, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+    return out
+
+  denoise.config = config
+  return denoise
