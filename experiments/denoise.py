@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "ddtf"          # any name of cryojax_denoise.denoisers.names()
   c.params = ""              # method parameters, "key=value,key=value" (e.g. "sigma=1.5")
-  c.noise_std = 0.0          # noise standard deviation in the input's units; 0 = estimate per image
+  c.noise_std = ml_collections.config_dict.placeholder(float)  # noise std in the input's units; None or 0 = estimate per image
   c.checkpoint = ""          # training workdir (or its checkpoints/) for gan / autoencoder
   c.input = ""               # an MRC stack (.mrcs/.mrc) or a RELION STAR file (.star)
   c.output = ""              # .mrcs (or .star for STAR input); default WORKDIR/denoised.mrcs
