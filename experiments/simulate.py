@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.volume = ""  # MRC map; '' = built-in phantom
   config.structure = ""  # PDB/mmCIF model rendered with cryojax
   config.pixel_size = 0.0  # Å; 0 = from the MRC header, or sized to fill ~60% of the box
-  config.batch_size = 128  # images projected per jitted call
+  config.batch_size = 64  # images projected per jitted call
   return config
 
 

@@ -9,8 +9,10 @@ seed.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -89,6 +91,13 @@ def _chain_in_ellipsoid(rng: np.random.Generator, n_atoms: int, semi_axes: np.nd
 
 
 def phantom_atoms(seed: int = 0, n_domains: int | None = None) -> np.ndarray:
+  """Pseudo-atom positions (M, 3) in Å, centred on their centroid, of the seeded phantom
+  (cached per seed; returns a copy). See `_phantom_atoms`."""
+  return _phantom_atoms(int(seed), n_domains).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _phantom_atoms(seed: int, n_domains: int | None) -> np.ndarray:
   """Pseudo-atom positions (M, 3) in Å, centred on their centroid, of the seeded phantom.
 
   3-6 domains of 300-1600 residues each; each domain is an ellipsoid (aspect ratios up to ~2.5,
@@ -142,21 +151,38 @@ def default_pixel_size(positions: np.ndarray, image_size: int, fill: float = FIL
   return atoms_diameter(positions) / (fill * image_size)
 
 
+@functools.lru_cache(maxsize=None)
+def _render_fn(box: int, n_spread):
+  """Jitted cryojax Gaussian-mixture renderer for a (box, box, box) grid; `n_spread` None renders
+  densely (exact erf integrals over the whole grid), a tuple spreads each term locally."""
+  import cryojax.simulator as cxs
+
+  def render(positions, amplitudes, variances, voxel_size):
+    render_fn = cxs.GaussianMixtureRenderFn((box, box, box), voxel_size, n_spread=n_spread)
+    return render_fn(cxs.GaussianMixtureVolume(positions, amplitudes, variances))
+
+  return jax.jit(render)
+
+
 def render_atoms(positions, amplitudes, variances, box: int, pixel_size: float) -> np.ndarray:
   """Renders Gaussian atoms into a (box, box, box) float32 voxel map with cryojax.
 
   positions (M, 3) Å (x, y, z; 0 is the box centre, voxel index box // 2), amplitudes and
   variances (Å^2) (M,) or (M, K) for K Gaussians per atom. Each voxel holds the Gaussian's
-  average over the voxel (erf integrals), spread over the voxels within 4 sigma.
+  average over the voxel (erf integrals). Small jobs render densely; large ones spread each
+  Gaussian over the voxels within 4 sigma.
   """
-  import cryojax.simulator as cxs
-
-  gm = cxs.GaussianMixtureVolume(np.asarray(positions, np.float32), np.asarray(amplitudes, np.float32),
-                                 np.asarray(variances, np.float32))
-  n_spread = cxs.suggest_n_spread(gm, pixel_size, mode="termwise", min_n_spread=3, max_n_spread=box)
-  render = cxs.GaussianMixtureRenderFn((box, box, box), pixel_size, n_spread=n_spread,
-                                       n_batches=max(1, len(positions) // 20000))
-  return np.asarray(render(gm), dtype=np.float32)
+  positions = np.asarray(positions, np.float32)
+  amplitudes = np.broadcast_to(np.asarray(amplitudes, np.float32).reshape(len(positions), -1),
+                               np.asarray(variances).reshape(len(positions), -1).shape)
+  variances = np.asarray(variances, np.float32).reshape(amplitudes.shape)
+  n_spread = None
+  if box**3 * amplitudes.size > 2e10:
+    n_spread = tuple(max(3, min(box, int(math.ceil(8 * math.sqrt(float(v)) / pixel_size))))
+                     for v in variances.max(axis=0))
+  volume = _render_fn(int(box), n_spread)(positions, np.ascontiguousarray(amplitudes), variances,
+                                         np.float32(pixel_size))
+  return np.asarray(volume, dtype=np.float32)
 
 
 def phantom_volume(box: int, pixel_size: float | None = None, seed: int = 0) -> tuple[np.ndarray, float]:

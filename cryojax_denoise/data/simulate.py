@@ -22,6 +22,7 @@ same whatever the stack size or batch size.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -236,68 +237,115 @@ PARAM_NAMES = ("rot", "tilt", "psi", "origin_x", "origin_y", "defocus_u", "defoc
                "phase_shift")
 
 
-def _sample_one(key, max_shift_A: float, defocus_lo: float, defocus_hi: float, astigmatism_A: float) -> dict:
-  """One image's parameters in RELION units (degrees, Å)."""
-  kq, ks, kd, ka, kang = jax.random.split(key, 5)
-  q = jax.random.normal(kq, (4,))
-  rot, tilt, psi = relion_angles_from_matrix(quaternion_to_matrix(q / jnp.linalg.norm(q)))
-  origin = jax.random.uniform(ks, (2,), minval=-max_shift_A, maxval=max_shift_A)
-  defocus = jax.random.uniform(kd, (), minval=defocus_lo, maxval=defocus_hi)
-  astig = jax.random.uniform(ka, (), minval=0.0, maxval=astigmatism_A)
+def _sample_one(key, ranges: dict) -> dict:
+  """One image's parameters in RELION units (degrees, Å), from a single draw of 8 uniforms (one
+  threefry call keeps compilation fast). The rotation is uniform on SO(3): Shoemake's uniform unit
+  quaternion from three uniforms. `ranges`: max_shift_A, defocus_lo, defocus_hi, astigmatism_A."""
+  u = jax.random.uniform(key, (8,))
+  r1, r2 = jnp.sqrt(1.0 - u[0]), jnp.sqrt(u[0])
+  t1, t2 = 2 * jnp.pi * u[1], 2 * jnp.pi * u[2]
+  q = jnp.stack([r2 * jnp.cos(t2), r1 * jnp.sin(t1), r1 * jnp.cos(t1), r2 * jnp.sin(t2)])
+  rot, tilt, psi = relion_angles_from_matrix(quaternion_to_matrix(q))
+  origin = (2 * u[3:5] - 1) * ranges["max_shift_A"]
+  defocus = ranges["defocus_lo"] + (ranges["defocus_hi"] - ranges["defocus_lo"]) * u[5]
+  astig = ranges["astigmatism_A"] * u[6]
   return dict(rot=rot, tilt=tilt, psi=psi, origin_x=origin[0], origin_y=origin[1],
-              defocus_u=defocus + astig / 2, defocus_v=defocus - astig / 2,
-              defocus_angle=jax.random.uniform(kang, (), minval=0.0, maxval=180.0),
-              phase_shift=jnp.zeros(()))
+              defocus_u=defocus + astig / 2, defocus_v=defocus - astig / 2, defocus_angle=180.0 * u[7],
+              phase_shift=jnp.zeros_like(u[0]))
 
 
-def _project_one(fvol, p: dict, *, shape: tuple[int, int], pixel_size: float, voltage_kv: float, cs_mm: float,
-                 amplitude_contrast: float, ctf: bool) -> jax.Array:
-  """cryojax image (H, W) of the Fourier voxel map at one set of RELION parameters `p`."""
+def _per_image_keys(key, start, n: int):
+  """Keys of images start..start+n-1: fold_in(key, index), so image i never depends on n."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(n))
+
+
+def _sample_many(key, start, n: int, ranges: dict) -> dict:
+  return jax.vmap(lambda k: _sample_one(k, ranges))(_per_image_keys(key, start, n))
+
+
+def _unit_noise(key, start, n: int, shape: tuple[int, int]) -> jax.Array:
+  """White unit Gaussian noise (n, H, W) of images start..start+n-1 (per-image keys)."""
+  return jax.vmap(lambda k: jax.random.normal(k, shape))(_per_image_keys(key, start, n))
+
+
+def _project_one(fvol, p: dict, optics: dict, *, shape: tuple[int, int], ctf: bool) -> jax.Array:
+  """cryojax image (H, W) of the Fourier voxel map at one set of RELION parameters `p`; `optics`
+  holds pixel_size (Å), voltage_kv, cs_mm and amplitude_contrast as (traced) scalars."""
   import cryojax.simulator as cxs
 
   pose = cxs.EulerAnglePose(-p["origin_x"], -p["origin_y"], -p["rot"], -p["tilt"], -p["psi"])
-  config = cxs.BasicImageConfig(shape, pixel_size, voltage_kv)
+  config = cxs.BasicImageConfig(shape, optics["pixel_size"], optics["voltage_kv"])
   integrator = cxs.FourierSliceExtraction()
   if ctf:
     transfer = cxs.ContrastTransferTheory(
         cxs.AstigmaticCTF((p["defocus_u"] + p["defocus_v"]) / 2, p["defocus_u"] - p["defocus_v"],
-                          p["defocus_angle"], cs_mm),
-        amplitude_contrast_ratio=amplitude_contrast, phase_shift=p["phase_shift"])
+                          p["defocus_angle"], optics["cs_mm"]),
+        amplitude_contrast_ratio=optics["amplitude_contrast"], phase_shift=p["phase_shift"])
     model = cxs.make_image_model(fvol, config, pose, transfer, volume_integrator=integrator)
   else:
     model = cxs.make_image_model(fvol, config, pose, volume_integrator=integrator)
   return model.simulate()
 
 
+def _project_many(fvol, params: dict, optics: dict, shape: tuple[int, int], ctf: bool) -> jax.Array:
+  return jax.vmap(lambda p: _project_one(fvol, p, optics, shape=shape, ctf=ctf))(params)
+
+
+# Module-level jits: one compile per (batch size, image shape, ctf) for the whole process; the map,
+# the optics and the sampling ranges are traced arguments.
+_project_jit = jax.jit(_project_many, static_argnames=("shape", "ctf"))
+_sample_jit = jax.jit(_sample_many, static_argnums=2)
+
+
+@partial(jax.jit, static_argnames=("n", "shape", "ctf"))
+def _dataset_chunk(fvol, key_params, key_noise, start, ranges, optics, *, n, shape, ctf):
+  """Images start..start+n-1 of a dataset: (parameters, raw clean projections, unit noise)."""
+  params = _sample_many(key_params, start, n, ranges)
+  return params, _project_many(fvol, params, optics, shape, ctf), _unit_noise(key_noise, start, n, shape)
+
+
+@partial(jax.jit, static_argnames=("n", "shape", "ctf"))
+def _simulator_batch(fvol, key, snr, ranges, optics, stats, *, n, shape, ctf):
+  """(noisy, clean) of one on-the-fly batch; clean = (projection - mean) / std with fixed stats."""
+  k_params, k_noise = jax.random.split(key)
+  params = _sample_many(k_params, 0, n, ranges)
+  clean = (_project_many(fvol, params, optics, shape, ctf) - stats["mean"]) / stats["std"]
+  noise_std = jnp.sqrt(stats["signal_var"] / jnp.broadcast_to(jnp.asarray(snr, jnp.float32), (n,)))
+  noisy = clean + noise_std[:, None, None] * _unit_noise(k_noise, 0, n, shape)
+  return noisy.astype(jnp.float32), clean.astype(jnp.float32)
+
+
+@jax.jit
+def _fourier_volume(volume: jax.Array):
+  """cryojax FourierVoxelGridVolume (linear interpolation, deconvolved) of a real (D, D, D) map."""
+  import cryojax.simulator as cxs
+
+  return cxs.FourierVoxelGridVolume.from_real_voxel_grid(volume)
+
+
+def _optics(pixel_size: float, voltage_kv: float, cs_mm: float, amplitude_contrast: float) -> dict:
+  return {k: jnp.float32(v) for k, v in dict(pixel_size=pixel_size, voltage_kv=voltage_kv, cs_mm=cs_mm,
+                                             amplitude_contrast=amplitude_contrast).items()}
+
+
 class Projector:
-  """Jitted, vmapped cryojax projection of one map: `(params dict of (B,) arrays) -> (B, H, W)`.
+  """Jitted, vmapped cryojax projection of one map: `projector(params)` with a dict of (B,)
+  RELION-unit arrays (PARAM_NAMES) -> (B, H, W) float32 in cryojax's units.
 
   The map must already be on the image grid (`fit_volume`/`resample_volume`), at `pixel_size`.
+  Compiles once per (B, image size, ctf) per process.
   """
 
   def __init__(self, volume: np.ndarray, image_size: int, pixel_size: float, *, ctf: bool = True,
                voltage_kv: float = VOLTAGE_KV, cs_mm: float = SPHERICAL_ABERRATION_MM,
                amplitude_contrast: float = AMPLITUDE_CONTRAST):
-    import cryojax.simulator as cxs
-
     self.image_size, self.pixel_size, self.ctf = int(image_size), float(pixel_size), bool(ctf)
-    self.fvol = cxs.FourierVoxelGridVolume.from_real_voxel_grid(jnp.asarray(volume, jnp.float32))
-    one = partial(_project_one, shape=(self.image_size, self.image_size), pixel_size=self.pixel_size,
-                  voltage_kv=float(voltage_kv), cs_mm=float(cs_mm), amplitude_contrast=float(amplitude_contrast),
-                  ctf=self.ctf)
-    self.project = jax.jit(jax.vmap(one, in_axes=(None, 0)))
+    self.fvol = _fourier_volume(jnp.asarray(volume, jnp.float32))
+    self.optics = _optics(pixel_size, voltage_kv, cs_mm, amplitude_contrast)
 
   def __call__(self, params: dict) -> jax.Array:
-    return self.project(self.fvol, params)
-
-
-def _per_image_keys(key, start: int, n: int):
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(n))
-
-
-def _noise(key, start: int, n: int, shape: tuple[int, int]) -> jax.Array:
-  """White unit Gaussian noise for images start..start+n-1 of `key` (per-image keys)."""
-  return jax.vmap(lambda k: jax.random.normal(k, shape))(_per_image_keys(key, start, n))
+    params = {k: jnp.asarray(params[k], jnp.float32) for k in PARAM_NAMES}
+    return _project_jit(self.fvol, params, self.optics, shape=(self.image_size, self.image_size), ctf=self.ctf)
 
 
 # ---------------------------------------------------------------------------- simulator
@@ -306,19 +354,20 @@ def _noise(key, start: int, n: int, shape: tuple[int, int]) -> jax.Array:
 class Simulator:
   """Fresh (noisy, clean) batches on the fly from a key, for training.
 
-  `batch(key, batch_size, snr) -> (noisy, clean)`, each (B, H, W) float32, jitted and vmapped.
-  The clean images are standardised with constants fixed once at construction from a calibration
-  set of CALIBRATION_SIZE images (fixed seed): clean = (projection - mean) / std, where mean and
-  std are over the calibration stack; the noise variance is the calibration set's mean per-image
-  clean variance / snr (snr a scalar or (B,) array). So every batch uses the same scale, and its
-  SNR equals `snr` up to the sampling error of the calibration (about 1-2%).
+  `batch(key, batch_size, snr) -> (noisy, clean)`, each (B, H, W) float32, jitted and vmapped
+  (callable inside the caller's jit). The clean images are standardised with constants fixed
+  once at construction from a calibration set of `calibration_size` images (fixed seed
+  CALIBRATION_SEED): clean = (projection - mean) / std, mean and std over the calibration
+  stack; the noise variance is the calibration set's mean per-image clean variance / snr (snr a
+  scalar or (B,) array). So every batch has the same scale, and its SNR equals `snr` up to the
+  calibration's sampling error (about 1%).
   """
 
   def __init__(self, source: MapSource, image_size: int, ctf: bool = True,
                defocus_range_A: tuple[float, float] = DEFOCUS_RANGE_A, max_shift_A: float = 0.0, *,
                astigmatism_A: float = ASTIGMATISM_A, voltage_kv: float = VOLTAGE_KV,
                cs_mm: float = SPHERICAL_ABERRATION_MM, amplitude_contrast: float = AMPLITUDE_CONTRAST,
-               calibrate: bool = True, calibration_size: int = CALIBRATION_SIZE):
+               calibrate: bool = True, calibration_size: int = CALIBRATION_SIZE, calibration_batch: int = 64):
     image_size = int(image_size)
     if image_size < 8:
       raise InputError(f"image_size: must be at least 8, got {image_size}")
@@ -327,7 +376,7 @@ class Simulator:
       raise InputError(f"defocus_range_A: need 0 < min <= max Å, got {tuple(defocus_range_A)}")
     if not (math.isfinite(float(max_shift_A)) and float(max_shift_A) >= 0):
       raise InputError(f"max_shift_A: must be >= 0 Å, got {max_shift_A}")
-    if not (0 <= float(astigmatism_A) < 2 * lo or not ctf):
+    if ctf and not 0 <= float(astigmatism_A) < 2 * lo:
       raise InputError(f"astigmatism_A: must be in [0, 2 * min defocus), got {astigmatism_A}")
     if not 0 <= float(amplitude_contrast) < 1:
       raise InputError(f"amplitude_contrast: must be in [0, 1), got {amplitude_contrast}")
@@ -337,50 +386,43 @@ class Simulator:
     self.voltage_kv, self.cs_mm, self.amplitude_contrast = float(voltage_kv), float(cs_mm), float(amplitude_contrast)
     self.projector = Projector(volume, image_size, pixel_size, ctf=ctf, voltage_kv=voltage_kv, cs_mm=cs_mm,
                                amplitude_contrast=amplitude_contrast)
-    sample = partial(_sample_one, max_shift_A=self.max_shift_A, defocus_lo=lo, defocus_hi=hi,
-                     astigmatism_A=self.astigmatism_A if ctf else 0.0)
-    self._sample = jax.jit(lambda key, start, n: jax.vmap(sample)(_per_image_keys(key, start, n)),
-                           static_argnums=2)
-    self._raw = jax.jit(self._raw_impl, static_argnums=2)
-    self._batch = jax.jit(self._batch_impl, static_argnums=2)
+    self.ranges = {k: jnp.float32(v) for k, v in dict(
+        max_shift_A=self.max_shift_A, defocus_lo=lo if ctf else 0.0, defocus_hi=hi if ctf else 0.0,
+        astigmatism_A=self.astigmatism_A if ctf else 0.0).items()}
     self.mean = self.std = self.signal_var = None
     if calibrate:
-      self.calibrate(calibration_size)
+      self.calibrate(calibration_size, calibration_batch)
 
-  # -- pieces (pure functions of their arguments; `self` only holds static settings)
+  @property
+  def shape(self) -> tuple[int, int]:
+    return (self.image_size, self.image_size)
+
   def sample_params(self, key, n: int, start: int = 0) -> dict:
-    """Parameters of images start..start+n-1 (RELION units), each from fold_in(key, index)."""
-    return self._sample(key, start, int(n))
-
-  def _raw_impl(self, fvol, key, n: int):
-    params = jax.vmap(partial(_sample_one, max_shift_A=self.max_shift_A, defocus_lo=self.defocus_range_A[0],
-                              defocus_hi=self.defocus_range_A[1],
-                              astigmatism_A=self.astigmatism_A if self.ctf else 0.0))(_per_image_keys(key, 0, n))
-    return self.projector.project(fvol, params), params
-
-  def _batch_impl(self, fvol, key, n: int, snr, mean, std, signal_var):
-    k_img, k_noise = jax.random.split(key)
-    raw, _ = self._raw_impl(fvol, k_img, n)
-    clean = (raw - mean) / std
-    noise_std = jnp.sqrt(signal_var / jnp.broadcast_to(jnp.asarray(snr, jnp.float32), (n,)))
-    noisy = clean + noise_std[:, None, None] * _noise(k_noise, 0, n, clean.shape[1:])
-    return noisy.astype(jnp.float32), clean.astype(jnp.float32)
+    """Parameters (RELION units) of images start..start+n-1, each from fold_in(key, index)."""
+    return _sample_jit(key, start, int(n), self.ranges)
 
   def project(self, params: dict) -> jax.Array:
     """Unstandardised clean images (B, H, W) at the given parameters."""
     return self.projector(params)
 
   def calibrate(self, n: int = CALIBRATION_SIZE, chunk: int = 64) -> None:
-    """Fixes mean, std (over the stack) and mean per-image variance of standardised images."""
+    """Fixes mean, std (over the stack) and mean per-image variance of the standardised clean
+    images, from `n` images in batches of `chunk` (same compiled function as `batch(chunk)`)."""
     key = jax.random.PRNGKey(CALIBRATION_SEED)
-    chunk = min(chunk, n)
-    raws = [np.asarray(self._raw(self.projector.fvol, jax.random.fold_in(key, i), chunk)[0], np.float64)
-            for i in range(-(-n // chunk))]
+    chunk = max(1, min(int(chunk), int(n)))
+    identity = {k: jnp.float32(v) for k, v in dict(mean=0.0, std=1.0, signal_var=1.0).items()}
+    raws = [np.asarray(self._run(jax.random.fold_in(key, i), chunk, jnp.ones((chunk,), jnp.float32), identity)[1],
+                       np.float64) for i in range(-(-int(n) // chunk))]
     raw = np.concatenate(raws)[:n]
-    self.mean, self.std = float(raw.mean()), float(raw.std())
-    if not self.std > 0:
+    mean, std = float(raw.mean()), float(raw.std())
+    if not std > 0:
       raise InputError(f"{self.source.name}: projections are constant (empty map?)")
-    self.signal_var = float(np.mean(np.var((raw - self.mean) / self.std, axis=(1, 2))))
+    self.mean, self.std = mean, std
+    self.signal_var = float(np.mean(np.var((raw - mean) / std, axis=(1, 2))))
+
+  def _run(self, key, n: int, snr, stats):
+    return _simulator_batch(self.projector.fvol, key, snr, self.ranges, self.projector.optics, stats, n=n,
+                            shape=self.shape, ctf=self.ctf)
 
   def batch(self, key, batch_size: int, snr):
     """(noisy, clean), each (batch_size, H, W) float32; see the class docstring for the scale."""
@@ -388,7 +430,10 @@ class Simulator:
       self.calibrate()
     if isinstance(snr, (int, float)) and not snr > 0:
       raise InputError(f"snr: must be > 0, got {snr}")
-    return self._batch(self.projector.fvol, key, int(batch_size), snr, self.mean, self.std, self.signal_var)
+    n = int(batch_size)
+    snr = jnp.broadcast_to(jnp.asarray(snr, jnp.float32), (n,))
+    stats = {k: jnp.float32(v) for k, v in dict(mean=self.mean, std=self.std, signal_var=self.signal_var).items()}
+    return self._run(key, n, snr, stats)
 
 
 # ---------------------------------------------------------------------------- datasets
@@ -420,7 +465,8 @@ def optics_table(pixel_size: float, image_size: int, voltage_kv: float = VOLTAGE
 
 
 def particles_table(params: dict, ctf: bool, stack_name: str = "noisy.mrcs") -> pd.DataFrame:
-  """RELION 3.1 particles block from sampled parameters (one row per image, in order)."""
+  """RELION 3.1 particles block from sampled parameters (one row per image, in order); without
+  CTF the defocus columns are left out (so `project` and readers know there is none)."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
   n = len(p["rot"])
   table = {
@@ -435,24 +481,9 @@ def particles_table(params: dict, ctf: bool, stack_name: str = "noisy.mrcs") -> 
   return pd.DataFrame(table)
 
 
-def _project_in_batches(project, params: dict, n: int, batch_size: int, bar: Progress | None = None) -> np.ndarray:
-  """Runs a jitted (B,)-params projector over n images in fixed-size batches (one compile)."""
-  out = None
-  for start in range(0, n, batch_size):
-    stop = min(start + batch_size, n)
-    idx = np.minimum(np.arange(start, start + batch_size), n - 1)  # pad the last batch
-    chunk = np.asarray(project({k: v[idx] for k, v in params.items()}))[: stop - start]
-    if out is None:
-      out = np.empty((n, *chunk.shape[1:]), np.float32)
-    out[start:stop] = chunk
-    if bar is not None:
-      bar.update(stop - start)
-  return out
-
-
 def standardize(stack: np.ndarray) -> np.ndarray:
   """(stack - mean) / std over the whole stack (float64 statistics), float32."""
-  stack64 = stack.astype(np.float64)
+  stack64 = np.asarray(stack, np.float64)
   std = stack64.std()
   if not std > 0:
     raise InputError("clean projections are constant (is the map empty or outside the box?)")
@@ -461,11 +492,12 @@ def standardize(stack: np.ndarray) -> np.ndarray:
 
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,
                      defocus_range_A: tuple[float, float] = DEFOCUS_RANGE_A, max_shift_A: float = 0.0, *,
-                     batch_size: int = 128, log_progress: bool = False, **simulator_options) -> Dataset:
+                     batch_size: int = 64, log_progress: bool = False, **simulator_options) -> Dataset:
   """A stack of `n_images` (noisy, clean) pairs at `snr` (INTERFACE definition, exact for the stack).
 
   The clean stack is standardised over itself, then white Gaussian noise of variance
-  mean_i(var(clean_i)) / snr is added. Same seed -> same images.
+  mean_i(var(clean_i)) / snr is added. Same seed -> same images, whatever `batch_size` (image i
+  uses fold_in(key, i)). `simulator_options` go to `Simulator` (astigmatism_A, voltage_kv, ...).
   """
   n_images, snr = int(n_images), float(snr)
   if n_images < 1:
@@ -474,18 +506,25 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
     raise InputError(f"snr: must be a positive number, got {snr}")
   sim = Simulator(source, image_size, ctf, defocus_range_A, max_shift_A, calibrate=False, **simulator_options)
   k_params, k_noise = jax.random.split(jax.random.PRNGKey(int(seed)))
-  params = {k: np.asarray(v) for k, v in sim.sample_params(k_params, n_images).items()}
   batch_size = max(1, min(int(batch_size), n_images))
   bar = Progress(n_images, "simulate", "img") if log_progress else None
-  clean = standardize(_project_in_batches(sim.project, params, n_images, batch_size, bar))
+  raw = np.empty((n_images, *sim.shape), np.float32)
+  noise = np.empty((n_images, *sim.shape), np.float32)
+  chunks = []
+  for start in range(0, n_images, batch_size):  # the last chunk runs past n: same shapes, one compile
+    stop = min(start + batch_size, n_images)
+    params, images, unit = _dataset_chunk(sim.projector.fvol, k_params, k_noise, start, sim.ranges,
+                                          sim.projector.optics, n=batch_size, shape=sim.shape, ctf=sim.ctf)
+    raw[start:stop] = np.asarray(images)[: stop - start]
+    noise[start:stop] = np.asarray(unit)[: stop - start]
+    chunks.append({k: np.asarray(v)[: stop - start] for k, v in params.items()})
+    if bar is not None:
+      bar.update(stop - start)
+  params = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  clean = standardize(raw)
   signal_var = float(np.mean(np.var(clean.astype(np.float64), axis=(1, 2))))
   noise_std = math.sqrt(signal_var / snr)
-  noisy = np.empty_like(clean)
-  noise_fn = jax.jit(lambda key, start: _noise(key, start, batch_size, clean.shape[1:]))
-  for start in range(0, n_images, batch_size):
-    stop = min(start + batch_size, n_images)
-    noise = np.asarray(noise_fn(k_noise, start))[: stop - start]
-    noisy[start:stop] = clean[start:stop] + np.float32(noise_std) * noise
+  noisy = clean + np.float32(noise_std) * noise
   return Dataset(noisy=noisy, clean=clean, pixel_size=sim.pixel_size, particles=particles_table(params, ctf),
                  optics=optics_table(sim.pixel_size, image_size, sim.voltage_kv, sim.cs_mm, sim.amplitude_contrast),
                  snr=snr, noise_std=noise_std, source=source.name)
@@ -537,6 +576,19 @@ def params_from_table(particles: pd.DataFrame, pixel_size: float) -> dict:
     else:
       p[f"origin_{axis.lower()}"] = _column(particles, f"rlnOrigin{axis}", 0.0, n) * pixel_size
   return {k: v.astype(np.float32) for k, v in p.items()}
+
+
+def _project_in_batches(projector: Projector, params: dict, n: int, batch_size: int) -> np.ndarray:
+  """Runs a projector over n images in fixed-size batches (the last one padded: one compile)."""
+  out = None
+  for start in range(0, n, batch_size):
+    stop = min(start + batch_size, n)
+    idx = np.minimum(np.arange(start, start + batch_size), n - 1)
+    chunk = np.asarray(projector({k: v[idx] for k, v in params.items()}))[: stop - start]
+    if out is None:
+      out = np.empty((n, *chunk.shape[1:]), np.float32)
+    out[start:stop] = chunk
+  return out
 
 
 def project(source: MapSource, particles: pd.DataFrame, optics: pd.DataFrame, image_size: int | None = None, *,
