@@ -70,7 +70,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in [
          "BM3D (bm3d package) with σ·sigma_scale, images in parallel processes"),
   Method("ksvd", _ksvd, "C", (0.9, 1.0, 1.15, 1.3, 1.5), 1.15,
          "K-SVD with Batch-OMP, error target C·σ·r, dictionary shared across the batch"),
-  Method("ddtf", _ddtf, "lam_scale", (0.5, 0.7, 0.85, 1.0, 1.2, 1.5), 1.0,
+  Method("ddtf", _ddtf, "lam_scale", (0.7, 0.85, 1.0, 1.1, 1.2, 1.35, 1.5), 1.0,
          "data-driven tight frame (Cai et al. 2014), thresholds lam_scale·(3.4σ, 2.7σ), shared filters"),
   Method("autoencoder", _learned, None, (), None, "convolutional autoencoder (needs checkpoint=DIR)",
          needs_sigma=False, learned=True),
