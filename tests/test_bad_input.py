@@ -6,6 +6,7 @@ a few at a time (module fixture) to keep the suite fast, and each case is its ow
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,8 +31,22 @@ def _star(path, names, optics=True, drop=()):
   io.write_star(str(path), table if optics else None, particles)
 
 
-def _make_files(d):
-  """Small inputs, good and bad, in folder `d`."""
+def _mismatched_checkpoint(d):
+  """A training workdir whose checkpoint (meta only) was made with other model widths."""
+  from cryojax_denoise.training import checkpoints, train
+
+  config = train.config_dict(train.default_config("autoencoder"))
+  config["model"]["widths"] = [8, 16, 32, 32]
+  ckpt = checkpoints.Checkpointer(str(d))
+  try:
+    ckpt.save(3, {}, config)
+  finally:
+    ckpt.close()
+
+
+def _make_files(d, checkpoint):
+  """Small inputs, good and bad, in folder `d` (and a copy of the `checkpoint` workdir)."""
+  shutil.copytree(checkpoint, d / "ckpt")
   io.write_stack(str(d / "good.mrcs"), random_stack(n=6), 2.0)
   data = (d / "good.mrcs").read_bytes()
   (d / "cut.mrcs").write_bytes(data[:-700])
@@ -46,6 +61,7 @@ def _make_files(d):
     io.write_stack(str(d / "inf.mrcs"), inf, 2.0)
   io.write_stack(str(d / "empty.mrcs"), np.zeros((0, 32, 32), np.float32), 2.0)
   io.write_stack(str(d / "rect.mrcs"), np.zeros((3, 32, 48), np.float32), 2.0)
+  io.write_stack(str(d / "clean5.mrcs"), random_stack(n=5), 2.0)
   names = [f"{i}@good.mrcs" for i in (1, 2, 3)]
   _star(d / "good.star", names)
   _star(d / "inf.star", ["1@good.mrcs", "2@inf.mrcs", "3@good.mrcs"])
@@ -74,6 +90,13 @@ CASES = {
     "star_missing_stack": ("denoise", {"input": "missing.star"}, ["missing.star", "row 2", "gone.mrcs", "not found"]),
     "star_index_out_of_range": ("denoise", {"input": "range.star"},
                                 ["range.star", "row 2", "index 7 out of range", "6 images"]),
+    "noisy_clean_different_sizes": ("train_autoencoder", {"noisy": "good.mrcs", "clean": "clean5.mrcs"},
+                                    ["clean5.mrcs", "(5, 32, 32)", "good.mrcs", "(6, 32, 32)"]),
+    "train_checkpoint_of_another_model": ("train_autoencoder", {"workdir": "ckpt", "steps": 5},
+                                          ["ckpt", "checkpoint does not match the config", "model.widths"]),
+    "denoise_checkpoint_not_matching_model": ("denoise", {"input": "good.mrcs", "method": "autoencoder",
+                                                          "checkpoint": "ckpt"},
+                                              ["ckpt", "does not match the model"]),
     "checkpoint_not_a_checkpoint": ("denoise", {"input": "good.mrcs", "method": "autoencoder", "checkpoint": "notckpt"},
                                     ["notckpt", "checkpoint"]),
     "missing_input": ("denoise", {"input": "nowhere.mrcs"}, ["nowhere.mrcs", "not found"]),
@@ -90,16 +113,18 @@ CASES = {
 def results(tmp_path_factory):
   """Runs every case (at most 4 at a time); returns {name: (returncode, stderr, folder, before)}."""
   base = tmp_path_factory.mktemp("bad_input")
+  _mismatched_checkpoint(base / "ckpt")
   jobs, out = [], {}
   for name, (experiment, overrides, _) in CASES.items():
     d = base / name
     d.mkdir()
-    _make_files(d)
+    _make_files(d, base / "ckpt")
     cfg = {"output": "out/result.mrcs", **overrides} if experiment == "denoise" else dict(overrides)
     if experiment == "make_pairs":
       cfg.setdefault("output", "out/clean.mrcs")
-    args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--experiment={experiment}", f"--workdir={d / 'w'}"]
-    args += [f"--config.{k}={v if k == 'method' else d / v}" for k, v in cfg.items()]
+    workdir = d / cfg.pop("workdir", "w")
+    args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--experiment={experiment}", f"--workdir={workdir}"]
+    args += [f"--config.{k}={d / v if isinstance(v, str) and k != 'method' else v}" for k, v in cfg.items()]
     before = {f: (d / f).read_bytes() if (d / f).is_file() else None for f in files_under(d)}
     jobs.append((name, d, before, args))
   running = []
