@@ -439,7 +439,8 @@ class ParticleStar:
 
 def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_files: bool = True) -> ParticleStar:
   """Reads a RELION 3.0/3.1 particle STAR file and resolves `rlnImageName` (`000001@stack.mrcs`)
-  relative to the STAR file's folder, checking that every stack exists and every index is in range."""
+  relative to the STAR file's folder (or, failing that, a folder above it: RELION's project folder),
+  checking that every stack exists and every index is in range (`check_files`)."""
   if not os.path.exists(path):
     raise InputError(f"{path}: file not found")
   try:
@@ -473,7 +474,7 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
   if missing:
     raise InputError(f"{path}: missing required column(s) {', '.join(missing)}")
   base = os.path.dirname(os.path.abspath(path))
-  stack_paths, indices = [], []
+  stack_paths, indices, resolved = [], [], {}
   for row, name in enumerate(particles["rlnImageName"].astype(str)):
     if "@" in name:
       idx, stack = name.split("@", 1)
@@ -483,13 +484,32 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
         raise InputError(f"{path}: row {row + 1}: bad rlnImageName {name!r}") from None
     else:
       i, stack = 0, name
-    stack_paths.append(stack if os.path.isabs(stack) else os.path.join(base, stack))
+    stack_paths.append(_resolve_stack(stack, base, resolved))
     indices.append(i)
   star = ParticleStar(path, optics.reset_index(drop=True), particles.reset_index(drop=True), stack_paths,
                       np.asarray(indices, dtype=np.int64), is30)
   if check_files:
     _check_star_images(star)
   return star
+
+
+def _resolve_stack(stack: str, base: str, cache: dict) -> str:
+  """Absolute path of a stack named in rlnImageName: relative to the STAR file's folder `base`;
+  when not there, relative to the folders above it or the working directory (RELION writes
+  paths relative to its project folder, e.g. Extract/job012/... from Refine3D/job050/run_data.star).
+  A stack found nowhere keeps the path beside the STAR file (the error names it)."""
+  if os.path.isabs(stack):
+    return stack
+  if stack not in cache:
+    first = os.path.join(base, stack)
+    candidates = [first]
+    folder = base
+    while os.path.dirname(folder) != folder:
+      folder = os.path.dirname(folder)
+      candidates.append(os.path.join(folder, stack))
+    candidates.append(os.path.abspath(stack))
+    cache[stack] = next((c for c in candidates if os.path.exists(c)), first)
+  return cache[stack]
 
 
 def _check_star_images(star: ParticleStar) -> None:

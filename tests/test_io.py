@@ -117,3 +117,21 @@ def test_write_star_is_lossless(tmp_path):
   pd.testing.assert_frame_equal(back["particles"], particles)
   io.write_star(str(tmp_path / "p30.star"), None, particles)  # RELION 3.0 layout: one block
   pd.testing.assert_frame_equal(starfile.read(str(tmp_path / "p30.star")), particles)
+
+
+def test_star_paths_resolve_beside_the_star_file_or_in_the_relion_project(tmp_path):
+  x = random_stack(n=3)
+  os.makedirs(tmp_path / "proj" / "Extract" / "job012")
+  os.makedirs(tmp_path / "proj" / "Refine3D" / "job050")
+  io.write_stack(str(tmp_path / "proj" / "Extract" / "job012" / "a.mrcs"), x, 1.0)
+  io.write_stack(str(tmp_path / "proj" / "Refine3D" / "job050" / "b.mrcs"), x[::-1], 1.0)
+  particles = pd.DataFrame({"rlnImageName": ["2@Extract/job012/a.mrcs", "1@b.mrcs"]})
+  star_path = str(tmp_path / "proj" / "Refine3D" / "job050" / "run_data.star")
+  io.write_star(star_path, None, particles)
+  star = io.read_star(star_path)
+  assert star.stack_paths == [str(tmp_path / "proj" / "Extract" / "job012" / "a.mrcs"),
+                              str(tmp_path / "proj" / "Refine3D" / "job050" / "b.mrcs")]
+  np.testing.assert_array_equal(io.star_images(star), x[[1, 2]])
+  io.write_star(star_path, None, pd.DataFrame({"rlnImageName": ["1@Extract/job099/gone.mrcs"]}))
+  with pytest.raises(InputError, match=r"row 1: image stack .*Refine3D/job050/Extract/job099/gone\.mrcs not found"):
+    io.read_star(star_path)
