@@ -153,7 +153,7 @@ def _structure_atoms(path: str):
 
   _check_file(path, "PDB/mmCIF")
   try:
-    gm = cxs.load_tabulated_volume(path)
+    gm = cxs.load_tabulated_volume(path, include_b_factors=True)
   except Exception as e:  # noqa: BLE001 - mmdf/gemmi raise many types on garbage
     raise InputError(f"{path}: not a readable PDB/mmCIF model ({type(e).__name__}: {e})") from None
   positions = np.asarray(gm.positions, np.float64)
@@ -171,8 +171,9 @@ def load_source(volume: str | None = None, structure: str | None = None, pixel_s
   * neither: the built-in phantom (`seed` picks it), ~60% of the box unless `pixel_size` is given;
   * `volume=`: an MRC map; pixel size from its header, or `pixel_size` (needed when the header
     says 0, overrides it otherwise); fitted to the box by `fit_volume`;
-  * `structure=`: a PDB/mmCIF model rendered with cryojax (Peng scattering factors, atoms
-    averaged over voxels); without `pixel_size` the model fills ~60% of the box.
+  * `structure=`: a PDB/mmCIF model rendered with cryojax (Peng scattering factors with the
+    model's B-factors, blurred by sigma = pixel / 2 and averaged over voxels); without `pixel_size`
+    the model fills ~60% of the box.
   """
   if volume and structure:
     raise InputError("give at most one of volume= (an MRC map) and structure= (a PDB/mmCIF model)")
@@ -191,7 +192,9 @@ def load_source(volume: str | None = None, structure: str | None = None, pixel_s
   if structure:
     positions, amplitudes, variances = _structure_atoms(structure)
     size = float(pixel_size) if pixel_size else phantom.default_pixel_size(positions, box)
-    rendered = phantom.render_atoms(positions, amplitudes, variances, box, size)
+    # The model's B-factors blur each atom; a further Gaussian of sigma = pixel / 2 band-limits
+    # the map to the grid (atoms narrower than a voxel would otherwise alias into speckle).
+    rendered = phantom.render_atoms(positions, amplitudes, variances + (size / 2) ** 2, box, size)
     return MapSource(rendered, size, os.path.abspath(structure))
   rendered, size = phantom.phantom_volume(box, pixel_size=pixel_size or None, seed=int(seed))
   return MapSource(rendered, size, f"phantom(seed={int(seed)})")
