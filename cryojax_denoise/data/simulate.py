@@ -484,13 +484,28 @@ def particles_table(params: dict, ctf: bool, stack_name: str = "noisy.mrcs") -> 
   return pd.DataFrame(table)
 
 
-def standardize(stack: np.ndarray) -> np.ndarray:
-  """(stack - mean) / std over the whole stack (float64 statistics), float32."""
-  stack64 = np.asarray(stack, np.float64)
-  std = stack64.std()
-  if not std > 0:
+def _standardize_inplace(stack: np.ndarray, chunk: int = 1024) -> None:
+  """stack <- (stack - mean) / std over the whole float32 stack, with float64 statistics
+  accumulated in chunks (no float64 copy of the stack)."""
+  total = total2 = 0.0
+  for start in range(0, len(stack), chunk):
+    block = stack[start:start + chunk].astype(np.float64)
+    total += block.sum()
+    total2 += np.square(block).sum()
+  mean = total / stack.size
+  var = total2 / stack.size - mean**2
+  if not var > 0:
     raise InputError("clean projections are constant (is the map empty or outside the box?)")
-  return ((stack64 - stack64.mean()) / std).astype(np.float32)
+  for start in range(0, len(stack), chunk):
+    block = stack[start:start + chunk].astype(np.float64)
+    stack[start:start + chunk] = (block - mean) / math.sqrt(var)
+
+
+def standardize(stack: np.ndarray) -> np.ndarray:
+  """(stack - mean) / std over the whole stack (float64 statistics), as a new float32 array."""
+  out = np.array(stack, dtype=np.float32)
+  _standardize_inplace(out)
+  return out
 
 
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,
@@ -511,23 +526,24 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   k_params, k_noise = jax.random.split(jax.random.PRNGKey(int(seed)))
   batch_size = max(1, min(int(batch_size), n_images))
   bar = Progress(n_images, "simulate", "img") if log_progress else None
-  raw = np.empty((n_images, *sim.shape), np.float32)
-  noise = np.empty((n_images, *sim.shape), np.float32)
+  clean = np.empty((n_images, *sim.shape), np.float32)  # raw projections, standardised in place below
+  noisy = np.empty((n_images, *sim.shape), np.float32)  # unit noise, turned into noisy images below
   chunks = []
   for start in range(0, n_images, batch_size):  # the last chunk runs past n: same shapes, one compile
     stop = min(start + batch_size, n_images)
     params, images, unit = _dataset_chunk(sim.projector.fvol, k_params, k_noise, start, sim.ranges,
                                           sim.projector.optics, n=batch_size, shape=sim.shape, ctf=sim.ctf)
-    raw[start:stop] = np.asarray(images)[: stop - start]
-    noise[start:stop] = np.asarray(unit)[: stop - start]
+    clean[start:stop] = np.asarray(images)[: stop - start]
+    noisy[start:stop] = np.asarray(unit)[: stop - start]
     chunks.append({k: np.asarray(v)[: stop - start] for k, v in params.items()})
     if bar is not None:
       bar.update(stop - start)
   params = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
-  clean = standardize(raw)
-  signal_var = float(np.mean(np.var(clean.astype(np.float64), axis=(1, 2))))
+  _standardize_inplace(clean)
+  signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
   noise_std = math.sqrt(signal_var / snr)
-  noisy = clean + np.float32(noise_std) * noise
+  noisy *= np.float32(noise_std)
+  noisy += clean
   return Dataset(noisy=noisy, clean=clean, pixel_size=sim.pixel_size, particles=particles_table(params, ctf),
                  optics=optics_table(sim.pixel_size, image_size, sim.voltage_kv, sim.cs_mm, sim.amplitude_contrast),
                  snr=snr, noise_std=noise_std, source=source.name)
