@@ -56,8 +56,9 @@ def open_particles(path: str, reader: io.ImageReader | None = None, square: bool
   """Opens an MRC stack or a RELION STAR file for streaming; checks every referenced stack.
 
   Raises `InputError` (naming the file) for a missing or unreadable file, a 3D volume, an empty
-  stack, non-square images (when `square`), STAR files missing `required` columns, STAR rows pointing at missing stacks or out-of-range
-  indices, and stacks of different image sizes. NaN/Inf are found while streaming (`read_batch`).
+  stack, non-square images (when `square`), a STAR file missing `required` columns, STAR rows
+  pointing at missing stacks or out-of-range indices, and stacks of different image sizes.
+  NaN/Inf are found while streaming (`read_batch`), so the data are read only once.
   """
   reader = reader or io.ImageReader()
   if not path:
@@ -87,7 +88,7 @@ def _open_star(path: str, reader: io.ImageReader, square: bool, required: tuple[
       ids[stack] = len(stacks)
       stacks.append(stack)
     stack_of[row] = ids[stack]
-  shape = None
+  shape, counts = None, np.empty(len(stacks), np.int64)
   for k, stack in enumerate(stacks):
     _, _, (n, h, w) = reader.layout(stack)  # opens and checks the file once (10⁵ stacks are common)
     if n == 0 or h == 0 or w == 0:
@@ -99,12 +100,13 @@ def _open_star(path: str, reader: io.ImageReader, square: bool, required: tuple[
     elif (h, w) != shape:
       raise InputError(f"{stack}: images are {h}x{w}, but {stacks[0]} has {shape[0]}x{shape[1]}; "
                        f"all stacks of {path} must have one image size")
-    rows = np.flatnonzero(stack_of == k)
-    bad = rows[(star.indices[rows] < 0) | (star.indices[rows] >= n)]
-    if len(bad):
-      r = int(bad[0])
-      raise InputError(f"{path}: row {r + 1}: image index {star.indices[r] + 1} out of range for {stack} "
-                       f"({n} images)")
+    counts[k] = n
+  bad = np.flatnonzero((star.indices < 0) | (star.indices >= counts[stack_of]))
+  if len(bad):
+    r = int(bad[0])
+    stack = stacks[stack_of[r]]
+    raise InputError(f"{path}: row {r + 1}: image index {star.indices[r] + 1} out of range for {stack} "
+                     f"({counts[stack_of[r]]} images)")
   try:
     pixel_size = star.pixel_size()
   except InputError:
