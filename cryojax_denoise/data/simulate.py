@@ -525,7 +525,7 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   sim = Simulator(source, image_size, ctf, defocus_range_A, max_shift_A, calibrate=False, **simulator_options)
   k_params, k_noise = jax.random.split(jax.random.PRNGKey(int(seed)))
   batch_size = max(1, min(int(batch_size), n_images))
-  bar = Progress(n_images, "simulate", "img") if log_progress else None
+  bar = None
   clean = np.empty((n_images, *sim.shape), np.float32)  # raw projections, standardised in place below
   noisy = np.empty((n_images, *sim.shape), np.float32)  # unit noise, turned into noisy images below
   chunks = []
@@ -538,6 +538,9 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
     chunks.append({k: np.asarray(v)[: stop - start] for k, v in params.items()})
     if bar is not None:
       bar.update(stop - start)
+    elif log_progress:  # start the clock after the first batch, which includes compilation
+      bar = Progress(n_images, "simulate", "img", start=stop)
+      logging.info("simulate: compiled; %d/%d images", stop, n_images)
   params = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   _standardize_inplace(clean)
   signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
