@@ -1,7 +1,9 @@
 """BM3D (Dabov et al. 2007) through the `bm3d` package, images in parallel across processes.
 
 `bm3d` runs one image at a time in NumPy/C; a batch is split over worker processes started with
-the "spawn" method (safe with JAX and threads in the parent). Not jit-able: it is the reference
+the "spawn" method (safe with JAX and threads in the parent). The pool is created on first use and
+kept for later calls (starting processes costs seconds; a stack is denoised batch after batch);
+`shutdown_pool()` ends it (it also ends at interpreter exit). Not jit-able: it is the reference
 classical method, and the speed baseline in the `benchmark` experiment.
 """
 
@@ -13,6 +15,8 @@ import os
 
 import numpy as np
 
+_POOL: dict = {}
+
 
 def _bm3d_chunk(images: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
   import bm3d
@@ -20,18 +24,32 @@ def _bm3d_chunk(images: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
   return np.stack([np.asarray(bm3d.bm3d(im, sigma_psd=float(s)), np.float32) for im, s in zip(images, sigmas)])
 
 
+def _pool(workers: int) -> cf.ProcessPoolExecutor:
+  pool = _POOL.get(workers)
+  if pool is None:
+    shutdown_pool()
+    pool = _POOL[workers] = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+  return pool
+
+
+def shutdown_pool() -> None:
+  """Ends the worker processes, if any."""
+  for pool in _POOL.values():
+    pool.shutdown()
+  _POOL.clear()
+
+
 def bm3d_denoise(images, noise_std, *, sigma_scale: float = 1.0, workers: int | None = None) -> np.ndarray:
   """BM3D of (B, H, W) with noise std `noise_std` (scalar or (B,)) times `sigma_scale`: (B, H, W).
 
-  `workers` processes (default: the CPU count, at most B); 1 runs in this process.
+  `workers` processes (default: the CPU count); 1 runs in this process.
   """
   x = np.asarray(images, np.float32)
   B = x.shape[0]
   sig = np.broadcast_to(np.asarray(noise_std, np.float64), (B,)) * sigma_scale
-  workers = min(workers or os.cpu_count() or 1, B)
-  if workers <= 1:
+  workers = int(workers or os.cpu_count() or 1)
+  if workers <= 1 or B == 1:
     return _bm3d_chunk(x, sig)
-  chunks = np.array_split(np.arange(B), workers)
-  with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-    parts = list(pool.map(_bm3d_chunk, [x[c] for c in chunks], [sig[c] for c in chunks]))
+  chunks = [c for c in np.array_split(np.arange(B), min(B, 4 * workers)) if len(c)]
+  parts = list(_pool(workers).map(_bm3d_chunk, [x[c] for c in chunks], [sig[c] for c in chunks]))
   return np.concatenate(parts, axis=0)
