@@ -1,7 +1,6 @@
 """Simulation: exact SNR, uniform poses, RELION pose convention, seeding, the simulate experiment
 and its volume=/structure= routes, and project() reproducing the simulated clean images."""
 
-import os
 import pathlib
 import subprocess
 import sys

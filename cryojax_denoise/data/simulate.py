@@ -2,7 +2,8 @@
 
 Conventions (RELION 3.1, so a STAR file we write means to RELION what we simulated):
 
-* Poses are uniform on SO(3): a random unit quaternion gives the rotation matrix A, stored as
+* Poses are uniform on SO(3): a uniform unit quaternion (Shoemake's construction from three
+  uniforms) gives the rotation matrix A, stored as
   RELION's ZYZ Euler angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi; A = Rz(psi) Ry(tilt) Rz(rot)
   in RELION's Euler_angles2matrix, which projects a map point r to image point (A r)_xy). cryojax's
   EulerAnglePose is the extrinsic ZYZ rotation that generates the view, so it gets the negated
@@ -15,6 +16,9 @@ Conventions (RELION 3.1, so a STAR file we write means to RELION what we simulat
   U - V, angle rlnDefocusAngle. No envelope.
 * SNR (INTERFACE): the clean stack is standardised (mean 0, variance 1 over the whole stack),
   then white Gaussian noise of variance mean_i(var(clean_i)) / snr is added; no clipping.
+  `Simulator.batch` uses constants fixed once from a calibration set instead (see its docstring).
+* Maps: `MapSource.volume` is a cube centred at voxel D // 2; odd image sizes use a grid one
+  voxel larger and cryojax crops the projection.
 
 The random draws of image i come from `jax.random.fold_in(key, i)`, so image i of a seed is the
 same whatever the stack size or batch size.
@@ -22,7 +26,6 @@ same whatever the stack size or batch size.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from dataclasses import dataclass
