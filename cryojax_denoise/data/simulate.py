@@ -79,20 +79,19 @@ def _crop_or_pad(volume: np.ndarray, box: int) -> np.ndarray:
 
 def _fourier_resize(volume: np.ndarray, size: int) -> np.ndarray:
   """Fourier crop (downsample) or zero-pad (upsample) an even cube to an even `size`, keeping
-  voxel values (a smooth map keeps its density values; the voxel size scales by D / size)."""
+  voxel values (a smooth map keeps its density values; the voxel size scales by D / size).
+  Single-precision real FFTs keep memory near 1.5x the map."""
   d = volume.shape[0]
   if size == d:
     return volume.astype(np.float32)
-  f = np.fft.fftshift(np.fft.fftn(volume.astype(np.float64)))
-  if size < d:
-    lo = d // 2 - size // 2
-    g = f[lo:lo + size, lo:lo + size, lo:lo + size]
-  else:
-    g = np.zeros((size, size, size), complex)
-    lo = size // 2 - d // 2
-    g[lo:lo + d, lo:lo + d, lo:lo + d] = f
-  out = np.fft.ifftn(np.fft.ifftshift(g)).real * (size / d) ** 3
-  return out.astype(np.float32)
+  f = np.fft.rfftn(volume.astype(np.float32))
+  freqs = np.rint(np.fft.fftfreq(size) * size).astype(int)
+  keep = (freqs >= -(d // 2)) & (freqs < d - d // 2)  # frequencies both grids represent
+  half = np.arange(min(size, d) // 2 + 1)
+  g = np.zeros((size, size, size // 2 + 1), np.complex64)
+  old = freqs[keep] % d
+  g[np.ix_(np.flatnonzero(keep), np.flatnonzero(keep), half)] = f[np.ix_(old, old, half)]
+  return (np.fft.irfftn(g, s=(size, size, size)) * (size / d) ** 3).astype(np.float32)
 
 
 def fit_volume(volume: np.ndarray, pixel_size: float, box: int) -> tuple[np.ndarray, float]:
