@@ -122,40 +122,38 @@ def _open(config):
 
 
 def _reference(config, box: int, pixel_size: float):
-  """The ground-truth map (D, D, D) or None: `reference=`, else a simulate workdir's source map."""
+  """The ground-truth map (D, D, D) or None: `reference=`, else a simulate workdir's source map
+  (skipped with a warning when it cannot be rebuilt on the particles' grid)."""
   from cryojax_denoise import io
 
   if config.reference:
     vol, size = io.read_volume(config.reference, config.reference_pixel_size or None)
-    where = config.reference
-  elif config.simulate_dir:
-    truth = _simulated_truth(config.simulate_dir)
-    if truth is None:
-      return None
-    vol, size = truth
-    where = f"{config.simulate_dir} (simulated source map)"
-  else:
+    if vol.shape[0] != box or abs(size - pixel_size) > 1e-3 * pixel_size:
+      raise InputError(f"{config.reference}: reference map is {vol.shape[0]}³ at {size:.4g} Å/voxel but the "
+                       f"particles are {box}² at {pixel_size:.4g} Å/px; give a reference on the particles' grid")
+    return vol
+  if not config.simulate_dir:
+    return None
+  try:
+    vol, size = _simulated_truth(config.simulate_dir)
+  except (InputError, OSError, KeyError, ValueError) as e:
+    logging.warning("no ground truth for %s: %s", config.simulate_dir, e)
     return None
   if vol.shape[0] != box or abs(size - pixel_size) > 1e-3 * pixel_size:
-    raise InputError(f"{where}: reference map is {vol.shape[0]}³ at {size:.4g} Å/voxel but the particles are "
-                     f"{box}² at {pixel_size:.4g} Å/px; give a reference on the particles' grid")
+    logging.warning("no ground truth: the simulated map is %d³ at %.4g Å but the particles are %d² at %.4g Å",
+                    vol.shape[0], size, box, pixel_size)
+    return None
   return vol
 
 
 def _simulated_truth(workdir: str):
-  """The map a `simulate` workdir projected, rebuilt from its config.json; None when unavailable."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return None
-  try:
-    from cryojax_denoise.data import simulate
-  except ImportError:
-    return None
-  with open(path) as f:
+  """(map, pixel size) that a `simulate` workdir projected, rebuilt from its config.json."""
+  from cryojax_denoise.data import simulate
+
+  with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
-  kwargs = {k: cfg[k] for k in ("volume", "structure", "pixel_size", "image_size", "seed") if cfg.get(k) not in (None, "")}
-  if kwargs.get("pixel_size", 1) == 0:
-    kwargs.pop("pixel_size")
+  keys = ("volume", "structure", "pixel_size", "image_size", "seed")
+  kwargs = {k: cfg[k] for k in keys if cfg.get(k) not in (None, "", 0, 0.0)}
   source = simulate.load_source(**kwargs)
   return np.asarray(source.volume, np.float32), float(source.pixel_size)
 

@@ -119,25 +119,41 @@ def test_half_maps_split_full_map_and_batching(ctf_data):
 
 
 def test_experiment_writes_maps_and_fsc(tmp_path, source, ctf_data):
+  """launch.py on a STAR file, denoising first (gaussian), on 2 (forced host) devices: the files,
+  and the same full map as one device in this process."""
   n = 300
-  io.write_stack(str(tmp_path / "particles.mrcs"), ctf_data.noisy[:n], APIX)
+  noisy = ctf_data.noisy[:n]
+  io.write_stack(str(tmp_path / "particles.mrcs"), noisy, APIX)
   io.write_volume(str(tmp_path / "truth.mrc"), source.volume, APIX)
   parts = ctf_data.particles[:n].copy()
   parts["rlnImageName"] = [f"{i + 1:06d}@particles.mrcs" for i in range(n)]
   io.write_star(str(tmp_path / "particles.star"), ctf_data.optics, parts)
   work = tmp_path / "run"
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=reconstruct", f"--workdir={work}",
-         f"--config.star={tmp_path / 'particles.star'}", f"--config.reference={tmp_path / 'truth.mrc'}"]
-  out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+         f"--config.star={tmp_path / 'particles.star'}", f"--config.reference={tmp_path / 'truth.mrc'}",
+         "--config.method=gaussian", "--config.params=width=1.0"]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
   assert out.returncode == 0, out.stderr[-2000:]
   for name in ("half1.mrc", "half2.mrc", "map.mrc", "fsc.json", "fsc.png", "config.json"):
     assert (work / name).exists(), name
   vol, size = io.read_volume(str(work / "map.mrc"))
   assert vol.shape == (32, 32, 32) and size == pytest.approx(APIX)
   result = json.loads((work / "fsc.json").read_text())
+  assert result["method"] == "gaussian" and result["n_half"] == [150, 150]
   assert len(result["freq_per_A"]) == len(result["fsc"]) == 17
   assert 2 * APIX <= result["resolution_A"] < 8 * APIX
   assert 2 * APIX <= result["reference_resolution_A"] < 8 * APIX
+
+  from experiments import reconstruct as experiment
+  config = experiment.get_config()
+  config.method, config.params = "gaussian", "width=1.0"
+  here = fourier.half_maps(noisy, ctf_data.particles[:n], ctf_data.optics, APIX, seed=0,
+                           transform=experiment._transform(config, noisy))
+  np.testing.assert_allclose(vol, here.full, atol=1e-4 * np.abs(here.full).max())
+  raw = fourier.reconstruct(noisy, ctf_data.particles[:n], ctf_data.optics, APIX)
+  assert np.abs(raw - vol).max() > 0.05 * np.abs(raw).max()  # the particles were denoised
+
   # Bad input: one error line, exit 2, nothing written.
   bad = tmp_path / "bad"
   out = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=reconstruct",
