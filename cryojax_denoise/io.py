@@ -13,12 +13,17 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 
+import typing
+
 import mrcfile
 import numpy as np
-import pandas as pd
-import starfile
 
 from cryojax_denoise.errors import InputError
+
+if typing.TYPE_CHECKING:
+  import pandas as pd
+# pandas and starfile are imported where STAR files are handled: a run on MRC stacks (and every
+# bad-input exit) starts faster without them.
 
 
 # ---------------------------------------------------------------------------- writing
@@ -434,6 +439,8 @@ class ParticleStar:
     if "rlnOpticsGroup" in self.particles.columns and "rlnOpticsGroup" in self.optics.columns:
       merged = self.particles[["rlnOpticsGroup"]].merge(self.optics, on="rlnOpticsGroup", how="left")
       return merged
+    import pandas as pd
+
     return pd.concat([self.optics.iloc[[0]]] * len(self.particles), ignore_index=True)
 
 
@@ -443,6 +450,9 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
   checking that every stack exists and every index is in range (`check_files`)."""
   if not os.path.exists(path):
     raise InputError(f"{path}: file not found")
+  import pandas as pd
+  import starfile
+
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
@@ -556,6 +566,8 @@ def write_star(path: str, optics: pd.DataFrame | None, particles: pd.DataFrame) 
   With `optics=None` only the particles block is written (the RELION 3.0 layout). Floats are
   written losslessly (not rounded to 6 decimals), so columns read back unchanged.
   """
+  import starfile
+
   blocks = {"particles": particles} if optics is None else {"optics": optics, "particles": particles}
   with atomic_path(path) as tmp:
     with warnings.catch_warnings():

@@ -69,8 +69,6 @@ def _make_files(d, checkpoint):
   _star(d / "noposes.star", names, drop=("rlnAngleTilt",))
   _star(d / "missing.star", ["1@good.mrcs", "1@Extract/gone.mrcs"])
   _star(d / "range.star", ["1@good.mrcs", "7@good.mrcs"])
-  (d / "notckpt").mkdir()
-  (d / "notckpt" / "config.json").write_text("{}\n")
 
 
 # name: (experiment, config overrides (relative paths are in the case folder), words the error line must hold)
@@ -97,8 +95,6 @@ CASES = {
     "denoise_checkpoint_not_matching_model": ("denoise", {"input": "good.mrcs", "method": "autoencoder",
                                                           "checkpoint": "ckpt"},
                                               ["ckpt", "does not match the model"]),
-    "checkpoint_not_a_checkpoint": ("denoise", {"input": "good.mrcs", "method": "autoencoder", "checkpoint": "notckpt"},
-                                    ["notckpt", "checkpoint"]),
     "missing_input": ("denoise", {"input": "nowhere.mrcs"}, ["nowhere.mrcs", "not found"]),
     "output_is_input": ("denoise", {"input": "good.mrcs", "output": "good.mrcs"},
                         ["good.mrcs", "output path is the input"]),
