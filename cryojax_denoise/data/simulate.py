@@ -91,7 +91,7 @@ def _fourier_resize(volume: np.ndarray, size: int) -> np.ndarray:
   g = np.zeros((size, size, size // 2 + 1), np.complex64)
   old = freqs[keep] % d
   g[np.ix_(np.flatnonzero(keep), np.flatnonzero(keep), half)] = f[np.ix_(old, old, half)]
-  return (np.fft.irfftn(g, s=(size, size, size)) * (size / d) ** 3).astype(np.float32)
+  return (np.fft.irfftn(g, s=(size, size, size), axes=(0, 1, 2)) * (size / d) ** 3).astype(np.float32)
 
 
 def fit_volume(volume: np.ndarray, pixel_size: float, box: int) -> tuple[np.ndarray, float]:
