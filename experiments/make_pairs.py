@@ -8,8 +8,9 @@ For every row of the STAR file (in order): the projection of `volume` at rlnAngl
 amplitude contrast from its optics group), then fitted to the particle image by least squares
 (per-particle scale and offset, `fit=True`) so it is in the particle's units. The map is
 resampled to the particles' pixel size (per optics group) when the two differ. Writes
-WORKDIR/clean.mrcs (or `output=`), streamed in batches: pairs (noisy STAR images, clean.mrcs)
-train the learned denoisers on real data.
+WORKDIR/clean.mrcs (or `output=`), streamed in batches; with `noisy_copy=True` also noisy.mrcs
+beside it, the particle images in the same order, so (noisy.mrcs, clean.mrcs) train the learned
+denoisers on real data (`train_gan --config.noisy=... --config.clean=...`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.output = ""        # default WORKDIR/clean.mrcs
   c.batch_size = 64    # particles per projection batch
   c.fit = True         # least-squares scale + offset of each projection to its particle
+  c.noisy_copy = False  # also write WORKDIR/noisy.mrcs: the particles in STAR order (aligned training pairs)
   return c
 
 
@@ -61,6 +63,8 @@ def run(config, workdir: str) -> None:
     raise InputError(f"{config.star}: expected a RELION STAR file (poses and CTF per particle)")
   output = config.output or os.path.join(workdir, "clean.mrcs")
   io.check_not_input(output, config.star, config.volume, *table.stacks)
+  if config.noisy_copy:
+    io.check_not_input(os.path.join(os.path.dirname(os.path.abspath(output)), "noisy.mrcs"), *table.stacks)
   from cryojax_denoise.data import simulate
 
   size = table.shape[0]
@@ -79,3 +83,8 @@ def run(config, workdir: str) -> None:
   denoise_stack.stream(table, clean_targets, output, batch_size=config.batch_size, desc="make_pairs",
                        reader=reader)
   logging.info("wrote %s", output)
+  if config.noisy_copy:
+    noisy = os.path.join(os.path.dirname(os.path.abspath(output)), "noisy.mrcs")
+    denoise_stack.stream(table, lambda rows, images: images, noisy, batch_size=config.batch_size,
+                         desc="noisy copy", reader=reader)
+    logging.info("wrote %s (the particles in STAR order: train with noisy=%s clean=%s)", noisy, noisy, output)

@@ -49,6 +49,7 @@ def test_make_pairs_reproduces_simulated_clean_images(simulated, tmp_path):
   assert ds.particles["rlnDefocusU"].std() > 100  # and per-particle CTFs
   config = make_pairs.get_config()
   config.star, config.volume, config.batch_size = str(d / "sim" / "particles.star"), str(d / "map.mrc"), 12
+  config.noisy_copy = True
   make_pairs.validate(config)
   make_pairs.run(config, str(tmp_path / "w"))
   with mrcfile.open(str(tmp_path / "w" / "clean.mrcs")) as mrc:
@@ -61,7 +62,9 @@ def test_make_pairs_reproduces_simulated_clean_images(simulated, tmp_path):
   # Least squares puts the targets in the particles' units: residual to the noisy images is the noise.
   resid = np.var(ds.noisy - clean) / ds.noise_std ** 2
   assert 0.8 < resid < 1.1
-  assert files_under(tmp_path / "w") == ["clean.mrcs"]
+  assert files_under(tmp_path / "w") == ["clean.mrcs", "noisy.mrcs"]
+  with mrcfile.open(str(tmp_path / "w" / "noisy.mrcs")) as mrc:
+    np.testing.assert_array_equal(mrc.data, ds.noisy)  # aligned training pairs
 
 
 def test_fit_scale_offset_recovers_affine_map():
