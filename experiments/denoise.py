@@ -20,14 +20,20 @@ from absl import logging
 
 from cryojax_denoise.errors import InputError
 
-LEARNED = ("gan", "autoencoder")
+
+
+def _learned(method: str) -> bool:
+  from cryojax_denoise import denoisers  # the registry module is light: no JAX import yet
+
+  return method in denoisers.REGISTRY and denoisers.REGISTRY[method].learned
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.method = "ddtf"          # any name of cryojax_denoise.denoisers.names()
-  c.params = ""              # method parameters, "key=value,key=value" (e.g. "sigma=1.5")
-  c.noise_std = ml_collections.config_dict.placeholder(float)  # noise std in the input's units; None or 0 = estimate per image
+  c.params = ""              # method parameters, "key=value,key=value" (e.g. "width=2.0" for gaussian)
+  # Noise standard deviation in the input's units; None (default) or 0: estimated per image.
+  c.noise_std = ml_collections.config_dict.placeholder(float)
   c.checkpoint = ""          # training workdir (or its checkpoints/) for gan / autoencoder
   c.input = ""               # an MRC stack (.mrcs/.mrc) or a RELION STAR file (.star)
   c.output = ""              # .mrcs (or .star for STAR input); default WORKDIR/denoised.mrcs
@@ -61,7 +67,7 @@ def _denoiser(config):
   from cryojax_denoise import denoisers
 
   params = parse_params(config.params)
-  if config.method in LEARNED:
+  if _learned(config.method):
     params["checkpoint"] = config.checkpoint
   try:
     return denoisers.get(config.method, **params)
@@ -90,13 +96,14 @@ def validate(config) -> None:
   if config.method not in denoisers.names():
     raise InputError(f"method: unknown method {config.method!r}; valid methods: {', '.join(denoisers.names())}")
   parse_params(config.params)
-  if config.method in LEARNED:
+  if _learned(config.method):
     if not config.checkpoint:
       raise InputError(f"checkpoint: method {config.method} needs --config.checkpoint=TRAINING_WORKDIR")
     if not os.path.isdir(config.checkpoint):
       raise InputError(f"{config.checkpoint}: checkpoint folder not found")
   elif config.checkpoint:
-    raise InputError(f"checkpoint: method {config.method} takes no checkpoint (only {', '.join(LEARNED)})")
+    learned = [name for name in denoisers.names() if _learned(name)]
+    raise InputError(f"checkpoint: method {config.method} takes no checkpoint (only {', '.join(learned)})")
 
 
 def run(config, workdir: str) -> None:
