@@ -31,7 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.simulate_dir = ""        # or: a `simulate` workdir (its particles.star)
   c.stack = ""               # optional MRC stack replacing rlnImageName (same rows and order), e.g. clean.mrcs;
                              # relative paths are taken from the STAR file's folder
-  c.reference = ""           # optional ground-truth map for FSC-vs-reference (0.5); default for simulate_dir: its truth
+  c.reference = ""           # optional ground-truth map for FSC-vs-reference (0.5), resampled to the particles' grid;
+                             # default for simulate_dir: the map it projected
   c.reference_pixel_size = 0.0  # overrides the reference header's voxel size (Å); 0 = header
   c.pixel_size = 0.0         # overrides the STAR/stack pixel size (Å); 0 = from the file
   c.method = ""              # optional denoiser applied to the particles first (cryojax_denoise.denoisers.names())
@@ -127,10 +128,16 @@ def _reference(config, box: int, pixel_size: float):
   from cryojax_denoise import io
 
   if config.reference:
+    given = config.reference_pixel_size
+    if not given and os.path.isfile(config.reference) and io.read_pixel_size(config.reference) <= 0:
+      raise InputError(f"{config.reference}: header voxel size is 0; pass --config.reference_pixel_size=Å")
     vol, size = io.read_volume(config.reference, config.reference_pixel_size or None)
     if vol.shape[0] != box or abs(size - pixel_size) > 1e-3 * pixel_size:
-      raise InputError(f"{config.reference}: reference map is {vol.shape[0]}³ at {size:.4g} Å/voxel but the "
-                       f"particles are {box}² at {pixel_size:.4g} Å/px; give a reference on the particles' grid")
+      from cryojax_denoise.data import simulate
+
+      logging.info("reference %s: %d³ at %.4g Å resampled to the particles' %d³ at %.4g Å", config.reference,
+                   vol.shape[0], size, box, pixel_size)
+      vol = simulate.resample_volume(vol, size, pixel_size, box)[:box, :box, :box]
     return vol
   if not config.simulate_dir:
     return None
