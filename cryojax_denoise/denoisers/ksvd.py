@@ -129,7 +129,7 @@ def _replace_atoms(dictionary, x, gamma, resid, min_usage: int, max_coherence: f
 
 def learn_dictionary(key: jax.Array, patches: jax.Array, eps_sq: jax.Array, dictionary: jax.Array, *,
                      n_iter: int, max_atoms: int, atoms_per_group: int = 32, min_usage: int = 1,
-                     max_coherence: float = 0.99, chunk_size: int = 4096):
+                     max_coherence: float = 0.99, chunk_size: int = 1024):
   """K-SVD dictionary learning on zero-mean patches (P, n) with per-patch targets eps_sq (P,).
 
   Returns the dictionary (n, N) with unit-norm columns and the zero-atom fraction of the training
@@ -173,42 +173,64 @@ def _denoise_image(image, sigma, dictionary, *, C, lam, max_atoms, stride, block
   return out, zero, mean_atoms
 
 
-@partial(jax.jit, static_argnames=("patch_size", "n_atoms", "max_atoms", "n_iter", "n_train",
-                                   "stride", "shared", "atoms_per_group", "min_usage", "block_rows",
-                                   "chunk_size", "return_info"))
 def ksvd_denoise(images: jax.Array, noise_std, *, C: float = 1.15, lam: float = 0.5,
                  patch_size: int = 8, n_atoms: int = 256, max_atoms: int = 8, n_iter: int = 5,
-                 n_train: int = 16384, stride: int = 2, shared: bool = True,
+                 n_train: int = 16384, stride: int = 1, shared: bool = True,
                  atoms_per_group: int = 32, min_usage: int = 1, max_coherence: float = 0.99,
-                 seed: int = 0, block_rows: int = 8, chunk_size: int = 4096,
-                 return_info: bool = False):
+                 seed: int = 0, block_rows: int = 8, chunk_size: int = 1024,
+                 dictionary: jax.Array | None = None, return_info: bool = False):
   """K-SVD denoising of images (B, H, W) float32 with noise std `noise_std` (scalar or (B,)).
 
   Args:
     C: error-target gain, ε = C·σ·r (r = patch_size); larger C means sparser codes.
-    lam: weight of the noisy image in the final average, λ = lam·std(y)/σ per image (scale-free
-      form of the paper's λ = 30/σ for 8-bit images).
+    lam: weight of the noisy image in the final average, λ = lam·std(y)/σ per image (a scale-free
+      form of the paper's λ = 30/σ for 8-bit images; it matters little at these SNRs).
     patch_size, n_atoms: r and N of the r²×N dictionary (N a square ≥ r²).
     max_atoms: most atoms per patch (static; small keeps low-SNR coding cheap).
-    n_iter: K-SVD learning rounds; n_train: patches sampled for learning (per image when not shared).
-    stride: patch grid stride for the denoising pass (1 = every overlapping patch, the paper; 2 is
-      ~4× faster and is the default).
+    n_iter: K-SVD learning rounds (0: the initial dictionary as is); n_train: patches sampled
+      (uniformly, with replacement) for learning, per image when not shared, at most the number
+      of patch positions.
+    stride: patch grid stride of the denoising pass (1 = every overlapping patch, as in the paper
+      and the default; 2 is ~3× faster and a little worse).
     shared: one dictionary for the batch (default) or one per image.
     atoms_per_group, min_usage, max_coherence: see `learn_dictionary`.
-    seed: seed of the patch sampling and update order.
+    seed: seed of the patch sampling and update order (the same for every image when not shared).
     block_rows, chunk_size: memory bounds (grid rows per block, patches per OMP chunk).
-    return_info: also return a `KsvdInfo`.
+    dictionary: (r², N) initial dictionary with unit-norm columns; default `overcomplete_dct`.
+    return_info: also return a `KsvdInfo` (dictionary, zero-atom fractions, mean atoms per patch).
 
   Returns:
     (B, H, W) float32 denoised images (and `KsvdInfo` with `return_info`).
   """
   images = jnp.asarray(images, jnp.float32)
-  B, H, W = images.shape
-  r = patch_size
-  sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), (B,))
-  d0 = jnp.asarray(overcomplete_dct(r, n_atoms))
-  eps_scale = (r * C) ** 2
+  if images.ndim != 3:
+    raise ValueError(f"ksvd_denoise: images must be (B, H, W), got shape {images.shape}")
+  if min(images.shape[1:]) < patch_size:
+    raise ValueError(f"ksvd_denoise: images {images.shape[1:]} smaller than patch_size {patch_size}")
+  d0 = jnp.asarray(overcomplete_dct(patch_size, n_atoms) if dictionary is None else dictionary,
+                   jnp.float32)
+  if d0.shape != (patch_size * patch_size, n_atoms):
+    raise ValueError(f"ksvd_denoise: dictionary must be ({patch_size ** 2}, {n_atoms}), got {d0.shape}")
+  sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), images.shape[:1])
+  out, info = _ksvd(images, sigma, d0, seed, C, lam, max_coherence, max_atoms=max_atoms,
+                    n_iter=n_iter, n_train=n_train, stride=stride, shared=shared,
+                    atoms_per_group=atoms_per_group, min_usage=min_usage, block_rows=block_rows,
+                    chunk_size=chunk_size)
+  return (out, info) if return_info else out
+
+
+@partial(jax.jit, static_argnames=("max_atoms", "n_iter", "n_train", "stride", "shared",
+                                   "atoms_per_group", "min_usage", "block_rows", "chunk_size"))
+def _ksvd(images, sigma, d0, seed, C, lam, max_coherence, *, max_atoms, n_iter, n_train, stride,
+          shared, atoms_per_group, min_usage, block_rows, chunk_size):
+  """Jitted body of `ksvd_denoise` (the dictionary is an argument, so XLA does not fold it)."""
+  n = d0.shape[0]
+  r = int(round(np.sqrt(n)))
+  eps_scale = n * C ** 2
   key = jax.random.key(seed)
+  B, H, W = images.shape
+  per_image_positions = (H - r + 1) * (W - r + 1)   # no point sampling more patches than exist
+  n_train = min(n_train, (B if shared else 1) * per_image_positions)
   learn = partial(learn_dictionary, n_iter=n_iter, max_atoms=max_atoms,
                   atoms_per_group=atoms_per_group, min_usage=min_usage,
                   max_coherence=max_coherence, chunk_size=chunk_size)
@@ -221,15 +243,12 @@ def ksvd_denoise(images: jax.Array, noise_std, *, C: float = 1.15, lam: float = 
     dic, train_zero = learn(kl, train, eps_scale * sigma[b] ** 2, d0)
     out, zero, mean_atoms = jax.lax.map(lambda a: denoise(a[0], a[1], dic), (images, sigma))
   else:
-    def per_image(args):
-      img, s, k = args
-      kp, kl = jax.random.split(k)
+    def per_image(args):  # same key for every image: per-image mode equals a loop over images
+      img, s = args
+      kp, kl = jax.random.split(key)
       train, _ = _remove_dc(P.sample_patches(kp, img[None], r, n_train))
       dic, tz = learn(kl, train, jnp.full((n_train,), eps_scale * s ** 2), d0)
       out, zero, mean_atoms = denoise(img, s, dic)
       return out, zero, mean_atoms, dic, tz
-    out, zero, mean_atoms, dic, train_zero = jax.lax.map(
-        per_image, (images, sigma, jax.random.split(key, B)))
-  if return_info:
-    return out, KsvdInfo(dic, zero, mean_atoms, train_zero)
-  return out
+    out, zero, mean_atoms, dic, train_zero = jax.lax.map(per_image, (images, sigma))
+  return out, KsvdInfo(dic, zero, mean_atoms, train_zero)
