@@ -34,7 +34,7 @@ class PatchDiscriminator(nnx.Module):
                             for w, b in zip(widths, blocks)])
     self.penultimate = conv(widths[-1], widths[-1], 4, 1, rngs)
     self.penultimate_norm = instance_norm(widths[-1], rngs)
-    self.logits = conv(widths[-1], 1, 4, 1, rngs)
+    self.logits = conv(widths[-1], 1, 4, 1, rngs, bias=True)
 
   def __call__(self, candidate: jax.Array, noisy: jax.Array) -> jax.Array:
     x = jnp.stack([candidate, noisy], axis=-1)

@@ -58,8 +58,10 @@ def instance_norm(features: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
   return nnx.InstanceNorm(features, epsilon=_EPS, rngs=rngs)
 
 
-def conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs, padding: str = "SAME") -> nnx.Conv:
-  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=padding,
+def conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Conv:
+  """A 'SAME' convolution; no bias by default, since every one but the last is followed by a norm
+  (whose shift makes a bias redundant: its gradient is rounding noise, which Adam would amplify)."""
+  return nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding="SAME", use_bias=bias,
                   kernel_init=_INIT, rngs=rngs)
 
 
@@ -77,9 +79,9 @@ class UpConv(nnx.Module):
   Why: XLA:CPU computes the kernel gradient of a transposed convolution ~40× slower than this.
   """
 
-  def __init__(self, cin: int, cout: int, *, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, *, bias: bool = False, rngs: nnx.Rngs):
     self.kernel = nnx.Param(_INIT(rngs.params(), (4, 4, cin, cout), jnp.float32))
-    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((cout,), jnp.float32)) if bias else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     k = self.kernel[...]
@@ -91,7 +93,7 @@ class UpConv(nnx.Module):
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     bsz, h, wd, _ = y.shape
     y = y.reshape(bsz, h, wd, 2, 2, cout).transpose(0, 1, 3, 2, 4, 5).reshape(bsz, 2 * h, 2 * wd, cout)
-    return y + self.bias[...]
+    return y if self.bias is None else y + self.bias[...]
 
 
 class ResidualBlock(nnx.Module):
@@ -137,7 +139,7 @@ class Generator(nnx.Module):
     self.up_norm = nnx.List([instance_norm(widths[i], rngs) for i in range(self.depth - 1)])
     self.up_blocks = nnx.List([nnx.List([ResidualBlock(widths[i], rngs=rngs) for _ in range(blocks[i])])
                                for i in range(self.depth - 1)])
-    self.head = UpConv(widths[0], 1, rngs=rngs)
+    self.head = UpConv(widths[0], 1, bias=True, rngs=rngs)
 
   @property
   def stride(self) -> int:

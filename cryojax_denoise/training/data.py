@@ -138,11 +138,15 @@ class StackPairs:
     return np.asarray(self.noisy.data[sl], np.float32), np.asarray(self.clean.data[sl], np.float32)
 
 
-def make_data(config, sharding=None):
-  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`."""
+def check_pair_config(config) -> None:
   if bool(config.noisy) != bool(config.clean):
     missing = "clean" if config.noisy else "noisy"
     raise InputError(f"config.{missing}: training on stacks needs both noisy= and clean=")
+
+
+def make_data(config, sharding=None):
+  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`."""
+  check_pair_config(config)
   if config.noisy:
     return StackPairs(config, sharding)
   return SimulatedPairs(config, sharding)

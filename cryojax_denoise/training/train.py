@@ -98,6 +98,7 @@ def resolve(config) -> ml_collections.ConfigDict:
   if c.kind == "gan" and (len(c.disc.widths) != len(c.disc.blocks) or not len(c.disc.widths)):
     raise InputError(f"config.disc: widths {tuple(c.disc.widths)} and blocks {tuple(c.disc.blocks)} "
                      "must be non-empty and of equal length")
+  data_lib.check_pair_config(c)
   if c.noisy and c.clean:
     noisy, _ = data_lib.read_pairs(c.noisy, c.clean)
     c.image_size = int(noisy.data.shape[1])
