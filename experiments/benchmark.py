@@ -164,8 +164,6 @@ def run(config, workdir: str) -> None:
   if config.tune:
     t_noisy, t_clean, t_sigma = _simulate(config, int(config.n_tune), 10_000 + config.seed)
     for name in config.methods:
-      if name == "bm3d":
-        continue  # slow; its default σ multiplier is 1
       fixed = {"ddtf": {"n_patches": int(config.ddtf_n_patches)} if config.ddtf_n_patches else {},
                "ksvd": {"n_train": int(config.ksvd_n_train)} if config.ksvd_n_train else {}}.get(name, {})
       chosen[name], tables[name] = tuning.tune(name, t_noisy, t_clean, t_sigma, **fixed)
