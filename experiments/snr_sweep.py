@@ -117,6 +117,9 @@ def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
     tc.seed = config.seed
     tc.snr = 0.0
     tc.snr_range = tuple(snr_range)
+    tc.val_size = config.n_test
+    tc.eval_every = max(config.train_steps // 5, 1)
+    tc.checkpoint_every = max(config.train_steps // 5, 1)
     for key in ("volume", "structure", "pixel_size", "ctf"):
       if key in tc:
         tc[key] = config[key]
@@ -152,7 +155,8 @@ def run(config, workdir: str) -> None:
       elif config.train_per_snr:
         checkpoints[kind, snr] = _train(kind, config, workdir, (snr, snr), f"_snr{snr:g}")
       else:
-        checkpoints.setdefault((kind, "all"), _train(kind, config, workdir, config.snr_range, ""))
+        if (kind, "all") not in checkpoints:
+          checkpoints[kind, "all"] = _train(kind, config, workdir, config.snr_range, "")
         checkpoints[kind, snr] = checkpoints[kind, "all"]
 
   rows, chosen, notes = [], {}, []
