@@ -42,6 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.ctf = True               # correct the CTF when the STAR file has rlnDefocusU (False: treat as CTF-free)
   c.n_particles = 0          # use the first N particles only; 0 = all
   c.seed = 0                 # half-map split
+  c.mask = False             # FSC with a soft spherical mask (overstates low-pass-filtered maps; see fsc.py)
   c.pad = 2                  # Fourier oversampling of the box
   c.reg = 1e-3               # Wiener regulariser, a fraction of the mean Σ CTF²
   c.batch_size = 0           # particles per step; 0 = automatic
@@ -222,13 +223,14 @@ def run(config, workdir: str) -> None:
     io.write_volume(os.path.join(workdir, name), vol, pixel_size)
 
   freq = fsc.shell_frequencies(box, pixel_size)
-  curve = fsc.fsc_curve(maps.half1, maps.half2)
+  curve = fsc.fsc_curve(maps.half1, maps.half2, mask=config.mask)
   result = {"n_particles": len(images), "n_half": [int((maps.split == 0).sum()), int((maps.split == 1).sum())],
-            "box": box, "pixel_size": pixel_size, "method": config.method or None, "mask": "soft sphere",
+            "box": box, "pixel_size": pixel_size, "method": config.method or None,
+            "mask": "soft sphere" if config.mask else "none",
             "freq_per_A": [float(v) for v in freq], "fsc": [float(v) for v in curve],
             "resolution_A": fsc.fsc_resolution(curve, pixel_size, 0.143)}
   if reference is not None:
-    ref_curve = fsc.fsc_curve(maps.full, reference)
+    ref_curve = fsc.fsc_curve(maps.full, reference, mask=config.mask)
     result["fsc_reference"] = [float(v) for v in ref_curve]
     result["reference_resolution_A"] = fsc.fsc_resolution(ref_curve, pixel_size, 0.5)
   io.atomic_write_text(os.path.join(workdir, "fsc.json"), json.dumps(result, indent=2) + "\n")

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy.ndimage import gaussian_filter
 
 from cryojax_denoise import io
 from cryojax_denoise.data import simulate
@@ -101,6 +102,13 @@ def test_half_map_resolution_worsens_as_snr_falls(ctf_data):
   print("half-map FSC 0.143 resolution (Å) by SNR:", res)
   assert res[1.0] < res[0.05] < res[0.005]
   assert res[1.0] < 3 * APIX
+  # A low-pass filter applied to every particle adds no information: it must not look better
+  # (the default unmasked FSC does not carry low-frequency correlation into high shells).
+  noisy = clean + noise * np.sqrt(signal / 0.05)
+  blurred = gaussian_filter(noisy, (0, 1.5, 1.5))
+  res_blurred = fourier.half_map_resolution(blurred, table, ctf_data.optics, APIX, seed=0)["resolution_A"]
+  print("Gaussian-filtered particles at SNR 0.05:", res_blurred)
+  assert res_blurred >= res[0.05] - 0.1
 
 
 def test_half_maps_split_full_map_and_batching(ctf_data):

@@ -391,12 +391,11 @@ def half_maps(images, particles: pd.DataFrame, optics: pd.DataFrame | None, pixe
 
 
 def half_map_resolution(images, particles: pd.DataFrame, optics: pd.DataFrame | None, pixel_size: float,
-                        seed: int = 0, **kwargs) -> dict:
+                        seed: int = 0, mask: bool = False, **kwargs) -> dict:
   """Half-map FSC of a reconstruction: dict(resolution_A (FSC 0.143 crossing, Å), fsc (per shell),
-  freq (shell frequencies, 1/Å)). Keyword arguments go to `half_maps`; the FSC uses the
-  soft spherical mask of `fsc.fsc_curve`."""
+  freq (shell frequencies, 1/Å)). Keyword arguments go to `half_maps`; `mask` as in `fsc.fsc_curve`."""
   maps = half_maps(images, particles, optics, pixel_size, seed, **kwargs)
-  curve = fsc_lib.fsc_curve(maps.half1, maps.half2)
+  curve = fsc_lib.fsc_curve(maps.half1, maps.half2, mask=mask)
   return {"resolution_A": fsc_lib.fsc_resolution(curve, pixel_size, 0.143),
           "fsc": [float(v) for v in curve],
           "freq": [float(v) for v in fsc_lib.shell_frequencies(maps.half1.shape[0], pixel_size)]}
