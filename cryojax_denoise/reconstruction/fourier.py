@@ -11,14 +11,18 @@ CTF-free, centred image at the identity pose.
 Conventions (checked against `cryojax_denoise.data.simulate`, which simulates with cryojax):
 - Poses are RELION's: rlnAngleRot/Tilt/Psi (degrees, ZYZ) give RELION's matrix A
   (Euler_angles2matrix, `data.simulate.relion_matrix`) that maps map coordinates to image
-  coordinates, so the image frequency (kx, ky) lies at Aᵀ (kx, ky, 0) in the map. It equals cryojax's
-  `EulerAnglePose(phi=-rot, theta=-tilt, psi=-psi).rotation`. Volumes are indexed
+  coordinates, so the image frequency (kx, ky) lies at Aᵀ (kx, ky, 0) in the map. It equals
+  cryojax's `EulerAnglePose(phi=-rot, theta=-tilt, psi=-psi).rotation`. Volumes are indexed
   [z, y, x] and images [y, x], like cryojax and mrcfile.
 - Origins: a particle sits at (box centre − rlnOriginX/YAngst) in its image, so it is
   centred by a shift of +origin (RELION's convention; cryojax `offset = -origin`).
 - CTF: cryojax's `AstigmaticCTF` (defocus (U+V)/2, astigmatism U−V, angle rlnDefocusAngle,
   the CTFFIND conversion its docs give) with `amplitude_contrast_ratio` and phase shift,
   evaluated at the padded grid's frequencies, so correction uses the simulator's CTF exactly.
+  Caveat for real RELION data: cryojax measures the astigmatism angle from the ky axis
+  (azimuth atan2(kx, ky)), so at angle 0 it puts defocus U along y where RELION/CTFFIND put it
+  along x; RELION's CTF is cryojax's with angle 90° − rlnDefocusAngle. Simulator and
+  reconstruction share the mapping above, so simulated data are consistent either way.
 
 Only the rfft half plane (kx ≥ 0, inside the Nyquist circle) is inserted; Friedel symmetry
 fills the other half at the end (V(−k) = conj V(k)), halving the scatter work.
