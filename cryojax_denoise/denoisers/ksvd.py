@@ -13,10 +13,13 @@ Pipeline for a batch of images (B, H, W) with noise standard deviations σ (B,):
 3. Denoise: code every patch of the stride grid with the same ε, add its DC back, and solve the
    paper's pixel-wise average x = (λ·y + Σ Rᵀ D γ) / (λ + counts), λ = lam·std(y)/σ.
 The dictionary is shared by the whole batch (default: far more data at cryo-EM SNRs, and one
-learning for all images) or learned per image (`shared=False`, vmapped over images).
+learning for all images) or learned per image (`shared=False`, a `lax.map` over images).
 
-At low SNR (≲ 0.1) ε is large and many patches take no atom at all: they are reconstructed by
-their DC alone. `ksvd_denoise(..., return_info=True)` reports that fraction per image.
+At low SNR (≲ 0.1) ε is large and many patches take no atom at all: exactly those whose DC-free
+energy ‖x‖² is already ≤ ε² (so the fraction does not depend on the dictionary); they are
+reconstructed by their DC alone, and the result is then close to a local mean filter.
+`ksvd_denoise(..., return_info=True)` reports that fraction per image (measured on the built-in
+phantom at 128²: ~80% of patches at SNR 0.5, ~88% at 0.1, ~92% at 0.05).
 """
 
 from __future__ import annotations
@@ -165,7 +168,8 @@ def _denoise_image(image, sigma, dictionary, *, C, lam, max_atoms, stride, block
   acc, n_atoms = P.map_patches(fn, image, r, stride, block_rows, has_aux=True)
   valid = jnp.asarray(P.block_valid(image.shape, r, stride, block_rows))
   counts = jnp.asarray(P.patch_counts(image.shape, r, stride))
-  weight = lam * jnp.std(image) / sigma
+  scale = jnp.std(image)
+  weight = lam * scale / jnp.maximum(sigma, 1e-6 * scale + 1e-30)   # σ = 0: keep y
   out = (weight * image + acc) / (weight + counts)
   n_valid = jnp.sum(valid)
   zero = jnp.sum((n_atoms == 0) & valid) / n_valid
@@ -191,7 +195,8 @@ def ksvd_denoise(images: jax.Array, noise_std, *, C: float = 1.15, lam: float = 
       (uniformly, with replacement) for learning, per image when not shared, at most the number
       of patch positions.
     stride: patch grid stride of the denoising pass (1 = every overlapping patch, as in the paper
-      and the default; 2 is ~3× faster and a little worse).
+      and the default; 2 codes ~4× fewer patches but averages less: MSE 0.39 vs 0.35 at SNR 0.1
+      on the 128² phantom, while learning time is unchanged).
     shared: one dictionary for the batch (default) or one per image.
     atoms_per_group, min_usage, max_coherence: see `learn_dictionary`.
     seed: seed of the patch sampling and update order (the same for every image when not shared).
