@@ -90,10 +90,19 @@ class SimulatedPairs:
     return np.asarray(noisy, np.float32), np.asarray(clean, np.float32)
 
 
+def _read_images(path: str) -> io.Stack:
+  """An MRC stack (memory-mapped), or the particles of a RELION STAR file in row order (in memory)."""
+  if path.endswith(".star"):
+    star = io.read_star(path)
+    return io.Stack(data=io.star_images(star), pixel_size=star.pixel_size(), path=path)
+  return io.read_stack(path)
+
+
 def read_pairs(noisy_path: str, clean_path: str) -> tuple[io.Stack, io.Stack]:
-  """Reads and checks a (noisy, clean) pair of MRC stacks: same shape, square, finite, ≥ 2 images."""
-  noisy = io.read_stack(noisy_path)
-  clean = io.read_stack(clean_path)
+  """Reads and checks a (noisy, clean) pair: MRC stacks or STAR files (e.g. particles.star and the
+  make_pairs clean.mrcs in its row order); same shape, square, finite, ≥ 2 images."""
+  noisy = _read_images(noisy_path)
+  clean = _read_images(clean_path)
   if noisy.data.shape != clean.data.shape:
     raise InputError(f"{clean_path}: clean stack shape {clean.data.shape} differs from noisy stack "
                      f"{noisy_path} shape {noisy.data.shape}")
