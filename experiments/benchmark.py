@@ -142,7 +142,7 @@ def _reference(name: str, noisy, sigma, params: dict, config):
     from cryojax_denoise.denoisers import patches as pt
     from cryojax_denoise.denoisers import reference
 
-    kw = {k: v for k, v in params.items() if k in ("lam_scale", "stride", "n_iter", "r")}
+    kw = {k: v for k, v in params.items() if k in ("lam_scale", "stride", "n_iter", "r", "threshold_dc")}
     n_patches = params.get("n_patches", 40000)
     pos = [np.asarray(a) for a in pt.sample_positions(jax.random.key(params.get("seed", 0)), noisy.shape,
                                                       kw.get("r", 8), n_patches)]

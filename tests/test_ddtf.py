@@ -53,8 +53,14 @@ def test_vmap_per_image_equals_loop():
   np.testing.assert_allclose(batched, loop, atol=1e-5)
 
 
-def test_zero_threshold_is_identity():
+def test_zero_threshold_is_identity_and_dc_option():
   noisy, _ = _smooth_batch(2, 32)
   d = jnp.asarray(ddtf.dct_filters(8))
   out = ddtf.apply_filters(jnp.asarray(noisy), d, jnp.zeros(2), 3)
   np.testing.assert_allclose(out, noisy, atol=1e-4)
+  # a huge threshold leaves nothing, or only the patch means (an 8×8 box average) with threshold_dc=False
+  zero = ddtf.apply_filters(jnp.asarray(noisy), d, jnp.full(2, 1e6), 8)
+  np.testing.assert_allclose(zero, 0.0, atol=1e-6)
+  means = np.asarray(ddtf.apply_filters(jnp.asarray(noisy), d, jnp.full(2, 1e6), 8, threshold_dc=False))
+  want = np.broadcast_to(noisy[:, :8, :8].mean(axis=(1, 2))[:, None, None], (2, 8, 8))
+  np.testing.assert_allclose(means[:, :8, :8], want, atol=1e-5)

@@ -8,8 +8,8 @@ alternates, on a random sample of patches X (n, r²):
   filter update D = U Wᵀ from the SVD  U S Wᵀ = Xᵀ V  (orthogonal Procrustes; with D's DC column
                 fixed, the update is done in the orthogonal complement of the DC filter)
 
-Denoising thresholds the frame coefficients of every patch at λ₂σ and averages the overlapping
-reconstructed patches. Because D is orthogonal, coefficient noise has the pixel noise's std σ.
+Denoising thresholds the frame coefficients of every patch at λ₂σ (the DC coefficient too, by
+default: see `ddtf_denoise`) and averages the overlapping reconstructed patches. Because D is orthogonal, coefficient noise has the pixel noise's std σ.
 
 Speed: applying D to all patches of a stride-s grid is a 2D correlation of the image with the r²
 filters at stride s (`lax.conv_general_dilated`), and putting the patches back (Pᵀ applied to D·c)
@@ -103,11 +103,13 @@ def _analysis(images: jax.Array, d: jax.Array, r: int, stride: int) -> jax.Array
                                       precision=jax.lax.Precision.HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnames=("stride",))
-def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: int = 1) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("stride", "threshold_dc"))
+def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: int = 1,
+                  threshold_dc: bool = True) -> jax.Array:
   """Denoise (B, H, W) with filter bank `d` (r², r²), per-image thresholds `thresh` (B,) = λ₂σ.
 
-  Thresholds every patch's coefficients and averages the overlapping reconstructions.
+  Thresholds every patch's coefficients (the DC one too unless `threshold_dc=False`) and averages
+  the overlapping reconstructions.
   """
   B, H, W = images.shape
   r = int(round(np.sqrt(d.shape[0])))
@@ -115,7 +117,9 @@ def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: in
   x = jnp.pad(images, ((0, 0), (0, ph), (0, pw)), mode="reflect") if (ph or pw) else images
   coef = _analysis(x, d, r, stride)
   th = thresh.reshape(B, 1, 1, 1)
-  keep = (jnp.abs(coef) > th).at[..., 0].set(True)
+  keep = jnp.abs(coef) > th
+  if not threshold_dc:
+    keep = keep.at[..., 0].set(True)
   coef = jnp.where(keep, coef, 0.0)
   synth = jax.linear_transpose(lambda z: _analysis(z, d, r, stride), x)
   (rec,) = synth(coef)
@@ -123,17 +127,20 @@ def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: in
   return (rec / counts)[:, :H, :W]
 
 
-@functools.partial(jax.jit, static_argnames=("r", "n_iter", "n_patches", "stride", "shared"))
+@functools.partial(jax.jit, static_argnames=("r", "n_iter", "n_patches", "stride", "shared", "threshold_dc"))
 def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 1.0, lam1: float = 3.4,
                  lam2: float = 2.7, r: int = 8, n_iter: int = 30, n_patches: int = 40000, stride: int = 2,
-                 shared: bool = True, seed: int | jax.Array = 0) -> jax.Array:
+                 shared: bool = True, threshold_dc: bool = True, seed: int | jax.Array = 0) -> jax.Array:
   """DDTF denoising of a batch (B, H, W) with noise std `noise_std` (scalar or (B,)), in image units.
 
   Learns the frame on `n_patches` patches drawn at random (with replacement) from the whole batch
   when `shared`, else from each image alone (vmapped: the same as a loop over single images), with
   threshold `lam_scale*lam1*σ` for `n_iter` iterations; then denoises with threshold
   `lam_scale*lam2*σ` on a patch grid of step `stride` (1 = all patches, as in the paper; 2 is ~4×
-  faster and nearly as good). `seed`: an int or a PRNG key. Returns (B, H, W) float32.
+  faster and nearly as good). `threshold_dc`: also threshold the DC coefficient when denoising
+  (default; each patch's mean is then kept only where it stands out of the noise, which lowers
+  the MSE at every SNR we tried, e.g. 0.358 -> 0.316 at SNR 0.1; learning never thresholds it, and
+  the DC filter itself is fixed). `seed`: an int or a PRNG key. Returns (B, H, W) float32.
   """
   images = jnp.asarray(images, jnp.float32)
   B, H, W = images.shape
@@ -142,14 +149,15 @@ def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 
   key = seed if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.key(seed)
   if not shared:  # each image alone, with the same patch positions drawn for each
     one = lambda img, s: _ddtf_shared(img[None], s[None], key, lam_scale * lam1, lam_scale * lam2, r, n_iter,
-                                      n_patches, stride)[0]
+                                      n_patches, stride, threshold_dc)[0]
     return jax.vmap(one)(images, sigma)
-  return _ddtf_shared(images, sigma, key, lam_scale * lam1, lam_scale * lam2, r, n_iter, n_patches, stride)
+  return _ddtf_shared(images, sigma, key, lam_scale * lam1, lam_scale * lam2, r, n_iter, n_patches, stride,
+                      threshold_dc)
 
 
-def _ddtf_shared(images, sigma, key, l1, l2, r, n_iter, n_patches, stride):
+def _ddtf_shared(images, sigma, key, l1, l2, r, n_iter, n_patches, stride, threshold_dc):
   """One filter bank learned on `n_patches` patches of the whole batch, applied to every image."""
   b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
   xs = pt.gather_patches(images, b, y, x, r)
   d = learn_filters(xs, l1 * sigma[b], n_iter)
-  return apply_filters(images, d, l2 * sigma, stride)
+  return apply_filters(images, d, l2 * sigma, stride, threshold_dc)

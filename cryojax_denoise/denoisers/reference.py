@@ -29,7 +29,8 @@ def learn_filters_numpy(x: np.ndarray, thresh: np.ndarray, n_iter: int = 30) -> 
   return d
 
 
-def apply_filters_numpy(image: np.ndarray, d: np.ndarray, thresh: float, stride: int = 1) -> np.ndarray:
+def apply_filters_numpy(image: np.ndarray, d: np.ndarray, thresh: float, stride: int = 1,
+                        threshold_dc: bool = True) -> np.ndarray:
   """Denoise one image (H, W): threshold each grid patch's coefficients, average the overlaps."""
   H, W = image.shape
   r = int(round(np.sqrt(d.shape[0])))
@@ -39,7 +40,8 @@ def apply_filters_numpy(image: np.ndarray, d: np.ndarray, thresh: float, stride:
   ny, nx = win.shape[:2]
   p = win.reshape(ny * nx, r * r)
   c = p @ d
-  c[:, 1:] *= np.abs(c[:, 1:]) > thresh
+  first = 0 if threshold_dc else 1
+  c[:, first:] *= np.abs(c[:, first:]) > thresh
   q = (c @ d.T).reshape(ny, nx, r, r)
   acc = np.zeros_like(x)
   cnt = np.zeros_like(x)
@@ -51,7 +53,8 @@ def apply_filters_numpy(image: np.ndarray, d: np.ndarray, thresh: float, stride:
 
 
 def ddtf_denoise_numpy(images: np.ndarray, noise_std, positions, *, lam_scale: float = 1.0, lam1: float = 3.4,
-                       lam2: float = 2.7, r: int = 8, n_iter: int = 30, stride: int = 2) -> np.ndarray:
+                       lam2: float = 2.7, r: int = 8, n_iter: int = 30, stride: int = 2,
+                       threshold_dc: bool = True) -> np.ndarray:
   """Shared-filter DDTF of (B, H, W), learning on the patches at `positions` = (b, y, x) arrays.
 
   Pass the positions `patches.sample_positions` drew for the JAX run to get the same result.
@@ -62,4 +65,4 @@ def ddtf_denoise_numpy(images: np.ndarray, noise_std, positions, *, lam_scale: f
   b, y, x = (np.asarray(a) for a in positions)
   xs = np.stack([images[bi, yi:yi + r, xi:xi + r].reshape(-1) for bi, yi, xi in zip(b, y, x)])
   d = learn_filters_numpy(xs, lam_scale * lam1 * sigma[b], n_iter)
-  return np.stack([apply_filters_numpy(im, d, lam_scale * lam2 * s, stride) for im, s in zip(images, sigma)])
+  return np.stack([apply_filters_numpy(im, d, lam_scale * lam2 * s, stride, threshold_dc) for im, s in zip(images, sigma)])
