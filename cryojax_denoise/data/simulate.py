@@ -12,8 +12,14 @@ Conventions (RELION 3.1, so a STAR file we write means to RELION what we simulat
   the box centre (pixel N // 2); cryojax's offset is minus RELION's origin.
 * CTF: 300 kV, Cs 2.7 mm, amplitude contrast 0.07, rlnDefocusU/V (Å, U >= V) with mean defocus
   uniform in `defocus_range_A` and astigmatism U - V uniform in [0, astigmatism_A], rlnDefocusAngle
-  uniform in [0, 180) degrees; cryojax's AstigmaticCTF takes defocus (U + V) / 2, astigmatism
-  U - V, angle rlnDefocusAngle. No envelope.
+  uniform in [0, 180) degrees, all in RELION's meaning: defocus U lies along the angle
+  rlnDefocusAngle counter-clockwise from +kx (x = column, y = row), i.e. RELION's defocus at
+  frequency azimuth phi = atan2(ky, kx) is (U + V) / 2 + (U - V) / 2 cos(2 (phi - angle)).
+  cryojax 0.6's AstigmaticCTF measures its angle from +ky (azimuth atan2(kx, ky)) and its CTF
+  sin(chi - amplitude phase - phase shift) is minus RELION's -sin(gamma); `relion_to_cryojax_ctf`
+  maps (U, V, angle) to cryojax's (defocus, astigmatism, 90 deg - angle) and images with CTF are
+  multiplied by RELION_CTF_SIGN = -1, so the simulated CTF is RELION's exactly (same values,
+  hence RELION's contrast: positive density is bright at low resolution). No envelope.
 * SNR (INTERFACE): the clean stack is standardised (mean 0, variance 1 over the whole stack),
   then white Gaussian noise of variance mean_i(var(clean_i)) / snr is added; no clipping.
   `Simulator.batch` uses constants fixed once from a calibration set instead (see its docstring).
@@ -238,6 +244,22 @@ def relion_matrix(rot, tilt, psi) -> np.ndarray:
   ], -2)
 
 
+# RELION's CTF at given (U, V, angle, Cs, voltage, amplitude contrast, phase shift) is
+# RELION_CTF_SIGN times cryojax's AstigmaticCTF at the parameters from `relion_to_cryojax_ctf`.
+RELION_CTF_SIGN = -1.0
+
+
+def relion_to_cryojax_ctf(defocus_u, defocus_v, angle_deg):
+  """RELION rlnDefocusU/V (Å) and rlnDefocusAngle (deg) -> cryojax AstigmaticCTF's
+  (defocus_in_angstroms, astigmatism_in_angstroms, astigmatism_angle in deg).
+
+  RELION puts defocus U at angle `angle_deg` from +kx towards +ky; cryojax measures its angle
+  from +ky towards +kx (so at 0 its U lies along ky), hence cryojax angle = 90 - angle_deg.
+  Works on scalars, NumPy or JAX arrays (elementwise). The CTF values then still differ from
+  RELION's by the global factor RELION_CTF_SIGN (tests/test_ctf_convention.py checks both)."""
+  return 0.5 * (defocus_u + defocus_v), defocus_u - defocus_v, 90.0 - angle_deg
+
+
 PARAM_NAMES = ("rot", "tilt", "psi", "origin_x", "origin_y", "defocus_u", "defocus_v", "defocus_angle",
                "phase_shift")
 
@@ -282,13 +304,13 @@ def _project_one(fvol, p: dict, optics: dict, *, shape: tuple[int, int], ctf: bo
   config = cxs.BasicImageConfig(shape, optics["pixel_size"], optics["voltage_kv"])
   integrator = cxs.FourierSliceExtraction()
   if ctf:
+    defocus, astigmatism, angle = relion_to_cryojax_ctf(p["defocus_u"], p["defocus_v"], p["defocus_angle"])
     transfer = cxs.ContrastTransferTheory(
-        cxs.AstigmaticCTF((p["defocus_u"] + p["defocus_v"]) / 2, p["defocus_u"] - p["defocus_v"],
-                          p["defocus_angle"], optics["cs_mm"]),
+        cxs.AstigmaticCTF(defocus, astigmatism, angle, optics["cs_mm"]),
         amplitude_contrast_ratio=optics["amplitude_contrast"], phase_shift=p["phase_shift"])
     model = cxs.make_image_model(fvol, config, pose, transfer, volume_integrator=integrator)
-  else:
-    model = cxs.make_image_model(fvol, config, pose, volume_integrator=integrator)
+    return RELION_CTF_SIGN * model.simulate()  # RELION's CTF (see the module docstring)
+  model = cxs.make_image_model(fvol, config, pose, volume_integrator=integrator)
   return model.simulate()
 
 

@@ -16,13 +16,14 @@ Conventions (checked against `cryojax_denoise.data.simulate`, which simulates wi
   [z, y, x] and images [y, x], like cryojax and mrcfile.
 - Origins: a particle sits at (box centre − rlnOriginX/YAngst) in its image, so it is
   centred by a shift of +origin (RELION's convention; cryojax `offset = -origin`).
-- CTF: cryojax's `AstigmaticCTF` (defocus (U+V)/2, astigmatism U−V, angle rlnDefocusAngle,
-  the CTFFIND conversion its docs give) with `amplitude_contrast_ratio` and phase shift,
-  evaluated at the padded grid's frequencies, so correction uses the simulator's CTF exactly.
-  Caveat for real RELION data: cryojax measures the astigmatism angle from the ky axis
-  (azimuth atan2(kx, ky)), so at angle 0 it puts defocus U along y where RELION/CTFFIND put it
-  along x; RELION's CTF is cryojax's with angle 90° − rlnDefocusAngle. Simulator and
-  reconstruction share the mapping above, so simulated data are consistent either way.
+- CTF: RELION's (rlnDefocusU/V, rlnDefocusAngle = angle of U from +kx towards +ky, image x =
+  column, y = row), evaluated with cryojax's `AstigmaticCTF` at the parameters of
+  `data.simulate.relion_to_cryojax_ctf` (cryojax measures its angle from +ky, so it gets
+  90° − rlnDefocusAngle) times `data.simulate.RELION_CTF_SIGN` (cryojax's CTF is minus
+  RELION's), with `amplitude_contrast_ratio` and phase shift, at the padded grid's frequencies.
+  The simulator uses the same mapping, so correction uses the simulator's CTF exactly, and
+  real RELION data (astigmatic, RELION's contrast) are corrected with RELION's CTF
+  (tests/test_ctf_convention.py).
 
 Only the rfft half plane (kx ≥ 0, inside the Nyquist circle) is inserted; Friedel symmetry
 fills the other half at the end (V(−k) = conj V(k)), halving the scatter work.
@@ -45,7 +46,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import cryojax.simulator as cxs
 from cryojax.constants import wavelength_from_kilovolts
 
-from cryojax_denoise.data.simulate import relion_matrix
+from cryojax_denoise.data.simulate import RELION_CTF_SIGN, relion_matrix, relion_to_cryojax_ctf
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.progress import Progress
 from cryojax_denoise.reconstruction import fsc as fsc_lib
@@ -62,7 +63,7 @@ class ParticleParams(NamedTuple):
 
   rows: (N, 2, 3) first two rows of A (map directions of the image x and y axes);
   shift: (N, 2) centring shift (x, y) in Å = rlnOriginX/YAngst; defocus, astigmatism (Å),
-  angle (deg), cs (mm), wavelength (Å), ac (amplitude contrast), phase (deg); ctf: (N,) 1 where the
+  angle (deg) in cryojax's convention (`relion_to_cryojax_ctf`), cs (mm), wavelength (Å), ac (amplitude contrast), phase (deg); ctf: (N,) 1 where the
   CTF is applied, 0 where the particle is CTF-free.
   """
 
@@ -131,8 +132,9 @@ def particle_params(particles: pd.DataFrame, optics: pd.DataFrame | None, pixel_
     du = dv = angle = phase = np.zeros(n)
     cs, wavelength, ac = np.zeros(n), np.full(n, 0.02), np.zeros(n)
   f32 = lambda v: np.asarray(v, np.float32)
-  return ParticleParams(rows=f32(a[:, :2, :]), shift=f32(np.stack([sx, sy], -1)), defocus=f32(0.5 * (du + dv)),
-                        astigmatism=f32(du - dv), angle=f32(angle), cs=f32(np.maximum(cs, 0.0)),
+  defocus, astigmatism, angle = relion_to_cryojax_ctf(du, dv, angle)
+  return ParticleParams(rows=f32(a[:, :2, :]), shift=f32(np.stack([sx, sy], -1)), defocus=f32(defocus),
+                        astigmatism=f32(astigmatism), angle=f32(angle), cs=f32(np.maximum(cs, 0.0)),
                         wavelength=f32(wavelength), ac=f32(ac), phase=f32(phase),
                         ctf=np.full(n, 1.0 if use_ctf else 0.0, np.float32))
 
@@ -179,12 +181,13 @@ def _geometry(p: int) -> _Geometry:
 
 
 def _ctf_values(params: ParticleParams, freqs):
-  """cryojax CTF of one particle at (M, 2) frequencies (x, y) in 1/Å; 1 where `params.ctf` is 0."""
+  """RELION's CTF of one particle at (M, 2) frequencies (x, y) in 1/Å, via cryojax (params
+  already mapped by `relion_to_cryojax_ctf`, sign RELION_CTF_SIGN); 1 where `params.ctf` is 0."""
   ctf = cxs.AstigmaticCTF(defocus_in_angstroms=params.defocus, astigmatism_in_angstroms=params.astigmatism,
                           astigmatism_angle=params.angle, spherical_aberration_in_mm=params.cs)
   value = ctf(freqs, wavelength_in_angstroms=params.wavelength, amplitude_contrast_ratio=params.ac,
               phase_shift=params.phase)
-  return jnp.where(params.ctf > 0, value, 1.0)
+  return jnp.where(params.ctf > 0, RELION_CTF_SIGN * value, 1.0)
 
 
 def _slice_contributions(image, params: ParticleParams, weight, group, *, p: int, pixel_size: float):
