@@ -38,17 +38,15 @@ def test_faithful_and_tanh_shapes():
   out = nnx.eval_shape(lambda: Generator((64, 128, 256, 512, 512, 512), (3, 3, 3, 3, 2, 0), "tanh",
                                          rngs=nnx.Rngs(0))(jnp.zeros((2, 128, 64))))
   assert out.shape == (2, 128, 64)
-  logits = nnx.eval_shape(lambda: PatchDiscriminator((64, 128, 256, 512), (2, 2, 3, 2), rngs=nnx.Rngs(0))(
-      jnp.zeros((2, 64, 64)), jnp.zeros((2, 64, 64))))
-  assert logits.shape == (2, 8, 8)
   tanh_gen = host_init(lambda: Generator((4, 8), (0, 0), "tanh", rngs=nnx.Rngs(0)), seed=1)
   assert float(jnp.abs(tanh_gen(10 * jnp.ones((1, 16, 16)))).max()) <= 1.0
 
 
 def test_discriminator_patch_logits():
-  disc = host_init(lambda: PatchDiscriminator((4, 8), (1, 1), rngs=nnx.Rngs(0)), seed=0)
-  a = jnp.ones((2, 32, 32))
-  assert disc(a, -a).shape == (2, 16, 16)
+  disc = host_init(lambda: PatchDiscriminator((4, 8, 8), (1, 0, 0), rngs=nnx.Rngs(0)), seed=0)
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32)), jnp.float32)
+  logits = nnx.jit(lambda d, a, b: d(a, b))(disc, a, -a)
+  assert logits.shape == (2, 8, 8) and bool(jnp.isfinite(logits).all())
 
 
 def test_host_init_deterministic():

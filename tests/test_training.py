@@ -190,7 +190,7 @@ from flax import nnx
 from cryojax_denoise.training import train, sharding as sh
 assert jax.device_count() == 4, jax.devices()
 c = train.default_config("gan")
-c.model.widths, c.model.blocks, c.disc.widths, c.disc.blocks = (8, 16), (1, 0), (8, 16), (1, 1)
+c.model.widths, c.model.blocks, c.disc.widths, c.disc.blocks = (8, 16), (1, 0), (8, 16), (0, 0)
 c.batch_size = 8
 rng = np.random.default_rng(0)
 clean = rng.normal(size=(8, 32, 32)).astype(np.float32)
