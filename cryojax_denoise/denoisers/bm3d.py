@@ -28,9 +28,12 @@ def _bm3d_chunk(images: np.ndarray, sigmas: np.ndarray, one_thread: bool = False
 
   limit = contextlib.nullcontext()
   if one_thread:
-    from threadpoolctl import threadpool_limits
+    try:  # threadpoolctl comes with scikit-learn; without it BLAS keeps its default threads
+      from threadpoolctl import threadpool_limits
 
-    limit = threadpool_limits(1)
+      limit = threadpool_limits(1)
+    except ImportError:
+      pass
   t0 = time.process_time()
   with limit:
     out = np.stack([np.asarray(bm3d.bm3d(im, sigma_psd=float(s)), np.float32) for im, s in zip(images, sigmas)])
