@@ -311,9 +311,9 @@ def train(config, workdir: str) -> dict:
   cfg = config_dict(config)
 
   check_workdir(config, workdir)
+  data = data_lib.make_data(config, data_sharding)  # bad maps/stacks fail here, before anything is written
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step() or 0
-  data = data_lib.make_data(config, data_sharding)
   learner = Learner(config, seed=int(config.seed))
   if start:
     ckpt.restore(start, learner.parts(), sharding=repl)
