@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import pathlib
@@ -92,7 +93,10 @@ def main(argv: list[str]) -> int:
     had_config = os.path.exists(config_path)
     try:
       if hasattr(module, "validate"):
-        module.validate(config)
+        if len(inspect.signature(module.validate).parameters) >= 2:
+          module.validate(config, workdir)
+        else:
+          module.validate(config)
       write_config(config, workdir)
       module.run(config, workdir)
     except InputError as e:
