@@ -36,11 +36,14 @@ LEARNED = ("autoencoder", "gan")
 # Values a preset supplies for every field left unset (None) on the command line.
 PRESETS = {
     # A few minutes on a laptop: tiny images, short training; run end to end by the tests.
-    "smoke": dict(image_size=32, n_test=8, n_tune=4, train_steps=40, train_batch_size=8, n_reconstruct=300),
+    "smoke": dict(image_size=32, n_test=8, n_tune=4, autoencoder_steps=40, gan_steps=40, train_batch_size=8,
+                  n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
-    "default": dict(image_size=64, n_test=32, n_tune=8, train_steps=1500, train_batch_size=16, n_reconstruct=2000),
+    "default": dict(image_size=64, n_test=32, n_tune=8, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
+                    n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
-    "gpu": dict(image_size=128, n_test=256, n_tune=8, train_steps=20000, train_batch_size=32, n_reconstruct=20000),
+    "gpu": dict(image_size=128, n_test=256, n_tune=8, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
+                n_reconstruct=20000, tune=True),
 }
 
 
@@ -59,7 +62,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
   c.n_tune = placeholder(int)
-  c.train_steps = placeholder(int)
+  c.autoencoder_steps = placeholder(int)
+  c.gan_steps = placeholder(int)
   c.train_batch_size = placeholder(int)
   c.n_reconstruct = placeholder(int)
   # Learned methods.
@@ -67,8 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_per_snr = False
   c.gan_checkpoint = ""
   c.autoencoder_checkpoint = ""
-  # Parameter search on the tuning batch.
-  c.tune = True
+  # Parameter search on the tuning batch (the smoke preset uses each method's default instead).
+  c.tune = placeholder(bool)
   # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR.
   c.reconstruct = False
   c.example_snrs = (0.1, 0.05)
@@ -111,15 +115,15 @@ def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
 
   tc = train.default_config(kind)
   with tc.unlocked():
-    tc.steps = config.train_steps
+    tc.steps = config[f"{kind}_steps"]
     tc.batch_size = config.train_batch_size
     tc.image_size = config.image_size
     tc.seed = config.seed
     tc.snr = 0.0
     tc.snr_range = tuple(snr_range)
     tc.val_size = config.n_test
-    tc.eval_every = max(config.train_steps // 5, 1)
-    tc.checkpoint_every = max(config.train_steps // 5, 1)
+    tc.eval_every = max(tc.steps // 5, 1)
+    tc.checkpoint_every = max(tc.steps // 5, 1)
     for key in ("volume", "structure", "pixel_size", "ctf"):
       if key in tc:
         tc[key] = config[key]
@@ -202,8 +206,8 @@ def run(config, workdir: str) -> None:
   command = "python launch.py --experiment=snr_sweep " + " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
   notes.append("σ passed to classical methods is the realised noise level of the simulation (known exactly).")
   notes.append(f"Test set: {config.n_test} images of {config.image_size}² per SNR, tuning batch: {config.n_tune} "
-               f"images with other poses; learned models trained for {config.train_steps} steps of "
-               f"{config.train_batch_size} fresh images" + (" per SNR." if config.train_per_snr else
+               f"images with other poses; learned models trained for {config.autoencoder_steps} (autoencoder) and "
+               f"{config.gan_steps} (GAN) steps of {config.train_batch_size} fresh images" + (" per SNR." if config.train_per_snr else
                                                              f" over SNR {config.snr_range[0]:g}–{config.snr_range[1]:g}."))
   report.write_report(rows, workdir, config_json=config.to_json(indent=2), device=device, command=command.strip(),
                       elapsed_s=time.perf_counter() - t_start, classical=list(CLASSICAL), learned=list(LEARNED),
