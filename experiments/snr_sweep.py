@@ -122,8 +122,8 @@ def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
     tc.snr = 0.0
     tc.snr_range = tuple(snr_range)
     tc.val_size = config.n_test
-    tc.eval_every = max(tc.steps // 5, 1)
-    tc.checkpoint_every = max(tc.steps // 5, 1)
+    # Five validations/checkpoints over a long run; short (smoke) runs only at the end.
+    tc.eval_every = tc.checkpoint_every = max(tc.steps // 5, 1) if tc.steps >= 500 else max(tc.steps, 1)
     for key in ("volume", "structure", "pixel_size", "ctf"):
       if key in tc:
         tc[key] = config[key]
