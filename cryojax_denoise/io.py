@@ -219,13 +219,18 @@ def _truncation(path: str) -> str | None:
   return None
 
 
-def _open_mrc(path: str, mmap: bool):
+def check_input_file(path: str, what: str = "file") -> None:
+  """Refuses a user-given path that is missing, a folder or empty, naming `what` it should be."""
   if not os.path.exists(path):
-    raise InputError(f"{path}: file not found")
+    raise InputError(f"{path}: {what} not found")
   if os.path.isdir(path):
-    raise InputError(f"{path}: is a folder, expected an MRC file")
+    raise InputError(f"{path}: is a folder, expected {what}")
   if os.path.getsize(path) == 0:
-    raise InputError(f"{path}: empty file, expected an MRC file")
+    raise InputError(f"{path}: empty {what}")
+
+
+def _open_mrc(path: str, mmap: bool):
+  check_input_file(path, "MRC file")
   truncated = _truncation(path)
   if truncated:
     raise InputError(f"{path}: {truncated}")
@@ -244,7 +249,7 @@ def _open_mrc(path: str, mmap: bool):
     with warnings.catch_warnings(record=True) as caught:
       warnings.simplefilter("always")
       mrc = opener(path, mode="r", permissive=True)
-  except Exception as e:  # noqa: BLE001
+  except Exception:  # noqa: BLE001
     raise InputError(f"{path}: not an MRC file ({strict_msg})") from None
   h = mrc.header
   sane = mrc.data is not None and 0 < int(h.nx) < 2**20 and 0 < int(h.ny) < 2**20 and 0 <= int(h.nz) < 2**31
@@ -264,10 +269,6 @@ def read_pixel_size(path: str) -> float:
     return float(mrc.voxel_size.x)
   finally:
     mrc.close()
-
-
-def _is_volume(mrc) -> bool:
-  return mrc.data.ndim == 3 and mrc.is_volume() and not path_is_stack_name(mrc._iostream.name)
 
 
 def path_is_stack_name(path: str) -> bool:
@@ -448,8 +449,7 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
   """Reads a RELION 3.0/3.1 particle STAR file and resolves `rlnImageName` (`000001@stack.mrcs`)
   relative to the STAR file's folder (or, failing that, a folder above it: RELION's project folder),
   checking that every stack exists and every index is in range (`check_files`)."""
-  if not os.path.exists(path):
-    raise InputError(f"{path}: file not found")
+  check_input_file(path, "STAR file")
   import pandas as pd
   import starfile
 

@@ -87,7 +87,6 @@ def main(argv: list[str]) -> int:
     config = config_flag.value
     workdir = flags.FLAGS.workdir or os.path.join("runs", name)
     logging.set_verbosity(logging.INFO)
-    logging.info("experiment %s, workdir %s", name, workdir)
     existed = os.path.isdir(workdir)
     config_path = os.path.join(workdir, "config.json")
     had_config = os.path.exists(config_path)
@@ -97,6 +96,7 @@ def main(argv: list[str]) -> int:
           module.validate(config, workdir)
         else:
           module.validate(config)
+      logging.info("experiment %s, workdir %s", name, workdir)
       write_config(config, workdir)
       module.run(config, workdir)
     except InputError as e:

@@ -78,10 +78,11 @@ def _denoiser(config):
 def validate(config) -> None:
   """Cheap checks before anything is written; files are checked fully when `run` opens them
   (once: a STAR file may reference 10⁵ stacks), and the launcher removes what it wrote on error."""
+  from cryojax_denoise import io
+
   if not config.input:
     raise InputError("input: give --config.input=STACK.mrcs or PARTICLES.star")
-  if not os.path.exists(config.input):
-    raise InputError(f"{config.input}: file not found")
+  io.check_input_file(config.input, "input file")
   if config.batch_size < 1:
     raise InputError(f"batch_size: must be at least 1, got {config.batch_size}")
   if config.noise_std is not None and config.noise_std < 0:
@@ -89,7 +90,6 @@ def validate(config) -> None:
   if config.normalize not in ("none", "mean", "std"):
     raise InputError(f"normalize: {config.normalize!r} is not one of none, mean, std")
   if config.output:
-    from cryojax_denoise import io
     io.check_not_input(config.output, config.input)
   from cryojax_denoise import denoisers  # the registry module is light: no JAX import yet
 

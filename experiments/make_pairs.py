@@ -44,9 +44,8 @@ def validate(config) -> None:
     raise InputError("star: give --config.star=PARTICLES.star")
   if not config.volume:
     raise InputError("volume: give --config.volume=MAP.mrc (and --config.pixel_size=Å if its header lacks it)")
-  for path in (config.star, config.volume):
-    if not os.path.exists(path):
-      raise InputError(f"{path}: file not found")
+  io.check_input_file(config.star, "STAR file")
+  io.check_input_file(config.volume, "MRC map file")
   if config.batch_size < 1:
     raise InputError(f"batch_size: must be at least 1, got {config.batch_size}")
   io.read_volume(config.volume, config.pixel_size or None)  # a 3D map, finite, with a voxel size

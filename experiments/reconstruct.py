@@ -59,8 +59,9 @@ def _star_path(config) -> str:
     if not os.path.exists(path):
       raise InputError(f"{path}: not found (simulate_dir must be a workdir written by the simulate experiment)")
     return path
-  if not os.path.exists(config.star):
-    raise InputError(f"{config.star}: file not found")
+  from cryojax_denoise import io
+
+  io.check_input_file(config.star, "STAR file")
   return config.star
 
 
@@ -104,8 +105,7 @@ def _open(config):
   if n < 2:
     raise InputError(f"{path}: half maps need at least 2 particles, found {n}")
   if stack:
-    if not os.path.exists(stack):
-      raise InputError(f"{stack}: file not found")
+    io.check_input_file(stack, "MRC stack")
     count = len(io.read_stack(stack, mmap=True, check_finite=False))
     if count < n:
       raise InputError(f"{stack}: holds {count} images but {path} has {n} particles")

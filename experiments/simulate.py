@@ -10,11 +10,11 @@ unless `volume` (an MRC map) or `structure` (a PDB/mmCIF model) is given.
 from __future__ import annotations
 
 import math
-import os
 
 import ml_collections
 from absl import logging
 
+from cryojax_denoise import io
 from cryojax_denoise.data import simulate
 from cryojax_denoise.errors import InputError
 
@@ -60,9 +60,8 @@ def validate(config) -> None:
   if config.volume and config.structure:
     raise InputError("give at most one of volume= (an MRC map) and structure= (a PDB/mmCIF model)")
   for key in ("volume", "structure"):
-    path = config[key]
-    if path and not os.path.isfile(path):
-      raise InputError(f"{path}: {key} file not found")
+    if config[key]:
+      io.check_input_file(config[key], f"{key} file")
 
 
 def run(config, workdir: str) -> None:

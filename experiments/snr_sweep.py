@@ -11,7 +11,6 @@ methods are trained once over an SNR range (or per SNR) unless a checkpoint is g
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -178,18 +177,14 @@ def run(config, workdir: str) -> None:
     if snr in example_snrs:
       ex_clean[snr], ex_noisy[snr] = test_ds.clean, test_ds.noisy
     for name in methods:
-      if name in LEARNED:
-        params = {"checkpoint": checkpoints[name, snr]}
-        fn = denoisers.get(name, **params)
-        evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)  # compile for this shape
-      else:
-        params = {}
-        if config.tune and denoisers.REGISTRY[name].knob:
-          params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
-          chosen[name, snr] = params
-        fn = denoisers.get(name, **params)
-        if not (config.tune and denoisers.REGISTRY[name].knob):
-          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)  # compile for this shape
+      params = {"checkpoint": checkpoints[name, snr]} if name in LEARNED else {}
+      tuned = name not in LEARNED and config.tune and denoisers.REGISTRY[name].knob
+      if tuned:
+        params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
+        chosen[name, snr] = params
+      fn = denoisers.get(name, **params)
+      if not tuned:  # tuning already compiled the kernel for this batch shape
+        evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
       den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch)
       rows.append(dict(method=name, snr=snr, **row, params={k: v for k, v in params.items() if k != "checkpoint"}))
       if snr in example_snrs:

@@ -10,18 +10,4 @@ with `--config.noisy=particles.mrcs --config.clean=clean.mrcs` (e.g. from make_p
 
 from cryojax_denoise.training import train
 
-KIND = "autoencoder"
-
-
-def get_config():
-  return train.default_config(KIND)
-
-
-def validate(config, workdir=None):
-  """Checks keys, input stacks and (when resuming) that the workdir's checkpoints match the model."""
-  resolved = train.resolve(config)
-  train.check_workdir(resolved, workdir or train.launcher_workdir(f"train_{KIND}"))
-
-
-def run(config, workdir):
-  train.train(config, workdir)
+get_config, validate, run = train.experiment("autoencoder")

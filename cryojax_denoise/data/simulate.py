@@ -45,7 +45,7 @@ from absl import logging
 
 from cryojax_denoise.data import phantom
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.io import read_volume, write_stack, write_star
+from cryojax_denoise.io import check_input_file, read_volume, write_stack, write_star
 from cryojax_denoise.progress import Progress
 
 VOLTAGE_KV = 300.0
@@ -146,20 +146,11 @@ def resample_volume(volume: np.ndarray, pixel_size: float, new_pixel_size: float
   return _crop_or_pad(resized, box)
 
 
-def _check_file(path: str, what: str) -> None:
-  if not os.path.exists(path):
-    raise InputError(f"{path}: {what} file not found")
-  if os.path.isdir(path):
-    raise InputError(f"{path}: is a folder, expected a {what} file")
-  if os.path.getsize(path) == 0:
-    raise InputError(f"{path}: empty {what} file")
-
-
 def _structure_atoms(path: str):
   """Positions (M, 3) Å centred on their centroid, Peng amplitudes and variances (M, 5)."""
   import cryojax.simulator as cxs
 
-  _check_file(path, "PDB/mmCIF")
+  check_input_file(path, "PDB/mmCIF file")
   try:
     gm = cxs.load_tabulated_volume(path, include_b_factors=True)
   except Exception as e:  # noqa: BLE001 - mmdf/gemmi raise many types on garbage
@@ -191,7 +182,7 @@ def load_source(volume: str | None = None, structure: str | None = None, pixel_s
     raise InputError(f"pixel_size: must be a positive number of Å (or 0 for the default), got {pixel_size}")
   box = int(image_size) + int(image_size) % 2
   if volume:
-    _check_file(volume, "MRC map")
+    check_input_file(volume, "MRC map file")
     data, size = read_volume(volume, pixel_size=pixel_size or None)
     if not np.any(data):
       raise InputError(f"{volume}: map is all zeros")

@@ -18,7 +18,7 @@ def apply_batched(fn: Callable, images: np.ndarray, noise_std: np.ndarray, batch
   out = np.empty(images.shape, np.float32)
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
-    idx = np.arange(start, start + batch_size) % n if stop - start < batch_size and n >= batch_size else np.arange(start, stop)
+    idx = np.arange(start, start + batch_size) % n if n >= batch_size else np.arange(n)
     res = np.asarray(jax.block_until_ready(fn(images[idx], noise_std[idx])), np.float32)
     out[start:stop] = res[: stop - start]
   return out

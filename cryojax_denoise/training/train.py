@@ -132,6 +132,22 @@ def launcher_workdir(experiment: str) -> str:
   return workdir or os.path.join("runs", experiment)
 
 
+def experiment(kind: str):
+  """`get_config`, `validate`, `run` of the `train_<kind>` experiment (the launcher's module interface)."""
+
+  def get_config() -> ml_collections.ConfigDict:
+    return default_config(kind)
+
+  def validate(config, workdir=None) -> None:
+    """Checks keys, input stacks and (when resuming) that the workdir's checkpoints match the model."""
+    check_workdir(resolve(config), workdir or launcher_workdir(f"train_{kind}"))
+
+  def run(config, workdir: str) -> None:
+    train(config, workdir)
+
+  return get_config, validate, run
+
+
 def config_dict(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
