@@ -74,6 +74,9 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.pixel_size = 0.0
   c.ctf = True
   c.distributed = False        # call jax.distributed.initialize() (multi-host)
+  # Starting weights of the generator: "" / "none" (fresh), "general" (the bundled general model) or a
+  # checkpoint dir; the model section (widths, blocks, ...) is then taken from that checkpoint.
+  c.init = ""
   c.time_limit_min = 0.0       # > 0: checkpoint and stop after this many minutes (rerun to continue)
   return c
 
@@ -85,6 +88,7 @@ def resolve(config) -> ml_collections.ConfigDict:
     for key, value in FAITHFUL.items():
       section, name = key.split(".")
       c[section][name] = value
+  apply_init_config(c)
   for key in ("steps", "batch_size", "image_size", "checkpoint_every", "val_size", "eval_every", "log_every"):
     if int(c[key]) < 1:
       raise InputError(f"config.{key}: must be a positive integer, got {c[key]}")
@@ -108,6 +112,46 @@ def resolve(config) -> ml_collections.ConfigDict:
                      f"{stride} (2**len(model.widths))")
   data_lib.check_snr_config(c)
   return c
+
+
+def init_dir(init: str) -> str | None:
+  """The checkpoint folder named by `config.init` ("" / "none": None; "general": the bundled model)."""
+  init = str(init or "").strip()
+  if init.lower() in ("", "none"):
+    return None
+  if init == "general":
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
+                        "autoencoder_general")
+    if not os.path.isdir(path):
+      raise InputError(f"config.init=general: the bundled general model is not installed ({path})")
+    return path
+  if not os.path.isdir(init):
+    raise InputError(f"config.init: checkpoint folder {init} not found (use general, none or a training workdir)")
+  return init
+
+
+def apply_init_config(c) -> None:
+  """Copies the model section (and `faithful`) of the `init` checkpoint's config into `c` in place."""
+  path = init_dir(c.get("init", ""))
+  if path is None:
+    return
+  _, saved = checkpoints.saved_config(path)
+  if not isinstance(saved.get("model"), dict):
+    raise InputError(f"config.init: {path} has no model section in its saved config")
+  c.model = ml_collections.ConfigDict(saved["model"])
+  c.faithful = bool(saved.get("faithful", False))
+
+
+def load_init(generator: Generator, init: str, sharding=None) -> None:
+  """Overwrites `generator`'s parameters in place with those of the `init` checkpoint (no-op for none)."""
+  path = init_dir(init)
+  if path is None:
+    return
+  ckpt = checkpoints.Checkpointer(path, create=False)
+  try:
+    ckpt.restore(ckpt.latest_step(), {"generator": generator}, sharding=sharding)
+  finally:
+    ckpt.close()
 
 
 def check_workdir(config, workdir: str) -> None:
@@ -334,6 +378,9 @@ def train(config, workdir: str) -> dict:
   if start:
     ckpt.restore(start, learner.parts(), sharding=repl)
     logging.info("resumed from checkpoint step %d in %s", start, ckpt.directory)
+  elif init_dir(config.init):
+    load_init(learner.generator, config.init, sharding=repl)
+    logging.info("generator initialised from %s", init_dir(config.init))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   _trim_metrics(metrics_path, start)
   total = int(config.steps)
