@@ -33,7 +33,7 @@ from cryojax_denoise.errors import InputError
 from cryojax_denoise.io import atomic_write_text
 from cryojax_denoise.progress import Progress
 
-METHODS = ("ddtf", "ksvd", "bm3d", "gaussian", "wiener")
+METHODS = tuple(denoisers.classical_names())  # every registered method that needs no training
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -147,6 +147,12 @@ def _reference(name: str, noisy, sigma, params: dict, config):
     pos = [np.asarray(a) for a in pt.sample_positions(jax.random.key(params.get("seed", 0)), noisy.shape,
                                                       kw.get("r", 8), n_patches)]
     return (lambda: reference.ddtf_denoise_numpy(noisy, sigma, pos, **kw)), "NumPy DDTF (denoisers/reference.py)"
+  if name == "tv":
+    from cryojax_denoise.denoisers import reference
+
+    kw = {**denoisers.REGISTRY["tv"].defaults, **params}
+    lam, n_iter, tau = kw["lam"], kw["n_iter"], kw["tau"]
+    return (lambda: reference.tv_denoise_numpy(noisy, lam * sigma, n_iter, tau)), "NumPy TV (denoisers/reference.py)"
   if name == "gaussian":
     from scipy import ndimage
 

@@ -29,8 +29,8 @@ from cryojax_denoise.evaluation import evaluate, report
 from cryojax_denoise.io import atomic_write_text
 from cryojax_denoise.progress import Progress
 
-CLASSICAL = ("gaussian", "wiener", "bm3d", "ksvd", "ddtf")
-LEARNED = ("autoencoder", "gan")
+CLASSICAL = tuple(denoisers.classical_names())  # every registered method, from the registry
+LEARNED = tuple(denoisers.learned_names())
 
 # Values a preset supplies for every field left unset (None) on the command line.
 PRESETS = {

@@ -17,12 +17,13 @@ def test_tiny_benchmark_writes_both_files(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   res = json.loads((workdir / "benchmark.json").read_text())
   rows = {r["method"]: r for r in res["rows"]}
-  assert set(rows) == {"ddtf", "ksvd", "bm3d", "gaussian", "wiener"}
+  assert {"ddtf", "ksvd", "bm3d", "gaussian", "wiener", "tv"} <= set(rows)  # every registered classical method
   assert res["shapes"]["images"] == [4, 40, 40] and res["device"]
   for r in rows.values():
     assert r["images_per_s"] > 0 and r["mse"] < res["noisy_mse"]
   assert rows["ddtf"]["reference"]["max_abs_diff"] < 1e-3  # same algorithm as the NumPy reference
   assert rows["ksvd"]["reference"]["same_support_fraction"] > 0.9  # our OMP picks scikit-learn's atoms
+  assert rows["tv"]["reference"]["max_abs_diff"] < 1e-3  # same iteration as the NumPy reference
   md = (workdir / "benchmark.md").read_text()
   assert "| ddtf |" in md and "× bm3d" in md
 

@@ -10,7 +10,7 @@ from cryojax_denoise.denoisers import noise, tuning
 from cryojax_denoise.errors import InputError
 
 SIZE, N = 40, 4
-CLASSICAL = ("gaussian", "wiener", "bm3d", "ddtf", "ksvd")
+CLASSICAL = ("gaussian", "wiener", "bm3d", "ddtf", "ksvd", "tv")
 
 
 @functools.lru_cache(maxsize=None)

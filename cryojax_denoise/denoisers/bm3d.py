@@ -15,6 +15,8 @@ import os
 
 import numpy as np
 
+from cryojax_denoise.denoisers.registry import register
+
 _POOL: dict = {}
 
 
@@ -55,6 +57,8 @@ def shutdown_pool() -> None:
   _POOL.clear()
 
 
+@register("bm3d", knob="sigma_scale", grid=(0.75, 1.0, 1.25, 1.5, 2.0),
+          description="BM3D (bm3d package) with σ·sigma_scale, images in parallel processes")
 def bm3d_denoise(images, noise_std, *, sigma_scale: float = 1.0, workers: int | None = None) -> np.ndarray:
   """BM3D of (B, H, W) with noise std `noise_std` (scalar or (B,)) times `sigma_scale`: (B, H, W).
 

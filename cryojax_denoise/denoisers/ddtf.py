@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryojax_denoise.denoisers import patches as pt
+from cryojax_denoise.denoisers.registry import register
 
 
 def dct_filters(r: int) -> np.ndarray:
@@ -127,6 +128,8 @@ def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: in
   return (rec / counts)[:, :H, :W]
 
 
+@register("ddtf", knob="lam_scale", grid=(0.7, 0.85, 1.0, 1.1, 1.2, 1.35, 1.5),
+          description="data-driven tight frame (Cai et al. 2014), thresholds lam_scale·(3.4σ, 2.7σ), shared filters")
 @functools.partial(jax.jit, static_argnames=("r", "n_iter", "n_patches", "stride", "shared", "threshold_dc"))
 def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 1.0, lam1: float = 3.4,
                  lam2: float = 2.7, r: int = 8, n_iter: int = 30, n_patches: int = 40000, stride: int = 2,

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise.denoisers.registry import register
+
 
 def _freq2(h: int, w: int) -> np.ndarray:
   """|k|² in cycles/pixel for the rfft2 grid, (h, w//2+1)."""
@@ -19,6 +21,8 @@ def _freq2(h: int, w: int) -> np.ndarray:
   return (fy ** 2 + fx ** 2).astype(np.float32)
 
 
+@register("gaussian", knob="width", grid=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0), needs_sigma=False,
+          description="Gaussian low-pass, kernel std `width` pixels")
 @jax.jit
 def gaussian_denoise(images: jax.Array, noise_std=None, *, width: float = 1.5) -> jax.Array:
   """Gaussian low-pass of (B, H, W) with kernel std `width` pixels (periodic boundary); σ unused."""
@@ -36,6 +40,8 @@ def _radial_bins(h: int, w: int) -> tuple[np.ndarray, int]:
   return idx, int(idx.max()) + 1
 
 
+@register("wiener", knob="strength", grid=(0.5, 1.0, 2.0, 4.0),
+          description="Wiener filter from the radially averaged power spectrum; gain S/(S + strength·N)")
 @functools.partial(jax.jit, static_argnames=("shared",))
 def wiener_denoise(images: jax.Array, noise_std: jax.Array, *, strength: float = 1.0,
                    shared: bool = False) -> jax.Array:

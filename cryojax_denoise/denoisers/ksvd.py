@@ -33,6 +33,7 @@ import numpy as np
 
 from cryojax_denoise.denoisers import patches as P
 from cryojax_denoise.denoisers.omp import batch_omp, dense_codes, reconstruct
+from cryojax_denoise.denoisers.registry import register
 
 
 class KsvdInfo(NamedTuple):
@@ -177,6 +178,8 @@ def _denoise_image(image, sigma, dictionary, *, C, lam, max_atoms, stride, block
   return out, zero, mean_atoms
 
 
+@register("ksvd", knob="C", grid=(0.9, 1.0, 1.15, 1.3, 1.5),
+          description="K-SVD with Batch-OMP, error target C·σ·r, dictionary shared across the batch")
 def ksvd_denoise(images: jax.Array, noise_std, *, C: float = 1.15, lam: float = 0.5,
                  patch_size: int = 8, n_atoms: int = 256, max_atoms: int = 8, n_iter: int = 5,
                  n_train: int = 16384, stride: int = 1, shared: bool = True,

@@ -1,4 +1,4 @@
-"""Straightforward NumPy reference of DDTF, for checking and timing the JAX kernel (`benchmark`).
+"""Straightforward NumPy references of DDTF and TV, for checking and timing the JAX kernels (`benchmark`).
 
 Same algorithm and conventions as `ddtf.py`, written the plain way: patches materialised as a
 matrix, coefficients by matrix products, overlap-add by strided slices, float64 in NumPy/LAPACK.
@@ -66,3 +66,32 @@ def ddtf_denoise_numpy(images: np.ndarray, noise_std, positions, *, lam_scale: f
   xs = np.stack([images[bi, yi:yi + r, xi:xi + r].reshape(-1) for bi, yi, xi in zip(b, y, x)])
   d = learn_filters_numpy(xs, lam_scale * lam1 * sigma[b], n_iter)
   return np.stack([apply_filters_numpy(im, d, lam_scale * lam2 * s, stride, threshold_dc) for im, s in zip(images, sigma)])
+
+
+
+def _div_numpy(qy: np.ndarray, qx: np.ndarray) -> np.ndarray:
+  dy, dx = qy.copy(), qx.copy()
+  dy[1:] -= qy[:-1]
+  dx[:, 1:] -= qx[:, :-1]
+  return dy + dx
+
+
+def tv_denoise_numpy(images: np.ndarray, weights, n_iter: int, tau: float = 0.25) -> np.ndarray:
+  """Chambolle's TV projection iteration in plain NumPy (loop over images), as `tv.tv_denoise`.
+
+  `weights` (B,) or scalar: the TV weight w of each image (lam·σ in `tv_denoise`).
+  """
+  x = np.asarray(images, np.float64)
+  w = np.broadcast_to(np.asarray(weights, np.float64), (x.shape[0],))
+  out = np.empty_like(x)
+  for b, (f, wb) in enumerate(zip(x, w)):
+    qy, qx = np.zeros_like(f), np.zeros_like(f)
+    for _ in range(n_iter):
+      u = f - _div_numpy(qy, qx)
+      gy, gx = np.zeros_like(f), np.zeros_like(f)
+      gy[:-1] = u[1:] - u[:-1]
+      gx[:, :-1] = u[:, 1:] - u[:, :-1]
+      scale = 0.0 if wb == 0 else wb / (wb + tau * np.hypot(gy, gx))
+      qy, qx = (qy - tau * gy) * scale, (qx - tau * gx) * scale
+    out[b] = f - _div_numpy(qy, qx)
+  return out.astype(np.float32)

@@ -1,0 +1,134 @@
+"""The denoiser registry: each method registers itself next to its function.
+
+>>> from cryojax_denoise.denoisers.registry import register
+>>> @register("tv", knob="lam", grid=(0.5, 1.0, 2.0), description="total variation")
+... def tv_denoise(images, noise_std, *, lam=1.0, n_iter=100): ...
+
+A classical method is `fn(images (B, H, W) float32, noise_std (B,) or None, **params) -> (B, H, W)`;
+its parameters are its keyword-only arguments, the knob's default is read from the signature.
+A learned method (`learned=True`) is a loader `fn(*, checkpoint, ...) -> denoiser`.
+This module imports nothing heavy (no JAX): the launcher and config validation use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Callable
+
+from cryojax_denoise.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A registered denoiser: `fn`, its tuned knob, the grid `tuning.tune` searches and its default.
+
+  `needs_sigma`: `get` passes a (B,) noise std (estimated when None); `learned`: `fn` loads a
+  trained model from `checkpoint=`; `uses_ctf`: the method takes per-particle CTFs; `fit`: an
+  optional `fit(images, noise_std, **params) -> state` for methods fitted to a whole stack.
+  """
+  name: str
+  fn: Callable
+  knob: str | None = None
+  grid: tuple = ()
+  default: object = None
+  description: str = ""
+  needs_sigma: bool = True
+  learned: bool = False
+  uses_ctf: bool = False
+  fit: Callable | None = None
+
+  @property
+  def params(self) -> list[str]:
+    """The method's parameter names (the keyword-only arguments of `fn`)."""
+    return keyword_params(self.fn)
+
+  @property
+  def defaults(self) -> dict:
+    """{parameter: default value} read from `fn`'s signature."""
+    return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def keyword_params(fn: Callable) -> list[str]:
+  """Keyword-only parameter names of `fn` (through `jax.jit` and `functools.wraps`)."""
+  return [p.name for p in inspect.signature(fn).parameters.values() if p.kind == inspect.Parameter.KEYWORD_ONLY]
+
+
+def register(name: str, *, knob: str | None = None, grid: tuple = (), description: str = "",
+             needs_sigma: bool = True, learned: bool = False, uses_ctf: bool = False,
+             fit: Callable | None = None) -> Callable:
+  """Decorator adding `fn` to `REGISTRY` as `name`; returns `fn` unchanged.
+
+  `knob` must be a keyword-only argument of `fn` with a default (the method's default value);
+  `description` defaults to the first line of `fn`'s docstring.
+  """
+  def decorate(fn: Callable) -> Callable:
+    default = None
+    if knob is not None:
+      param = inspect.signature(fn).parameters.get(knob)
+      if param is None or param.kind != inspect.Parameter.KEYWORD_ONLY or param.default is inspect.Parameter.empty:
+        raise TypeError(f"register({name!r}): knob {knob!r} is not a keyword-only argument with a default")
+      default = param.default
+    desc = description or (inspect.getdoc(fn) or name).splitlines()[0]
+    REGISTRY[name] = Method(name, fn, knob, tuple(grid), default, desc, needs_sigma, learned, uses_ctf, fit)
+    return fn
+
+  return decorate
+
+
+def names() -> list[str]:
+  """All registered method names, in registration order."""
+  return list(REGISTRY)
+
+
+def method(name: str) -> Method:
+  """`REGISTRY[name]`, or an InputError naming the valid methods."""
+  if name not in REGISTRY:
+    raise InputError(f"unknown denoiser {name!r}; valid: {', '.join(REGISTRY)}")
+  return REGISTRY[name]
+
+
+def check_params(name: str, params: dict) -> None:
+  """InputError when `params` holds a name that is not a parameter of method `name`."""
+  valid = method(name).params
+  bad = sorted(set(params) - set(valid))
+  if bad:
+    raise InputError(f"unknown parameter(s) {bad} for denoiser {name!r}; valid: {', '.join(valid)}")
+
+
+def get(name: str, **params) -> Callable:
+  """The denoiser `name` with `params` bound: `den(images (B, H, W), noise_std=None) -> (B, H, W)`.
+
+  `noise_std` is a scalar or (B,) in image units; None estimates it per image for methods that
+  need it. Learned methods need `checkpoint=DIR`.
+  """
+  m = method(name)
+  check_params(name, params)
+  if m.learned:
+    if params.get("checkpoint") in (None, ""):
+      raise InputError(f"denoiser {name!r} needs checkpoint=DIR (a trained workdir)")
+    return m.fn(**params)
+
+  def denoise(images, noise_std=None):
+    if m.needs_sigma:
+      from cryojax_denoise.denoisers.noise import noise_std_or_estimate
+      noise_std = noise_std_or_estimate(images, noise_std)
+    return m.fn(images, noise_std, **params)
+
+  denoise.__name__ = f"{name}_denoise"
+  denoise.__doc__ = f"{m.description}; params {params}"
+  return denoise
+
+
+def classical_names() -> list[str]:
+  """Registered methods that need no training."""
+  return [n for n, m in REGISTRY.items() if not m.learned]
+
+
+def learned_names() -> list[str]:
+  """Registered methods that load a trained model."""
+  return [n for n, m in REGISTRY.items() if m.learned]
