@@ -7,6 +7,11 @@ Writes `output` (default WORKDIR/denoised.mrcs) in the input's units, order and 
 for STAR input also a STAR file beside it (same stem, `.star`) with the same rows and optics,
 `rlnImageName` pointing at the new stack. Images stream in batches from memory-mapped stacks,
 so memory stays bounded whatever the stack size. The input is never overwritten.
+
+`params=auto` (or `auto,key=value,...`) picks a classical method's knob by Monte-Carlo SURE on
+`sure_images` random images (`denoisers/sure.py`). Every run also logs SURE's estimate of the
+MSE and of the MSE reduction in dB (a quality score without ground truth) and writes them, with
+the parameters used, to `<output stem>.params.json` (and a comment at the top of the STAR file).
 """
 
 from __future__ import annotations
@@ -39,7 +44,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.output = ""              # .mrcs (or .star for STAR input); default WORKDIR/denoised.mrcs
   c.batch_size = 64          # images per denoiser call
   c.normalize = "mean"       # none | mean | std: what is removed before denoising and restored after
+  c.sure_images = 32         # random images for params=auto and the SURE quality score (0: neither)
   return c
+
+
+def split_auto(text) -> tuple[bool, str]:
+  """`"auto,a=1"` -> (True, "a=1"); other params text -> (False, text)."""
+  if hasattr(text, "items"):
+    return False, text
+  head, _, rest = (text or "").strip().partition(",")
+  return (True, rest) if head.strip().lower() == "auto" else (False, text)
 
 
 def parse_params(text) -> dict:
@@ -63,10 +77,10 @@ def parse_params(text) -> dict:
   return params
 
 
-def _denoiser(config):
+def _denoiser(config, params=None):
   from cryojax_denoise import denoisers
 
-  params = parse_params(config.params)
+  params = dict(parse_params(split_auto(config.params)[1]) if params is None else params)
   if _learned(config.method):
     params["checkpoint"] = config.checkpoint
   try:
@@ -95,7 +109,14 @@ def validate(config) -> None:
 
   if config.method not in denoisers.names():
     raise InputError(f"method: unknown method {config.method!r}; valid methods: {', '.join(denoisers.names())}")
-  parse_params(config.params)
+  auto, rest = split_auto(config.params)
+  parse_params(rest)
+  if auto:
+    from cryojax_denoise.denoisers.sure import check_tunable
+
+    check_tunable(config.method)
+    if config.sure_images < 1:
+      raise InputError(f"sure_images: params=auto needs at least 1 image, got {config.sure_images}")
   if _learned(config.method):
     if not config.checkpoint:
       raise InputError(f"checkpoint: method {config.method} needs --config.checkpoint=TRAINING_WORKDIR")
@@ -112,10 +133,94 @@ def run(config, workdir: str) -> None:
   reader = io.ImageReader()
   table = denoise_stack.open_particles(config.input, reader)  # file problems surface before JAX loads
   outputs = denoise_stack.output_paths(table, config.output, workdir)
-  denoiser = _denoiser(config)
+  auto, _ = split_auto(config.params)
+  record = _choose_params(config, table, reader) if auto else None
+  denoiser = _denoiser(config, record["params"] if auto else None)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
+  if record is None and config.sure_images > 0:
+    record = _quality(config, table, reader, denoiser)
   denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size,
                         noise_std=config.noise_std or None, normalize=config.normalize, reader=reader)
+  if record is not None:
+    _write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
+
+
+def _sure_subset(config, table, reader):
+  """`sure_images` random images in the units the denoiser sees, their σ (None: estimated), scale."""
+  import numpy as np
+
+  from cryojax_denoise import denoise_stack
+  from cryojax_denoise.denoisers import sure
+
+  rows = sure.subset(len(table), config.sure_images)
+  images = np.concatenate([denoise_stack.read_batch(table, reader, int(r), int(r) + 1) for r in rows])
+  mean, scale = 0.0, 1.0
+  if config.normalize != "none":
+    mean, std = denoise_stack.sample_stats(table, reader)
+    scale = std if config.normalize == "std" and std > 0 else 1.0
+  noise_std = config.noise_std / scale if config.noise_std else None
+  return ((images - mean) / scale).astype(np.float32), noise_std, scale
+
+
+def _summary(n_images, sure_mse, relative, gain, sigma, scale) -> dict:
+  """The SURE part of the record, in the input's units; logged."""
+  logging.info("SURE on %d images: estimated MSE %.4g (%.3g of the signal power), MSE reduction %.2f dB "
+               "(σ %.4g)", n_images, sure_mse * scale ** 2, relative, gain, sigma * scale)
+  return {"n_images": n_images, "noise_std": sigma * scale, "mse": sure_mse * scale ** 2,
+          "relative_mse": relative, "gain_db": gain}
+
+
+def _choose_params(config, table, reader) -> dict:
+  """params=auto: the knob with the lowest SURE on the subset; the record for the JSON."""
+  from cryojax_denoise import denoisers
+  from cryojax_denoise.denoisers import sure
+
+  images, noise_std, scale = _sure_subset(config, table, reader)
+  fixed = parse_params(split_auto(config.params)[1])
+  knob = denoisers.REGISTRY[config.method].knob
+  try:
+    params, rows = sure.sure_tune(config.method, images, noise_std, n_images=len(images), **fixed)
+  except TypeError as e:
+    raise InputError(f"params: {e} (method {config.method})") from None
+  best = next(r for r in rows if r[knob] == params[knob])
+  sigma = float(sure.sigmas(images, noise_std)[1].mean())
+  logging.info("params=auto: %s=%s (grid %s, SURE MSE %s)", knob, params[knob], [r[knob] for r in rows],
+               [round(r["sure_mse"] * scale ** 2, 4) for r in rows])
+  return {"method": config.method, "params": params, "auto": True,
+          "sure": _summary(len(images), best["sure_mse"], best["sure_relative"], best["gain_db"], sigma,
+                           scale),
+          "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"]} for r in rows]}
+
+
+def _quality(config, table, reader, denoiser) -> dict:
+  """SURE's estimate for the given parameters (any method, learned ones too)."""
+  from cryojax_denoise.denoisers import sure
+
+  images, noise_std, scale = _sure_subset(config, table, reader)
+  est = sure.sure(denoiser, images, noise_std)
+  params = parse_params(split_auto(config.params)[1])
+  return {"method": config.method, "params": params, "auto": False,
+          "sure": _summary(len(images), est.mean, est.relative, est.gain_db, float(est.sigma.mean()),
+                           scale)}
+
+
+def _write_record(record: dict, outputs) -> None:
+  """`<stack stem>.params.json`, and the same facts as a comment at the top of the STAR file."""
+  import json
+
+  from cryojax_denoise import io
+
+  path = os.path.splitext(outputs.stack)[0] + ".params.json"
+  io.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+  if outputs.star:
+    s = record["sure"]
+    with open(outputs.star) as f:
+      text = f.read()
+    comment = (f"# cryojax-denoise: method {record['method']}, params {record['params']}"
+               f"{' (params=auto, chosen by SURE)' if record['auto'] else ''}; SURE on {s['n_images']} images: "
+               f"MSE {s['mse']:.5g}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
+    io.atomic_write_text(outputs.star, comment + text)
+  logging.info("wrote %s", path)

@@ -1,0 +1,112 @@
+"""Monte-Carlo SURE (denoisers/sure.py): divergence = exact trace for a linear filter, unbiased
+over noise draws, NumPy reference, jitted grid = Python loop, knob choice, and `params=auto`."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from cryojax_denoise import denoisers
+from cryojax_denoise.denoisers import sure as S
+from cryojax_denoise.denoisers.filters import gaussian_denoise
+from test_io import ROOT
+
+
+def _smooth_images(n, size=32, seed=0):
+  """Band-limited random images (B, size, size), unit variance: a stand-in for particles."""
+  rng = np.random.default_rng(seed)
+  x = np.asarray(gaussian_denoise(rng.normal(size=(n, size, size)).astype(np.float32), width=2.0))
+  return (x / x.std()).astype(np.float32)
+
+
+def _gauss(images, sigma, width):
+  return gaussian_denoise(images, width=width)
+
+
+def test_divergence_of_gaussian_filter_is_its_trace():
+  """For f(y) = A y, div f = tr A: the MC estimate over 32 images × 16 probes within 2%."""
+  size, width = 32, 1.5
+  basis = np.eye(size * size, dtype=np.float32).reshape(-1, size, size)
+  columns = np.asarray(gaussian_denoise(basis, width=width)).reshape(size * size, -1)
+  trace = float(np.trace(columns))  # exact: the filter matrix built column by column
+  y = _smooth_images(32, size) + np.random.default_rng(1).normal(size=(32, size, size)).astype(np.float32)
+  sigma = np.ones(32, np.float32)
+  probes = S._probes(0, 16, y.shape)
+  out, probed = S.grid_outputs(_gauss, y, sigma, [width], probes, 0.1 * sigma)
+  div = S.divergence(out[0], probed[0], probes, 0.1 * sigma)
+  assert div.shape == (32,)
+  assert abs(float(np.mean(div)) / trace - 1) < 0.02, (float(np.mean(div)), trace)
+
+
+def _reference_sure(images, den, sigma, probes, eps):
+  """NumPy MC-SURE, image by image and probe by probe."""
+  out = np.asarray(den(images), np.float64)
+  est = []
+  for i, (y, f, s) in enumerate(zip(images.astype(np.float64), out, sigma)):
+    div = np.mean([np.sum(b[i] * (np.asarray(den(images + eps * s * b), np.float64)[i] - f)) / (eps * s)
+                   for b in probes])
+    est.append(np.mean((y - f) ** 2) - s ** 2 + 2 * s ** 2 * div / y.size)
+  return np.array(est)
+
+
+def test_sure_matches_numpy_reference_and_loop_path():
+  """`sure` (jitted) = a NumPy loop; a non-jit-able (NumPy) denoiser takes the loop path, same result."""
+  x = _smooth_images(4)
+  y = x + 0.5 * np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
+  den = denoisers.get("wiener", strength=1.0)
+  est = S.sure(den, y, 0.5, eps=0.05, n_probes=2, seed=3)
+  probes = S._probes(3, 2, y.shape)
+  ref = _reference_sure(y, lambda im: den(im, 0.5), np.full(4, 0.5), probes, 0.05)
+  np.testing.assert_allclose(est.mse, ref, rtol=2e-3, atol=2e-4)
+  numpy_den = lambda im, s: np.asarray(den(np.asarray(im), s))  # np.asarray of a tracer: not jit-able
+  assert not S.is_jittable(lambda im, s, v: numpy_den(im, s), y, np.full(4, 0.5), 0.0)
+  loop = S.sure(numpy_den, y, 0.5, eps=0.05, n_probes=2, seed=3)
+  np.testing.assert_allclose(loop.mse, est.mse, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,params", [("gaussian", {"width": 1.5}), ("wiener", {"strength": 1.0})])
+def test_sure_is_unbiased_over_noise_draws(name, params):
+  """Mean SURE over 256 noise draws = mean true MSE (linear Gaussian; Wiener's gain depends on y)."""
+  x = _smooth_images(4)
+  sigma = 0.7
+  rng = np.random.default_rng(4)
+  y = (x[None] + sigma * rng.normal(size=(256, *x.shape))).astype(np.float32).reshape(-1, 32, 32)
+  est = S.sure(denoisers.get(name, **params), y, sigma, eps=0.01, keep_output=True)
+  true = np.mean((est.output - np.tile(x, (256, 1, 1))) ** 2)
+  assert abs(est.mean / true - 1) < 0.03, (est.mean, true)
+  assert est.gain_db == pytest.approx(10 * np.log10(sigma ** 2 / est.mean))
+
+
+def test_band_noise_std_and_tuning_choice():
+  """σ from the high band within 2%; SURE picks the Gaussian width whose true MSE is within 5% of
+  the best on the grid, and its estimate is within 10% of that true MSE."""
+  x = _smooth_images(32, 64, seed=5)
+  sigma = 1.5
+  y = x + sigma * np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
+  assert abs(float(S.band_noise_std(y)) / sigma - 1) < 0.02
+  params, table = S.sure_tune("gaussian", y, clean=x, n_images=32)
+  best = min(row["mse"] for row in table)
+  chosen = next(row for row in table if row["width"] == params["width"])
+  assert chosen["mse"] <= 1.05 * best
+  assert abs(chosen["sure_mse"] / chosen["mse"] - 1) < 0.1
+  assert [row["width"] for row in table] == list(denoisers.REGISTRY["gaussian"].grid)
+  assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
+
+
+def test_auto_for_learned_method_is_one_error_line(tmp_path):
+  from cryojax_denoise import io
+  from test_io import random_stack
+
+  io.write_stack(str(tmp_path / "in.mrcs"), random_stack(n=4), 2.0)
+  (tmp_path / "ckpt").mkdir()
+  out = tmp_path / "out.mrcs"
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise",
+                         f"--workdir={tmp_path / 'w'}", "--config.method=autoencoder", "--config.params=auto",
+                         f"--config.checkpoint={tmp_path / 'ckpt'}", f"--config.input={tmp_path / 'in.mrcs'}",
+                         f"--config.output={out}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert proc.returncode != 0
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error:") and "auto" in lines[0], proc.stderr
+  assert not out.exists()
