@@ -141,6 +141,15 @@ def _phantom_atoms(seed: int, n_domains: int | None) -> np.ndarray:
   return positions - positions.mean(axis=0)
 
 
+def domain_labels(positions: np.ndarray) -> np.ndarray:
+  """Domain index (M,) int of each atom of `phantom_atoms`: every domain is one chain whose
+  consecutive atoms lie exactly BOND_A apart, so a new domain starts wherever that spacing breaks."""
+  positions = np.asarray(positions, np.float64)
+  steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+  starts = np.abs(steps - BOND_A) > 1e-6
+  return np.concatenate([[0], np.cumsum(starts)]).astype(np.int32)
+
+
 def atoms_diameter(positions: np.ndarray, sigma: float = ATOM_SIGMA_A) -> float:
   """Diameter in Å of the sphere about the origin holding every atom, plus 2 sigma of blur."""
   return 2.0 * (float(np.max(np.linalg.norm(positions, axis=1))) + 2.0 * sigma)

@@ -1,0 +1,275 @@
+"""conformations: do raw or denoised particles tell conformational states of a molecule apart?
+
+    python launch.py --experiment=conformations [--config.preset=smoke|default]
+    python launch.py --experiment=conformations --config.volumes="(open.mrc,closed.mrc)" --config.pixel_size=1.5
+
+Built-in states: the phantom and the phantom with one domain (default its smallest) moved rigidly
+by each of `displacements` (Å; with motion='rotate', degrees about a hinge). Per state pair and
+SNR, particles are drawn 50/50 from the two states (random poses, CTF, one noise σ for both) and
+classified on raw and on denoised images (every registered method, knobs at their defaults, σ
+known) by: `template` (pose-known least squares against both states' projections),
+`pca_gmm` / `pca_kmeans` (unsupervised, on a second set of particles within `pose_spread_deg` of
+the view where the states differ most) and `3d` (one map per template-matching class,
+reconstructed from the raw particles, FSC against its true state). Writes results.json,
+results.csv, accuracy_vs_snr.png and report.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import ml_collections
+import numpy as np
+from absl import logging
+from ml_collections.config_dict import placeholder
+
+from cryojax_denoise.errors import InputError
+
+PRESETS = {
+    # Seconds: run end to end by the tests.
+    "smoke": dict(image_size=32, n_images=48, n_cluster=48, displacements=(6.0, 24.0), snrs=(1.0, 0.05),
+                  raw_only_snrs=(), batch_size=16),
+    # Every registered method, four displacements, four SNRs (+ raw-only SNRs) on a 2-core CPU.
+    "default": dict(image_size=64, n_images=200, n_cluster=100, displacements=(3.0, 6.0, 12.0, 24.0),
+                    snrs=(1.0, 0.3, 0.1, 0.05), raw_only_snrs=(0.01, 0.001), batch_size=50),
+}
+CLASSIFIERS = ("template", "pca_gmm", "pca_kmeans", "3d")
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.preset = "default"
+  c.methods = ()                 # denoisers to compare with raw particles; () = every registered method
+  c.image_caps = "bm3d=40,ksvd=100"  # "method=N,...": slow methods denoise only the first N images of a set
+  c.motion = "translate"         # built-in states: 'translate' (displacements in Å) or 'rotate' (in degrees)
+  c.domain = -1                  # phantom domain to move; -1 = its smallest
+  c.volumes = ()                 # or user states: two or more MRC maps on one grid ...
+  c.structures = ()              # ... or PDB/mmCIF models
+  c.pixel_size = 0.0             # Å; 0 = from the maps / sized so the molecule fills ~60% of the box
+  c.seed = 0
+  c.ctf = True
+  c.pose_spread_deg = 10.0       # unsupervised set: poses within this angle of one view
+  c.cluster_defocus_A = (14500.0, 15500.0)  # unsupervised set: mean defocus range, Å
+  c.n_components = 3             # PCA components for the unsupervised classifiers
+  c.reconstruct = True           # the '3d' classifier rows
+  c.reconstruct_pad = 1          # Fourier oversampling of the class maps
+  c.autoencoder_checkpoint = ""  # learned methods: a training workdir (default: the bundled general model)
+  c.gan_checkpoint = ""
+  # Preset-controlled (None = the preset's value).
+  c.image_size = placeholder(int)
+  c.n_images = placeholder(int)      # particles per state pair for template matching and 3D
+  c.n_cluster = placeholder(int)     # narrow-pose particles per state pair for the unsupervised classifiers
+  c.displacements = placeholder(tuple)
+  c.snrs = placeholder(tuple)
+  c.raw_only_snrs = placeholder(tuple)  # extra SNRs scored on raw particles only (the floor of the curves)
+  c.batch_size = placeholder(int)    # images per denoiser call (DDTF/KSVD learn one dictionary per call)
+  return c
+
+
+def parse_caps(text: str) -> dict[str, int]:
+  caps = {}
+  for item in filter(None, (s.strip() for s in str(text).split(","))):
+    name, _, value = item.partition("=")
+    try:
+      caps[name.strip()] = int(value)
+    except ValueError:
+      raise InputError(f"image_caps: expected 'method=N,...', got {text!r}") from None
+    if caps[name.strip()] < 2:
+      raise InputError(f"image_caps: {name.strip()} needs at least 2 images, got {value}")
+  return caps
+
+
+def resolve(config) -> ml_collections.ConfigDict:
+  """Fills preset fields left unset and checks every value; raises InputError."""
+  from cryojax_denoise import denoisers
+
+  if config.preset not in PRESETS:
+    raise InputError(f"unknown preset {config.preset!r}; valid presets: {', '.join(PRESETS)}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    for key, value in PRESETS[config.preset].items():
+      if config[key] is None:
+        config[key] = value
+  unknown = [m for m in config.methods if m not in denoisers.names()]
+  if unknown:
+    raise InputError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(denoisers.names())}")
+  for key in ("snrs", "raw_only_snrs"):
+    if any(not float(s) > 0 for s in config[key]):
+      raise InputError(f"{key}: SNRs must be positive, got {tuple(config[key])}")
+  if not config.snrs:
+    raise InputError("snrs: give at least one SNR")
+  if not config.volumes and not config.structures:
+    if not config.displacements or any(float(d) < 0 for d in config.displacements):
+      raise InputError(f"displacements: need one or more amounts >= 0, got {tuple(config.displacements)}")
+  if config.image_size < 16 or config.image_size % 2:
+    raise InputError(f"image_size: must be even and >= 16, got {config.image_size}")
+  if config.n_images < 4 or config.n_cluster < 4:
+    raise InputError(f"n_images, n_cluster: need at least 4 particles, got {config.n_images}, {config.n_cluster}")
+  if config.batch_size < 1 or not 1 <= config.n_components <= 64 or config.reconstruct_pad not in (1, 2, 3, 4):
+    raise InputError("batch_size >= 1, n_components in 1..64 and reconstruct_pad in 1..4 are required")
+  if not 0 <= config.pose_spread_deg <= 180:
+    raise InputError(f"pose_spread_deg: must be in [0, 180], got {config.pose_spread_deg}")
+  parse_caps(config.image_caps)
+  for key in ("autoencoder_checkpoint", "gan_checkpoint"):
+    if config[key] and not os.path.isdir(config[key]):
+      raise InputError(f"{config[key]}: {key} not found")
+  for path in tuple(config.volumes) + tuple(config.structures):
+    from cryojax_denoise import io
+    io.check_input_file(path, "state map/model")
+  return config
+
+
+def validate(config) -> None:
+  resolve(config)
+
+
+def _state_pairs(config):
+  """[(row fields, [map0, map1, ...])] and the pixel size."""
+  from cryojax_denoise.evaluation import conformations as cf
+
+  if config.volumes or config.structures:
+    maps, pixel_size = cf.load_states(config.image_size, tuple(config.volumes), tuple(config.structures),
+                                      config.pixel_size or None)
+    names = [os.path.basename(p) for p in tuple(config.volumes) + tuple(config.structures)]
+    return [({"displacement_A": None, "states": names}, maps)], pixel_size, None
+  amounts = [float(a) for a in config.displacements]
+  st = cf.phantom_states(config.image_size, amounts, motion=config.motion, domain=config.domain,
+                         seed=config.seed, pixel_size=config.pixel_size or None)
+  pairs = []
+  for amount, rms, moved in zip(amounts, st.rms_A, st.moved):
+    fields = {"displacement_A": amount} if config.motion == "translate" else {"displacement_A": rms, "angle_deg": amount}
+    pairs.append((fields, [st.reference, moved]))
+  return pairs, st.pixel_size, st
+
+
+def _learned_dir(name: str, config) -> str | None:
+  given = config.get(f"{name}_checkpoint", "")
+  if given:
+    return given
+  import cryojax_denoise
+
+  bundled = os.path.join(os.path.dirname(cryojax_denoise.__file__), "pretrained", f"{name}_general")
+  return bundled if os.path.isdir(bundled) else None
+
+
+def _methods(config, notes: list[str]):
+  """[(name, denoiser or None for raw)]; learned methods without a model are skipped with a note."""
+  from cryojax_denoise import denoisers
+
+  out = [("raw", None)]
+  for name in (tuple(config.methods) or tuple(denoisers.names())):
+    method = denoisers.REGISTRY[name]
+    try:
+      if method.learned:
+        directory = _learned_dir(name, config)
+        if directory is None:
+          notes.append(f"`{name}` skipped: no bundled general model and no --config.{name}_checkpoint=DIR.")
+          continue
+        from cryojax_denoise.training.restore import load_denoiser
+        out.append((name, load_denoiser(directory)))
+        notes.append(f"`{name}`: model from {directory}.")
+      else:
+        out.append((name, denoisers.get(name)))
+    except InputError as e:
+      notes.append(f"`{name}` skipped: {e}")
+  return out
+
+
+def _sets(maps, pixel_size, config, seed_offset: int):
+  """Raw projections, labels, unit noise and tables of the template/3D set and the narrow set."""
+  import jax
+
+  from cryojax_denoise.data import simulate
+  from cryojax_denoise.evaluation import conformations as cf
+
+  size, seed = config.image_size, config.seed
+  src = simulate.MapSource(np.asarray(maps[0], np.float32), pixel_size, "state0")
+  k = len(maps)
+  out = {}
+  view = cf.most_different_view(maps, pixel_size, size, seed=seed + 40_000 + seed_offset)
+  for name, n in (("main", config.n_images), ("cluster", config.n_cluster)):
+    lo_hi = simulate.DEFOCUS_RANGE_A if name == "main" else tuple(config.cluster_defocus_A)
+    sim = simulate.Simulator(src, size, config.ctf, lo_hi, calibrate=False)
+    key = jax.random.PRNGKey(seed + (0 if name == "main" else 10_000))
+    params = {p: np.asarray(v) for p, v in sim.sample_params(key, n).items()}
+    if name == "cluster":
+      params = cf.narrow_poses(params, view, config.pose_spread_deg, seed + 20_000)
+    rng = np.random.default_rng(seed + (1 if name == "main" else 10_001))
+    out[name] = dict(raw=cf.project_states(maps, pixel_size, params, size, config.ctf),
+                     labels=cf.balanced_labels(n, k, seed + (2 if name == "main" else 10_002)),
+                     unit=rng.standard_normal((n, size, size), dtype=np.float32),
+                     particles=simulate.particles_table(params, config.ctf),
+                     optics=simulate.optics_table(pixel_size, size))
+  return out, view
+
+
+def _denoise(fn, images, sigma, batch_size):
+  from cryojax_denoise.evaluation import evaluate
+
+  t = time.perf_counter()
+  out = evaluate.apply_batched(fn, images, np.full(len(images), sigma, np.float32), min(batch_size, len(images)))
+  return out, (time.perf_counter() - t) / len(images)
+
+
+def run(config, workdir: str) -> None:
+  import jax
+
+  from cryojax_denoise.data import simulate
+  from cryojax_denoise.evaluation import conformations as cf, conformations_report as report
+  from cryojax_denoise.io import atomic_write_text
+  from cryojax_denoise.progress import Progress
+
+  t_start = time.perf_counter()
+  config = resolve(config)
+  atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
+  caps, notes, rows = parse_caps(config.image_caps), [], []
+  pairs, pixel_size, states = _state_pairs(config)
+  methods = _methods(config, notes)
+  snrs = [(float(s), False) for s in config.snrs] + [(float(s), True) for s in config.raw_only_snrs]
+  bar = Progress(len(pairs) * sum(1 if raw_only else len(methods) for _, raw_only in snrs), "conformations",
+                 unit="evals", every_s=2.0)
+  for p, (fields, maps) in enumerate(pairs):
+    sets, view = _sets(maps, pixel_size, config, p)
+    k = len(maps)
+    truth = [simulate.fit_volume(np.asarray(m, np.float32), pixel_size, config.image_size)[0] for m in maps]
+    for snr, raw_only in snrs:
+      main = cf.make_particles(sets["main"]["raw"], sets["main"]["labels"], sets["main"]["unit"], snr)
+      clus = cf.make_particles(sets["cluster"]["raw"], sets["cluster"]["labels"], sets["cluster"]["unit"], snr)
+      for name, fn in (methods[:1] if raw_only else methods):
+        cap = caps.get(name, config.n_images)
+        n, nc = min(cap, config.n_images), min(cap, config.n_cluster)
+        base = dict(method=name, snr=snr, **fields)
+        if fn is None:
+          images, cimages, spi = main.noisy[:n], clus.noisy[:nc], 0.0
+        else:
+          images, spi = _denoise(fn, main.noisy[:n], main.noise_std, config.batch_size)
+          cimages, _ = _denoise(fn, clus.noisy[:nc], clus.noise_std, config.batch_size)
+        labels, clabels = main.labels[:n], clus.labels[:nc]
+        pred = np.asarray(cf.least_squares_labels(images, main.templates[:, :n]))
+        acc = cf.accuracy(labels, pred, k)
+        rows.append(dict(base, classifier="template", accuracy=acc, n_images=n, seconds_per_image=spi))
+        for algo in ("gmm", "kmeans"):
+          got = cf.cluster_labels(cimages, k, algorithm=algo, n_components=config.n_components, seed=config.seed)
+          rows.append(dict(base, classifier=f"pca_{algo}", accuracy=cf.accuracy(clabels, got, k, permute=True),
+                           n_images=nc, seconds_per_image=spi))
+        if config.reconstruct:
+          scores = cf.class_map_scores(main.noisy[:n], sets["main"]["particles"].iloc[:n], sets["main"]["optics"],
+                                       pixel_size, pred, truth, pad=config.reconstruct_pad)
+          rows.append(dict(base, classifier="3d", accuracy=acc, n_images=n, seconds_per_image=spi, **scores))
+        bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {acc:.3f}")
+    notes.append(f"State pair {fields}: unsupervised set within {config.pose_spread_deg:g}° of the view "
+                 f"(rot, tilt, psi) = ({view[0]:.1f}, {view[1]:.1f}, {view[2]:.1f})°.")
+  report.write_results(rows, workdir)
+  report.plot_accuracy(rows, os.path.join(workdir, "accuracy_vs_snr.png"))
+  device = f"{len(jax.devices())}× {jax.devices()[0].device_kind} ({jax.default_backend()})"
+  command = "python launch.py --experiment=conformations " + " ".join(a for a in sys.argv[1:]
+                                                                     if a.startswith("--config"))
+  if states is not None:
+    notes.insert(0, f"Built-in states: phantom (seed {config.seed}) with domain {states.domain} "
+                    f"({100 * states.domain_fraction:.1f}% of the atoms) moved ({config.motion}); "
+                    f"{config.image_size}² images at {pixel_size:.3g} Å/px.")
+  report.write_report(rows, workdir, notes=notes, config_json=config.to_json(indent=2), device=device,
+                      command=command.strip(), elapsed_s=time.perf_counter() - t_start)
+  logging.info("wrote results.json, results.csv, accuracy_vs_snr.png, report.md in %s", workdir)
