@@ -154,7 +154,11 @@ def check_pair_config(config) -> None:
 
 
 def make_data(config, sharding=None):
-  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`."""
+  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`; noisy particles
+  alone (`self_supervised.NoisyStack`) for kind="self_supervised"."""
+  if config.kind == "self_supervised":
+    from cryojax_denoise.training.self_supervised import NoisyStack
+    return NoisyStack(config, sharding)
   check_pair_config(config)
   if config.noisy:
     return StackPairs(config, sharding)

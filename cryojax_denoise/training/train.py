@@ -30,7 +30,7 @@ from flax import nnx
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.models import Generator, PatchDiscriminator, host_init
 from cryojax_denoise.progress import Progress
-from cryojax_denoise.training import checkpoints, data as data_lib, sharding as sh
+from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss, sharding as sh
 
 # The cianfrocco-lab model's sizes, used when `faithful=True`.
 FAITHFUL = {"model.widths": (64, 128, 256, 512, 512, 512), "model.blocks": (3, 3, 3, 3, 2, 0),
@@ -38,11 +38,13 @@ FAITHFUL = {"model.widths": (64, 128, 256, 512, 512, 512), "model.blocks": (3, 3
 
 
 def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
-  """Defaults for `kind` in ("gan", "autoencoder"); every key can be overridden from the command line."""
-  if kind not in ("gan", "autoencoder"):
-    raise ValueError(f"kind must be 'gan' or 'autoencoder', got {kind!r}")
+  """Defaults for `kind` in ("gan", "autoencoder", "self_supervised"); every key can be overridden from the
+  command line."""
+  if kind not in ("gan", "autoencoder", "self_supervised"):
+    raise ValueError(f"kind must be 'gan', 'autoencoder' or 'self_supervised', got {kind!r}")
   c = ml_collections.ConfigDict()
   c.kind = kind
+  c.preset = ""                # "general": the bundled general model's recipe (PRESETS), for keys left at default
   c.steps = 2000               # total optimisation steps (a rerun resumes and stops here)
   c.batch_size = 16            # global batch, sharded over all devices
   c.image_size = 64            # simulated box (px); stacks from disk set their own
@@ -57,7 +59,8 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.seed = 0
   c.faithful = False           # True: the original's widths, blocks and tanh output (FAITHFUL)
   # Narrower and shallower than the original (FAITHFUL) so it trains in minutes on a CPU.
-  c.model = ml_collections.ConfigDict({"widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 0), "output": "linear"})
+  c.model = ml_collections.ConfigDict({"widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 0), "output": "linear",
+                                       "noise_channel": False, "odd": False})
   c.disc = ml_collections.ConfigDict({"widths": (16, 32, 64), "blocks": (1, 1, 1)})
   c.loss = "l1"                # autoencoder loss: "l1" or "l2"
   c.l1_weight = 100.0          # GAN: λ of the L1 term
@@ -68,6 +71,11 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   # Training pairs from disk instead of simulation (e.g. particles and their make_pairs projections).
   c.noisy = ""
   c.clean = ""
+  # "simulate": one map (below); "corpus": the molecule family of `data.corpus` (a pool of `pool_size`
+  # maps, each serving `pool_refresh` steps), for models meant for molecules they never saw.
+  c.data = "simulate"
+  c.pool_size = 256
+  c.pool_refresh = 4000
   # Passed to the simulator: map or model (default: built-in phantom), pixel size (Å), CTF on/off.
   c.volume = ""
   c.structure = ""
@@ -77,13 +85,43 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   # Starting weights of the generator: "" / "none" (fresh), "general" (the bundled general model) or a
   # checkpoint dir; the model section (widths, blocks, ...) is then taken from that checkpoint.
   c.init = ""
+  if kind == "self_supervised":
+    ss.add_config(c)
   c.time_limit_min = 0.0       # > 0: checkpoint and stop after this many minutes (rerun to continue)
   return c
 
 
+# The general model's recipe (`--config.preset=general`): the molecule corpus over SNR 0.02–2, a
+# noise-level input channel, both polarities (odd by construction at inference), MSE loss.
+PRESETS = {
+    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 12000, "snr_range": (0.02, 2.0),
+                "val_snr": 0.1, "loss": "l2", "checkpoint_every": 500, "eval_every": 500, "lr_g": 1e-3,
+                "model.widths": (32, 64, 96, 128), "model.blocks": (1, 1, 1, 0),
+                "model.noise_channel": True, "model.odd": True},
+}
+
+
+def apply_preset(c, kind: str) -> None:
+  """Fills the preset's values into `c` in place, for every key the user left at its default."""
+  if not c.get("preset"):
+    return
+  if c.preset not in PRESETS:
+    raise InputError(f"config.preset: unknown preset {c.preset!r}; valid: {', '.join(PRESETS)}")
+  default = default_config(kind)
+  for key, value in PRESETS[c.preset].items():
+    parts = key.split(".")
+    node, base = c, default
+    for part in parts[:-1]:
+      node, base = node[part], base[part]
+    if node[parts[-1]] == base[parts[-1]]:
+      node[parts[-1]] = value
+
+
 def resolve(config) -> ml_collections.ConfigDict:
-  """A copy with `faithful` sizes applied and the image size of disk stacks filled in; validates keys."""
+  """A copy with the preset and `faithful` sizes applied and the image size of disk stacks filled in;
+  validates keys."""
   c = ml_collections.ConfigDict(config.to_dict())
+  apply_preset(c, c.kind)
   if c.faithful:
     for key, value in FAITHFUL.items():
       section, name = key.split(".")
@@ -102,12 +140,15 @@ def resolve(config) -> ml_collections.ConfigDict:
   if c.kind == "gan" and (len(c.disc.widths) != len(c.disc.blocks) or not len(c.disc.widths)):
     raise InputError(f"config.disc: widths {tuple(c.disc.widths)} and blocks {tuple(c.disc.blocks)} "
                      "must be non-empty and of equal length")
-  data_lib.check_pair_config(c)
+  if c.kind == "self_supervised":
+    ss.check_config(c)  # any image size: the self-supervised losses pad to the stride
+  else:
+    data_lib.check_pair_config(c)
   if c.noisy and c.clean:
     noisy, _ = data_lib.read_pairs(c.noisy, c.clean)
     c.image_size = int(noisy.data.shape[1])
   stride = 2 ** len(c.model.widths)
-  if c.image_size % stride:
+  if c.image_size % stride and c.kind != "self_supervised":
     raise InputError(f"config.image_size: {c.image_size} px is not divisible by the generator's total stride "
                      f"{stride} (2**len(model.widths))")
   data_lib.check_snr_config(c)
@@ -203,9 +244,10 @@ def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator:
   """The generator of `config` (host-initialised); `abstract` gives shapes only, to restore into."""
   m = config.model
   widths, blocks, output = tuple(m.widths), tuple(m.blocks), str(m.output)
+  noise_channel, odd = bool(m.get("noise_channel", False)), bool(m.get("odd", False))
 
   def create():
-    return Generator(widths, blocks, output, rngs=nnx.Rngs(seed))
+    return Generator(widths, blocks, output, noise_channel, odd, rngs=nnx.Rngs(seed))
 
   return nnx.eval_shape(create) if abstract else host_init(create, seed)
 
@@ -241,10 +283,16 @@ def _reconstruction(pred, target, loss: str) -> jax.Array:
   return jnp.mean(jnp.abs(pred - target)) if loss == "l1" else jnp.mean((pred - target) ** 2)
 
 
-def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config) -> dict:
-  """One optimisation step in place on raw (noisy, clean) (B, H, W); returns scalar losses."""
+def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, key=None) -> dict:
+  """One optimisation step in place on raw (noisy, clean) (B, H, W); returns scalar losses.
+  Self-supervised: `clean` is the second noisy copy (or noisy itself); `key` draws masks/sub-samplings."""
   x, mean, std = data_lib.standardise(noisy)
   y = (clean - mean) / std
+  if learner.kind == "self_supervised":
+    loss_fn = ss.loss_fn(config.loss, config)
+    (loss, aux), grads = nnx.value_and_grad(lambda g: loss_fn(g, x, y, key), has_aux=True)(learner.generator)
+    learner.opt_g.update(learner.generator, grads)
+    return {"loss": loss, **aux}
   if learner.kind == "autoencoder":
     def g_loss(gen):
       return _reconstruction(gen(x), y, config.loss)
@@ -273,7 +321,7 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config) -
 
 
 # Config keys that determine the compiled step (architecture, losses, optimiser hyperparameters).
-_STEP_KEYS = ("kind", "faithful", "model", "disc", "loss", "l1_weight", "lr_g", "lr_d", "beta1", "beta2")
+_STEP_KEYS = ("kind", "faithful", "model", "disc", "loss", "l1_weight", "lr_g", "lr_d", "beta1", "beta2") + ss.CONFIG_KEYS
 _compiled: dict = {}
 
 
@@ -283,7 +331,8 @@ def _cache_key(name: str, config, mesh) -> tuple:
 
 
 def make_train_step(graphdef, config, mesh):
-  """Pure jitted step: (state, noisy, clean) -> (state, losses); state replicated, batch sharded.
+  """Pure jitted step: (state, noisy, clean, key=None) -> (state, losses); state replicated, batch sharded
+  (`key`: the self-supervised masks' PRNG key, e.g. fold_in(key(seed), step)).
 
   Cached per (architecture, losses, optimiser, mesh): a resumed or repeated run in the same process
   reuses the compiled step (a fresh Learner's graphdef differs only in optax closures).
@@ -292,22 +341,28 @@ def make_train_step(graphdef, config, mesh):
   if key in _compiled:
     return _compiled[key]
   repl, data = sh.replicated(mesh), sh.batch_sharding(mesh)
-  static = ml_collections.ConfigDict({k: config[k] for k in ("kind", "loss", "l1_weight")})
+  names = ("kind", "loss", "l1_weight") + (ss.CONFIG_KEYS if config.kind == "self_supervised" else ())
+  static = ml_collections.ConfigDict({k: config[k] for k in names})
 
-  @partial(jax.jit, in_shardings=(repl, data, data), out_shardings=(repl, repl), donate_argnums=0)
-  def step(state, noisy, clean):
+  @partial(jax.jit, in_shardings=(repl, data, data, repl), out_shardings=(repl, repl), donate_argnums=0)
+  def jitted(state, noisy, clean, rng):
     learner = nnx.merge(graphdef, state)
-    losses = learner_step(learner, noisy, clean, static)
+    losses = learner_step(learner, noisy, clean, static, rng)
     return nnx.state(learner), losses
+
+  def step(state, noisy, clean, rng=None):
+    return jitted(state, noisy, clean, jax.random.key(0) if rng is None else rng)
 
   _compiled[key] = step
   return step
 
 
 def apply_generator(generator: Generator, noisy: jax.Array) -> jax.Array:
-  """Denoises raw (B, H, W) images in their own units (standardise → network → map back)."""
+  """Denoises raw (B, H, W) images in their own units (standardise → network → map back); an `odd`
+  model is applied as (g(x) − g(−x)) / 2, so both contrast polarities get the same answer up to sign."""
   x, mean, std = data_lib.standardise(noisy)
-  return data_lib.destandardise(generator(x), mean, std)
+  y = 0.5 * (generator(x) - generator(-x)) if generator.odd else generator(x)
+  return data_lib.destandardise(y, mean, std)
 
 
 def make_denoise_fn(graphdef, mesh):
@@ -357,7 +412,7 @@ def _validation_metrics(denoise, gen_state, val, val_sharding, pad_to: int) -> d
   return {"val_mse": mse, "val_psnr": psnr}
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, data=None) -> dict:
   """Trains (or resumes) a learned denoiser in `workdir`; returns the last metrics row.
 
   Writes `workdir/checkpoints/` (orbax, last `keep_checkpoints` kept) and `workdir/metrics.jsonl`
@@ -371,7 +426,8 @@ def train(config, workdir: str) -> dict:
   cfg = config_dict(config)
 
   check_workdir(config, workdir)
-  data = data_lib.make_data(config, data_sharding)  # bad maps/stacks fail here, before anything is written
+  if data is None:  # bad maps/stacks fail here, before anything is written
+    data = data_lib.make_data(config, data_sharding)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step() or 0
   learner = Learner(config, seed=int(config.seed))
@@ -397,6 +453,9 @@ def train(config, workdir: str) -> dict:
   val = data.validation()
   n_dev = mesh.devices.size
   val_pad = -(-len(val[0]) // n_dev) * n_dev
+  self_sup = config.kind == "self_supervised"
+  ss_validation = ss.make_validation(gen_graphdef, config) if self_sup else None
+  base_key = jax.random.key(int(config.seed))
 
   def gen_state(state):
     return state["generator"]
@@ -408,7 +467,7 @@ def train(config, workdir: str) -> dict:
   with open(metrics_path, "a") as out:
     for step in range(start, total):
       noisy, clean = data.batch(step)
-      state, losses = step_fn(state, noisy, clean)
+      state, losses = step_fn(state, noisy, clean, jax.random.fold_in(base_key, step) if self_sup else None)
       done = step + 1
       out_of_time = deadline is not None and time.perf_counter() > deadline
       last = done == total or out_of_time
@@ -420,7 +479,8 @@ def train(config, workdir: str) -> dict:
         row = {"step": done, **losses, "steps_per_s": (done - s_last) / max(now - t_last, 1e-9)}
         t_last, s_last = now, done
         if done % config.eval_every == 0 or last:
-          row.update(_validation_metrics(denoise, gen_state(state), val, data_sharding, val_pad))
+          row.update(ss_validation(gen_state(state), val) if self_sup else
+                     _validation_metrics(denoise, gen_state(state), val, data_sharding, val_pad))
         if jax.process_index() == 0:
           out.write(json.dumps(row) + "\n")
           out.flush()

@@ -1,0 +1,308 @@
+"""Self-supervised training of the generator on noisy particles alone (no clean images).
+
+Losses, on per-image standardised images x (B, H, W) (see `training.data`); `x2` is the second noisy
+copy for noise2noise (standardised with x's mean and std) and x itself otherwise:
+
+* `neighbor2neighbor` (Huang et al., CVPR 2021): each 2×2 cell gives two different, adjacent pixels,
+  one to g1(x) and one to g2(x) (H/2, W/2), whose noise is independent. Loss
+  ‖f(g1 x) − g2 x‖² + γ‖f(g1 x) − g2 x − (g1 f(x) − g2 f(x))‖², f(x) under stop_gradient (γ = `gamma`).
+* `noise2self` (Batson & Royer, ICML 2019): a J-invariant blind spot. Per image one random phase of a
+  `mask_grid`-spaced pixel grid is masked; masked pixels are replaced by the mean of their 8 neighbours
+  (`mask_replace="mean"`) or by one random neighbour (`"neighbor"`), and the squared error is scored on
+  the masked pixels only. At inference the plain network is applied.
+* `noise2noise` (Lehtinen et al., 2018): ‖f(x) − x2‖² with two independent noisy copies of each
+  particle (half sets, even/odd frames, or two simulated noise draws); the data source swaps the two
+  copies at random so both serve as input.
+
+All assume pixel-wise independent noise; correlated noise (e.g. from motion correction or a
+non-flat spectrum) is partly learned as signal. Images of any size are reflect-padded to the
+generator's stride (the sub-sampled half-size images too) and cropped back.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cryojax_denoise import io
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.training import data as data_lib
+from cryojax_denoise.training.sharding import shard_host_batch
+
+LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise")
+REPLACEMENTS = ("mean", "neighbor")
+CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace")  # loss options that change the compiled step
+
+# Ordered pairs of adjacent pixels of a 2×2 cell, cell index = 2·row + column.
+NEIGHBOUR_PAIRS = np.array([(0, 1), (0, 2), (1, 0), (1, 3), (2, 0), (2, 3), (3, 1), (3, 2)], np.int32)
+# The 8 neighbours (dy, dx) of a pixel.
+_OFFSETS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx)
+_VAL_KEY = 0x55  # fixed key of the validation loss (same masks at every evaluation)
+_VALIDATION: dict = {}  # compiled validation losses, per (generator graph, loss options)
+
+
+def add_config(c: ml_collections.ConfigDict) -> None:
+  """The self-supervised keys, added to `train.default_config("self_supervised")`."""
+  c.init = "general"            # start from the bundled general model ("none": from scratch; or a checkpoint)
+  c.loss = "neighbor2neighbor"  # neighbor2neighbor | noise2self | noise2noise
+  c.noisy2 = ""                 # noise2noise: a second noisy copy of `noisy` (same particles, same order)
+  c.gamma = 2.0                 # neighbor2neighbor: weight γ of the consistency regulariser
+  c.mask_grid = 4               # noise2self: spacing of the masked pixel grid (1/mask_grid² masked)
+  c.mask_replace = "mean"       # noise2self: masked pixels <- "mean" of 8 neighbours | a random "neighbor"
+  c.val_size = 128              # held-out noisy images scored by the self-supervised loss
+
+
+def check_config(c) -> None:
+  """Validates the self-supervised keys; sets `c.image_size` from the noisy stack when given."""
+  if c.loss not in LOSSES:
+    raise InputError(f"config.loss: must be one of {', '.join(LOSSES)} for self-supervised training, got {c.loss!r}")
+  if c.mask_replace not in REPLACEMENTS:
+    raise InputError(f"config.mask_replace: must be one of {', '.join(REPLACEMENTS)}, got {c.mask_replace!r}")
+  if int(c.mask_grid) < 2:
+    raise InputError(f"config.mask_grid: must be at least 2 (neighbours of a masked pixel stay unmasked), "
+                     f"got {c.mask_grid}")
+  if c.noisy2 and not c.noisy:
+    raise InputError("config.noisy2: given without noisy= (the first copy)")
+  if c.clean:
+    raise InputError("config.clean: self-supervised training reads no clean images; leave clean= empty")
+  if c.noisy:
+    c.image_size = int(NoisyStack.read(c)[0].shape[1])
+  if c.loss == "neighbor2neighbor" and int(c.image_size) % 2:
+    raise InputError(f"config.noisy: neighbor2neighbor needs an even image size, got {c.image_size} px")
+
+
+# ---------------------------------------------------------------------------- kernels
+
+
+def cells(images: jax.Array) -> jax.Array:
+  """(B, H, W) with H, W even -> (B, H/2, W/2, 4): the 2×2 cells, index 2·row + column."""
+  b, h, w = images.shape
+  return images.reshape(b, h // 2, 2, w // 2, 2).transpose(0, 1, 3, 2, 4).reshape(b, h // 2, w // 2, 4)
+
+
+def neighbour_indices(key: jax.Array, shape: tuple[int, int, int]) -> tuple[jax.Array, jax.Array]:
+  """Two (B, H/2, W/2) int arrays: per cell, the indices of two different adjacent pixels."""
+  pick = jax.random.randint(key, shape, 0, len(NEIGHBOUR_PAIRS))
+  pairs = jnp.asarray(NEIGHBOUR_PAIRS)
+  return pairs[pick, 0], pairs[pick, 1]
+
+
+def subsample(images: jax.Array, index: jax.Array) -> jax.Array:
+  """(B, H, W), index (B, H/2, W/2) -> (B, H/2, W/2): pixel `index` of each 2×2 cell."""
+  return jnp.take_along_axis(cells(images), index[..., None], axis=-1)[..., 0]
+
+
+def apply_padded(generator, x: jax.Array) -> jax.Array:
+  """generator(x) for (B, H, W) of any size: reflect-padded to its stride and cropped back."""
+  stride = int(getattr(generator, "stride", 1))
+  h, w = x.shape[-2:]
+  ph, pw = -h % stride, -w % stride
+  if not (ph or pw):
+    return generator(x)
+  xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+  return generator(xp)[:, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+
+def neighbours(x: jax.Array) -> jax.Array:
+  """(B, H, W) -> (8, B, H, W): each pixel's 8 neighbours (reflected at the border, never itself)."""
+  h, w = x.shape[-2:]
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1)), mode="reflect")
+  return jnp.stack([xp[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w] for dy, dx in _OFFSETS])
+
+
+def replacement(x: jax.Array, key: jax.Array, how: str) -> jax.Array:
+  """(B, H, W) values for masked pixels that do not depend on the pixel itself."""
+  nb = neighbours(x)
+  if how == "mean":
+    return jnp.mean(nb, axis=0)
+  pick = jax.random.randint(key, x.shape, 0, len(_OFFSETS))
+  return jnp.take_along_axis(nb, pick[None], axis=0)[0]
+
+
+def grid_mask(phase: jax.Array, shape: tuple[int, int], grid: int) -> jax.Array:
+  """phase (B, 2) ints in [0, grid) -> (B, H, W) bool: pixels with (y, x) ≡ phase (mod grid)."""
+  yy = jnp.arange(shape[0])[None, :, None] % grid
+  xx = jnp.arange(shape[1])[None, None, :] % grid
+  return (yy == phase[:, 0, None, None]) & (xx == phase[:, 1, None, None])
+
+
+def blind_spot(generator, x: jax.Array, grid: int = 4, how: str = "mean", key: jax.Array | None = None) -> jax.Array:
+  """The J-invariant denoiser of a masked-trained network: output pixel i is generator(x with pixel i's
+  grid phase replaced)[i], so it never depends on x[i]. grid² forward passes; (B, H, W) -> (B, H, W)."""
+  key = jax.random.key(0) if key is None else key
+  rep = replacement(x, key, how)
+  out = jnp.zeros_like(x)
+  b = x.shape[0]
+  for dy in range(grid):
+    for dx in range(grid):
+      mask = grid_mask(jnp.tile(jnp.array([[dy, dx]]), (b, 1)), x.shape[-2:], grid)
+      out = jnp.where(mask, apply_padded(generator, jnp.where(mask, rep, x)), out)
+  return out
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def neighbor2neighbor(generator, x, x2, key, *, gamma: float = 2.0):
+  del x2
+  b, h, w = x.shape
+  i1, i2 = neighbour_indices(key, (b, h // 2, w // 2))
+  g1, g2 = subsample(x, i1), subsample(x, i2)
+  fx = jax.lax.stop_gradient(apply_padded(generator, x))
+  diff = apply_padded(generator, g1) - g2
+  rec = jnp.mean(diff ** 2)
+  reg = jnp.mean((diff - (subsample(fx, i1) - subsample(fx, i2))) ** 2)
+  return rec + gamma * reg, {"ss_rec": rec, "ss_reg": reg}
+
+
+def noise2self(generator, x, x2, key, *, grid: int = 4, how: str = "mean"):
+  del x2
+  k_phase, k_rep = jax.random.split(key)
+  mask = grid_mask(jax.random.randint(k_phase, (x.shape[0], 2), 0, grid), x.shape[-2:], grid)
+  out = apply_padded(generator, jnp.where(mask, replacement(x, k_rep, how), x))
+  rec = jnp.sum(jnp.where(mask, (out - x) ** 2, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+  return rec, {"ss_rec": rec}
+
+
+def noise2noise(generator, x, x2, key):
+  del key
+  rec = jnp.mean((apply_padded(generator, x) - x2) ** 2)
+  return rec, {"ss_rec": rec}
+
+
+def loss_fn(name: str, config=None):
+  """`loss(generator, x, x2, key) -> (scalar, {"ss_rec", ...})` for `name`, options from `config`."""
+  get = (lambda k, d: d) if config is None else (lambda k, d: config.get(k, d))
+  if name == "neighbor2neighbor":
+    return partial(neighbor2neighbor, gamma=float(get("gamma", 2.0)))
+  if name == "noise2self":
+    return partial(noise2self, grid=int(get("mask_grid", 4)), how=str(get("mask_replace", "mean")))
+  if name == "noise2noise":
+    return noise2noise
+  raise InputError(f"config.loss: must be one of {', '.join(LOSSES)}, got {name!r}")
+
+
+def make_validation(gen_graphdef, config):
+  """(generator state, (noisy, noisy2) raw (N, H, W)) -> {"val_ss_loss"}: the loss's data term on the
+  held-out noisy images with fixed masks (an estimate of MSE to the clean images + noise variance)."""
+  from flax import nnx
+
+  key = (gen_graphdef, str(config.loss)) + tuple(config.get(k) for k in CONFIG_KEYS)
+  if key in _VALIDATION:
+    return _VALIDATION[key]
+  loss = loss_fn(str(config.loss), config)
+
+  @jax.jit
+  def score(state, noisy, noisy2):
+    x, mean, std = data_lib.standardise(noisy)
+    _, aux = loss(nnx.merge(gen_graphdef, state), x, (noisy2 - mean) / std, jax.random.key(_VAL_KEY))
+    return aux["ss_rec"]
+
+  def evaluate(state, val) -> dict:
+    return {"val_ss_loss": float(score(state, *val))}
+
+  _VALIDATION[key] = evaluate
+  return evaluate
+
+
+# ---------------------------------------------------------------------------- data
+
+
+class NoisyStack:
+  """Random batches of noisy particles (and their second copies for noise2noise) for `train.train`.
+
+  `noisy=` (and `noisy2=`) an MRC stack (memory-mapped) or a STAR file, or `arrays=(noisy, noisy2)`
+  in memory; the last `val_size` images (at most a tenth) are held out for validation. Batch `step`
+  depends only on (seed, step); random 90° rotations and flips, the same for both copies, and a random
+  swap of the two copies. `batch` returns (noisy, target) with target = the second copy or noisy itself.
+  """
+
+  def __init__(self, config, sharding=None, arrays=None):
+    self.noisy, self.noisy2 = NoisyStack.read(config, arrays)
+    n = self.noisy.shape[0]
+    self.n_val = max(1, min(int(config.val_size), n // 10))
+    self.n_train = n - self.n_val
+    where = config.noisy or "noisy particles"
+    if self.n_train < int(config.batch_size):
+      raise InputError(f"{where}: {n} image(s), fewer than one batch of {config.batch_size} plus "
+                       f"{self.n_val} held out for validation (lower batch_size= or give more particles)")
+    self.image_size = self.noisy.shape[1]
+    self.config, self.sharding = config, sharding
+
+  @staticmethod
+  def read(config, arrays=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(noisy (N, H, W), noisy2 or None), checked: 3D, square, finite, same shapes."""
+    if arrays is None:
+      if not config.noisy:
+        raise InputError("config.noisy: self-supervised training needs the noisy particles (an MRC stack or STAR file)")
+      stacks = [data_lib._read_images(p).data if p else None for p in (config.noisy, config.noisy2)]
+      names = (config.noisy, config.noisy2)
+    else:
+      stacks = [None if a is None else np.asarray(a) for a in arrays]
+      names = ("noisy", "noisy2")
+      for a, name in zip(stacks, names):
+        if a is not None and (a.ndim != 3 or min(a.shape) < 1):
+          raise InputError(f"{name}: expected images (N, H, W), got shape {a.shape}")
+        if a is not None and not np.isfinite(a).all():
+          raise InputError(f"{name}: contains NaN or Inf values")
+    noisy, noisy2 = stacks
+    if (noisy2 is not None) != (config.loss == "noise2noise"):
+      raise InputError("config.noisy2: loss=noise2noise needs a second noisy copy of the particles (noisy2=)"
+                       if noisy2 is None else f"config.noisy2: only used by loss=noise2noise (loss is {config.loss})")
+    io.check_square(names[0], noisy.shape)
+    if noisy2 is not None and noisy2.shape != noisy.shape:
+      raise InputError(f"{names[1]}: second copy has shape {noisy2.shape}, the noisy stack {noisy.shape}")
+    return noisy, noisy2
+
+  def _pair(self, idx):
+    noisy = np.asarray(self.noisy[idx], np.float32)
+    return noisy, (noisy if self.noisy2 is None else np.asarray(self.noisy2[idx], np.float32))
+
+  def batch(self, step: int):
+    rng = np.random.default_rng([int(self.config.seed), int(step)])
+    idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
+    noisy, target = self._pair(idx)
+    rot, flip, swap = (rng.integers(0, k, len(idx)) for k in (4, 2, 2))
+    noisy, target = noisy.copy(), target.copy()
+    for i in range(len(idx)):
+      for a in (noisy, target):
+        a[i] = np.rot90(a[i], rot[i])
+        if flip[i]:
+          a[i] = a[i][:, ::-1]
+      if swap[i] and self.noisy2 is not None:
+        noisy[i], target[i] = target[i].copy(), noisy[i].copy()
+    if self.sharding is None:
+      return jnp.asarray(noisy), jnp.asarray(target)
+    return shard_host_batch(noisy, self.sharding), shard_host_batch(target, self.sharding)
+
+  def validation(self):
+    return self._pair(slice(self.n_train, self.n_train + self.n_val))
+
+
+# ---------------------------------------------------------------------------- library entry point
+
+
+def finetune(noisy, workdir: str, *, init: str = "general", loss: str = "neighbor2neighbor", steps: int = 1000,
+             batch_size: int = 16, seed: int = 0, noisy2=None, **overrides) -> str:
+  """Fits a generator to noisy particles alone; returns the checkpoint dir (for `restore.load_denoiser`).
+
+  noisy: (N, H, W) images in any units (standardised per image); noisy2: a second copy for noise2noise.
+  init: "general" (bundled model), "none" (fresh) or a checkpoint dir. `overrides`: other config keys
+  (e.g. lr_g=, time_limit_min=, model=). Rerunning on the same workdir resumes up to `steps`.
+  """
+  from cryojax_denoise.training import train
+
+  c = train.default_config("self_supervised")
+  c.init, c.loss, c.steps, c.batch_size, c.seed = str(init), str(loss), int(steps), int(batch_size), int(seed)
+  for key, value in overrides.items():
+    c[key] = value
+  data = NoisyStack(c, arrays=(noisy, noisy2))
+  c.image_size = int(data.image_size)
+  c.checkpoint_every = min(int(c.checkpoint_every), int(steps))
+  train.train(c, workdir, data=data)
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
