@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.ksvd_n_train = 0  # patches K-SVD learns from; 0: its default
   c.tune = False  # pick each knob on a separate tuning batch of `n_tune` images first
   c.n_tune = 8
+  c.auto = False  # also time params=auto (SURE on `auto_images` of the batch) against denoising the batch
+  c.auto_images = 32
   return c
 
 
@@ -208,6 +210,8 @@ def run(config, workdir: str) -> None:
                               mse=_mse(ref_out, clean), max_abs_diff=float(np.max(np.abs(ref_out - out))))
     if name == "ksvd" and config.reference:
       row["reference"] = dict(name="scikit-learn orthogonal_mp_gram (sparse coder)", **_omp_comparison(noisy, config))
+    if config.auto and denoisers.REGISTRY[name].knob:
+      row["auto"] = _auto_cost(name, noisy, sigma, params, secs, config)
     rows.append(row)
     bar.update(1, extra=f"{name}: {row['images_per_s']:.3g} images/s, MSE {row['mse']:.4f}")
   from cryojax_denoise.denoisers.bm3d import shutdown_pool
@@ -227,6 +231,23 @@ def run(config, workdir: str) -> None:
   atomic_write_text(os.path.join(workdir, "benchmark.json"), json.dumps(result, indent=2, default=_jsonable) + "\n")
   atomic_write_text(os.path.join(workdir, "benchmark.md"), _markdown(result))
   logging.info("benchmark: wrote %s", os.path.join(workdir, "benchmark.md"))
+
+
+def _auto_cost(name: str, noisy, sigma, params: dict, plain_seconds: float, config) -> dict:
+  """Seconds of `sure.sure_tune` on `auto_images` of the batch: first call (compile included) and
+  second (steady state), and the steady ratio to denoising the whole batch (steady state)."""
+  from cryojax_denoise.denoisers import sure
+
+  fixed = {k: v for k, v in params.items() if k != denoisers.REGISTRY[name].knob}
+  secs = []
+  for _ in range(2):
+    t0 = time.perf_counter()
+    chosen, table = sure.sure_tune(name, noisy, sigma, n_images=int(config.auto_images), **fixed)
+    secs.append(time.perf_counter() - t0)
+  logging.info("benchmark: %s params=auto %s in %.2f s (%.2f s first call) = %.2f× denoising %d images", name,
+               chosen, secs[1], secs[0], secs[1] / plain_seconds, len(noisy))
+  return dict(params=chosen, seconds=secs[1], first_call_seconds=secs[0], ratio_to_denoising=secs[1] / plain_seconds,
+              n_images=min(len(noisy), int(config.auto_images)), grid=len(table))
 
 
 def _jsonable(v):
@@ -270,5 +291,11 @@ def _markdown(res: dict) -> str:
   if res["tuning"]["chosen"]:
     lines += ["", "Parameters chosen on a separate tuning batch: " +
               ", ".join(f"{m}: {p}" for m, p in res["tuning"]["chosen"].items())]
+  auto = [r for r in res["rows"] if "auto" in r]
+  if auto:
+    lines += ["", f"params=auto (SURE on {auto[0]['auto']['n_images']} random images, steady state; first call "
+              f"with compile in brackets) against denoising all {n} images: " +
+              "; ".join(f"{r['method']} {r['auto']['seconds']:.2f} s = {r['auto']['ratio_to_denoising']:.2f}× "
+                        f"({r['auto']['first_call_seconds']:.1f} s; chose {r['auto']['params']})" for r in auto)]
   lines += ["", "Parameters: " + "; ".join(f"{r['method']} {r['params'] or 'defaults'}" for r in res["rows"]), ""]
   return "\n".join(lines)

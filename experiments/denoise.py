@@ -200,7 +200,7 @@ def _quality(config, table, reader, denoiser) -> dict:
   from cryojax_denoise.denoisers import sure
 
   images, noise_std, scale = _sure_subset(config, table, reader)
-  est = sure.sure(denoiser, images, noise_std)
+  est = sure.sure(denoiser, images, noise_std, eps=sure.eps_for(config.method))
   params = parse_params(split_auto(config.params)[1])
   return {"method": config.method, "params": params, "auto": False,
           "sure": _summary(len(images), est.mean, est.relative, est.gain_db, float(est.sigma.mean()),

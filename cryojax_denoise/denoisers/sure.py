@@ -32,8 +32,14 @@ import numpy as np
 
 from cryojax_denoise.errors import InputError
 
-EPS = 0.1          # probe step as a fraction of σ (measured: see `sure` and the issue-13 report)
-N_PROBES = 1       # Rademacher probes per estimate
+# Probe step as a fraction of σ. Thresholding methods (ddtf, ksvd, bm3d) need a step that is not
+# tiny (the MC divergence of hard thresholding at ε = 0.01σ swings by ±50% between probes) but not
+# large (ε = 0.2σ overestimates DDTF's MSE by 10-40%); 0.07σ with 4 probes measured best (DDTF, SNR
+# 0.1). Smooth methods take a small step: the Wiener gain depends on the power of y, and ε = 0.1σ
+# already overestimates its MSE by 12-20%, ε = 0.01σ is unbiased.
+EPS = 0.07
+EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01}
+N_PROBES = 4       # Rademacher probes per estimate
 N_IMAGES = 32      # images drawn from a stack to tune on
 BAND_CUTOFF = 0.35  # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
 
@@ -182,6 +188,11 @@ def grid_outputs(fn: Callable, images, sigma, values, probes, eps, grid_batch: i
   return np.stack(outs), np.stack(probed)
 
 
+def eps_for(name: str) -> float:
+  """The measured probe step (fraction of σ) for method `name`."""
+  return EPS_BY_METHOD.get(name, EPS)
+
+
 def _fixed_knob(den: Callable) -> Callable:
   return lambda images, sigma, value: den(images, sigma)
 
@@ -237,12 +248,13 @@ def check_tunable(name: str) -> None:
 
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
-              seed: int = 0, eps: float = EPS, n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
-              **fixed) -> tuple[dict, list[dict]]:
+              seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
+              grid_batch: int | None = None, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by the lowest SURE on noisy images alone.
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
-  `sigmas`); a random subset of `n_images` is used (seeded). Like `tuning.tune`, returns ({knob: best, **fixed}, table), one row
+  `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`. Like
+  `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds"}, and,
   when `clean` (B, H, W) is given (for validation only), the true "mse" of the same outputs.
   """
@@ -250,6 +262,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   from cryojax_denoise import denoisers
 
   knob = denoisers.REGISTRY[name].knob
+  eps = eps_for(name) if eps is None else eps
   values = tuple(denoisers.REGISTRY[name].grid if grid is None else grid)
   if not values:
     raise InputError(f"empty tuning grid for {name!r}")
@@ -274,3 +287,28 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     table.append(row)
   best = min(table, key=lambda r: r["sure_mse"])
   return {knob: best[knob], **fixed}, table
+
+
+def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
+  """SURE against ground truth on one simulated batch (for the sweep and validation).
+
+  Runs `sure_tune(..., clean=clean)` and returns the knob chosen by SURE and by the true MSE on
+  the same outputs, the true MSE of each choice, SURE's estimate at its choice and the ratios
+  (`choice_ratio` = MSE(SURE's knob) / MSE(best knob), `estimate_ratio` = SURE / true MSE) and
+  the true MSE of the registered default (`mse_default`, NaN when not on the grid).
+  MSEs are in image units and relative to the clean batch's power (`*_relative`).
+  """
+  params, table = sure_tune(name, noisy, noise_std, clean=clean, **kw)
+  knob = next(iter(table[0]))
+  rows = subset(len(noisy), kw.get("n_images", N_IMAGES), kw.get("seed", 0))
+  power = float(np.mean(np.square(np.asarray(clean, np.float64)[rows])))
+  chosen = next(r for r in table if r[knob] == params[knob])
+  best = min(table, key=lambda r: r["mse"])
+  from cryojax_denoise import denoisers
+
+  default = next((r["mse"] for r in table if r[knob] == denoisers.REGISTRY[name].default), float("nan"))
+  return {"method": name, "knob": knob, "mse_default": default, "sure_choice": chosen[knob], "clean_choice": best[knob],
+          "mse_sure_choice": chosen["mse"], "mse_clean_choice": best["mse"], "sure_mse": chosen["sure_mse"],
+          "mse_sure_choice_relative": chosen["mse"] / power, "sure_mse_relative": chosen["sure_mse"] / power,
+          "choice_ratio": chosen["mse"] / best["mse"], "estimate_ratio": chosen["sure_mse"] / chosen["mse"],
+          "seconds": sum(r["seconds"] for r in table), "table": table}
