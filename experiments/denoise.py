@@ -9,9 +9,10 @@ for STAR input also a STAR file beside it (same stem, `.star`) with the same row
 so memory stays bounded whatever the stack size. The input is never overwritten.
 
 `params=auto` (or `auto,key=value,...`) picks a classical method's knob by Monte-Carlo SURE on
-`sure_images` random images (`denoisers/sure.py`). Every run also logs SURE's estimate of the
-MSE and of the MSE reduction in dB (a quality score without ground truth) and writes them, with
-the parameters used, to `<output stem>.params.json` (and a comment at the top of the STAR file).
+`sure_images` random images (`denoisers/sure.py`) and writes the choice, SURE's estimate of the
+MSE and the MSE reduction in dB to `<output stem>.params.json` (and a comment at the top of the
+STAR file). Every run logs that estimate for the parameters used: a quality score without
+ground truth to compare methods on one's own data.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ def run(config, workdir: str) -> None:
     record = _quality(config, table, reader, denoiser)
   denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size,
                         noise_std=config.noise_std or None, normalize=config.normalize, reader=reader)
-  if record is not None:
+  if auto:  # the record of the choice; without auto the score is only logged (outputs stay as they were)
     _write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
 

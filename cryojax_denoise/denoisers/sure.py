@@ -41,7 +41,7 @@ EPS = 0.07
 EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01}
 N_PROBES = 4       # Rademacher probes per estimate
 N_IMAGES = 32      # images drawn from a stack to tune on
-BAND_CUTOFF = 0.35  # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
+BAND_CUTOFF = 0.4   # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
 
 
 @dataclasses.dataclass
@@ -109,7 +109,7 @@ def band_noise_std(images: jax.Array, cutoff: float = BAND_CUTOFF) -> jax.Array:
   """One noise std for a (B, H, W) batch from its power beyond `cutoff` cycles/pixel, image units.
 
   White noise of std σ has mean |FFT|²/(H·W) = σ² at every frequency, while particle images carry
-  almost no signal beyond ~0.35 cycles/pixel (power < 0.3% of the noise at SNR 1 on our maps), so
+  almost no signal beyond 0.4 cycles/pixel (power < 0.5% of the noise at SNR 1 on our maps), so
   the mean over those modes of all images is an unbiased σ² (the per-image MAD estimate of
   `noise.py` has ~4% scatter per image, too much for SURE's −σ² term at SNR ≤ 0.1).
   """
