@@ -10,7 +10,8 @@ tell them apart (the `conformations` experiment).
   The same affine standardisation maps every state's projection at every pose into the
   particles' units (`templates`), so pose-known template matching sees exact templates.
 * Classifiers: `least_squares_labels` (argmin_k ‖y − T_k‖², the likelihood-optimal rule for
-  white Gaussian noise with known poses and CTF); `cluster_labels` (PCA + Gaussian mixture or
+  white Gaussian noise with known poses and CTF); `correlation_labels` (argmax_k of the
+  correlation coefficient, blind to a denoiser's offset and gain); `cluster_labels` (PCA + Gaussian mixture or
   k-means, unsupervised, on particles from a narrow pose range); `class_map_scores` (a 3D map per
   predicted class, compared by FSC with its true state map).
 """
@@ -162,16 +163,11 @@ def project_states(maps, pixel_size: float, params: dict, image_size: int, ctf: 
   return np.stack(out)
 
 
-def most_different_view(maps, pixel_size: float, image_size: int, n_views: int = 64, seed: int = 0):
-  """RELION (rot, tilt, psi) of the random CTF-free view (of `n_views`) where the projections of
-  maps[0] and maps[1] differ most relative to maps[0]'s: the best case for 2D classification."""
-  src = simulate.MapSource(np.asarray(maps[0], np.float32), pixel_size, "state0")
-  sim = simulate.Simulator(src, image_size, ctf=False, calibrate=False)
-  params = {k: np.asarray(v) for k, v in sim.sample_params(jax.random.PRNGKey(seed), n_views).items()}
-  p = project_states(maps[:2], pixel_size, params, image_size, ctf=False)
-  score = np.sum((p[1] - p[0]) ** 2, axis=(1, 2)) / np.sum(p[0] ** 2, axis=(1, 2))
-  i = int(np.argmax(score))
-  return float(params["rot"][i]), float(params["tilt"][i]), float(params["psi"][i])
+def most_different_pose(raw: np.ndarray) -> int:
+  """Index of the pose where the projections raw (K, N, H, W) of states 0 and 1 differ most
+  relative to state 0's: the best view for 2D classification."""
+  raw = np.asarray(raw, np.float64)
+  return int(np.argmax(np.sum((raw[1] - raw[0]) ** 2, axis=(1, 2)) / np.sum(raw[0] ** 2, axis=(1, 2))))
 
 
 @dataclass
@@ -216,6 +212,16 @@ def least_squares_labels(images: jax.Array, templates: jax.Array) -> jax.Array:
   return jnp.argmin(d, axis=0).astype(jnp.int32)
 
 
+@jax.jit
+def correlation_labels(images: jax.Array, templates: jax.Array) -> jax.Array:
+  """(N,) int32 argmax_k of the Pearson correlation of images[i] with templates[k, i]: template
+  matching that ignores each image's offset and scale (a denoiser's gain does not bias it)."""
+  centre = lambda x: x - jnp.mean(x, axis=(-2, -1), keepdims=True)
+  y, t = centre(images[None].astype(jnp.float32)), centre(templates.astype(jnp.float32))
+  corr = jnp.sum(y * t, axis=(-2, -1)) / jnp.sqrt(jnp.sum(t * t, axis=(-2, -1)) * jnp.sum(y * y, axis=(-2, -1)) + 1e-30)
+  return jnp.argmax(corr, axis=0).astype(jnp.int32)
+
+
 def pca_scores(images: np.ndarray, n_components: int) -> np.ndarray:
   """(N, C) principal-component scores of the flattened, mean-centred images (float64 SVD)."""
   x = np.asarray(images, np.float64).reshape(len(images), -1)
@@ -231,16 +237,18 @@ def cluster_labels(images: np.ndarray, k: int, *, algorithm: str = "gmm", n_comp
   ('gmm', full covariances, 5 initialisations) or k-means ('kmeans', 10 initialisations)."""
   from sklearn.cluster import KMeans
   from sklearn.mixture import GaussianMixture
+  from threadpoolctl import threadpool_limits
 
-  z = pca_scores(images, n_components)
-  z = z / (z[:, :1].std() or 1.0)  # scale-free (raw and denoised images differ in units)
-  if algorithm == "gmm":
-    model = GaussianMixture(k, covariance_type="full", n_init=5, reg_covar=1e-4, random_state=seed)
-  elif algorithm == "kmeans":
-    model = KMeans(k, n_init=10, random_state=seed)
-  else:
+  if algorithm not in ("gmm", "kmeans"):
     raise InputError(f"unknown clustering algorithm {algorithm!r}; valid: gmm, kmeans")
-  return model.fit_predict(z).astype(np.int32)
+  with threadpool_limits(1):  # tiny problems: BLAS threads only contend (10x slower on a busy CPU)
+    z = pca_scores(images, n_components)
+    z = z / (z[:, :1].std() or 1.0)  # scale-free (raw and denoised images differ in units)
+    if algorithm == "gmm":
+      model = GaussianMixture(k, covariance_type="full", n_init=5, reg_covar=1e-4, random_state=seed)
+    else:
+      model = KMeans(k, n_init=10, random_state=seed)
+    return model.fit_predict(z).astype(np.int32)
 
 
 def accuracy(truth: np.ndarray, predicted: np.ndarray, k: int, permute: bool = False) -> float:

@@ -23,6 +23,7 @@ from cryojax_denoise.io import atomic_write_text  # noqa: E402
 
 FIELDS = ("method", "snr", "displacement_A", "classifier", "accuracy", "n_images")
 CLASSIFIER_TITLES = {"template": "pose-known template matching (least squares)",
+                     "template_ncc": "pose-known template matching (correlation coefficient)",
                      "pca_gmm": "PCA + Gaussian mixture (narrow poses, up to relabelling)",
                      "pca_kmeans": "PCA + k-means (narrow poses, up to relabelling)",
                      "3d": "3D class maps from raw particles (template-matching classes)"}
@@ -111,7 +112,7 @@ def compare(rows: list[dict], classifier: str) -> tuple[list[tuple], list[tuple]
 def verdict(rows: list[dict]) -> list[str]:
   """One plain sentence per classifier: does any denoiser beat raw particles, and where."""
   lines = []
-  for c in ("template", "pca_gmm", "pca_kmeans"):
+  for c in ("template", "template_ncc", "pca_gmm", "pca_kmeans"):
     wins, losses, total = compare(rows, c)
     if not total:
       continue
