@@ -198,3 +198,55 @@ def test_bad_noisy_stacks_write_nothing(stacks, tmp_path):
   with pytest.raises(InputError, match="NaN"):
     ss.finetune(bad, str(tmp_path / "out"), init="none")
   assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- subprocesses
+
+
+def _env(cache):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+  env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  return env
+
+
+def _launch(workdir, noisy, steps, **over):
+  args = {"noisy": noisy, "init": "none", "loss": "neighbor2neighbor", "steps": steps, "model.widths": "(8,16)",
+          "model.blocks": "(1,0)", "batch_size": 8, "val_size": 8, "eval_every": 5, "log_every": 1, **over}
+  return [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=train_self_supervised",
+          f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in args.items()]
+
+
+def test_sigkill_then_rerun_resumes(stacks, tmp_path):
+  wd, env = str(tmp_path / "run"), _env(tmp_path / "cache")
+  args = _launch(wd, stacks[0], 40, checkpoint_every=5)
+  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  ckdir, killed_after = os.path.join(wd, "checkpoints"), None
+  deadline = time.time() + 400
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
+    if steps and max(steps) >= 10:
+      proc.send_signal(signal.SIGKILL)
+      killed_after = max(steps)
+      break
+    time.sleep(0.05)
+  proc.wait()
+  assert killed_after is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+  rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  resumed = [ln for ln in rerun.stderr.splitlines() if "resumed from checkpoint step" in ln]
+  assert resumed and int(resumed[0].split("resumed from checkpoint step")[1].split()[0]) >= killed_after
+  assert checkpoints.Checkpointer(wd, create=False).latest_step() == 40
+  rows = [json.loads(ln) for ln in open(os.path.join(wd, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(1, 41)) and "val_ss_loss" in rows[-1]
+  # a bad stack through the launcher: one error line, nothing written
+  clean, noisy = _smooth(12)
+  noisy[2, 1, 1] = np.inf
+  io.write_stack(str(tmp_path / "inf.mrcs"), noisy, 2.0)
+  r = subprocess.run(_launch(str(tmp_path / "bad"), str(tmp_path / "inf.mrcs"), 5), env=env, capture_output=True,
+                     text=True, timeout=300)
+  errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+  assert r.returncode != 0 and len(errors) == 1 and "NaN or Inf" in errors[0], r.stderr[-2000:]
+  assert not (tmp_path / "bad").exists()
