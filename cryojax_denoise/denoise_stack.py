@@ -224,34 +224,20 @@ class RowProjector:
     self._projectors: dict = {}
 
   def _projector(self, group):
-    from cryojax_denoise.data import simulate
+    from cryojax_denoise.data.relion import group_projector
 
     if group not in self._projectors:
-      optics = self.optics
-      rows = optics[optics["rlnOpticsGroup"] == group] if "rlnOpticsGroup" in optics.columns else optics
-      opt = (rows if len(rows) else optics).iloc[0]
-      pixel_size = next((float(opt[k]) for k in ("rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize")
-                         if k in opt.index), 0.0)
-      if not pixel_size > 0:
-        raise InputError(f"optics group {group}: no positive rlnImagePixelSize")
-      volume = simulate.resample_volume(self.source.volume, self.source.pixel_size, pixel_size, self.image_size)
-      projector = simulate.Projector(
-          volume, self.image_size, pixel_size, ctf=self.ctf,
-          voltage_kv=float(opt.get("rlnVoltage", simulate.VOLTAGE_KV)),
-          cs_mm=float(opt.get("rlnSphericalAberration", simulate.SPHERICAL_ABERRATION_MM)),
-          amplitude_contrast=float(opt.get("rlnAmplitudeContrast", simulate.AMPLITUDE_CONTRAST)))
-      self._projectors[group] = (projector, pixel_size)
+      self._projectors[group] = group_projector(self.source, self.optics, group, self.image_size, self.ctf)
     return self._projectors[group]
 
   def __call__(self, particles) -> np.ndarray:
-    from cryojax_denoise.data import simulate
+    from cryojax_denoise.data.relion import params_from_table, particle_groups
 
-    n = len(particles)
-    groups = particles["rlnOpticsGroup"].to_numpy() if "rlnOpticsGroup" in particles.columns else np.ones(n, int)
-    out = np.empty((n, self.image_size, self.image_size), np.float32)
+    groups = particle_groups(particles, self.optics)
+    out = np.empty((len(particles), self.image_size, self.image_size), np.float32)
     for group in np.unique(groups):
       projector, pixel_size = self._projector(group)
-      images = np.asarray(projector(simulate.params_from_table(particles, pixel_size)))
+      images = np.asarray(projector(params_from_table(particles, pixel_size)))
       mask = groups == group
       out[mask] = images[mask]
     return out

@@ -78,7 +78,11 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def check_not_input(output: str, *inputs: str) -> None:
-  """Refuses an output path that is one of the inputs (we never overwrite user data)."""
+  """Refuses an output path that is an existing directory or one of the inputs (we never overwrite
+  user data); called before any work."""
+  if os.path.isdir(output):
+    raise InputError(f"{output}: output path is a directory; give a file name in it (e.g. "
+                     f"{os.path.join(output, 'denoised.mrcs')})")
   for inp in inputs:
     if inp and os.path.exists(output) and os.path.exists(inp) and os.path.samefile(output, inp):
       raise InputError(f"{output}: output path is the input file; choose another output")
@@ -428,12 +432,10 @@ class ParticleStar:
     return len(self.particles)
 
   def pixel_size(self) -> float:
-    for key in ("rlnImagePixelSize", "rlnPixelSize", "rlnDetectorPixelSize"):
-      if key in self.optics.columns:
-        return float(self.optics[key].iloc[0])
-      if key in self.particles.columns:
-        return float(self.particles[key].iloc[0])
-    raise InputError(f"{self.path}: no pixel size (rlnImagePixelSize) in optics or particles block")
+    """Pixel size (Å) of the first optics group (`data.relion.pixel_size_of`)."""
+    from cryojax_denoise.data.relion import pixel_size_of
+
+    return pixel_size_of(self.optics.iloc[0], self.path)
 
   def optics_for_particles(self) -> pd.DataFrame:
     """Optics columns broadcast to one row per particle (joined on rlnOpticsGroup)."""
@@ -475,9 +477,16 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
   if optics is None:
     is30 = True
     cols = [c for c in ("rlnVoltage", "rlnSphericalAberration", "rlnAmplitudeContrast", "rlnPixelSize",
-                        "rlnDetectorPixelSize", "rlnImagePixelSize") if c in particles.columns]
+                        "rlnDetectorPixelSize", "rlnMagnification", "rlnImagePixelSize") if c in particles.columns]
     optics = particles[cols].iloc[[0]].reset_index(drop=True)
     optics.insert(0, "rlnOpticsGroup", 1)
+    if "rlnImagePixelSize" not in optics.columns:  # RELION 3.0: from the detector pixel and magnification
+      from cryojax_denoise.data.relion import pixel_size_of
+
+      try:
+        optics["rlnImagePixelSize"] = pixel_size_of(optics.iloc[0], path)
+      except InputError:
+        pass  # no pixel size in the file: callers fall back to the stack header
   elif isinstance(optics, dict):
     optics = pd.DataFrame([optics])
   missing = [c for c in required if c not in particles.columns]

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import signal
 import sys
 
 from cryojax_denoise.errors import InputError
@@ -65,6 +66,21 @@ def write_config(config, workdir: str) -> None:
   atomic_write_text(os.path.join(workdir, "config.json"), json.dumps(to_jsonable(config), indent=2) + "\n")
 
 
+class Stopped(Exception):
+  """SIGTERM received: unwinds the run like Ctrl-C (SIGINT) does, so worker processes are ended."""
+
+
+def _raise_stopped(signum, frame):
+  raise Stopped()
+
+
+def _end_workers(kill: bool) -> None:
+  """Ends the BM3D worker pool if this run started one (terminating busy workers when `kill`)."""
+  bm3d = sys.modules.get("cryojax_denoise.denoisers.bm3d")
+  if bm3d is not None:
+    bm3d.shutdown_pool(kill=kill)
+
+
 def main(argv: list[str]) -> int:
   from absl import app, flags, logging
   from ml_collections import config_flags
@@ -90,6 +106,7 @@ def main(argv: list[str]) -> int:
     existed = os.path.isdir(workdir)
     config_path = os.path.join(workdir, "config.json")
     had_config = os.path.exists(config_path)
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
       if hasattr(module, "validate"):
         if len(inspect.signature(module.validate).parameters) >= 2:
@@ -106,6 +123,13 @@ def main(argv: list[str]) -> int:
       if not existed and os.path.isdir(workdir) and not os.listdir(workdir):
         os.rmdir(workdir)
       status["rc"] = _fail(str(e))
+    except (KeyboardInterrupt, Stopped) as e:
+      _end_workers(kill=True)
+      print(f"stopped ({'SIGTERM' if isinstance(e, Stopped) else 'SIGINT'})", file=sys.stderr)
+      status["rc"] = 143 if isinstance(e, Stopped) else 130
+    finally:
+      _end_workers(kill=False)
+      signal.signal(signal.SIGTERM, previous)
 
   try:
     app.run(_main, argv=argv, flags_parser=_parse_flags)

@@ -1,6 +1,6 @@
 """Clean targets for real particles: the map projected at each particle's pose with its CTF.
 
-    python launch.py --experiment=make_pairs --config.star=particles.star \\
+    python launch.py --experiment=make_pairs --config.input=particles.star \\
         --config.volume=map.mrc --config.pixel_size=1.06
 
 For every row of the STAR file (in order): the projection of `volume` at rlnAngleRot/Tilt/Psi
@@ -27,7 +27,7 @@ POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.star = ""          # RELION STAR file of the particles (poses, CTF, rlnImageName)
+  c.input = ""         # RELION STAR file of the particles (poses, CTF, rlnImageName)
   c.volume = ""        # the 3D map (MRC) to project, e.g. the refined reconstruction
   c.pixel_size = 0.0   # voxel size of the map in Å; 0 = from its header
   c.output = ""        # default WORKDIR/clean.mrcs
@@ -40,28 +40,28 @@ def get_config() -> ml_collections.ConfigDict:
 def validate(config) -> None:
   from cryojax_denoise import io
 
-  if not config.star:
-    raise InputError("star: give --config.star=PARTICLES.star")
+  if not config.input:
+    raise InputError("input: give --config.input=PARTICLES.star")
   if not config.volume:
     raise InputError("volume: give --config.volume=MAP.mrc (and --config.pixel_size=Å if its header lacks it)")
-  io.check_input_file(config.star, "STAR file")
+  io.check_input_file(config.input, "STAR file")
   io.check_input_file(config.volume, "MRC map file")
   if config.batch_size < 1:
     raise InputError(f"batch_size: must be at least 1, got {config.batch_size}")
   io.read_volume(config.volume, config.pixel_size or None)  # a 3D map, finite, with a voxel size
   if config.output:
-    io.check_not_input(config.output, config.star, config.volume)
+    io.check_not_input(config.output, config.input, config.volume)
 
 
 def run(config, workdir: str) -> None:
   from cryojax_denoise import denoise_stack, io
 
   reader = io.ImageReader()
-  table = denoise_stack.open_particles(config.star, reader, required=POSE_COLUMNS)
+  table = denoise_stack.open_particles(config.input, reader, required=POSE_COLUMNS)
   if not table.is_star:
-    raise InputError(f"{config.star}: expected a RELION STAR file (poses and CTF per particle)")
+    raise InputError(f"{config.input}: expected a RELION STAR file (poses and CTF per particle)")
   output = config.output or os.path.join(workdir, "clean.mrcs")
-  io.check_not_input(output, config.star, config.volume, *table.stacks)
+  io.check_not_input(output, config.input, config.volume, *table.stacks)
   if config.noisy_copy:
     io.check_not_input(os.path.join(os.path.dirname(os.path.abspath(output)), "noisy.mrcs"), *table.stacks)
   from cryojax_denoise.data import simulate
@@ -71,7 +71,7 @@ def run(config, workdir: str) -> None:
   particles = table.star.particles
   project = denoise_stack.RowProjector(source, table.star.optics, size, ctf="rlnDefocusU" in particles.columns)
   logging.info("make_pairs: %d particles of %dx%d (%.4g Å/px) from %s, map %s (%.4g Å/px) -> %s", len(table),
-               size, size, table.pixel_size, config.star, config.volume, source.pixel_size, output)
+               size, size, table.pixel_size, config.input, config.volume, source.pixel_size, output)
 
   def clean_targets(rows, images):
     projections = project(particles.iloc[rows])

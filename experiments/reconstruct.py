@@ -1,8 +1,8 @@
 """3D reconstruction from particles with known poses and CTF: two half maps, the full map, FSC.
 
-    python launch.py --experiment=reconstruct --config.star=particles.star [--config.reference=truth.mrc]
+    python launch.py --experiment=reconstruct --config.input=particles.star [--config.reference=truth.mrc]
     python launch.py --experiment=reconstruct --config.simulate_dir=runs/simulate [--config.stack=clean.mrcs]
-    python launch.py --experiment=reconstruct --config.star=particles.star --config.method=ddtf
+    python launch.py --experiment=reconstruct --config.input=particles.star --config.method=ddtf
 
 Reads poses (rlnAngleRot/Tilt/Psi), origins and CTF from the STAR file, optionally denoises the
 particles first (`method=`, any registered denoiser; `checkpoint=` for learned ones), splits them
@@ -27,7 +27,7 @@ from cryojax_denoise.errors import InputError
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.star = ""                # RELION STAR file with poses, CTF and rlnImageName
+  c.input = ""               # RELION STAR file with poses, CTF and rlnImageName
   c.simulate_dir = ""        # or: a `simulate` workdir (its particles.star)
   c.stack = ""               # optional MRC stack replacing rlnImageName (same rows and order), e.g. clean.mrcs;
                              # relative paths are taken from the STAR file's folder
@@ -50,8 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def _star_path(config) -> str:
-  if bool(config.star) == bool(config.simulate_dir):
-    raise InputError("star: give exactly one of --config.star=PARTICLES.star or --config.simulate_dir=DIR")
+  if bool(config.input) == bool(config.simulate_dir):
+    raise InputError("input: give exactly one of --config.input=PARTICLES.star or --config.simulate_dir=DIR")
   if config.simulate_dir:
     if not os.path.isdir(config.simulate_dir):
       raise InputError(f"{config.simulate_dir}: simulate workdir not found")
@@ -61,8 +61,8 @@ def _star_path(config) -> str:
     return path
   from cryojax_denoise import io
 
-  io.check_input_file(config.star, "STAR file")
-  return config.star
+  io.check_input_file(config.input, "STAR file")
+  return config.input
 
 
 class _Images:

@@ -12,6 +12,7 @@ methods are trained once over an SNR range (or per SNR) unless a checkpoint is g
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
@@ -32,16 +33,20 @@ from cryojax_denoise.progress import Progress
 CLASSICAL = tuple(denoisers.classical_names())  # every registered method, from the registry
 LEARNED = tuple(denoisers.learned_names())
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_RIBOSOME = os.path.join(ROOT, "..", "shared", "data", "ribosome70S_65.mrc")
+RIBOSOME_PIXEL_SIZE_A = 5.0  # the map header says 0 (see ../shared/data/README.md)
+
 # Values a preset supplies for every field left unset (None) on the command line.
 PRESETS = {
     # A few minutes on a laptop: tiny images, short training; run end to end by the tests.
-    "smoke": dict(image_size=32, n_test=8, n_tune=4, autoencoder_steps=40, gan_steps=40, train_batch_size=8,
+    "smoke": dict(image_size=32, n_test=8, n_tune=4, n_fit=64, autoencoder_steps=40, gan_steps=40, train_batch_size=8,
                   n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
-    "default": dict(image_size=64, n_test=32, n_tune=8, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
+    "default": dict(image_size=64, n_test=64, n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
                     n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
-    "gpu": dict(image_size=128, n_test=256, n_tune=8, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
+    "gpu": dict(image_size=128, n_test=256, n_tune=8, n_fit=10000, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
                 n_reconstruct=20000, tune=True),
 }
 
@@ -52,21 +57,32 @@ def get_config() -> ml_collections.ConfigDict:
   c.snrs = (1.0, 0.5, 0.2, 0.1, 0.05)
   c.methods = CLASSICAL + LEARNED
   c.seed = 0
-  # Data: built-in phantom unless volume= (MRC map) or structure= (PDB/mmCIF) is given.
+  # In-distribution test set: the built-in phantom unless volume= (MRC map) or structure= (PDB/mmCIF).
   c.volume = ""
   c.structure = ""
   c.pixel_size = 0.0
   c.ctf = True
+  # Unseen test set: a molecule no training run saw. "auto": the 70S ribosome map of ../shared/data
+  # (5 Å/px) when it is there; "" for none; or any MRC map (test_pixel_size overrides its header).
+  c.test_volume = "auto"
+  c.test_structure = ""
+  c.test_pixel_size = 0.0
+  # σ given to the classical methods: "estimated" per image as `denoise` does (Haar MAD), or "true"
+  # (the realised noise level, known in simulation).
+  c.sigma = "estimated"
   # Preset-controlled sizes (None = take the preset's value).
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
   c.n_tune = placeholder(int)
+  c.n_fit = placeholder(int)
   c.autoencoder_steps = placeholder(int)
   c.gan_steps = placeholder(int)
   c.train_batch_size = placeholder(int)
   c.n_reconstruct = placeholder(int)
-  # Learned methods.
+  # Learned methods: the bundled general models unless checkpoints are given; train_specialist=True
+  # also trains phantom-only models (rows autoencoder_specialist, gan_specialist) to show the difference.
   c.snr_range = (0.03, 1.5)
+  c.train_specialist = False
   c.train_per_snr = False
   c.gan_checkpoint = ""
   c.autoencoder_checkpoint = ""
@@ -93,9 +109,16 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(sorted(valid))}")
   if not config.snrs or any(s <= 0 for s in config.snrs):
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
-  for key in ("gan_checkpoint", "autoencoder_checkpoint", "volume", "structure"):
+  if config.sigma not in ("estimated", "true"):
+    raise InputError(f"sigma: must be 'estimated' or 'true', got {config.sigma!r}")
+  for key in ("gan_checkpoint", "autoencoder_checkpoint", "volume", "structure", "test_structure"):
     if config[key] and not os.path.exists(config[key]):
       raise InputError(f"{config[key]}: {key} not found")
+  if config.test_volume not in ("auto", "") and not os.path.exists(config.test_volume):
+    raise InputError(f"{config.test_volume}: test_volume not found")
+  for kind in (m for m in config.methods if m in LEARNED):
+    if not config[f"{kind}_checkpoint"] and not os.path.isdir(bundled_model(kind)):
+      raise InputError(f"{kind}: no bundled general model at {bundled_model(kind)}; give {kind}_checkpoint=DIR")
   return config
 
 
@@ -103,13 +126,56 @@ def validate(config) -> None:
   resolve(config)
 
 
+def bundled_model(kind: str) -> str:
+  """The general model shipped in the package for `kind` ("autoencoder" or "gan")."""
+  from cryojax_denoise.training import restore
+
+  return restore.bundled_dir(kind)
+
+
+def test_sets(config) -> list[tuple[str, simulate.MapSource]]:
+  """[(name, map)]: the in-distribution set ("phantom", or the file's stem) and the unseen molecule."""
+  size = config.image_size
+  main = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+                              pixel_size=config.pixel_size or None, image_size=size, seed=config.seed)
+  given = config.volume or config.structure
+  sets = [(_stem(given) if given else "phantom", main)]
+  volume, pixel_size = config.test_volume, config.test_pixel_size
+  if volume == "auto":
+    volume = SHARED_RIBOSOME if os.path.exists(SHARED_RIBOSOME) else ""
+    pixel_size = pixel_size or RIBOSOME_PIXEL_SIZE_A
+    if not volume:
+      logging.warning("no unseen test molecule: %s is missing (give test_volume= or test_structure=)",
+                      SHARED_RIBOSOME)
+  if volume or config.test_structure:
+    unseen = simulate.load_source(volume=volume or None, structure=config.test_structure or None,
+                                  pixel_size=pixel_size or None, image_size=size, seed=config.seed)
+    sets.append((_stem(volume or config.test_structure), unseen))
+  return sets
+
+
+def _stem(path: str) -> str:
+  """'…/ribosome70S_65.mrc' -> 'ribosome70S' (a trailing _<box size> dropped)."""
+  stem = os.path.splitext(os.path.basename(path))[0]
+  return re.sub(r"_\d+$", "", stem) or stem
+
+
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
   """The realised noise σ per image (known exactly in simulation)."""
   return np.std(noisy - clean, axis=(1, 2)).astype(np.float32)
 
 
+def _sigma(config, ds) -> np.ndarray:
+  """σ per image for the classical methods, as `config.sigma` says."""
+  if config.sigma == "true":
+    return _noise_std(ds.noisy, ds.clean)
+  from cryojax_denoise.denoisers.noise import estimate_noise_std
+
+  return np.asarray(estimate_noise_std(ds.noisy), np.float32)
+
+
 def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
-  """Trains (or resumes) a learned denoiser with the sweep's budget; returns its checkpoint dir."""
+  """Trains (or resumes) a phantom-only learned denoiser with the sweep's budget; returns its dir."""
   from cryojax_denoise.training import train
 
   tc = train.default_config(kind)
@@ -132,101 +198,134 @@ def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
   return out
 
 
+def learned_models(config, workdir: str, snrs) -> dict[tuple[str, float], str]:
+  """{(row name, snr): checkpoint dir}: the general (bundled or given) models, plus phantom-trained
+  specialists when `train_specialist`."""
+  models = {}
+  for kind in (m for m in config.methods if m in LEARNED):
+    general = config[f"{kind}_checkpoint"] or bundled_model(kind)
+    for snr in snrs:
+      models[kind, snr] = general
+    if config.train_specialist:
+      if config.train_per_snr:
+        for snr in snrs:
+          models[f"{kind}_specialist", snr] = _train(kind, config, workdir, (snr, snr), f"_snr{snr:g}")
+      else:
+        out = _train(kind, config, workdir, config.snr_range, "")
+        for snr in snrs:
+          models[f"{kind}_specialist", snr] = out
+  return models
+
+
 def run(config, workdir: str) -> None:
   t_start = time.perf_counter()
   config = resolve(config)
   atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
   snrs = [float(s) for s in config.snrs]
-  methods = list(config.methods)
-  source = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
-                                pixel_size=config.pixel_size or None, image_size=config.image_size, seed=config.seed)
+  sets = test_sets(config)
+  checkpoints = learned_models(config, workdir, snrs)
+  methods = [m for m in config.methods if m not in LEARNED] + [m for m in config.methods if m in LEARNED]
+  methods += sorted({name for name, _ in checkpoints if name not in methods})
   # Disjoint splits: training draws from seed; tuning and test sets from other seeds (other poses).
   # The test set uses the same poses at every SNR, so columns of examples.png are the same particles.
   tune_seed, test_seed, recon_seed = 10_000 + config.seed, 20_000 + config.seed, 30_000 + config.seed
 
-  def dataset(n, snr, seed):
-    return simulate.simulate_dataset(source, n_images=n, image_size=config.image_size, snr=snr, seed=seed,
-                                     ctf=config.ctf)
-
-  # Learned models: trained once over the SNR range unless per-SNR training or checkpoints are asked for.
-  checkpoints: dict[tuple[str, float], str] = {}
-  for kind in (m for m in methods if m in LEARNED):
-    given = config[f"{kind}_checkpoint"]
-    for snr in snrs:
-      if given:
-        checkpoints[kind, snr] = given
-      elif config.train_per_snr:
-        checkpoints[kind, snr] = _train(kind, config, workdir, (snr, snr), f"_snr{snr:g}")
-      else:
-        if (kind, "all") not in checkpoints:
-          checkpoints[kind, "all"] = _train(kind, config, workdir, config.snr_range, "")
-        checkpoints[kind, snr] = checkpoints[kind, "all"]
-
   rows, chosen, notes = [], {}, []
   example_snrs = [s for s in snrs if any(abs(s - e) < 1e-9 for e in config.example_snrs)] or sorted(snrs)[:2]
   ex_clean, ex_noisy, ex_den = {}, {}, {m: {} for m in methods}
-  bar = Progress(total=len(snrs) * (len(methods) + 1), desc="snr_sweep", unit="evals", every_s=1.0)
+  bar = Progress(total=len(sets) * len(snrs) * (len(methods) + 1), desc="snr_sweep", unit="evals", every_s=1.0)
   batch = config.n_tune
-  for snr in snrs:
-    tune_ds, test_ds = dataset(config.n_tune, snr, tune_seed), dataset(config.n_test, snr, test_seed)
-    pixel_size = float(test_ds.pixel_size)
-    tune_sigma, test_sigma = _noise_std(tune_ds.noisy, tune_ds.clean), _noise_std(test_ds.noisy, test_ds.clean)
-    row = evaluate.score(test_ds.noisy, test_ds.clean, pixel_size)
-    rows.append(dict(method="noisy", snr=snr, **row, seconds_per_image=0.0, n_images=len(test_ds.noisy)))
-    bar.update(1)
-    if snr in example_snrs:
-      ex_clean[snr], ex_noisy[snr] = test_ds.clean, test_ds.noisy
-    for name in methods:
-      params = {"checkpoint": checkpoints[name, snr]} if name in LEARNED else {}
-      tuned = name not in LEARNED and config.tune and denoisers.REGISTRY[name].knob
-      if tuned:
-        params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
-        chosen[name, snr] = params
-      fn = denoisers.get(name, **params)
-      if not tuned:  # tuning already compiled the kernel for this batch shape
-        evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
-      den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch)
-      rows.append(dict(method=name, snr=snr, **row, params={k: v for k, v in params.items() if k != "checkpoint"}))
-      if snr in example_snrs:
-        ex_den[name][snr] = den
-      bar.update(1, extra=f"{name} @ SNR {snr:g}: MSE {row['mse']:.4f}")
+  for set_name, source in sets:
+    def dataset(n, snr, seed, source=source):
+      return simulate.simulate_dataset(source, n_images=n, image_size=config.image_size, snr=snr, seed=seed,
+                                       ctf=config.ctf)
 
-  if config.reconstruct:
-    _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, recon_seed, notes)
+    for snr in snrs:
+      tune_ds, test_ds = dataset(config.n_tune, snr, tune_seed), dataset(config.n_test, snr, test_seed)
+      pixel_size = float(test_ds.pixel_size)
+      tune_sigma, test_sigma = _sigma(config, tune_ds), _sigma(config, test_ds)
+      row = evaluate.score(test_ds.noisy, test_ds.clean, pixel_size)
+      rows.append(dict(method="noisy", snr=snr, test_set=set_name, **row, seconds_per_image=0.0,
+                       n_images=len(test_ds.noisy)))
+      bar.update(1)
+      label = f"{set_name} SNR {snr:g}"
+      if snr in example_snrs:
+        ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
+      for name in methods:
+        learned = (name, snr) in checkpoints
+        params = {"checkpoint": checkpoints[name, snr]} if learned else {}
+        tuned = not learned and config.tune and denoisers.REGISTRY[name].knob
+        if tuned:
+          params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
+          chosen[f"{set_name}: {name}", snr] = params
+        fn = denoisers.get("autoencoder" if name.startswith("autoencoder") else "gan" if name.startswith("gan")
+                           else name, **params)
+        if not tuned:  # tuning already compiled the kernel for this batch shape
+          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
+        den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch)
+        rows.append(dict(method=name, snr=snr, test_set=set_name, **row,
+                         params={k: v for k, v in params.items() if k != "checkpoint"}))
+        if snr in example_snrs:
+          ex_den[name][label] = den
+        bar.update(1, extra=f"{set_name}: {name} @ SNR {snr:g}: MSE {row['mse']:.4f}")
+
+    if config.reconstruct:
+      _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, recon_seed, notes, set_name)
 
   report.write_results(rows, workdir)
   report.plot_metrics(rows, os.path.join(workdir, "mse_vs_snr.png"))
   report.plot_examples(ex_clean, ex_noisy, {m: ex_den[m] for m in methods}, os.path.join(workdir, "examples.png"))
   device = f"{len(jax.devices())}× {jax.devices()[0].device_kind} ({jax.default_backend()})"
   command = "python launch.py --experiment=snr_sweep " + " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
-  notes.append("σ passed to classical methods is the realised noise level of the simulation (known exactly).")
-  notes.append(f"Test set: {config.n_test} images of {config.image_size}² per SNR, tuning batch: {config.n_tune} "
-               f"images with other poses; learned models trained for {config.autoencoder_steps} (autoencoder) and "
-               f"{config.gan_steps} (GAN) steps of {config.train_batch_size} fresh images" + (" per SNR." if config.train_per_snr else
-                                                             f" over SNR {config.snr_range[0]:g}–{config.snr_range[1]:g}."))
+  notes.append("σ passed to classical methods: " + ("the realised noise level of the simulation (known exactly)."
+               if config.sigma == "true" else "estimated per image from the noisy image (Haar MAD), as `denoise` does."))
+  notes.append(f"Test sets: {', '.join(n for n, _ in sets)}; {config.n_test} images of {config.image_size}² per SNR, "
+               f"tuning batch: {config.n_tune} images with other poses.")
+  for kind in (m for m in config.methods if m in LEARNED):
+    notes.append(f"{kind}: general model {checkpoints[kind, snrs[0]]} (trained on the molecule corpus only; "
+                 "no test molecule was in it).")
+  if config.train_specialist:
+    notes.append(f"*_specialist: trained on the {sets[0][0]} only for {config.autoencoder_steps} (autoencoder) and "
+                 f"{config.gan_steps} (GAN) steps of {config.train_batch_size} fresh images"
+                 + (" per SNR." if config.train_per_snr else f" over SNR {config.snr_range[0]:g}–{config.snr_range[1]:g}."))
   report.write_report(rows, workdir, config_json=config.to_json(indent=2), device=device, command=command.strip(),
-                      elapsed_s=time.perf_counter() - t_start, classical=list(CLASSICAL), learned=list(LEARNED),
-                      chosen=chosen, notes=notes)
+                      elapsed_s=time.perf_counter() - t_start, classical=list(CLASSICAL),
+                      learned=[m for m in methods if any(m == k for k, _ in checkpoints)], chosen=chosen, notes=notes)
   logging.info("wrote results.json, results.csv, mse_vs_snr.png, examples.png, report.md in %s", workdir)
 
 
 def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes) -> None:
-  """Adds `fsc_resolution_A` (half-map FSC 0.143) per (method, SNR) from denoised particles."""
+  """Adds `fsc_resolution_A` (half-map FSC 0.143) per (method, SNR) from denoised particles.
+
+  Denoising n_reconstruct particles reports its own progress; the ETA counts each remaining
+  method's measured cost (its seconds per image on the test set) and the measured time per map."""
   from cryojax_denoise.reconstruction import fourier
 
-  bar = Progress(total=len(snrs) * (len(methods) + 1), desc="reconstruct", unit="maps", every_s=1.0)
-  for snr in snrs:
-    ds = dataset(config.n_reconstruct, snr, seed)
-    sigma = _noise_std(ds.noisy, ds.clean)
-    for name in ["noisy"] + methods:
-      if name == "noisy":
-        images = ds.noisy
-      else:
-        params = {"checkpoint": checkpoints[name, snr]} if name in LEARNED else dict(chosen.get((name, snr), {}))
-        images = evaluate.apply_batched(denoisers.get(name, **params), ds.noisy, sigma, config.n_tune)
-      res = fourier.half_map_resolution(images, ds.particles, ds.optics, float(ds.pixel_size), seed=config.seed)
-      row = next(r for r in rows if r["method"] == name and r["snr"] == snr)
-      row["fsc_resolution_A"] = float(res["resolution_A"])
-      bar.update(1, extra=f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å")
+  n = config.n_reconstruct
+  cost = {(r["method"], r["snr"]): r.get("seconds_per_image", 0.0) for r in rows}
+  items = [(snr, name) for snr in snrs for name in ["noisy"] + methods]
+  map_seconds: list[float] = []
+
+  def remaining_s(k: int) -> float:
+    per_map = float(np.mean(map_seconds)) if map_seconds else 0.0
+    return sum(n * cost.get((name, snr), 0.0) + per_map for snr, name in items[k + 1:])
+
+  bar = Progress(total=len(items), desc="reconstruct", unit="maps", every_s=1.0)
+  for k, (snr, name) in enumerate(items):
+    if name == "noisy":
+      ds = dataset(n, snr, seed)
+      sigma = _noise_std(ds.noisy, ds.clean)
+      images = ds.noisy
+    else:
+      params = {"checkpoint": checkpoints[name, snr]} if name in LEARNED else dict(chosen.get((name, snr), {}))
+      inner = Progress(total=n, desc=f"reconstruct: denoising with {name} @ SNR {snr:g}", unit="img", every_s=10.0)
+      images = evaluate.apply_batched(denoisers.get(name, **params), ds.noisy, sigma, config.n_tune,
+                                      on_batch=inner.update)
+    t0 = time.perf_counter()
+    res = fourier.half_map_resolution(images, ds.particles, ds.optics, float(ds.pixel_size), seed=config.seed)
+    map_seconds.append(time.perf_counter() - t0)
+    row = next(r for r in rows if r["method"] == name and r["snr"] == snr)
+    row["fsc_resolution_A"] = float(res["resolution_A"])
+    bar.update(1, extra=f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å", remaining_s=remaining_s(k))
   notes.append(f"3D reconstructions from {config.n_reconstruct} particles per SNR (known poses and CTF), "
                "half maps split at random; resolution where their FSC falls below 0.143.")

@@ -76,14 +76,14 @@ CASES = {
     "not_mrc": ("denoise", {"input": "text.mrcs"}, ["text.mrcs", "not an MRC file"]),
     "truncated_mrc": ("denoise", {"input": "cut.mrcs"}, ["cut.mrcs", "truncated MRC file"]),
     "volume_as_stack": ("denoise", {"input": "vol.mrc"}, ["vol.mrc", "3D volume", "expected a stack"]),
-    "stack_as_volume": ("make_pairs", {"star": "good.star", "volume": "good.mrcs"},
+    "stack_as_volume": ("make_pairs", {"input": "good.star", "volume": "good.mrcs"},
                         ["good.mrcs", "image stack", "expected a 3D volume"]),
     "nan_values": ("denoise", {"input": "nan.mrcs"}, ["nan.mrcs", "image 3", "NaN or Inf"]),
     "inf_values_via_star": ("denoise", {"input": "inf.star"}, ["inf.star", "row 2", "inf.mrcs", "NaN or Inf"]),
     "empty_stack": ("denoise", {"input": "empty.mrcs"}, ["empty.mrcs", "empty stack"]),
     "non_square": ("denoise", {"input": "rect.mrcs"}, ["rect.mrcs", "32x48", "square"]),
     "star_missing_image_column": ("denoise", {"input": "nocol.star"}, ["nocol.star", "missing", "rlnImageName"]),
-    "star_missing_pose_column": ("make_pairs", {"star": "noposes.star", "volume": "vol.mrc"},
+    "star_missing_pose_column": ("make_pairs", {"input": "noposes.star", "volume": "vol.mrc"},
                                  ["noposes.star", "missing", "rlnAngleTilt"]),
     "star_missing_stack": ("denoise", {"input": "missing.star"}, ["missing.star", "row 2", "gone.mrcs", "not found"]),
     "star_index_out_of_range": ("denoise", {"input": "range.star"},
@@ -100,8 +100,13 @@ CASES = {
                         ["good.mrcs", "output path is the input"]),
     "output_is_a_star_stack": ("denoise", {"input": "good.star", "output": "good.mrcs"},
                                ["good.mrcs", "output path is the input"]),
-    "make_pairs_output_is_input": ("make_pairs", {"star": "good.star", "volume": "vol.mrc", "output": "vol.mrc"},
+    "make_pairs_output_is_input": ("make_pairs", {"input": "good.star", "volume": "vol.mrc", "output": "vol.mrc"},
                                    ["vol.mrc", "output path is the input"]),
+    # issue 14, defect 2: an existing directory as output was an IsADirectoryError after all the work.
+    "output_is_a_directory": ("denoise", {"input": "good.mrcs", "output": "ckpt"}, ["ckpt", "is a directory"]),
+    # issue 14, defect 3: a misspelled K-SVD parameter was a TypeError traceback.
+    "misspelled_ksvd_parameter": ("denoise", {"input": "good.mrcs", "method": "ksvd", "params": "Cc=1.0"},
+                                  ["Cc", "ksvd", "unknown parameter"]),
 }
 
 
@@ -120,7 +125,8 @@ def results(tmp_path_factory):
       cfg.setdefault("output", "out/clean.mrcs")
     workdir = d / cfg.pop("workdir", "w")
     args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--experiment={experiment}", f"--workdir={workdir}"]
-    args += [f"--config.{k}={d / v if isinstance(v, str) and k != 'method' else v}" for k, v in cfg.items()]
+    args += [f"--config.{k}={d / v if isinstance(v, str) and k not in ('method', 'params') else v}"
+             for k, v in cfg.items()]
     before = {f: (d / f).read_bytes() if (d / f).is_file() else None for f in files_under(d)}
     jobs.append((name, d, before, args))
   running = []

@@ -48,7 +48,7 @@ def test_make_pairs_reproduces_simulated_clean_images(simulated, tmp_path):
   assert np.abs(ds.particles["rlnOriginXAngst"]).max() > 1.0  # shifts are exercised
   assert ds.particles["rlnDefocusU"].std() > 100  # and per-particle CTFs
   config = make_pairs.get_config()
-  config.star, config.volume, config.batch_size = str(d / "sim" / "particles.star"), str(d / "map.mrc"), 12
+  config.input, config.volume, config.batch_size = str(d / "sim" / "particles.star"), str(d / "map.mrc"), 12
   config.noisy_copy = True
   make_pairs.validate(config)
   make_pairs.run(config, str(tmp_path / "w"))

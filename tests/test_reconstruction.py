@@ -138,7 +138,7 @@ def test_experiment_writes_maps_and_fsc(tmp_path, source, ctf_data):
   io.write_star(str(tmp_path / "particles.star"), ctf_data.optics, parts)
   work = tmp_path / "run"
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=reconstruct", f"--workdir={work}",
-         f"--config.star={tmp_path / 'particles.star'}", f"--config.reference={tmp_path / 'truth.mrc'}",
+         f"--config.input={tmp_path / 'particles.star'}", f"--config.reference={tmp_path / 'truth.mrc'}",
          "--config.method=gaussian", "--config.params=width=1.0"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
@@ -165,6 +165,6 @@ def test_experiment_writes_maps_and_fsc(tmp_path, source, ctf_data):
   # Bad input: one error line, exit 2, nothing written.
   bad = tmp_path / "bad"
   out = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=reconstruct",
-                        f"--workdir={bad}", f"--config.star={tmp_path / 'missing.star'}"],
+                        f"--workdir={bad}", f"--config.input={tmp_path / 'missing.star'}"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
   assert out.returncode == 2 and "missing.star" in out.stderr and not bad.exists()

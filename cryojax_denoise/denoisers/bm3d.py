@@ -3,12 +3,14 @@
 `bm3d` runs one image at a time in NumPy/C; a batch is split over worker processes started with
 the "spawn" method (safe with JAX and threads in the parent). The pool is created on first use and
 kept for later calls (starting processes costs seconds; a stack is denoised batch after batch);
-`shutdown_pool()` ends it (it also ends at interpreter exit). Not jit-able: it is the reference
+`shutdown_pool()` ends it (it also ends at interpreter exit, and each worker ends itself when its
+parent process is gone). Not jit-able: it is the reference
 classical method, and the speed baseline in the `benchmark` experiment.
 """
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
@@ -42,19 +44,45 @@ def _bm3d_chunk(images: np.ndarray, sigmas: np.ndarray, one_thread: bool = False
   return out, time.process_time() - t0
 
 
+def _watch_parent(parent: int) -> None:
+  """Worker initializer: a daemon thread that ends this worker as soon as its parent is gone (killed
+  by SIGKILL, or stopped before it could shut the pool down), so no worker outlives a run."""
+  import threading
+  import time
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(0.5)
+    os._exit(1)
+
+  threading.Thread(target=watch, daemon=True).start()
+
+
 def _pool(workers: int) -> cf.ProcessPoolExecutor:
   pool = _POOL.get(workers)
   if pool is None:
     shutdown_pool()
-    pool = _POOL[workers] = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+    pool = _POOL[workers] = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                                   initializer=_watch_parent, initargs=(os.getpid(),))
   return pool
 
 
-def shutdown_pool() -> None:
-  """Ends the worker processes, if any."""
-  for pool in _POOL.values():
-    pool.shutdown()
-  _POOL.clear()
+def shutdown_pool(kill: bool = False) -> None:
+  """Ends the worker processes, if any: waits for running tasks, or with `kill` terminates them
+  (a stopped run: SIGTERM/SIGINT in the launcher)."""
+  for key in list(_POOL):
+    pool = _POOL.pop(key)
+    if kill:
+      for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.terminate()
+      pool.shutdown(wait=True, cancel_futures=True)
+    else:
+      pool.shutdown()
+
+
+# At exit, before module teardown (a pool collected during teardown prints "Exception ignored ...
+# 'NoneType' object has no attribute 'util'" from its manager thread).
+atexit.register(shutdown_pool)
 
 
 @register("bm3d", knob="sigma_scale", grid=(0.75, 1.0, 1.25, 1.5, 2.0),

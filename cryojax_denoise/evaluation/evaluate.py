@@ -11,9 +11,11 @@ import numpy as np
 from cryojax_denoise import metrics
 
 
-def apply_batched(fn: Callable, images: np.ndarray, noise_std: np.ndarray, batch_size: int) -> np.ndarray:
+def apply_batched(fn: Callable, images: np.ndarray, noise_std: np.ndarray, batch_size: int,
+                  on_batch: Callable[[int], None] | None = None) -> np.ndarray:
   """Applies `fn(images (b,H,W), noise_std (b,)) -> (b,H,W)` in batches of `batch_size`
-  (the last batch padded by repetition, so jitted kernels see one shape)."""
+  (the last batch padded by repetition, so jitted kernels see one shape); `on_batch(k)` is called
+  after each batch with its k images (progress)."""
   n = len(images)
   out = np.empty(images.shape, np.float32)
   for start in range(0, n, batch_size):
@@ -21,6 +23,8 @@ def apply_batched(fn: Callable, images: np.ndarray, noise_std: np.ndarray, batch
     idx = np.arange(start, start + batch_size) % n if n >= batch_size else np.arange(n)
     res = np.asarray(jax.block_until_ready(fn(images[idx], noise_std[idx])), np.float32)
     out[start:stop] = res[: stop - start]
+    if on_batch is not None:
+      on_batch(stop - start)
   return out
 
 

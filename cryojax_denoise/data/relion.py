@@ -1,0 +1,188 @@
+"""RELION conventions: Euler angles, CTF mapping to cryojax, optics groups and pixel sizes, tables.
+
+Conventions (RELION 3.1, so a STAR file we write means to RELION what we simulated):
+
+* Poses are uniform on SO(3): a uniform unit quaternion (Shoemake's construction from three
+  uniforms) gives the rotation matrix A, stored as
+  RELION's ZYZ Euler angles (rlnAngleRot, rlnAngleTilt, rlnAnglePsi; A = Rz(psi) Ry(tilt) Rz(rot)
+  in RELION's Euler_angles2matrix, which projects a map point r to image point (A r)_xy). cryojax's
+  EulerAnglePose is the extrinsic ZYZ rotation that generates the view, so it gets the negated
+  angles (phi, theta, psi) = (-rot, -tilt, -psi); tests check this against RELION's matrix.
+* In-plane shifts: the particle centre sits at (x, y) = -(rlnOriginXAngst, rlnOriginYAngst) from
+  the box centre (pixel N // 2); cryojax's offset is minus RELION's origin.
+* CTF: 300 kV, Cs 2.7 mm, amplitude contrast 0.07, rlnDefocusU/V (Å, U >= V) with mean defocus
+  uniform in `defocus_range_A` and astigmatism U - V uniform in [0, astigmatism_A], rlnDefocusAngle
+  uniform in [0, 180) degrees, all in RELION's meaning: defocus U lies along the angle
+  rlnDefocusAngle counter-clockwise from +kx (x = column, y = row), i.e. RELION's defocus at
+  frequency azimuth phi = atan2(ky, kx) is (U + V) / 2 + (U - V) / 2 cos(2 (phi - angle)).
+  cryojax 0.6's AstigmaticCTF measures its angle from +ky (azimuth atan2(kx, ky)) and its CTF
+  sin(chi - amplitude phase - phase shift) is minus RELION's -sin(gamma); `relion_to_cryojax_ctf`
+  maps (U, V, angle) to cryojax's (defocus, astigmatism, 90 deg - angle) and images with CTF are
+  multiplied by RELION_CTF_SIGN = -1, so the simulated CTF is RELION's exactly (same values,
+
+Pixel size of an optics group (or of a RELION 3.0 particle row): rlnImagePixelSize, else
+rlnPixelSize, else rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification (RELION 3.0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from cryojax_denoise.errors import InputError
+
+VOLTAGE_KV = 300.0
+SPHERICAL_ABERRATION_MM = 2.7
+AMPLITUDE_CONTRAST = 0.07
+PARAM_NAMES = ("rot", "tilt", "psi", "origin_x", "origin_y", "defocus_u", "defocus_v", "defocus_angle",
+               "phase_shift")
+
+
+def relion_angles_from_matrix(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """RELION (rot, tilt, psi) in degrees of a rotation matrix A = Rz(psi) Ry(tilt) Rz(rot)
+  (RELION's Euler_matrix2angles; tilt in [0, 180])."""
+  tilt = jnp.arccos(jnp.clip(a[2, 2], -1.0, 1.0))
+  sin_tilt = jnp.sqrt(a[2, 0] ** 2 + a[2, 1] ** 2)
+  regular = sin_tilt > 1e-6
+  rot = jnp.where(regular, jnp.arctan2(a[2, 1], a[2, 0]), 0.0)
+  psi = jnp.where(regular, jnp.arctan2(a[1, 2], -a[0, 2]), jnp.arctan2(-a[1, 0], a[0, 0]) * jnp.sign(a[2, 2]))
+  return jnp.rad2deg(rot), jnp.rad2deg(tilt), jnp.rad2deg(psi)
+
+
+def relion_matrix(rot, tilt, psi) -> np.ndarray:
+  """RELION's Euler_angles2matrix (degrees) in numpy: (..., 3, 3); for tests and checks."""
+  a, b, g = (np.deg2rad(np.asarray(v, np.float64)) for v in (rot, tilt, psi))
+  ca, sa, cb, sb, cg, sg = np.cos(a), np.sin(a), np.cos(b), np.sin(b), np.cos(g), np.sin(g)
+  cc, cs, sc, ss = cb * ca, cb * sa, sb * ca, sb * sa
+  return np.stack([
+      np.stack([cg * cc - sg * sa, cg * cs + sg * ca, -cg * sb], -1),
+      np.stack([-sg * cc - cg * sa, -sg * cs + cg * ca, sg * sb], -1),
+      np.stack([sc, ss, cb], -1),
+  ], -2)
+
+
+# RELION's CTF at given (U, V, angle, Cs, voltage, amplitude contrast, phase shift) is
+# RELION_CTF_SIGN times cryojax's AstigmaticCTF at the parameters from `relion_to_cryojax_ctf`.
+RELION_CTF_SIGN = -1.0
+
+
+def relion_to_cryojax_ctf(defocus_u, defocus_v, angle_deg):
+  """RELION rlnDefocusU/V (Å) and rlnDefocusAngle (deg) -> cryojax AstigmaticCTF's
+  (defocus_in_angstroms, astigmatism_in_angstroms, astigmatism_angle in deg).
+
+  RELION puts defocus U at angle `angle_deg` from +kx towards +ky; cryojax measures its angle
+  from +ky towards +kx (so at 0 its U lies along ky), hence cryojax angle = 90 - angle_deg.
+  Works on scalars, NumPy or JAX arrays (elementwise). The CTF values then still differ from
+  RELION's by the global factor RELION_CTF_SIGN (tests/test_ctf_convention.py checks both)."""
+  return 0.5 * (defocus_u + defocus_v), defocus_u - defocus_v, 90.0 - angle_deg
+
+
+
+# ---------------------------------------------------------------------------- optics groups
+
+
+def pixel_size_of(row, where: str = "STAR file") -> float:
+  """Pixel size (Å) of an optics row (a pandas Series or dict): rlnImagePixelSize, rlnPixelSize, or
+  RELION 3.0's rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification. InputError when none is usable."""
+  get = row.get
+  for key in ("rlnImagePixelSize", "rlnPixelSize"):
+    if get(key) is not None and float(get(key)) > 0:
+      return float(get(key))
+  detector, mag = get("rlnDetectorPixelSize"), get("rlnMagnification")
+  if detector is not None and mag is not None and float(detector) > 0 and float(mag) > 0:
+    return float(detector) * 1e4 / float(mag)
+  if detector is not None:
+    raise InputError(f"{where}: rlnDetectorPixelSize without rlnMagnification: no pixel size")
+  raise InputError(f"{where}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification)")
+
+
+def optics_row(optics: pd.DataFrame, group) -> pd.Series:
+  """The optics row of `group` (the first row when the table has no such group)."""
+  if "rlnOpticsGroup" in optics.columns and (optics["rlnOpticsGroup"] == group).any():
+    return optics[optics["rlnOpticsGroup"] == group].iloc[0]
+  return optics.iloc[0]
+
+
+def particle_groups(particles: pd.DataFrame, optics: pd.DataFrame) -> np.ndarray:
+  """Optics group of each particle row (the optics table's first group when rows carry none)."""
+  if "rlnOpticsGroup" in particles.columns:
+    return particles["rlnOpticsGroup"].to_numpy()
+  return np.full(len(particles), optics["rlnOpticsGroup"].iloc[0] if "rlnOpticsGroup" in optics.columns else 1)
+
+
+def group_projector(source, optics: pd.DataFrame, group, image_size: int, ctf: bool = True):
+  """(Projector, pixel size Å) of `source` imaged with optics group `group`: the map resampled to
+  the group's pixel size on an `image_size` grid, the group's voltage, Cs and amplitude contrast.
+  Used by `project`, `denoise_stack.RowProjector` (make_pairs) and the reconstruction."""
+  from cryojax_denoise.data.maps import resample_volume
+  from cryojax_denoise.data.projector import Projector
+
+  opt = optics_row(optics, group)
+  pixel_size = pixel_size_of(opt, f"optics group {group}")
+  volume = resample_volume(source.volume, source.pixel_size, pixel_size, image_size)
+  projector = Projector(volume, image_size, pixel_size, ctf=ctf,
+                        voltage_kv=float(opt.get("rlnVoltage", VOLTAGE_KV)),
+                        cs_mm=float(opt.get("rlnSphericalAberration", SPHERICAL_ABERRATION_MM)),
+                        amplitude_contrast=float(opt.get("rlnAmplitudeContrast", AMPLITUDE_CONTRAST)))
+  return projector, pixel_size
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def optics_table(pixel_size: float, image_size: int, voltage_kv: float = VOLTAGE_KV,
+                 cs_mm: float = SPHERICAL_ABERRATION_MM, amplitude_contrast: float = AMPLITUDE_CONTRAST) -> pd.DataFrame:
+  """RELION 3.1 optics block with one group."""
+  return pd.DataFrame({
+      "rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"], "rlnVoltage": [float(voltage_kv)],
+      "rlnSphericalAberration": [float(cs_mm)], "rlnAmplitudeContrast": [float(amplitude_contrast)],
+      "rlnImagePixelSize": [float(pixel_size)], "rlnImageSize": [int(image_size)], "rlnImageDimensionality": [2],
+  })
+
+
+def particles_table(params: dict, ctf: bool, stack_name: str = "noisy.mrcs") -> pd.DataFrame:
+  """RELION 3.1 particles block from sampled parameters (one row per image, in order); without
+  CTF the defocus columns are left out (so `project` and readers know there is none)."""
+  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
+  n = len(p["rot"])
+  table = {
+      "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
+      "rlnAngleRot": p["rot"], "rlnAngleTilt": p["tilt"], "rlnAnglePsi": p["psi"],
+      "rlnOriginXAngst": p["origin_x"], "rlnOriginYAngst": p["origin_y"],
+  }
+  if ctf:
+    table.update({"rlnDefocusU": p["defocus_u"], "rlnDefocusV": p["defocus_v"],
+                  "rlnDefocusAngle": p["defocus_angle"], "rlnPhaseShift": p["phase_shift"]})
+  table["rlnOpticsGroup"] = np.ones(n, np.int64)
+  return pd.DataFrame(table)
+
+
+def _column(df: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
+  if name in df.columns:
+    return pd.to_numeric(df[name], errors="raise").to_numpy(np.float64)
+  return np.full(n, default, np.float64)
+
+
+def params_from_table(particles: pd.DataFrame, pixel_size: float) -> dict:
+  """RELION columns -> projector parameters (RELION 3.0 pixel origins converted with pixel_size);
+  a psi of -999 (RELION's 'unset') is taken as 0."""
+  n = len(particles)
+  p = {
+      "rot": _column(particles, "rlnAngleRot", 0.0, n),
+      "tilt": _column(particles, "rlnAngleTilt", 0.0, n),
+      "psi": _column(particles, "rlnAnglePsi", 0.0, n),
+      "defocus_u": _column(particles, "rlnDefocusU", 0.0, n),
+      "defocus_angle": _column(particles, "rlnDefocusAngle", 0.0, n),
+      "phase_shift": _column(particles, "rlnPhaseShift", 0.0, n),
+  }
+  p["psi"] = np.where(p["psi"] == -999.0, 0.0, p["psi"])
+  p["defocus_v"] = _column(particles, "rlnDefocusV", 0.0, n) if "rlnDefocusV" in particles else p["defocus_u"]
+  for axis in ("X", "Y"):
+    if f"rlnOrigin{axis}Angst" in particles.columns:
+      p[f"origin_{axis.lower()}"] = _column(particles, f"rlnOrigin{axis}Angst", 0.0, n)
+    else:
+      p[f"origin_{axis.lower()}"] = _column(particles, f"rlnOrigin{axis}", 0.0, n) * pixel_size
+  return {k: v.astype(np.float32) for k, v in p.items()}
+
