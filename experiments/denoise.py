@@ -40,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.params = ""              # method parameters, "key=value,key=value" (e.g. "width=2.0" for gaussian)
   # Noise standard deviation in the input's units; None (default) or 0: estimated per image.
   c.noise_std = ml_collections.config_dict.placeholder(float)
-  c.checkpoint = ""          # training workdir (or its checkpoints/) for gan / autoencoder
+  c.checkpoint = ""          # training workdir (or its checkpoints/) for gan / autoencoder; "": bundled general model
   c.input = ""               # an MRC stack (.mrcs/.mrc) or a RELION STAR file (.star)
   c.output = ""              # .mrcs (or .star for STAR input); default WORKDIR/denoised.mrcs
   c.batch_size = 64          # images per denoiser call
@@ -120,8 +120,11 @@ def validate(config) -> None:
       raise InputError(f"sure_images: params=auto needs at least 1 image, got {config.sure_images}")
   if _learned(config.method):
     if not config.checkpoint:
-      raise InputError(f"checkpoint: method {config.method} needs --config.checkpoint=TRAINING_WORKDIR")
-    if not os.path.isdir(config.checkpoint):
+      from cryojax_denoise.training.restore import bundled_dir
+
+      if not os.path.isdir(bundled_dir(config.method)):
+        raise InputError(f"checkpoint: no bundled general {config.method} model; give --config.checkpoint=DIR")
+    elif not os.path.isdir(config.checkpoint):
       raise InputError(f"{config.checkpoint}: checkpoint folder not found")
   elif config.checkpoint:
     learned = [name for name in denoisers.names() if _learned(name)]
@@ -187,10 +190,12 @@ def _choose_params(config, table, reader) -> dict:
   except TypeError as e:
     raise InputError(f"params: {e} (method {config.method})") from None
   best = next(r for r in rows if r[knob] == params[knob])
+  if best["warning"]:
+    logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
   logging.info("params=auto: %s=%s (grid %s, SURE MSE %s)", knob, params[knob], [r[knob] for r in rows],
                [round(r["sure_mse"] * scale ** 2, 4) for r in rows])
-  return {"method": config.method, "params": params, "auto": True,
+  return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
           "sure": _summary(len(images), best["sure_mse"], best["sure_relative"], best["gain_db"], sigma,
                            scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"]} for r in rows]}

@@ -95,6 +95,45 @@ def test_band_noise_std_and_tuning_choice():
   assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
 
 
+def test_reliability_notes():
+  assert S.reliability(np.full(4, 1.0), np.full(4, 1.01), 0.1, 1.0) == ""
+  assert "disagree" in S.reliability(np.full(4, 1.2), np.full(4, 1.0), 0.1, 1.0)
+  assert "<= 0" in S.reliability(np.full(4, 1.0), np.full(4, 1.0), -0.1, 1.0)
+
+
+def test_denoise_params_auto_writes_choice(tmp_path):
+  """`denoise params=auto` on a STAR file: the knob SURE chose is used, recorded in
+  <stem>.params.json and in a comment line that RELION-style readers skip."""
+  import json
+
+  import pandas as pd
+  import starfile
+
+  from cryojax_denoise import io
+
+  x = _smooth_images(8)
+  y = x + 0.8 * np.random.default_rng(7).normal(size=x.shape).astype(np.float32) + 5.0
+  io.write_stack(str(tmp_path / "in.mrcs"), y, 2.0)
+  optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.0], "rlnVoltage": [300.0]})
+  particles = pd.DataFrame({"rlnImageName": [f"{i}@in.mrcs" for i in range(1, 9)], "rlnOpticsGroup": [1] * 8})
+  io.write_star(str(tmp_path / "in.star"), optics, particles)
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise",
+                         f"--workdir={tmp_path / 'w'}", "--config.method=gaussian", "--config.params=auto",
+                         f"--config.input={tmp_path / 'in.star'}", f"--config.output={tmp_path / 'out.star'}"],
+                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  record = json.loads((tmp_path / "out.params.json").read_text())
+  width = record["params"]["width"]
+  assert record["auto"] and width in denoisers.REGISTRY["gaussian"].grid and len(record["grid"]) == 7
+  assert record["sure"]["n_images"] == 8 and record["sure"]["gain_db"] > 0
+  assert min(r["sure_mse"] for r in record["grid"]) == record["sure"]["mse"]
+  stack = io.read_stack(str(tmp_path / "out.mrcs"), mmap=False)
+  np.testing.assert_allclose(np.asarray(stack.data), np.asarray(gaussian_denoise(y - y.mean(), width=width)) + y.mean(),
+                             atol=1e-3)
+  assert (tmp_path / "out.star").read_text().startswith("# cryojax-denoise: method gaussian")
+  assert len(starfile.read(str(tmp_path / "out.star"))["particles"]) == 8
+
+
 def test_auto_for_learned_method_is_one_error_line(tmp_path):
   from cryojax_denoise import io
   from test_io import random_stack

@@ -255,8 +255,9 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
   `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`. Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
-  per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds"}, and,
-  when `clean` (B, H, W) is given (for validation only), the true "mse" of the same outputs.
+  per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
+  "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
+  only), the true "mse" of the same outputs.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -286,7 +287,25 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
       row["mse"] = float(np.mean((out[g] - np.asarray(clean, np.float32)[rows]) ** 2))
     table.append(row)
   best = min(table, key=lambda r: r["sure_mse"])
+  note = reliability(den_sigma, sigma, best["sure_mse"], power)
+  for row in table:
+    row["warning"] = note
   return {knob: best[knob], **fixed}, table
+
+
+def reliability(den_sigma, sigma, sure_mse: float, power: float) -> str:
+  """Why SURE's numbers may not be trusted on this batch ("" when no reason is seen): the per-image
+  MAD σ and the high-band σ disagree by over 5% (coloured noise, or σ given wrong), SURE ≤ 0
+  (σ overestimated), or no signal power above the noise."""
+  notes = []
+  ratio = float(np.mean(den_sigma) / np.mean(sigma))
+  if abs(ratio - 1) > 0.05:
+    notes.append(f"noise std estimates disagree (denoiser's / SURE's = {ratio:.3f}): noise not white or σ wrong")
+  if not sure_mse > 0:
+    notes.append("SURE estimate <= 0: σ overestimated")
+  if not power > 0:
+    notes.append("no signal power above the noise in the subset")
+  return "; ".join(notes)
 
 
 def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
