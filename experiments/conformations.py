@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "default"
   c.methods = ()                 # denoisers to compare with raw particles; () = every registered method
-  c.image_caps = "bm3d=40,ksvd=100"  # "method=N,...": slow methods denoise only the first N images of a set
+  c.image_caps = "bm3d=24,ksvd=50"  # "method=N,...": slow methods denoise only the first N images of a set
   c.motion = "translate"         # built-in states: 'translate' (displacements in Å) or 'rotate' (in degrees)
   c.domain = -1                  # phantom domain to move; -1 = its smallest
   c.volumes = ()                 # or user states: two or more MRC maps on one grid ...
