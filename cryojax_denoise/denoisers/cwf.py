@@ -1,0 +1,313 @@
+"""Covariance Wiener filtering (CWF; Bhamre, Zhang & Singer, J. Struct. Biol. 2016) in JAX.
+
+Model: particle i is y_i = h_i * x_i + n_i (h_i its CTF, n_i white noise of variance σ²), and the
+clean, CTF-free images x_i are drawn from a rotation-invariant distribution. In the steerable
+Fourier–Bessel basis (`steerable.fb_basis`) the coefficients b_i = Ψᴴ y_i split by angular
+frequency k, the (angle-averaged) CTF acts on block k as a real symmetric M_ik, the mean lives in
+block 0 and the covariance is block diagonal, C = diag(C_k). Estimated from all particles:
+
+* mean   μ = (Σ M_i0²)⁻¹ Σ M_i0 b_i0 (least squares over particles with their own CTFs);
+* covariance: least squares Σ_i ‖M_i C M_i − (v_i v_iᴴ − σ² M_i²)‖²_F, v_i = b_i − M_i μ, i.e.
+  (1/N) Σ_i P_i C P_i = B with P_i = M_i², B = (1/N) Σ_i M_i v_i v_iᴴ M_i − σ² P̄; by default the
+  noise term is removed instead by eigenvalue shrinkage of B whitened by P̄^{1/2} ("frobenius" of
+  Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N). The system is solved by
+  preconditioned conjugate gradients on all blocks at once, with the P_i averaged within
+  `n_groups` clusters of similar CTFs (exact when N <= n_groups), and C made positive semidefinite;
+* Wiener estimate  x̂_i = μ + C M_i (M_i C M_i + σ_i² I)⁻¹ (b_i − M_i μ), through C = F Fᴴ of
+  rank r (push-through identity: an r×r solve per block and particle).
+
+Output: the estimate times each particle's CTF (`modulate=True`, default: comparable with the
+CTF-modulated clean images the other methods are scored against), or CTF-free (`modulate=False`).
+`hermitian=False` (default, as ASPIRE) keeps the real part of each block's covariance (pooled cos
+and sin coefficients); `hermitian=True` fits the full complex steerable covariance.
+
+API (dataset-level; `ctf` is (N, H, W) float32 CTF values on the unshifted FFT grid, RELION's sign,
+None = identity; `noise_std` a scalar, (N,) or None = estimated per image):
+
+    model = cwf.fit(images, noise_std, ctf)               # (N, H, W): sample of up to ~10⁴ particles
+    out = cwf.apply(model, batch, noise_std, ctf_batch)   # (B, H, W), any number of batches
+    out = cwf.cwf_denoise(images, noise_std, ctf=ctf)     # fit on the batch and apply
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cryojax_denoise.denoisers import steerable as st
+
+
+class CWFModel(NamedTuple):
+  """A fitted CWF (pytree): basis, mean (pmax,) of block 0, covariance factor (K+1, pmax, r) with
+  C_k = F_k F_kᴴ, its radial image G_k F_k (K+1, n_rho, r), the fit's noise variance and size."""
+  basis: st.FBBasis
+  mean: jax.Array
+  factor: jax.Array
+  radial_factor: jax.Array
+  noise_var: jax.Array
+  n_fit: jax.Array
+
+  @property
+  def covariance(self) -> jax.Array:
+    """C (K+1, pmax, pmax) complex64."""
+    return self.factor @ jnp.conj(jnp.swapaxes(self.factor, -1, -2))
+
+
+def _noise_var(images, noise_std) -> np.ndarray:
+  from cryojax_denoise.denoisers.noise import noise_std_or_estimate
+  return np.asarray(noise_std_or_estimate(jnp.asarray(images), noise_std), np.float64) ** 2
+
+
+def _profiles(basis, ctf, n):
+  if ctf is None:
+    return jnp.ones((n, basis.radial.shape[1]), jnp.float32)
+  return st.radial_profile(basis, jnp.asarray(ctf, jnp.float32))
+
+
+def _batches(n: int, size: int):
+  for start in range(0, n, size):
+    yield start, min(start + size, n)
+
+
+def _padded(x, size):
+  """x (n, ...) padded to (size, ...) by repeating row 0, with the weight mask (size,)."""
+  n = x.shape[0]
+  if n == size:
+    return x, jnp.ones(size, jnp.float32)
+  fill = jnp.broadcast_to(x[:1], (size - n, *x.shape[1:]))
+  return jnp.concatenate([x, fill]), (jnp.arange(size) < n).astype(jnp.float32)
+
+
+@jax.jit
+def _mean_stats(basis, images, h, w):
+  """Σ M_0² (p, p) and Σ M_0 b_0 (p,) of a batch (weights w mask padding)."""
+  b0 = jnp.real(st.pad(basis, st.expand_t(basis, images))[:, 0])
+  g = basis.radial[0]
+  m0 = jnp.einsum("rp,br,rq->bpq", g, h, g)
+  return jnp.einsum("b,bpq,bqs->ps", w, m0, m0), jnp.einsum("b,bpq,bq->p", w, m0, b0)
+
+
+@functools.partial(jax.jit, static_argnames=("n_groups",))
+def _cov_stats(basis, images, h, w, mean, group, *, n_groups):
+  """Σ M v vᴴ M (K+1, pmax, pmax), Σ P, and Σ P per CTF group (n_groups, K+1, pmax, pmax)."""
+  b = st.pad(basis, st.expand_t(basis, images))
+  m = st.ctf_blocks(basis, h)
+  v = b.at[:, 0].add(-jnp.einsum("bpq,q->bp", m[:, 0], mean))
+  u = jnp.einsum("bkpq,bkq->bkp", m, v)
+  rhs = jnp.einsum("b,bkp,bkq->kpq", w, u, jnp.conj(u))
+  p = m @ m
+  wp = p * w[:, None, None, None]
+  return rhs, wp.sum(0), jax.ops.segment_sum(wp, group, num_segments=n_groups)
+
+
+def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
+  """Cluster labels (N,) of CTF profiles (N, n_rho) by k-means on h² (sorted-split start)."""
+  n = len(h)
+  if n <= n_groups:
+    return np.arange(n)
+  x = np.asarray(h, np.float64) ** 2
+  xc = x - x.mean(0)
+  _, _, vt = np.linalg.svd(xc[:: max(1, n // 2000)], full_matrices=False)
+  labels = np.empty(n, int)
+  labels[np.argsort(xc @ vt[0])] = np.arange(n) * n_groups // n
+  for _ in range(iters):
+    counts = np.bincount(labels, minlength=n_groups)
+    centers = np.zeros((n_groups, x.shape[1]))
+    np.add.at(centers, labels, x)
+    keep = counts > 0
+    centers = centers[keep] / counts[keep, None]
+    d = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None]
+    labels = d.argmin(1)
+  return np.unique(labels, return_inverse=True)[1]
+
+
+def shrink_eigenvalues(lam, noise_var, gamma):
+  """ASPIRE's "frobenius_norm" shrinker of sample-covariance eigenvalues (noise variance σ²,
+  aspect ratio γ = p / n): 0 below the Marchenko–Pastur edge σ²(1 + √γ)², else the debiased
+  spike ℓ times (1 − σ⁴γ/ℓ²) / (1 + σ²γ/ℓ)."""
+  edge = noise_var * (1 + jnp.sqrt(gamma)) ** 2
+  a = lam - noise_var * (gamma - 1)
+  ell = 0.5 * (a + jnp.sqrt(jnp.maximum(a * a - 4 * noise_var * lam, 0.0))) - noise_var
+  ell_safe = jnp.where(lam > edge, ell, 1.0)
+  c = (1 - noise_var ** 2 * gamma / ell_safe ** 2) / (1 + noise_var * gamma / ell_safe)
+  return jnp.where(lam > edge, ell * c, 0.0)
+
+
+def _herm(x):
+  return 0.5 * (x + jnp.conj(jnp.swapaxes(x, -1, -2)))
+
+
+@functools.partial(jax.jit, static_argnames=("shrink",))
+def _noise_correct(rhs, pbar, mask, sizes, noise_var, n, *, shrink):
+  """B − σ² P̄, or B shrunk in the P̄^{1/2}-whitened frame (padding masked)."""
+  if not shrink:
+    return rhs - noise_var * pbar
+  eye = jnp.eye(rhs.shape[-1]) * (1 - mask)[:, None, :]  # identity on padded coordinates
+  s_val, s_vec = jnp.linalg.eigh(pbar + eye)
+  s_val = jnp.maximum(s_val, 1e-12)
+  sq = (s_vec * jnp.sqrt(s_val)[:, None, :]) @ jnp.swapaxes(s_vec, -1, -2)
+  isq = (s_vec / jnp.sqrt(s_val)[:, None, :]) @ jnp.swapaxes(s_vec, -1, -2)
+  white = _herm(isq @ rhs @ isq)
+  lam, vec = jnp.linalg.eigh(white)
+  lam = shrink_eigenvalues(lam, noise_var, (sizes / n)[:, None])
+  shrunk = (vec * lam[:, None, :].astype(vec.dtype)) @ jnp.conj(jnp.swapaxes(vec, -1, -2))
+  return _herm(sq @ shrunk @ sq)
+
+
+@functools.partial(jax.jit, static_argnames=("iters",))
+def solve_covariance(p_groups, weights, rhs, mask, *, iters=40):
+  """C with Σ_g w_g P_g C P_g = rhs for each block: preconditioned CG (Frobenius inner product).
+
+  p_groups (G, K+1, p, p) real symmetric, weights (G,), rhs (K+1, p, p); mask (K+1, p) marks real
+  coordinates (padding stays 0)."""
+  mm = mask[:, :, None] * mask[:, None, :]
+  diag = jnp.diagonal(p_groups, axis1=-2, axis2=-1)  # (G, K+1, p)
+  precond = jnp.einsum("g,gkp,gkq->kpq", weights, diag, diag)
+  precond = jnp.where(mm > 0, jnp.maximum(precond, 1e-12 * precond.max()), 1.0)
+  pg = p_groups.astype(rhs.dtype)
+
+  def op(c):
+    return jnp.einsum("g,gkpq,kqr,gkrs->kps", weights, pg, c, pg) * mm
+
+  def dot(a, b):
+    return jnp.real(jnp.sum(jnp.conj(a) * b, axis=(-2, -1)))
+
+  x = rhs / precond * mm
+  r = rhs * mm - op(x)
+  z = r / precond
+  d = z
+  rz = dot(r, z)
+
+  def body(_, state):
+    x, r, d, rz = state
+    q = op(d)
+    alpha = rz / jnp.where(dot(d, q) > 0, dot(d, q), 1.0)
+    x = x + alpha[:, None, None] * d
+    r = r - alpha[:, None, None] * q
+    z = r / precond
+    rz_new = dot(r, z)
+    beta = rz_new / jnp.where(rz > 0, rz, 1.0)
+    return x, r, z + beta[:, None, None] * d, rz_new
+
+  x, *_ = jax.lax.fori_loop(0, iters, body, (x, r, d, rz))
+  return _herm(x)
+
+
+def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
+        n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None) -> CWFModel:
+  """Mean and covariance of the clean CTF-free images from (N, H, W) particles and their CTFs.
+
+  Two batched passes over `images` (mean, then covariance statistics); memory is the images plus
+  per-batch work. `noise_std`: scalar, (N,) or None (estimated); its mean square is the fit's σ².
+  """
+  images = np.asarray(images, np.float32) if not isinstance(images, jax.Array) else images
+  n, H, W = images.shape
+  if H != W:
+    raise ValueError(f"cwf needs square images, got {H}x{W}")
+  basis = st.fb_basis(H, n_rho)
+  noise_var = float(np.mean(_noise_var(images, noise_std)))
+  k1, pmax = basis.n_blocks, basis.pmax
+  batch = int(max(8, min(batch_size, 1.5e8 // (k1 * pmax * pmax * 4 * 4))))
+  h_all = np.asarray(_profiles(basis, ctf, n))
+
+  a0, r0 = 0.0, 0.0
+  for s, e in _batches(n, batch):
+    x, w = _padded(jnp.asarray(images[s:e]), batch)
+    h, _ = _padded(jnp.asarray(h_all[s:e]), batch)
+    da, dr = _mean_stats(basis, x, h, w)
+    a0, r0 = a0 + np.asarray(da, np.float64), r0 + np.asarray(dr, np.float64)
+  p0 = int(basis.sizes[0])
+  mean = np.zeros(pmax)
+  mean[:p0] = np.linalg.lstsq(a0[:p0, :p0], r0[:p0], rcond=1e-10)[0]
+  mean = jnp.asarray(mean, jnp.float32)
+
+  groups = _groups(h_all, n_groups) if ctf is not None else np.zeros(n, int)
+  g = int(groups.max()) + 1
+  rhs, pbar, pgs = 0.0, 0.0, 0.0
+  for s, e in _batches(n, batch):
+    x, w = _padded(jnp.asarray(images[s:e]), batch)
+    h, _ = _padded(jnp.asarray(h_all[s:e]), batch)
+    gr, _ = _padded(jnp.asarray(groups[s:e]), batch)
+    d_rhs, d_p, d_pg = _cov_stats(basis, x, h, w, mean, gr, n_groups=g)
+    rhs, pbar, pgs = rhs + d_rhs, pbar + d_p, pgs + d_pg
+  rhs, pbar = rhs / n, pbar / n
+  counts = np.bincount(groups, minlength=g).astype(np.float32)
+  p_groups = pgs / jnp.asarray(counts)[:, None, None, None]
+  if not hermitian:
+    rhs = jnp.real(rhs).astype(jnp.complex64)
+  mask = (jnp.arange(pmax)[None, :] < basis.sizes[:, None]).astype(jnp.float32)
+  rhs = _noise_correct(rhs, pbar, mask, basis.sizes.astype(jnp.float32), jnp.float32(noise_var), n,
+                       shrink=bool(shrink))
+  if ctf is None:
+    cov = rhs  # P_i = I: the least-squares system is the identity
+  else:
+    cov = solve_covariance(p_groups, jnp.asarray(counts / n), rhs, mask, iters=int(cg_iters))
+  return _model(basis, mean, cov, noise_var, n)
+
+
+def _model(basis, mean, cov, noise_var, n) -> CWFModel:
+  """PSD projection of C and its factor F (rank r = largest block rank, at least 1)."""
+  lam, vec = np.linalg.eigh(np.asarray(cov, np.complex128))
+  lam = np.maximum(lam, 0.0)
+  ranks = (lam > 1e-7 * max(lam.max(), 1e-30)).sum(-1)
+  r = max(1, int(ranks.max()))
+  factor = (vec[..., ::-1][..., :r] * np.sqrt(lam[..., ::-1][..., :r])[:, None, :]).astype(np.complex64)
+  factor = jnp.asarray(factor)
+  radial_factor = jnp.einsum("krp,kps->krs", basis.radial.astype(jnp.complex64), factor)
+  return CWFModel(basis, mean, factor, radial_factor, jnp.float32(noise_var), jnp.int32(n))
+
+
+@jax.jit
+def _apply_batch(model: CWFModel, images, h, noise_var, ctf):
+  basis = model.basis
+  b = st.pad(basis, st.expand_t(basis, images))  # (B, K+1, p)
+  g0 = basis.radial[0]
+  m_mean = jnp.einsum("rp,br,r->bp", g0, h, g0 @ model.mean)
+  y = b.at[:, 0].add(-m_mean)
+  u = jnp.einsum("krp,br,krs->bkps", basis.radial.astype(jnp.complex64), h.astype(jnp.complex64),
+                 model.radial_factor)  # U = M F
+  uh = jnp.conj(jnp.swapaxes(u, -1, -2))
+  gram = uh @ u
+  r = gram.shape[-1]
+  eps = 1e-7 * jnp.maximum(jnp.real(jnp.trace(gram, axis1=-2, axis2=-1)).max(), 1e-30)
+  gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(r)
+  s = jnp.linalg.solve(gram, jnp.einsum("bkrp,bkp->bkr", uh, y)[..., None])[..., 0]
+  est = jnp.einsum("kps,bks->bkp", model.factor, s)
+  est = est.at[:, 0].add(model.mean)
+  out = st.evaluate(basis, st.unpad(basis, est))
+  if ctf is not None:
+    out = jnp.fft.ifft2(jnp.fft.fft2(out) * ctf).real
+  return out
+
+
+def apply(model: CWFModel, images, noise_std=None, ctf=None, *, modulate: bool = True,
+          batch_size: int = 128) -> jax.Array:
+  """Wiener estimates (B, H, W) of `images` with their CTFs `ctf` (B, H, W) or None (identity);
+  multiplied by the CTF again when `modulate` (default)."""
+  images = jnp.asarray(images, jnp.float32)
+  n, H, W = images.shape
+  if (H, W) != model.basis.shape:
+    raise ValueError(f"model fitted on {model.basis.shape} images, got {H}x{W}")
+  var = jnp.broadcast_to(jnp.asarray(_noise_var(images, noise_std), jnp.float32), (n,))
+  h_all = _profiles(model.basis, ctf, n)
+  ctf_out = None if (ctf is None or not modulate) else jnp.asarray(ctf, jnp.float32)
+  batch = min(int(batch_size), n)
+  outs = []
+  for s, e in _batches(n, batch):
+    x, _ = _padded(images[s:e], batch)
+    h, _ = _padded(h_all[s:e], batch)
+    v, _ = _padded(var[s:e], batch)
+    c = None if ctf_out is None else _padded(ctf_out[s:e], batch)[0]
+    outs.append(_apply_batch(model, x, h, v, c)[: e - s])
+  return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
+
+
+def cwf_denoise(images, noise_std=None, *, ctf=None, modulate: bool = True, shrink: bool = True,
+                hermitian: bool = False, n_groups: int = 32):
+  """Fits CWF on the batch (B, H, W) and applies it: the registry's per-batch form."""
+  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups)
+  return apply(model, images, noise_std, ctf, modulate=modulate)

@@ -1,0 +1,218 @@
+"""Steerable Fourier–Bessel (FB) basis of the disk of radius R = L/2 pixels, complex form.
+
+Basis functions ψ_kq(r, θ) = c_kq J_k(z_kq r / R) e^{ikθ} on the pixels with r < R (centre pixel
+L // 2, x = column, y = row, θ = atan2(y, x)), z_kq the q-th positive zero of J_k, kept while
+z_kq < π R (ASPIRE's FFBBasis2D truncation: Nyquist-limited radial frequency); c_kq makes each
+sampled function unit-norm on the pixel grid. Only k >= 0 is stored: a real image has
+a_{-k} = conj(a_k), so image = Re Σ_{k>=0} w_k a_k ψ_k with w_0 = 1, w_k = 2.
+
+* `expand_t(basis, images)` = Ψᴴ x, the adjoint (ASPIRE's `evaluate_t`), (B, H, W) -> (B, count)
+  complex; `evaluate(basis, coefs)` maps back. `to_real` packs coefficients into ASPIRE's real
+  cos/sin form (√2 Re, −√2 Im for k > 0), in which `evaluate` and `expand_t` are exact transposes.
+* Steerability: rotating an image by α (counter-clockwise in (x, y)) multiplies a_k by e^{-ikα}.
+* Blocks: coefficients of angular frequency k, padded to `pmax` (`pad` / `unpad`), so per-k
+  work is one vmapped array op. White pixel noise σ² gives coefficient noise ≈ σ² I.
+* Radial CTF: a radially symmetric filter h(ρ) acts on block k as M_k = Gₖᵀ diag(h) Gₖ, with Gₖ
+  (n_rho, pmax) the basis's Hankel profiles on Gauss–Legendre nodes ρ ∈ [0, 0.5] cycles/pixel,
+  orthonormalised so that h ≡ 1 gives M_k = I exactly. `radial_profile(basis, ctf)` averages a
+  (B, H, W) CTF on the FFT grid over angle at those nodes (bilinear, periodic), as ASPIRE does.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import special
+
+
+class FBBasis(NamedTuple):
+  """Arrays of an FB basis (a pytree). count = number of (k >= 0, q) functions.
+
+  psi_re, psi_im: (n_disk, count) float32, the sampled functions on the disk pixels `disk` (n_disk,)
+  (flat indices into H*W); k_of (count,) angular frequency; weight (count,) w_k; pad_index
+  (K+1, pmax) index into count (count = padding); flat_index (count,) position in the padded
+  (K+1)*pmax layout; sizes (K+1,) p_k; radial (K+1, n_rho, pmax) orthonormal Hankel profiles;
+  ctf_interp (n_rho, H*W) angular averaging of an FFT-grid filter at the nodes.
+  """
+  psi_re: jax.Array
+  psi_im: jax.Array
+  disk: jax.Array
+  k_of: jax.Array
+  weight: jax.Array
+  pad_index: jax.Array
+  flat_index: jax.Array
+  sizes: jax.Array
+  radial: jax.Array
+  ctf_interp: jax.Array
+
+  @property
+  def shape(self) -> tuple[int, int]:
+    n = int(round(np.sqrt(self.ctf_interp.shape[1])))
+    return n, n
+
+  @property
+  def count(self) -> int:
+    return self.psi_re.shape[1]
+
+  @property
+  def n_blocks(self) -> int:
+    return self.pad_index.shape[0]
+
+  @property
+  def pmax(self) -> int:
+    return self.pad_index.shape[1]
+
+
+def bessel_zeros(k: int, bound: float) -> np.ndarray:
+  """Positive zeros of J_k below `bound` (ascending)."""
+  n = max(4, int(bound / np.pi) + 4)
+  z = special.jn_zeros(k, n)
+  while z[-1] < bound:
+    n *= 2
+    z = special.jn_zeros(k, n)
+  return z[z < bound]
+
+
+@functools.lru_cache(maxsize=8)
+def _leggauss(n: int) -> tuple[np.ndarray, np.ndarray]:
+  return np.polynomial.legendre.leggauss(n)
+
+
+def _radial_profiles(k: int, zeros: np.ndarray, norms: np.ndarray, R: float, rho: np.ndarray) -> np.ndarray:
+  """g_kq(ρ) = 2π c_kq ∫_0^R J_k(z_kq r/R) J_k(2πρr) r dr, (n_rho, p) float64 (Gauss–Legendre in r)."""
+  t, w = _leggauss(max(64, 3 * int(R)))  # the integrand has < R oscillations on [0, R]
+  r = (t + 1) * R / 2
+  w = w * R / 2
+  f = special.jv(k, np.outer(r, zeros) / R) / norms  # (nr, p)
+  j = special.jv(k, 2 * np.pi * np.outer(rho, r))  # (n_rho, nr)
+  return 2 * np.pi * (j * (w * r)) @ f
+
+
+def _ctf_interp(L: int, rho: np.ndarray, n_phi: int) -> np.ndarray:
+  """(n_rho, L*L): mean over n_phi angles of bilinear interpolation of an fftfreq-layout grid."""
+  phi = 2 * np.pi * np.arange(n_phi) / n_phi
+  ky = np.outer(rho, np.sin(phi)) * L  # fractional grid indices (rows = ky)
+  kx = np.outer(rho, np.cos(phi)) * L
+  out = np.zeros((len(rho), L * L))
+  y0, x0 = np.floor(ky), np.floor(kx)
+  for dy in (0, 1):
+    for dx in (0, 1):
+      wy = 1 - np.abs(ky - (y0 + dy))
+      wx = 1 - np.abs(kx - (x0 + dx))
+      idx = ((y0 + dy).astype(int) % L) * L + (x0 + dx).astype(int) % L
+      for j in range(len(rho)):
+        np.add.at(out[j], idx[j], wy[j] * wx[j] / n_phi)
+  return out
+
+
+@functools.lru_cache(maxsize=4)
+def fb_basis(L: int, n_rho: int | None = None) -> FBBasis:
+  """The FB basis of (L, L) images (cached). `n_rho` radial nodes for filters (default L)."""
+  L = int(L)
+  if L < 8:
+    raise ValueError(f"FB basis needs images of at least 8x8, got {L}")
+  R = L / 2
+  bound = np.pi * R
+  c = L // 2
+  yy, xx = np.mgrid[0:L, 0:L]
+  x, y = (xx - c).ravel(), (yy - c).ravel()
+  r = np.hypot(x, y)
+  disk = np.flatnonzero(r < R)
+  r, theta = r[disk], np.arctan2(y[disk], x[disk])
+  r_unique, r_inv = np.unique(r, return_inverse=True)  # ~L²/8 distinct radii: J_k evaluated once each
+  n_rho = int(n_rho or L)
+  t, w = _leggauss(n_rho)
+  rho, wrho = (t + 1) / 4, w / 4  # nodes on [0, 0.5]
+  cols, ks, blocks, radial = [], [], [], []
+  k = 0
+  while True:
+    zeros = bessel_zeros(k, bound)
+    if len(zeros) == 0:
+      break
+    f = special.jv(k, np.outer(r_unique, zeros) / R)[r_inv] * np.exp(1j * k * theta)[:, None]
+    norms = np.sqrt((np.abs(f) ** 2).sum(0))
+    cols.append(f / norms)
+    ks += [k] * len(zeros)
+    blocks.append(len(zeros))
+    g = _radial_profiles(k, zeros, norms, R, rho) * np.sqrt(2 * np.pi * wrho * rho)[:, None]
+    s_val, s_vec = np.linalg.eigh(g.T @ g)  # orthonormalise: h ≡ 1 gives M = I exactly
+    radial.append(g @ (s_vec / np.sqrt(np.maximum(s_val, 1e-12))) @ s_vec.T)
+    k += 1
+  psi = np.concatenate(cols, axis=1)
+  sizes = np.array(blocks)
+  K1, pmax, count = len(blocks), int(sizes.max()), psi.shape[1]
+  pad_index = np.full((K1, pmax), count)
+  flat_index = np.empty(count, int)
+  rad = np.zeros((K1, n_rho, pmax))
+  start = 0
+  for kk, p in enumerate(blocks):
+    pad_index[kk, :p] = np.arange(start, start + p)
+    flat_index[start:start + p] = kk * pmax + np.arange(p)
+    rad[kk, :, :p] = radial[kk]
+    start += p
+  ks = np.array(ks)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+  return FBBasis(f32(psi.real), f32(psi.imag), jnp.asarray(disk, jnp.int32), jnp.asarray(ks, jnp.int32),
+                 f32(np.where(ks == 0, 1.0, 2.0)), jnp.asarray(pad_index, jnp.int32),
+                 jnp.asarray(flat_index, jnp.int32), jnp.asarray(sizes, jnp.int32), f32(rad),
+                 f32(_ctf_interp(L, rho, 4 * L)))
+
+
+@jax.jit
+def expand_t(basis: FBBasis, images: jax.Array) -> jax.Array:
+  """Ψᴴ x: (B, H, W) real -> (B, count) complex64 coefficients (adjoint of the synthesis)."""
+  x = jnp.asarray(images, jnp.float32).reshape(images.shape[0], -1)[:, basis.disk]
+  return jax.lax.complex(x @ basis.psi_re, -(x @ basis.psi_im))
+
+
+@jax.jit
+def evaluate(basis: FBBasis, coefs: jax.Array) -> jax.Array:
+  """Re Σ w_k a_k ψ_k: (B, count) complex -> (B, H, W) float32 (zero outside the disk)."""
+  a = coefs * basis.weight
+  disk = jnp.real(a) @ basis.psi_re.T - jnp.imag(a) @ basis.psi_im.T
+  H, W = basis.shape
+  out = jnp.zeros((coefs.shape[0], H * W), jnp.float32).at[:, basis.disk].set(disk)
+  return out.reshape(-1, H, W)
+
+
+def to_real(basis: FBBasis, coefs: jax.Array) -> jax.Array:
+  """Complex (B, count) -> ASPIRE-style real coefficients (B, count + count_{k>0}): k = 0 parts,
+  then √2 Re a_k and −√2 Im a_k of k > 0 (the cos and sin coefficients)."""
+  pos = np.asarray(basis.k_of) > 0
+  s = np.sqrt(2.0)
+  return jnp.concatenate([jnp.real(coefs[:, ~pos]), s * jnp.real(coefs[:, pos]), -s * jnp.imag(coefs[:, pos])], 1)
+
+
+def from_real(basis: FBBasis, real: jax.Array) -> jax.Array:
+  """Inverse of `to_real`."""
+  pos = np.asarray(basis.k_of) > 0
+  n0, n1 = int((~pos).sum()), int(pos.sum())
+  out = jnp.zeros((real.shape[0], basis.count), jnp.complex64)
+  out = out.at[:, np.flatnonzero(~pos)].set(real[:, :n0])
+  c, s = real[:, n0:n0 + n1], real[:, n0 + n1:]
+  return out.at[:, np.flatnonzero(pos)].set((c - 1j * s) / np.sqrt(2.0))
+
+
+def pad(basis: FBBasis, coefs: jax.Array) -> jax.Array:
+  """(B, count) -> (B, K+1, pmax) per-k blocks, zero padded."""
+  z = jnp.concatenate([coefs, jnp.zeros((coefs.shape[0], 1), coefs.dtype)], axis=1)
+  return z[:, basis.pad_index]
+
+
+def unpad(basis: FBBasis, blocks: jax.Array) -> jax.Array:
+  """(B, K+1, pmax) -> (B, count)."""
+  return blocks.reshape(blocks.shape[0], -1)[:, basis.flat_index]
+
+
+def radial_profile(basis: FBBasis, ctf: jax.Array) -> jax.Array:
+  """Angle-averaged filter values (B, n_rho) of (B, H, W) FFT-grid (fftfreq layout) CTFs."""
+  return jnp.asarray(ctf, jnp.float32).reshape(ctf.shape[0], -1) @ basis.ctf_interp.T
+
+
+def ctf_blocks(basis: FBBasis, h: jax.Array) -> jax.Array:
+  """M_k = Gₖᵀ diag(h) Gₖ for radial profiles h (..., n_rho): (..., K+1, pmax, pmax) float32."""
+  return jnp.einsum("krp,...r,krq->...kpq", basis.radial, h, basis.radial)

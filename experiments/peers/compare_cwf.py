@@ -1,0 +1,99 @@
+"""Our CWF vs ASPIRE's DenoiserCov2D (and bm3d) on the same simulated particles: MSE and time.
+
+    nice -n 15 .venv/bin/python experiments/peers/compare_cwf.py --n 1000 --size 64 \\
+        --snrs 1,0.5,0.2,0.1,0.05 --ctf 1,0 [--volume MAP --pixel-size 5.0] [--bm3d 48]
+
+ASPIRE runs in its own environment (`--aspire-python`, default /work/peers-venv/bin/python) in a
+subprocess on the same noisy images, with the true noise variance; both CWF estimates are
+multiplied by each particle's CTF (our grid) and scored against the CTF-modulated clean images
+(relative MSE: the clean stack is standardised). Times: fit + denoise, excluding imports/compiles
+(ours: the second of two identical calls). bm3d is scored on the first `--bm3d` images.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _modulate(x, ctf):
+  return x if ctf is None else np.fft.ifft2(np.fft.fft2(x) * ctf).real.astype(np.float32)
+
+
+def run_one(source, n, size, snr, use_ctf, args, seed=0):
+  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.ctf import ctf_grid, ctf_params
+  from cryojax_denoise.denoisers import cwf
+
+  ds = simulate.simulate_dataset(source, n, size, snr, seed, ctf=use_ctf)
+  noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
+  sigma = float(ds.noise_std)
+  ctf = ctf_grid(ds.particles, ds.optics, size, ds.pixel_size) if use_ctf else None
+  row = {"n": n, "size": size, "snr": snr, "ctf": bool(use_ctf)}
+  for rep in range(2 if args.warm else 1):
+    t0 = time.perf_counter()
+    ours = np.asarray(cwf.cwf_denoise(noisy, sigma, ctf=ctf))
+    row["ours_s"] = time.perf_counter() - t0
+  row["ours_mse"] = float(np.mean((ours - clean) ** 2))
+  if args.aspire_python:
+    with tempfile.TemporaryDirectory() as tmp:
+      data = {"noisy": noisy, "noise_var": sigma ** 2, "pixel_size": ds.pixel_size}
+      if use_ctf:
+        data.update(ctf_params(ds.particles, ds.optics, ds.pixel_size))
+        data["ctf"] = ctf[:8]
+      np.savez(os.path.join(tmp, "in.npz"), **data)
+      cmd = ["nice", "-n", "15", args.aspire_python, os.path.join(HERE, "aspire_cwf.py"),
+             os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")]
+      subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      res = np.load(os.path.join(tmp, "out.npz"))
+      theirs = _modulate(res["denoised"], ctf)
+      row.update(aspire_s=float(res["seconds"]), aspire_mse=float(np.mean((theirs - clean) ** 2)),
+                 aspire_ctf_rel_err=float(res["ctf_rel_err"]), aspire_sign=float(res["sign"]))
+      row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
+      row["speedup"] = row["aspire_s"] / row["ours_s"]
+  if args.bm3d:
+    from cryojax_denoise.denoisers.bm3d import bm3d_denoise
+    k = min(args.bm3d, n)
+    b = np.asarray(bm3d_denoise(noisy[:k], np.full(k, sigma, np.float32)))
+    row["bm3d_mse_first"] = float(np.mean((b - clean[:k]) ** 2))
+    row["ours_mse_first"] = float(np.mean((ours[:k] - clean[:k]) ** 2))
+    if args.aspire_python:
+      row["aspire_mse_first"] = float(np.mean((theirs[:k] - clean[:k]) ** 2))
+  return row
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--n", type=int, default=1000)
+  p.add_argument("--size", type=int, default=64)
+  p.add_argument("--snrs", default="1,0.5,0.2,0.1,0.05")
+  p.add_argument("--ctf", default="1,0")
+  p.add_argument("--volume", default="")
+  p.add_argument("--pixel-size", type=float, default=0.0)
+  p.add_argument("--aspire-python", default="/work/peers-venv/bin/python")
+  p.add_argument("--bm3d", type=int, default=0)
+  p.add_argument("--warm", action="store_true", help="time our second call (after compiles)")
+  p.add_argument("--out", default="")
+  args = p.parse_args()
+  from cryojax_denoise.data import simulate
+  source = simulate.load_source(volume=args.volume or None, pixel_size=args.pixel_size or None, image_size=args.size)
+  rows = []
+  for c in [int(v) for v in args.ctf.split(",")]:
+    for snr in [float(v) for v in args.snrs.split(",")]:
+      rows.append(run_one(source, args.n, args.size, snr, c, args))
+      print(json.dumps(rows[-1]), flush=True)
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()

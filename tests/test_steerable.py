@@ -1,0 +1,95 @@
+"""Fourier–Bessel basis (denoisers/steerable.py): size, adjoint, steerability, radial filters."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cryojax_denoise.denoisers import steerable as st
+
+L = 24
+
+
+@pytest.fixture(scope="module")
+def basis():
+  return st.fb_basis(L)
+
+
+def _real_count(basis):
+  k = np.asarray(basis.k_of)
+  return int((k == 0).sum() + 2 * (k > 0).sum())
+
+
+@pytest.mark.parametrize("size,aspire_count,aspire_ell_max", [(16, 144, 19), (24, 334, 31)])
+def test_truncation_matches_aspire(size, aspire_count, aspire_ell_max):
+  """Same functions as ASPIRE 0.14's FFBBasis2D(L): z_kq < π L / 2 (counts printed by ASPIRE)."""
+  b = st.fb_basis(size)
+  assert _real_count(b) == aspire_count
+  assert b.n_blocks - 1 == aspire_ell_max
+
+
+def test_adjoint(basis):
+  """<A c, y> = <c, Aᵀ y> for A = evaluate ∘ from_real, Aᵀ = to_real ∘ expand_t (real form)."""
+  rng = np.random.default_rng(0)
+  n_real = _real_count(basis)
+  c = jnp.asarray(rng.standard_normal((3, n_real)), jnp.float32)
+  y = jnp.asarray(rng.standard_normal((3, L, L)), jnp.float32)
+  ac = st.evaluate(basis, st.from_real(basis, c))
+  aty = st.to_real(basis, st.expand_t(basis, y))
+  lhs, rhs = float(jnp.sum(ac * y)), float(jnp.sum(c * aty))
+  assert abs(lhs - rhs) < 1e-4 * max(abs(lhs), 1.0)
+  np.testing.assert_allclose(st.to_real(basis, st.from_real(basis, c)), c, atol=1e-6)
+
+
+def _rotate90(x):
+  """Image rotated by +90° about pixel (L//2, L//2): new(x, y) = old(y, -x), x = column, y = row."""
+  c = L // 2
+  yy, xx = np.mgrid[0:L, 0:L]
+  return x[:, (c - (xx - c)) % L, (c + (yy - c)) % L]
+
+
+def test_steerability_90(basis):
+  """Rotating by α = 90° multiplies a_k by exp(-i k α) (exact on the pixel grid)."""
+  x = np.random.default_rng(1).standard_normal((2, L, L)).astype(np.float32)
+  a = np.asarray(st.expand_t(basis, x))
+  ar = np.asarray(st.expand_t(basis, _rotate90(x)))
+  phase = np.exp(-1j * np.asarray(basis.k_of) * np.pi / 2)
+  np.testing.assert_allclose(ar, a * phase, atol=2e-4 * np.abs(a).max())
+
+
+def test_steerability_any_angle(basis):
+  """A smooth image rotated by 33°: coefficients turn by exp(-i k α) up to sampling error."""
+  alpha = np.deg2rad(33.0)
+  yy, xx = np.mgrid[0:L, 0:L] - L // 2
+  blobs = [(3.0, 2.0, 1.0), (-4.0, 1.0, -0.7), (1.0, -5.0, 0.5)]
+
+  def image(angle):
+    xr = np.cos(angle) * xx + np.sin(angle) * yy  # old coordinates of each new pixel
+    yr = -np.sin(angle) * xx + np.cos(angle) * yy
+    return sum(w * np.exp(-((xr - bx) ** 2 + (yr - by) ** 2) / 4.0) for bx, by, w in blobs)[None]
+
+  a = np.asarray(st.expand_t(basis, image(0.0).astype(np.float32)))
+  ar = np.asarray(st.expand_t(basis, image(alpha).astype(np.float32)))
+  expected = a * np.exp(-1j * np.asarray(basis.k_of) * alpha)
+  assert np.linalg.norm(ar - expected) < 0.02 * np.linalg.norm(a)
+  assert np.linalg.norm(ar - a) > 0.3 * np.linalg.norm(a)  # the rotation did change them
+
+
+def test_radial_filter_blocks(basis):
+  """h ≡ 1 gives M_k = I; a radial grid filter's profile is its values at the nodes; applying a
+  smooth radial filter on the grid ≈ M_k on the coefficients."""
+  m = np.asarray(st.ctf_blocks(basis, jnp.ones((1, basis.radial.shape[1]))))[0]
+  for k, p in enumerate(np.asarray(basis.sizes)):
+    np.testing.assert_allclose(m[k, :p, :p], np.eye(p), atol=1e-5)
+  f = np.fft.fftfreq(L)
+  rho = np.hypot(*np.meshgrid(f, f, indexing="ij"))
+  filt = np.exp(-((rho / 0.2) ** 2)).astype(np.float32)[None]
+  h = np.asarray(st.radial_profile(basis, jnp.asarray(filt)))[0]
+  nodes = (np.polynomial.legendre.leggauss(L)[0] + 1) / 4
+  np.testing.assert_allclose(h, np.exp(-((nodes / 0.2) ** 2)), atol=0.02)
+  yy, xx = np.mgrid[0:L, 0:L] - L // 2
+  x = np.exp(-((xx - 2.0) ** 2 + (yy + 1.0) ** 2) / 6.0).astype(np.float32)[None]
+  filtered = np.fft.ifft2(np.fft.fft2(x) * filt).real.astype(np.float32)
+  a = st.pad(basis, st.expand_t(basis, x))
+  lhs = np.asarray(st.pad(basis, st.expand_t(basis, filtered)))
+  rhs = np.asarray(jnp.einsum("kpq,bkq->bkp", st.ctf_blocks(basis, jnp.asarray(h)[None])[0], a))
+  assert np.linalg.norm(lhs - rhs) < 0.05 * np.linalg.norm(lhs)
