@@ -144,32 +144,18 @@ def _state_pairs(config):
   return pairs, st.pixel_size, st
 
 
-def _learned_dir(name: str, config) -> str | None:
-  given = config.get(f"{name}_checkpoint", "")
-  if given:
-    return given
-  import cryojax_denoise
-
-  bundled = os.path.join(os.path.dirname(cryojax_denoise.__file__), "pretrained", f"{name}_general")
-  return bundled if os.path.isdir(bundled) else None
-
-
 def _methods(config, notes: list[str]):
-  """[(name, denoiser or None for raw)]; learned methods without a model are skipped with a note."""
+  """[(name, denoiser or None for raw)]. Learned methods load `<name>_checkpoint=` or the bundled
+  general model; any method that cannot be loaded is skipped with a note."""
   from cryojax_denoise import denoisers
 
   out = [("raw", None)]
   for name in (tuple(config.methods) or tuple(denoisers.names())):
-    method = denoisers.REGISTRY[name]
     try:
-      if method.learned:
-        directory = _learned_dir(name, config)
-        if directory is None:
-          notes.append(f"`{name}` skipped: no bundled general model and no --config.{name}_checkpoint=DIR.")
-          continue
-        from cryojax_denoise.training.restore import load_denoiser
-        out.append((name, load_denoiser(directory)))
-        notes.append(f"`{name}`: model from {directory}.")
+      if denoisers.REGISTRY[name].learned:
+        checkpoint = config.get(f"{name}_checkpoint", "") or None
+        out.append((name, denoisers.get(name, checkpoint=checkpoint)))
+        notes.append(f"`{name}`: model from {checkpoint or 'the bundled general model'}.")
       else:
         out.append((name, denoisers.get(name)))
     except InputError as e:
