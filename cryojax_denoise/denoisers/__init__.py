@@ -12,8 +12,8 @@ Learned methods need a checkpoint: `get("gan", checkpoint=DIR)`. The modules imp
 register on import; they import JAX but create no arrays (no backend is started).
 """
 
-from cryojax_denoise.denoisers.registry import (REGISTRY, Method, check_params, classical_names, get,
+from cryojax_denoise.denoisers.registry import (REGISTRY, Method, check_params, classical_names, fit, get,
                                                 learned_names, names, register)
-from cryojax_denoise.denoisers import filters, bm3d, ksvd, ddtf, tv, learned  # noqa: E402,F401  (self-registering)
+from cryojax_denoise.denoisers import filters, bm3d, ksvd, ddtf, tv, cwf, learned  # noqa: E402,F401  (self-registering)
 
-__all__ = ["REGISTRY", "Method", "check_params", "classical_names", "get", "learned_names", "names", "register"]
+__all__ = ["REGISTRY", "Method", "check_params", "classical_names", "fit", "get", "learned_names", "names", "register"]

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryojax_denoise.denoisers import steerable as st
+from cryojax_denoise.denoisers.registry import register
 
 
 class CWFModel(NamedTuple):
@@ -306,8 +307,27 @@ def apply(model: CWFModel, images, noise_std=None, ctf=None, *, modulate: bool =
   return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
-def cwf_denoise(images, noise_std=None, *, ctf=None, modulate: bool = True, shrink: bool = True,
+def cwf_denoise(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,
                 hermitian: bool = False, n_groups: int = 32):
-  """Fits CWF on the batch (B, H, W) and applies it: the registry's per-batch form."""
+  """Fits CWF on the batch (B, H, W) (CTFs `ctf` (B, H, W) or None) and applies it: the per-batch
+  form (`denoisers.get("cwf")`); `denoisers.fit("cwf", stack, σ, ctf)` fits once for many batches."""
   model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups)
   return apply(model, images, noise_std, ctf, modulate=modulate)
+
+
+def fit_denoiser(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,
+                 hermitian: bool = False, n_groups: int = 32):
+  """Registry `fit` hook: fits on `images` (N, H, W) with CTFs `ctf` and returns
+  `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)` applying that fit."""
+  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups)
+
+  def denoise(batch, noise_std=None, ctf=None):
+    return apply(model, batch, noise_std, ctf, modulate=modulate)
+
+  denoise.model = model
+  return denoise
+
+
+register("cwf", uses_ctf=True, fit=fit_denoiser,
+         description="covariance Wiener filter (Bhamre et al. 2016): mean and covariance of the whole "
+                     "stack in a steerable Fourier-Bessel basis, per-particle CTF")(cwf_denoise)
