@@ -124,6 +124,28 @@ def get(name: str, **params) -> Callable:
   return denoise
 
 
+def fit(name: str, images, noise_std=None, ctf=None, **params) -> Callable:
+  """The dataset-level form of any method: `den(images (B, H, W), noise_std=None, ctf=None)`.
+
+  Methods with a `fit` hook (dataset-level, e.g. "cwf") are fitted once on `images` (N, H, W) with
+  their CTFs `ctf` ((N, H, W) on the unshifted FFT grid, RELION's sign; None = identity) and `den`
+  applies that fit to any batch with its own CTFs. Other methods ignore the fitting set and the
+  CTF: `den` is `get(name, **params)`. So the sweep and `denoise` call every method one way.
+  """
+  m = method(name)
+  if m.fit is None:
+    den = get(name, **params)
+
+    def denoise(images, noise_std=None, ctf=None):
+      del ctf
+      return den(images, noise_std)
+
+    denoise.__name__ = den.__name__
+    return denoise
+  check_params(name, params)
+  return m.fit(images, noise_std, ctf, **params)
+
+
 def classical_names() -> list[str]:
   """Registered methods that need no training."""
   return [n for n, m in REGISTRY.items() if not m.learned]
