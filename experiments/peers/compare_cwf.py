@@ -47,12 +47,14 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
     with tempfile.TemporaryDirectory() as tmp:
       data = {"noisy": noisy, "noise_var": sigma ** 2, "pixel_size": ds.pixel_size}
       if use_ctf:
-        data.update(ctf_params(ds.particles, ds.optics, ds.pixel_size))
+        data.update({k: v for k, v in ctf_params(ds.particles, ds.optics, ds.pixel_size).items() if k != "pixel_size"})
         data["ctf"] = ctf[:8]
       np.savez(os.path.join(tmp, "in.npz"), **data)
       cmd = ["nice", "-n", "15", args.aspire_python, os.path.join(HERE, "aspire_cwf.py"),
              os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")]
-      subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      proc = subprocess.run(cmd, capture_output=True, text=True)
+      if proc.returncode:
+        raise RuntimeError(f"ASPIRE failed:\n{proc.stderr[-3000:]}")
       res = np.load(os.path.join(tmp, "out.npz"))
       theirs = _modulate(res["denoised"], ctf)
       row.update(aspire_s=float(res["seconds"]), aspire_mse=float(np.mean((theirs - clean) ** 2)),
