@@ -202,6 +202,22 @@ def _denoise(fn, images, sigma, batch_size):
   return out, (time.perf_counter() - t) / len(images)
 
 
+def _classify(main, clus, images, cimages, k: int, config):
+  """Accuracy per classifier of (denoised) images of the main and narrow-pose sets (the first
+  len(images) / len(cimages) particles), and the template-matching labels."""
+  from cryojax_denoise.evaluation import conformations as cf
+
+  n, nc = len(images), len(cimages)
+  labels, templates = main.labels[:n], main.templates[:, :n]
+  pred = np.asarray(cf.least_squares_labels(images, templates))
+  accs = {"template": cf.accuracy(labels, pred, k),
+          "template_ncc": cf.accuracy(labels, np.asarray(cf.correlation_labels(images, templates)), k)}
+  for algo in ("gmm", "kmeans"):
+    got = cf.cluster_labels(cimages, k, algorithm=algo, n_components=config.n_components, seed=config.seed)
+    accs[f"pca_{algo}"] = cf.accuracy(clus.labels[:nc], got, k, permute=True)
+  return accs, pred
+
+
 def run(config, workdir: str) -> None:
   import jax
 
@@ -226,30 +242,38 @@ def run(config, workdir: str) -> None:
     for snr, raw_only in snrs:
       main = cf.make_particles(sets["main"]["raw"], sets["main"]["labels"], sets["main"]["unit"], snr)
       clus = cf.make_particles(sets["cluster"]["raw"], sets["cluster"]["labels"], sets["cluster"]["unit"], snr)
+      raw_cache = {}  # raw particles scored on the same first images as a capped method
+
+      def raw_scores(n, nc):
+        if (n, nc) not in raw_cache:
+          raw_cache[n, nc] = _classify(main, clus, main.noisy[:n], clus.noisy[:nc], k, config)
+        return raw_cache[n, nc]
+
       for name, fn in (methods[:1] if raw_only else methods):
         cap = caps.get(name, config.n_images)
         n, nc = min(cap, config.n_images), min(cap, config.n_cluster)
         base = dict(method=name, snr=snr, **fields)
         if fn is None:
-          images, cimages, spi = main.noisy[:n], clus.noisy[:nc], 0.0
+          (accs, pred), spi = raw_scores(n, nc), 0.0
         else:
           images, spi = _denoise(fn, main.noisy[:n], main.noise_std, config.batch_size)
           cimages, _ = _denoise(fn, clus.noisy[:nc], clus.noise_std, config.batch_size)
-        labels, clabels = main.labels[:n], clus.labels[:nc]
-        pred = np.asarray(cf.least_squares_labels(images, main.templates[:, :n]))
-        acc = cf.accuracy(labels, pred, k)
-        rows.append(dict(base, classifier="template", accuracy=acc, n_images=n, seconds_per_image=spi))
-        ncc = cf.accuracy(labels, np.asarray(cf.correlation_labels(images, main.templates[:, :n])), k)
-        rows.append(dict(base, classifier="template_ncc", accuracy=ncc, n_images=n, seconds_per_image=spi))
-        for algo in ("gmm", "kmeans"):
-          got = cf.cluster_labels(cimages, k, algorithm=algo, n_components=config.n_components, seed=config.seed)
-          rows.append(dict(base, classifier=f"pca_{algo}", accuracy=cf.accuracy(clabels, got, k, permute=True),
-                           n_images=nc, seconds_per_image=spi))
+          accs, pred = _classify(main, clus, images, cimages, k, config)
+        for c, acc in accs.items():
+          rows.append(dict(base, classifier=c, accuracy=acc, n_images=nc if c.startswith("pca") else n,
+                           seconds_per_image=spi))
+          if fn is not None:
+            rows[-1]["raw_accuracy"] = raw_scores(n, nc)[0][c]
         if config.reconstruct:
-          scores = cf.class_map_scores(main.noisy[:n], sets["main"]["particles"].iloc[:n], sets["main"]["optics"],
-                                       pixel_size, pred, truth, pad=config.reconstruct_pad)
-          rows.append(dict(base, classifier="3d", accuracy=acc, n_images=n, seconds_per_image=spi, **scores))
-        bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {acc:.3f}")
+          three_d = lambda labels: cf.class_map_scores(main.noisy[:n], sets["main"]["particles"].iloc[:n],
+                                                       sets["main"]["optics"], pixel_size, labels, truth,
+                                                       pad=config.reconstruct_pad)
+          scores = three_d(pred)
+          if fn is not None and "difference_correlation" in scores:
+            scores["raw_difference_correlation"] = three_d(raw_scores(n, nc)[1])["difference_correlation"]
+          rows.append(dict(base, classifier="3d", accuracy=accs["template"], n_images=n, seconds_per_image=spi,
+                           **scores))
+        bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {accs['template']:.3f}")
     notes.append(f"State pair {fields}: unsupervised set within {config.pose_spread_deg:g}° of the view "
                  f"(rot, tilt, psi) = ({view[0]:.1f}, {view[1]:.1f}, {view[2]:.1f})°.")
   report.write_results(rows, workdir)
