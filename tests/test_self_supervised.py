@@ -20,6 +20,7 @@ from flax import nnx
 from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import checkpoints, restore, self_supervised as ss, train
+from test_training import _env  # -O0 XLA, a shared compilation cache, the checkout on PYTHONPATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"widths": (8, 16), "blocks": (1, 0), "output": "linear"}
@@ -201,15 +202,6 @@ def test_bad_noisy_stacks_write_nothing(stacks, tmp_path):
 
 
 # ---------------------------------------------------------------------------- subprocesses
-
-
-def _env(cache):
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  return env
 
 
 def _launch(workdir, noisy, steps, **over):
