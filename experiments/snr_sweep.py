@@ -160,6 +160,11 @@ def _stem(path: str) -> str:
   return re.sub(r"_\d+$", "", stem) or stem
 
 
+def _registry_name(row_name: str) -> str:
+  """'autoencoder_specialist' -> 'autoencoder': the registry method behind a sweep row."""
+  return row_name.removesuffix("_specialist")
+
+
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
   """The realised noise σ per image (known exactly in simulation)."""
   return np.std(noisy - clean, axis=(1, 2)).astype(np.float32)
@@ -258,8 +263,7 @@ def run(config, workdir: str) -> None:
         if tuned:
           params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
           chosen[f"{set_name}: {name}", snr] = params
-        fn = denoisers.get("autoencoder" if name.startswith("autoencoder") else "gan" if name.startswith("gan")
-                           else name, **params)
+        fn = denoisers.get(_registry_name(name), **params)
         if not tuned:  # tuning already compiled the kernel for this batch shape
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch)
@@ -294,7 +298,7 @@ def run(config, workdir: str) -> None:
   logging.info("wrote results.json, results.csv, mse_vs_snr.png, examples.png, report.md in %s", workdir)
 
 
-def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes) -> None:
+def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes, set_name) -> None:
   """Adds `fsc_resolution_A` (half-map FSC 0.143) per (method, SNR) from denoised particles.
 
   Denoising n_reconstruct particles reports its own progress; the ETA counts each remaining
@@ -314,17 +318,18 @@ def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, datase
   for k, (snr, name) in enumerate(items):
     if name == "noisy":
       ds = dataset(n, snr, seed)
-      sigma = _noise_std(ds.noisy, ds.clean)
+      sigma = _sigma(config, ds)
       images = ds.noisy
     else:
-      params = {"checkpoint": checkpoints[name, snr]} if name in LEARNED else dict(chosen.get((name, snr), {}))
+      learned = (name, snr) in checkpoints
+      params = {"checkpoint": checkpoints[name, snr]} if learned else dict(chosen.get((f"{set_name}: {name}", snr), {}))
       inner = Progress(total=n, desc=f"reconstruct: denoising with {name} @ SNR {snr:g}", unit="img", every_s=10.0)
-      images = evaluate.apply_batched(denoisers.get(name, **params), ds.noisy, sigma, config.n_tune,
+      images = evaluate.apply_batched(denoisers.get(_registry_name(name), **params), ds.noisy, sigma, config.n_tune,
                                       on_batch=inner.update)
     t0 = time.perf_counter()
     res = fourier.half_map_resolution(images, ds.particles, ds.optics, float(ds.pixel_size), seed=config.seed)
     map_seconds.append(time.perf_counter() - t0)
-    row = next(r for r in rows if r["method"] == name and r["snr"] == snr)
+    row = next(r for r in rows if r["method"] == name and r["snr"] == snr and r["test_set"] == set_name)
     row["fsc_resolution_A"] = float(res["resolution_A"])
     bar.update(1, extra=f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å", remaining_s=remaining_s(k))
   notes.append(f"3D reconstructions from {config.n_reconstruct} particles per SNR (known poses and CTF), "

@@ -11,20 +11,22 @@ from typing import Callable
 from cryojax_denoise.denoisers.registry import register
 
 
-def _load(checkpoint: str) -> Callable:
+def _load(checkpoint: str | None, kind: str) -> Callable:
   from cryojax_denoise.training.restore import load_denoiser
 
-  return load_denoiser(checkpoint)
+  return load_denoiser(checkpoint or None, kind=kind)
 
 
 @register("autoencoder", needs_sigma=False, learned=True,
-          description="convolutional autoencoder (needs checkpoint=DIR)")
+          description="convolutional autoencoder (checkpoint=DIR; default: the bundled general model)")
 def load_autoencoder(*, checkpoint: str | None = None) -> Callable:
-  """The autoencoder trained in `checkpoint` as `den(images (B, H, W), noise_std=None)`."""
-  return _load(checkpoint)
+  """The autoencoder trained in `checkpoint` (None: the bundled general model) as
+  `den(images (B, H, W), noise_std=None)`."""
+  return _load(checkpoint, "autoencoder")
 
 
-@register("gan", needs_sigma=False, learned=True, description="GAN generator (needs checkpoint=DIR)")
+@register("gan", needs_sigma=False, learned=True, description="GAN generator (checkpoint=DIR; default: the bundled general model)")
 def load_gan(*, checkpoint: str | None = None) -> Callable:
-  """The GAN generator trained in `checkpoint` as `den(images (B, H, W), noise_std=None)`."""
-  return _load(checkpoint)
+  """The GAN generator trained in `checkpoint` (None: the bundled general model) as
+  `den(images (B, H, W), noise_std=None)`."""
+  return _load(checkpoint, "gan")

@@ -11,6 +11,8 @@ The model is blind: `noise_std` is accepted for the common denoiser interface an
 
 from __future__ import annotations
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -21,8 +23,22 @@ from cryojax_denoise.training import checkpoints, sharding as sh
 from cryojax_denoise.training.train import build_generator, make_denoise_fn
 
 
-def load_generator(directory: str, mesh=None):
-  """(generator with restored parameters, saved config, step) from the latest checkpoint in `directory`."""
+PRETRAINED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained")
+
+
+def bundled_dir(kind: str = "autoencoder") -> str:
+  """The folder of the general model shipped with the package: `pretrained/<kind>_general/`
+  (trained by `launch.py --experiment=train_<kind> --config.preset=general`, see README)."""
+  return os.path.join(PRETRAINED, f"{kind}_general")
+
+
+def load_generator(directory: str | None = None, mesh=None, kind: str = "autoencoder"):
+  """(generator with restored parameters, saved config, step) from the latest checkpoint in `directory`
+  (None: the bundled general model of `kind`)."""
+  if not directory:
+    directory = bundled_dir(kind)
+    if not os.path.isdir(directory):
+      raise InputError(f"no bundled general {kind} model at {directory}; give checkpoint=DIR")
   step, cfg = checkpoints.saved_config(directory)
   config = ml_collections.ConfigDict(cfg)
   for key in ("model",):
@@ -41,10 +57,11 @@ def load_generator(directory: str, mesh=None):
   return generator, config, step
 
 
-def load_denoiser(directory: str, batch_size: int = 64):
-  """A batched, jitted, device-sharded denoiser from the trained generator in `directory`."""
+def load_denoiser(directory: str | None = None, batch_size: int = 64, kind: str = "autoencoder"):
+  """A batched, jitted, device-sharded denoiser from the trained generator in `directory` (None: the
+  bundled general model of `kind`)."""
   mesh = sh.data_mesh(jax.local_devices())
-  generator, config, _ = load_generator(directory, mesh)
+  generator, config, _ = load_generator(directory, mesh, kind)
   n_dev = mesh.devices.size
   chunk = max(n_dev, -(-int(batch_size) // n_dev) * n_dev)
   graphdef, state = nnx.split(generator)

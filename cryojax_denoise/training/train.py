@@ -94,11 +94,13 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
 # The general model's recipe (`--config.preset=general`): the molecule corpus over SNR 0.02–2, a
 # noise-level input channel, both polarities (odd by construction at inference), MSE loss.
 PRESETS = {
-    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 12000, "snr_range": (0.02, 2.0),
-                "val_snr": 0.1, "loss": "l2", "checkpoint_every": 500, "eval_every": 500, "lr_g": 1e-3,
-                "model.widths": (32, 64, 96, 128), "model.blocks": (1, 1, 1, 0),
+    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 10000, "snr_range": (0.02, 2.0),
+                "val_snr": 0.1, "loss": "l2", "checkpoint_every": 250, "eval_every": 250,
+                "model.blocks": (2, 2, 2, 0),
                 "model.noise_channel": True, "model.odd": True},
 }
+# Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
+KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 3000}}
 
 
 def apply_preset(c, kind: str) -> None:
@@ -108,7 +110,7 @@ def apply_preset(c, kind: str) -> None:
   if c.preset not in PRESETS:
     raise InputError(f"config.preset: unknown preset {c.preset!r}; valid: {', '.join(PRESETS)}")
   default = default_config(kind)
-  for key, value in PRESETS[c.preset].items():
+  for key, value in {**PRESETS[c.preset], **KIND_PRESETS.get((c.preset, kind), {})}.items():
     parts = key.split(".")
     node, base = c, default
     for part in parts[:-1]:
