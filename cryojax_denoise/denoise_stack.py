@@ -279,19 +279,20 @@ def output_paths(table: ParticleTable, output: str | None, default_dir: str = ".
 
 
 def denoise_batches(denoiser: Callable, noise_std: float | None = None, mean: float = 0.0,
-                    scale: float = 1.0) -> Callable[[np.ndarray, np.ndarray], object]:
+                    scale: float = 1.0, ctf_of: Callable | None = None) -> Callable[[np.ndarray, np.ndarray], object]:
   """Wraps `denoiser(images, noise_std)` as a `stream` function working in the input's units.
 
   Images are mapped to (x - mean) / scale for the denoiser (noise_std divided by `scale`) and
-  its output mapped back, so the written stack has the input's offset and scale.
+  its output mapped back, so the written stack has the input's offset and scale. With `ctf_of`
+  (rows -> (n, H, W) CTFs), the denoiser is called as `denoiser(images, noise_std, ctf)`.
   """
   std = None if noise_std is None else float(noise_std) / scale
 
   def fn(rows, images):
-    del rows
+    extra = () if ctf_of is None else (ctf_of(rows),)
     if mean == 0.0 and scale == 1.0:
-      return denoiser(images, std)
-    out = denoiser((images - np.float32(mean)) / np.float32(scale), std)
+      return denoiser(images, std, *extra)
+    out = denoiser((images - np.float32(mean)) / np.float32(scale), std, *extra)
     return out * np.float32(scale) + np.float32(mean)  # stays a (lazy) JAX array when it is one
 
   return fn
@@ -299,26 +300,19 @@ def denoise_batches(denoiser: Callable, noise_std: float | None = None, mean: fl
 
 def denoise(table: ParticleTable, denoiser: Callable, outputs: Outputs, batch_size: int = 64,
             noise_std: float | None = None, normalize: str = "mean",
-            reader: io.ImageReader | None = None) -> Outputs:
+            reader: io.ImageReader | None = None, ctf_of: Callable | None = None) -> Outputs:
   """Denoises every image of `table` into `outputs.stack` (same order, shape, pixel size, units);
   for STAR input also writes `outputs.star`: the same rows and optics block, `rlnImageName`
   pointing at the new stack.
 
   `normalize`: "none" passes the input as is, "mean" subtracts the stack mean (estimated from
   up to 1024 images) and adds it back, "std" also divides by the stack's standard deviation
-  (and scales `noise_std`), for denoisers tuned on standardised images.
+  (and scales `noise_std`), for denoisers tuned on standardised images. `ctf_of` (rows -> CTFs,
+  see `ctf_rows`) passes each batch's CTFs to the denoiser as a third argument.
   """
   reader = reader or io.ImageReader()
-  if normalize not in ("none", "mean", "std"):
-    raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
-  mean, scale = 0.0, 1.0
-  if normalize != "none":
-    mean, std = sample_stats(table, reader)
-    if normalize == "std":
-      if std <= 0:
-        raise InputError(f"{table.source}: images are constant, cannot standardise (normalize=std)")
-      scale = std
-  fn = denoise_batches(denoiser, noise_std, mean, scale)
+  mean, scale = normalization(table, reader, normalize)
+  fn = denoise_batches(denoiser, noise_std, mean, scale, ctf_of)
   particles = None
   if outputs.star:
     particles = star_for_stack(table, outputs)
@@ -330,6 +324,42 @@ def denoise(table: ParticleTable, denoiser: Callable, outputs: Outputs, batch_si
       os.remove(outputs.stack)  # no stack without its STAR file
       raise
   return outputs
+
+
+def normalization(table: ParticleTable, reader: io.ImageReader, normalize: str) -> tuple[float, float]:
+  """(mean, scale) that `denoise` removes before denoising (see its `normalize`)."""
+  if normalize not in ("none", "mean", "std"):
+    raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
+  mean, scale = 0.0, 1.0
+  if normalize != "none":
+    mean, std = sample_stats(table, reader)
+    if normalize == "std":
+      if std <= 0:
+        raise InputError(f"{table.source}: images are constant, cannot standardise (normalize=std)")
+      scale = std
+  return mean, scale
+
+
+def ctf_rows(table: ParticleTable) -> Callable[[np.ndarray], np.ndarray] | None:
+  """rows -> (n, H, W) RELION CTFs of those STAR rows on the FFT grid (`data.ctf.ctf_grid`), or
+  None when the input has no CTF metadata (a bare MRC stack, or no rlnDefocusU column)."""
+  from cryojax_denoise.data.ctf import ctf_grid, has_ctf
+
+  if not table.is_star or not has_ctf(table.star.particles):
+    return None
+  particles, optics = table.star.particles, None if table.star.is_relion30 else table.star.optics
+  return lambda rows: ctf_grid(particles.iloc[np.asarray(rows)], optics, table.shape[0], table.pixel_size)
+
+
+def read_rows(table: ParticleTable, reader: io.ImageReader, rows: np.ndarray) -> np.ndarray:
+  """Images of the given rows (n, H, W) float32, read in runs of consecutive rows."""
+  rows = np.asarray(rows, np.int64)
+  out = np.empty((len(rows), *table.shape), np.float32)
+  breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+  for run in np.split(np.arange(len(rows)), breaks):
+    if len(run):
+      out[run] = read_batch(table, reader, int(rows[run[0]]), int(rows[run[-1]]) + 1)
+  return out
 
 
 def star_for_stack(table: ParticleTable, outputs: Outputs):

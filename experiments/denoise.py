@@ -46,6 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 64          # images per denoiser call
   c.normalize = "mean"       # none | mean | std: what is removed before denoising and restored after
   c.sure_images = 32         # random images for params=auto and the SURE quality score (0: neither)
+  c.fit_size = 10000         # dataset-level methods (cwf): pass 1 fits on this many random particles
   return c
 
 
@@ -78,6 +79,13 @@ def parse_params(text) -> dict:
   return params
 
 
+def denoisers_fit_hook(method: str) -> bool:
+  """Whether `method` is fitted to the whole stack first (a registry `fit` hook)."""
+  from cryojax_denoise import denoisers
+
+  return method in denoisers.REGISTRY and denoisers.REGISTRY[method].fit is not None
+
+
 def _denoiser(config, params=None):
   from cryojax_denoise import denoisers
 
@@ -90,6 +98,34 @@ def _denoiser(config, params=None):
     raise InputError(f"params: {e} (method {config.method})") from None
 
 
+def _fitted_denoiser(config, table, reader, params=None):
+  """Dataset-level methods (a registry `fit` hook, e.g. cwf): pass 1 reads `fit_size` random
+  particles (and their CTFs from the STAR file) and fits; returns (den(images, σ, ctf), ctf_of)."""
+  import numpy as np
+
+  from cryojax_denoise import denoise_stack, denoisers
+
+  params = dict(parse_params(split_auto(config.params)[1]) if params is None else params)
+  ctf_of = denoise_stack.ctf_rows(table)
+  if ctf_of is None and denoisers.REGISTRY[config.method].uses_ctf:
+    logging.warning("%s: no CTF metadata (a bare MRC stack or no rlnDefocusU): %s runs with the identity CTF",
+                    config.input, config.method)
+  n = len(table)
+  rows = np.sort(np.random.default_rng(0).choice(n, min(n, int(config.fit_size)), replace=False))
+  mean, scale = denoise_stack.normalization(table, reader, config.normalize)
+  images = (denoise_stack.read_rows(table, reader, rows) - np.float32(mean)) / np.float32(scale)
+  std = None if not config.noise_std else float(config.noise_std) / scale
+  logging.info("%s: fitting on %d of %d particles%s", config.method, len(rows), n,
+               " with their CTFs" if ctf_of else "")
+  try:
+    den = denoisers.fit(config.method, images, std, None if ctf_of is None else ctf_of(rows), **params)
+  except TypeError as e:
+    raise InputError(f"params: {e} (method {config.method})") from None
+  if ctf_of is None:
+    return (lambda x, s, ctf=None: den(x, s)), None
+  return den, ctf_of
+
+
 def validate(config) -> None:
   """Cheap checks before anything is written; files are checked fully when `run` opens them
   (once: a STAR file may reference 10⁵ stacks), and the launcher removes what it wrote on error."""
@@ -98,6 +134,8 @@ def validate(config) -> None:
   if not config.input:
     raise InputError("input: give --config.input=STACK.mrcs or PARTICLES.star")
   io.check_input_file(config.input, "input file")
+  if config.fit_size < 1:
+    raise InputError(f"fit_size: must be at least 1, got {config.fit_size}")
   if config.batch_size < 1:
     raise InputError(f"batch_size: must be at least 1, got {config.batch_size}")
   if config.noise_std is not None and config.noise_std < 0:
@@ -139,14 +177,19 @@ def run(config, workdir: str) -> None:
   outputs = denoise_stack.output_paths(table, config.output, workdir)
   auto, _ = split_auto(config.params)
   record = _choose_params(config, table, reader) if auto else None
-  denoiser = _denoiser(config, record["params"] if auto else None)
+  ctf_of = None
+  if denoisers_fit_hook(config.method):
+    denoiser, ctf_of = _fitted_denoiser(config, table, reader, record["params"] if auto else None)
+  else:
+    denoiser = _denoiser(config, record["params"] if auto else None)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
   if record is None and config.sure_images > 0:
     record = _quality(config, table, reader, denoiser)
   denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size,
-                        noise_std=config.noise_std or None, normalize=config.normalize, reader=reader)
+                        noise_std=config.noise_std or None, normalize=config.normalize, reader=reader,
+                        ctf_of=ctf_of)
   if auto:  # the record of the choice; without auto the score is only logged (outputs stay as they were)
     _write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
