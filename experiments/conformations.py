@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "default"
   c.methods = ()                 # denoisers to compare with raw particles; () = every registered method
-  c.image_caps = "bm3d=24,ksvd=50"  # "method=N,...": slow methods denoise only the first N images of a set
+  c.image_caps = "bm3d=16,ksvd=40"  # "method=N,...": slow methods denoise only the first N images of a set
   c.motion = "translate"         # built-in states: 'translate' (displacements in Å) or 'rotate' (in degrees)
   c.domain = -1                  # phantom domain to move; -1 = its smallest
   c.volumes = ()                 # or user states: two or more MRC maps on one grid ...
@@ -145,17 +145,19 @@ def _state_pairs(config):
 
 
 def _methods(config, notes: list[str]):
-  """[(name, denoiser or None for raw)]. Learned methods load `<name>_checkpoint=` or the bundled
+  """[(name, denoiser or None)], raw first. Learned methods load `<name>_checkpoint=` or the bundled
   general model; any method that cannot be loaded is skipped with a note."""
   from cryojax_denoise import denoisers
 
-  out = [("raw", None)]
+  out = [("raw", "raw")]
   for name in (tuple(config.methods) or tuple(denoisers.names())):
     try:
       if denoisers.REGISTRY[name].learned:
         checkpoint = config.get(f"{name}_checkpoint", "") or None
         out.append((name, denoisers.get(name, checkpoint=checkpoint)))
         notes.append(f"`{name}`: model from {checkpoint or 'the bundled general model'}.")
+      elif denoisers.REGISTRY[name].fit is not None:
+        out.append((name, None))  # fitted per particle set, with the particles' CTFs (`_denoise`)
       else:
         out.append((name, denoisers.get(name)))
     except InputError as e:
@@ -168,6 +170,7 @@ def _sets(maps, pixel_size, config):
   import jax
 
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.ctf import ctf_grid
   from cryojax_denoise.evaluation import conformations as cf
 
   size, seed = config.image_size, config.seed
@@ -186,19 +189,26 @@ def _sets(maps, pixel_size, config):
     if name == "main":  # the unsupervised set looks along the main set's most telling view
       best = cf.most_different_pose(raw)
       view = tuple(float(params[a][best]) for a in ("rot", "tilt", "psi"))
-    out[name] = dict(raw=raw,
+    table, optics = simulate.particles_table(params, config.ctf), simulate.optics_table(pixel_size, size)
+    out[name] = dict(raw=raw, ctf=ctf_grid(table, optics, size, pixel_size) if config.ctf else None,
                      labels=cf.balanced_labels(n, k, seed + (2 if name == "main" else 10_002)),
                      unit=rng.standard_normal((n, size, size), dtype=np.float32),
-                     particles=simulate.particles_table(params, config.ctf),
-                     optics=simulate.optics_table(pixel_size, size))
+                     particles=table,
+                     optics=optics)
   return out, view
 
 
-def _denoise(fn, images, sigma, batch_size):
+def _denoise(name: str, fn, images, sigma: float, ctf, batch_size: int):
+  """(denoised images, seconds per image). Dataset-level methods (a registry `fit` hook, e.g. cwf)
+  are fitted on these images with their CTFs and applied to them; others run in fixed batches."""
+  from cryojax_denoise import denoisers
   from cryojax_denoise.evaluation import evaluate
 
   t = time.perf_counter()
-  out = evaluate.apply_batched(fn, images, np.full(len(images), sigma, np.float32), min(batch_size, len(images)))
+  if fn is None:
+    out = np.asarray(denoisers.fit(name, images, sigma, ctf)(images, sigma, ctf), np.float32)
+  else:
+    out = evaluate.apply_batched(fn, images, np.full(len(images), sigma, np.float32), min(batch_size, len(images)))
   return out, (time.perf_counter() - t) / len(images)
 
 
@@ -253,29 +263,31 @@ def run(config, workdir: str) -> None:
         cap = caps.get(name, config.n_images)
         n, nc = min(cap, config.n_images), min(cap, config.n_cluster)
         base = dict(method=name, snr=snr, **fields)
-        if fn is None:
+        if name == "raw":
           (accs, pred), spi = raw_scores(n, nc), 0.0
         else:
-          images, spi = _denoise(fn, main.noisy[:n], main.noise_std, config.batch_size)
-          cimages, _ = _denoise(fn, clus.noisy[:nc], clus.noise_std, config.batch_size)
+          ctf = {s: None if sets[s]["ctf"] is None else sets[s]["ctf"][:m] for s, m in (("main", n), ("cluster", nc))}
+          images, spi = _denoise(name, fn, main.noisy[:n], main.noise_std, ctf["main"], config.batch_size)
+          cimages, _ = _denoise(name, fn, clus.noisy[:nc], clus.noise_std, ctf["cluster"], config.batch_size)
           accs, pred = _classify(main, clus, images, cimages, k, config)
         for c, acc in accs.items():
           rows.append(dict(base, classifier=c, accuracy=acc, n_images=nc if c.startswith("pca") else n,
                            seconds_per_image=spi))
-          if fn is not None:
+          if name != "raw":
             rows[-1]["raw_accuracy"] = raw_scores(n, nc)[0][c]
         if config.reconstruct:
           three_d = lambda labels: cf.class_map_scores(main.noisy[:n], sets["main"]["particles"].iloc[:n],
                                                        sets["main"]["optics"], pixel_size, labels, truth,
                                                        pad=config.reconstruct_pad)
           scores = three_d(pred)
-          if fn is not None and "difference_correlation" in scores:
+          if name != "raw" and "difference_correlation" in scores:
             scores["raw_difference_correlation"] = three_d(raw_scores(n, nc)[1])["difference_correlation"]
           rows.append(dict(base, classifier="3d", accuracy=accs["template"], n_images=n, seconds_per_image=spi,
                            **scores))
         bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {accs['template']:.3f}")
     notes.append(f"State pair {fields}: unsupervised set within {config.pose_spread_deg:g}° of the view "
                  f"(rot, tilt, psi) = ({view[0]:.1f}, {view[1]:.1f}, {view[2]:.1f})°.")
+    report.write_results(rows, workdir)  # the rows so far, after each state pair (long runs)
   report.write_results(rows, workdir)
   report.plot_accuracy(rows, os.path.join(workdir, "accuracy_vs_snr.png"))
   device = f"{len(jax.devices())}× {jax.devices()[0].device_kind} ({jax.default_backend()})"
