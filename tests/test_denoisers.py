@@ -79,3 +79,26 @@ def test_tune_picks_the_grid_minimum():
   assert [row["width"] for row in table] == [0.3, 1.0, 6.0]
   assert best["width"] == min(table, key=lambda r: r["mse"])["width"]
   assert table[0]["mse"] > table[1]["mse"]  # too little smoothing at SNR 0.5 is worse
+
+
+def test_tune_times_the_first_value_without_its_compilation():
+  """Issue 14: the first grid value's time included compilation (here: a slow first call)."""
+  import time
+
+  from cryojax_denoise.denoisers.registry import register
+
+  calls = []
+
+  @register("_slow_first_call", knob="k", grid=(1.0, 2.0))
+  def slow_first(images, noise_std, *, k=1.0):
+    if not calls:
+      time.sleep(0.5)
+    calls.append(k)
+    return images / k
+
+  try:
+    noisy, clean, sigma = _noisy(0.5)
+    _, table = tuning.tune("_slow_first_call", noisy, clean, sigma)
+    assert table[0]["seconds"] < 0.25 and [row["k"] for row in table] == [1.0, 2.0]
+  finally:
+    denoisers.REGISTRY.pop("_slow_first_call")

@@ -135,3 +135,33 @@ def test_star_paths_resolve_beside_the_star_file_or_in_the_relion_project(tmp_pa
   io.write_star(star_path, None, pd.DataFrame({"rlnImageName": ["1@Extract/job099/gone.mrcs"]}))
   with pytest.raises(InputError, match=r"row 1: image stack .*Refine3D/job050/Extract/job099/gone\.mrcs not found"):
     io.read_star(star_path)
+
+
+
+def test_new_files_follow_the_umask_at_write_time(tmp_path):
+  """Issue 14: the umask is not read (toggled) once at import; a later umask applies to new files."""
+  old = os.umask(0o077)
+  try:
+    io.write_stack(str(tmp_path / "a.mrcs"), random_stack(n=2), 1.0)
+    io.atomic_write_text(str(tmp_path / "b.txt"), "x\n")
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / "a.mrcs").st_mode) == 0o600
+  assert stat.S_IMODE(os.stat(tmp_path / "b.txt").st_mode) == 0o600
+
+
+def test_stack_writer_stats_without_float64_batch_copies(tmp_path):
+  """Issue 14: header statistics match NumPy's, and a batch is not copied to float64 (peak memory)."""
+  import tracemalloc
+
+  x = 100 + 3 * random_stack(n=64, size=64, seed=3)  # 1 MiB of float32
+  with io.StackWriter(str(tmp_path / "s.mrcs"), 64, (64, 64), 1.5) as w:
+    tracemalloc.start()
+    w.write(32, x[32:])
+    w.write(0, x[:32])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+  assert peak < 256 * 1024, peak  # a float64 copy of a 32-image batch alone is 1 MiB
+  with mrcfile.open(tmp_path / "s.mrcs") as m:
+    h, x64 = m.header, x.astype(np.float64)
+    np.testing.assert_allclose([h.dmin, h.dmax, h.dmean, h.rms], [x.min(), x.max(), x64.mean(), x64.std()], rtol=1e-6)

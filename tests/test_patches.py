@@ -49,3 +49,14 @@ def test_sample_patches_are_patches():
   s = np.asarray(pt.gather_patches(jnp.asarray(imgs), b, y, x, 4))
   want = np.stack([imgs[bi, yi:yi + 4, xi:xi + 4].reshape(-1) for bi, yi, xi in zip(b, y, x)])
   np.testing.assert_array_equal(s, want)
+
+
+@pytest.mark.parametrize("shape,r,stride", [((20, 17), 5, 1), ((21, 16), 4, 3), ((16, 16), 8, 8), ((64, 40), 8, 2)])
+def test_patch_counts_is_the_outer_product_of_1d_coverages(shape, r, stride):
+  ref = np.zeros(shape, np.float32)  # the plain double loop over the patch grid
+  for y in pt.grid_starts(shape[0], r, stride):
+    for x in pt.grid_starts(shape[1], r, stride):
+      ref[y:y + r, x:x + r] += 1.0
+  counts = pt.patch_counts(shape, r, stride)
+  assert counts.dtype == np.float32
+  np.testing.assert_array_equal(counts, ref)

@@ -81,12 +81,18 @@ def patches_adjoint(patches: jax.Array, shape: tuple[int, int], r: int, stride: 
 
 
 def patch_counts(shape: tuple[int, int], r: int, stride: int = 1) -> np.ndarray:
-  """How many grid patches cover each pixel, (H, W) float32 (static numpy; Pᵀ P 1)."""
-  counts = np.zeros(shape, np.float32)
-  for y in grid_starts(shape[0], r, stride):
-    for x in grid_starts(shape[1], r, stride):
-      counts[y:y + r, x:x + r] += 1.0
-  return counts
+  """How many grid patches cover each pixel, (H, W) float32 (static numpy; Pᵀ P 1): the outer
+  product of the 1-D coverages of rows and columns (the grid is a product of 1-D grids)."""
+  return np.outer(_coverage(shape[0], r, stride), _coverage(shape[1], r, stride)).astype(np.float32)
+
+
+def _coverage(n: int, r: int, stride: int) -> np.ndarray:
+  """How many 1-D windows of length r starting at `grid_starts(n, r, stride)` cover each index."""
+  diff = np.zeros(n + 1, np.int64)
+  starts = grid_starts(n, r, stride)
+  np.add.at(diff, starts, 1)
+  np.add.at(diff, starts + r, -1)
+  return np.cumsum(diff[:n])
 
 
 def overlap_average(patches: jax.Array, shape: tuple[int, int], r: int, stride: int = 1) -> jax.Array:
