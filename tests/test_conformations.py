@@ -125,3 +125,22 @@ def test_bad_config_is_one_input_error():
     config[key] = value
     with pytest.raises(InputError):
       exp.validate(config)
+
+
+def test_user_state_maps(tmp_path):
+  from cryojax_denoise import io
+
+  x = np.arange(32) - 16
+  zz, yy, xx = np.meshgrid(x, x, x, indexing="ij")
+  blob = lambda cx: np.exp(-((xx - cx) ** 2 + yy**2 + zz**2) / 8.0).astype(np.float32)
+  paths = [str(tmp_path / f"{n}.mrc") for n in ("a", "b", "c")]
+  io.write_volume(paths[0], blob(0) + blob(6), 4.0)
+  io.write_volume(paths[1], blob(0) + blob(8), 4.0)
+  io.write_volume(paths[2], blob(0), 3.0)
+  maps, pixel_size = cf.load_states(32, volumes=paths[:2])
+  assert len(maps) == 2 and maps[0].shape == maps[1].shape == (32, 32, 32) and pixel_size == 4.0
+  assert not np.allclose(maps[0], maps[1])
+  with pytest.raises(InputError):
+    cf.load_states(32, volumes=(paths[0], paths[2]))  # another voxel size: not one grid
+  with pytest.raises(InputError):
+    cf.load_states(32, volumes=paths[:1])  # one state is not a comparison

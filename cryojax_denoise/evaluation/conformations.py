@@ -112,7 +112,8 @@ def load_states(image_size: int, volumes=(), structures=(), pixel_size: float | 
   for path in volumes or structures:
     src = simulate.load_source(volume=path if volumes else None, structure=path if structures else None,
                                pixel_size=size, image_size=image_size)
-    size = size or src.pixel_size
+    if structures:  # models: render every state at the first one's pixel size (maps keep their headers')
+      size = size or src.pixel_size
     sources.append(src)
   first = sources[0]
   for src in sources[1:]:
