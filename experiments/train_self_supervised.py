@@ -1,7 +1,7 @@
 """Fits a learned denoiser to noisy particles alone (no clean images): self-supervised fine-tuning.
 
     python launch.py --experiment=train_self_supervised --workdir=DIR --config.noisy=particles.star \
-        [--config.init=general|none|CKPT] [--config.loss=neighbor2neighbor|noise2self|noise2noise] \
+        [--config.init=general|none|CKPT] [--config.loss=noise2self|neighbor2neighbor|noise2noise] \
         [--config.noisy2=other_half.mrcs] [--config.steps=N --config.batch_size=B --config.lr_g=LR]
 
 `noisy=` an MRC stack or a RELION STAR file (any square size; images are padded to the network's

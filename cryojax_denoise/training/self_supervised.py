@@ -14,6 +14,11 @@ copy for noise2noise (standardised with x's mean and std) and x itself otherwise
   particle (half sets, even/odd frames, or two simulated noise draws); the data source swaps the two
   copies at random so both serve as input.
 
+Measured (70S ribosome, 64², CTF, SNR 0.1, 2000 particles, 1000 steps of 16 from scratch; test MSE,
+BM3D 0.52): noise2self 0.35, noise2noise 0.32 (supervised 0.30), neighbor2neighbor 0.87: at this SNR
+the half-size training images of neighbor2neighbor do not carry over to full size, so noise2self is
+the default.
+
 All assume pixel-wise independent noise; correlated noise (e.g. from motion correction or a
 non-flat spectrum) is partly learned as signal. Images of any size are reflect-padded to the
 generator's stride (the sub-sampled half-size images too) and cropped back.
@@ -49,7 +54,7 @@ _VALIDATION: dict = {}  # compiled validation losses, per (generator graph, loss
 def add_config(c: ml_collections.ConfigDict) -> None:
   """The self-supervised keys, added to `train.default_config("self_supervised")`."""
   c.init = "general"            # start from the bundled general model ("none": from scratch; or a checkpoint)
-  c.loss = "neighbor2neighbor"  # neighbor2neighbor | noise2self | noise2noise
+  c.loss = "noise2self"         # noise2self | neighbor2neighbor | noise2noise (see the module docstring)
   c.noisy2 = ""                 # noise2noise: a second noisy copy of `noisy` (same particles, same order)
   c.gamma = 2.0                 # neighbor2neighbor: weight γ of the consistency regulariser
   c.mask_grid = 4               # noise2self: spacing of the masked pixel grid (1/mask_grid² masked)
@@ -287,7 +292,7 @@ class NoisyStack:
 # ---------------------------------------------------------------------------- library entry point
 
 
-def finetune(noisy, workdir: str, *, init: str = "general", loss: str = "neighbor2neighbor", steps: int = 1000,
+def finetune(noisy, workdir: str, *, init: str = "general", loss: str = "noise2self", steps: int = 1000,
              batch_size: int = 16, seed: int = 0, noisy2=None, **overrides) -> str:
   """Fits a generator to noisy particles alone; returns the checkpoint dir (for `restore.load_denoiser`).
 
