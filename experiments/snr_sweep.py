@@ -179,6 +179,18 @@ def _sigma(config, ds) -> np.ndarray:
   return np.asarray(estimate_noise_std(ds.noisy), np.float32)
 
 
+def _ctf(ds, config) -> np.ndarray | None:
+  """Each particle's CTF (N, H, W) on the FFT grid from the dataset's RELION table (None without CTF)."""
+  from cryojax_denoise.data import ctf
+
+  return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
+
+
+def _fitted(name: str, config, fit_ds):
+  """A dataset-level method (registry `fit` hook, e.g. cwf) fitted to the noisy images of `fit_ds`."""
+  return denoisers.fit(name, fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config))
+
+
 def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
   """Trains (or resumes) a phantom-only learned denoiser with the sweep's budget; returns its dir."""
   from cryojax_denoise.training import train
@@ -234,6 +246,7 @@ def run(config, workdir: str) -> None:
   # Disjoint splits: training draws from seed; tuning and test sets from other seeds (other poses).
   # The test set uses the same poses at every SNR, so columns of examples.png are the same particles.
   tune_seed, test_seed, recon_seed = 10_000 + config.seed, 20_000 + config.seed, 30_000 + config.seed
+  fit_seed = 40_000 + config.seed
 
   rows, chosen, notes = [], {}, []
   example_snrs = [s for s in snrs if any(abs(s - e) < 1e-9 for e in config.example_snrs)] or sorted(snrs)[:2]
@@ -258,15 +271,20 @@ def run(config, workdir: str) -> None:
         ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
       for name in methods:
         learned = (name, snr) in checkpoints
+        dataset_level = not learned and denoisers.REGISTRY[name].fit is not None
         params = {"checkpoint": checkpoints[name, snr]} if learned else {}
-        tuned = not learned and config.tune and denoisers.REGISTRY[name].knob
+        tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[name].knob
         if tuned:
           params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
           chosen[f"{set_name}: {name}", snr] = params
-        fn = denoisers.get(_registry_name(name), **params)
-        if not tuned:  # tuning already compiled the kernel for this batch shape
-          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
-        den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch)
+        if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
+          fn, ctf = _fitted(name, config, dataset(config.n_fit, snr, fit_seed)), _ctf(test_ds, config)
+          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
+        else:
+          fn, ctf = denoisers.get(_registry_name(name), **params), None
+          if not tuned:  # tuning already compiled the kernel for this batch shape
+            evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
+        den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))
         if snr in example_snrs:

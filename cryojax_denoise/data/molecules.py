@@ -233,7 +233,7 @@ def _render(points: np.ndarray, amps: np.ndarray, box: int, pixel_size: float, s
   k = np.fft.fftfreq(box)
   k2 = k[:, None, None] ** 2 + k[None, :, None] ** 2 + k[None, None, : box // 2 + 1] ** 2
   s = sigma_A / pixel_size
-  blurred = np.fft.irfftn(np.fft.rfftn(grid) * np.exp(-2 * math.pi**2 * s**2 * k2), s=grid.shape)
+  blurred = np.fft.irfftn(np.fft.rfftn(grid) * np.exp(-2 * math.pi**2 * s**2 * k2), s=grid.shape, axes=(0, 1, 2))
   return blurred.astype(np.float32)
 
 
