@@ -285,9 +285,9 @@ def run(config, workdir: str) -> None:
           rows.append(dict(base, classifier="3d", accuracy=accs["template"], n_images=n, seconds_per_image=spi,
                            **scores))
         bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {accs['template']:.3f}")
+      report.write_results(rows, workdir)  # the rows so far (long runs can be read while they go)
     notes.append(f"State pair {fields}: unsupervised set within {config.pose_spread_deg:g}° of the view "
                  f"(rot, tilt, psi) = ({view[0]:.1f}, {view[1]:.1f}, {view[2]:.1f})°.")
-    report.write_results(rows, workdir)  # the rows so far, after each state pair (long runs)
   report.write_results(rows, workdir)
   report.plot_accuracy(rows, os.path.join(workdir, "accuracy_vs_snr.png"))
   device = f"{len(jax.devices())}× {jax.devices()[0].device_kind} ({jax.default_backend()})"
