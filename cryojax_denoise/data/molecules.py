@@ -3,17 +3,18 @@
 `molecule_map(seed, box)` draws one molecule and renders it into a (box, box, box) float32 map with its
 own pixel size. The family (shares of draws in `KINDS`):
 
-* `globular`: 2–7 ellipsoidal domains (aspect ratio up to 2.5) docked into an asymmetric complex;
+* `globular`: 2–10 ellipsoidal domains (aspect ratio up to 2.5) docked into an asymmetric complex;
 * `rod`: 1–3 elongated domains (aspect 3–8) end to end, possibly kinked;
 * `ring`: C_n (n = 3–12) copies of a 1–3-domain subunit around an axis; half of them D_n (a second,
   two-fold-related ring stacked on the first);
 * `disc`: flat oblate domains (thickness 15–35% of the diameter), sometimes with a central hole;
 * `filament`: a helical lattice of subunits (rise, twist random) longer than the box, so it crosses it;
 * `shell`: a hollow cage (virus-like capsid) of subunits on a sphere, from 12 to 60 copies;
-* `blobs`: 12–40 lumps of mixed density (nucleic-acid-rich, irregular, like a ribosome).
+* `blobs`: a dense globule of 20–60 overlapping lumps of mixed density (nucleoprotein-like, e.g. a
+  ribosome).
 
 Size and scale: the pixel size is log-uniform in `PIXEL_SIZE_RANGE_A` (1–6 Å/px) and the molecule's
-largest diameter is a uniform fraction `FILL_RANGE` (25–90%) of the box, at least `MIN_DIAMETER_A`.
+largest diameter is a uniform fraction `FILL_RANGE` (25–95%) of the box, at least `MIN_DIAMETER_A`.
 Density: each domain is filled with pseudo-atoms (beads) on a jittered grid of spacing
 max(3.8 Å, 1.2 px), each a Gaussian of σ = max(2 Å, bead spacing / 2), with per-domain density 0.6–1.6
 (protein vs nucleic acid), bead-scale log-normal speckle and random solvent channels; then a B-factor
@@ -28,9 +29,9 @@ import math
 
 import numpy as np
 
-KINDS = {"globular": 0.3, "rod": 0.1, "ring": 0.15, "disc": 0.1, "filament": 0.1, "shell": 0.1, "blobs": 0.15}
+KINDS = {"globular": 0.3, "rod": 0.08, "ring": 0.12, "disc": 0.1, "filament": 0.1, "shell": 0.1, "blobs": 0.2}
 PIXEL_SIZE_RANGE_A = (1.0, 6.0)
-FILL_RANGE = (0.25, 0.9)
+FILL_RANGE = (0.25, 0.95)
 MIN_DIAMETER_A = 40.0
 B_FACTOR_RANGE_A2 = (0.0, 200.0)
 
@@ -79,8 +80,8 @@ def _subunit(rng, size: float, n_max: int = 3) -> _Domains:
 
 def _globular(rng, d: float) -> _Domains:
   dom = _Domains()
-  n = int(rng.integers(2, 8))
-  radius = d / 2 / (1 + 0.35 * math.log(n))
+  n = int(rng.integers(2, 11))
+  radius = d / 2 / (1 + 0.3 * math.log(n))
   centers, radii = [], []
   for i in range(n):
     r = radius * rng.uniform(0.5, 1.0)
@@ -91,7 +92,7 @@ def _globular(rng, d: float) -> _Domains:
     else:
       j = int(rng.integers(0, i))
       u = rng.normal(size=3)
-      c = centers[j] + u / np.linalg.norm(u) * 0.8 * (radii[j] + r)
+      c = centers[j] + u / np.linalg.norm(u) * rng.uniform(0.5, 0.85) * (radii[j] + r)
     centers.append(c)
     radii.append(r)
     dom.add(c, _rotation(rng), axes, rng.uniform(0.7, 1.3))
@@ -179,10 +180,10 @@ def _shell(rng, d: float) -> _Domains:
 
 def _blobs(rng, d: float) -> _Domains:
   dom = _Domains()
-  n = int(rng.integers(12, 41))
-  for _ in range(n):
+  n = int(rng.integers(20, 61))
+  for _ in range(n):  # a dense globule of overlapping lumps (nucleoprotein-like, e.g. a ribosome)
     u = rng.normal(size=3)
-    c = u / np.linalg.norm(u) * d / 2 * rng.uniform(0, 1) ** (1 / 3) * 0.7
+    c = u / np.linalg.norm(u) * d / 2 * rng.uniform(0, 1) ** (1 / 3) * 0.75
     size = d * rng.uniform(0.15, 0.35)
     dom.add(c, _rotation(rng), size / 2 * np.sort(rng.uniform(0.5, 1.0, 3))[::-1], rng.choice([0.9, 1.6]))
   return dom

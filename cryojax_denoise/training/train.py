@@ -94,7 +94,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
 # The general model's recipe (`--config.preset=general`): the molecule corpus over SNR 0.02–2, a
 # noise-level input channel, both polarities (odd by construction at inference), MSE loss.
 PRESETS = {
-    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 10000, "snr_range": (0.02, 2.0),
+    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 15000, "snr_range": (0.02, 2.0),
                 "val_snr": 0.1, "loss": "l2", "checkpoint_every": 250, "eval_every": 250,
                 "model.blocks": (2, 2, 2, 0),
                 "model.noise_channel": True, "model.odd": True},
