@@ -92,3 +92,24 @@ def load_denoiser(directory: str | None = None, batch_size: int = 64, kind: str 
 
   denoise.config = config
   return denoise
+
+
+def export_generator(workdir: str, dest: str) -> str:
+  """Writes the generator of `workdir`'s latest checkpoint (no optimiser state: ~1/3 the size) to
+  `dest/checkpoints/<step>/` with its saved config, plus `dest/metrics.jsonl` when the run has one.
+  This is how a trained general model becomes the bundled one:
+  `restore.export_generator("runs/general_autoencoder", restore.bundled_dir("autoencoder"))`."""
+  import shutil
+
+  if os.path.exists(dest):
+    raise InputError(f"{dest}: already exists (export never overwrites)")
+  generator, config, step = load_generator(workdir)
+  ckpt = checkpoints.Checkpointer(dest, keep=1)
+  try:
+    ckpt.save(step, {"generator": generator}, config.to_dict())
+  finally:
+    ckpt.close()
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  if os.path.exists(metrics):
+    shutil.copyfile(metrics, os.path.join(dest, "metrics.jsonl"))
+  return dest
