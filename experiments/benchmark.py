@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.auto = False  # also time params=auto (SURE on `auto_images` of the batch) against denoising the batch
   c.auto_images = 32
   c.auto_batch = 64  # plain denoising also timed in batches of this size (the denoise experiment's default)
+  c.aspire_python = "/work/peers-venv/bin/python"  # ASPIRE's interpreter: cwf's reference ("" or absent: none)
   return c
 
 
@@ -80,7 +81,7 @@ def _simulate(config, n: int, seed: int):
   source = simulate.load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed)
   ds = simulate.simulate_dataset(source, n, config.image_size, config.snr, seed, ctf=config.ctf)
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
-  return noisy, clean, np.std(noisy - clean, axis=(1, 2)).astype(np.float32)
+  return noisy, clean, np.std(noisy - clean, axis=(1, 2)).astype(np.float32), ds
 
 
 def _timed(fn, repeats: int, warmup: bool = True):
@@ -139,6 +140,25 @@ def _omp_comparison(noisy: np.ndarray, config) -> dict:
               max_rel_coef_diff_same_support=max_diff)
 
 
+def _aspire_reference(noisy, sigma, ds, ctf, config):
+  """ASPIRE's DenoiserCov2D (experiments/peers/aspire_cwf.py, run by `aspire_python` in a subprocess)
+  on the same particles and CTFs, its estimate CTF-modulated like cwf's; `fn.seconds` is ASPIRE's own
+  fit + denoise time (no interpreter start or imports). None when `aspire_python` is absent."""
+  if not config.aspire_python or not os.path.exists(config.aspire_python):
+    return None
+  from cryojax_denoise.data.ctf import ctf_params
+  from experiments.peers.compare_cwf import run_aspire
+
+  def fn():
+    params = None if ctf is None else ctf_params(ds.particles, ds.optics, ds.pixel_size)
+    res = run_aspire(config.aspire_python, noisy, float(np.mean(sigma ** 2)), ds.pixel_size, params, ctf)
+    fn.seconds = res["seconds"]
+    out = res["denoised"]
+    return out if ctf is None else np.fft.ifft2(np.fft.fft2(out) * ctf).real
+
+  return fn, "ASPIRE 0.14 DenoiserCov2D (own environment, subprocess)"
+
+
 def _reference(name: str, noisy, sigma, params: dict, config):
   """(callable, description) of the reference implementation of `name`, or None."""
   if name == "ddtf":
@@ -168,10 +188,13 @@ def _reference(name: str, noisy, sigma, params: dict, config):
 def run(config, workdir: str) -> None:
   n, size = int(config.n_images), int(config.image_size)
   logging.info("benchmark: simulating %d images of %d² at SNR %g", n, size, config.snr)
-  noisy, clean, sigma = _simulate(config, n, config.seed)
+  noisy, clean, sigma, ds = _simulate(config, n, config.seed)
+  from cryojax_denoise.data.ctf import ctf_grid
+
+  ctf = ctf_grid(ds.particles, ds.optics, size, ds.pixel_size)  # None without CTF; for uses_ctf methods
   chosen, tables = {}, {}
   if config.tune:
-    t_noisy, t_clean, t_sigma = _simulate(config, int(config.n_tune), 10_000 + config.seed)
+    t_noisy, t_clean, t_sigma, _ = _simulate(config, int(config.n_tune), 10_000 + config.seed)
     for name in config.methods:
       fixed = {"ddtf": {"n_patches": int(config.ddtf_n_patches)} if config.ddtf_n_patches else {},
                "ksvd": {"n_train": int(config.ksvd_n_train)} if config.ksvd_n_train else {}}.get(name, {})
@@ -197,16 +220,21 @@ def run(config, workdir: str) -> None:
       t0 = time.perf_counter()
       out, cpu = bm3d_denoise_cpu(noisy, sigma, **params)  # the registry's bm3d, plus its workers' CPU time
       secs = time.perf_counter() - t0
+    elif denoisers.REGISTRY[name].fit is not None:  # dataset-level (cwf): fit on the batch with its CTFs, apply
+      out, secs, cpu = _timed(lambda: denoisers.fit(name, noisy, sigma, ctf, **params)(noisy, sigma, ctf),
+                              config.repeats)
     else:
       out, secs, cpu = _timed(lambda: den(noisy, sigma), config.repeats)
     row = dict(method=name, params={k: v for k, v in params.items()}, seconds=secs, images_per_s=n / secs,
                cpu_seconds=cpu, images_per_cpu_s=n / cpu if cpu > 0 else None, mse=_mse(out, clean))
     ref = _reference(name, noisy, sigma, params, config) if config.reference else None
+    if name == "cwf" and config.reference:
+      ref = _aspire_reference(noisy, sigma, ds, ctf, config)
     if ref is not None:
       fn, desc = ref
       t0 = time.perf_counter()
       ref_out = np.asarray(fn(), np.float32)
-      t_ref = time.perf_counter() - t0
+      t_ref = getattr(fn, "seconds", time.perf_counter() - t0)
       row["reference"] = dict(name=desc, seconds=t_ref, images_per_s=n / t_ref, speedup=t_ref / secs,
                               mse=_mse(ref_out, clean), max_abs_diff=float(np.max(np.abs(ref_out - out))))
     if name == "ksvd" and config.reference:

@@ -84,25 +84,43 @@ def _padded(x, size):
 
 
 @jax.jit
-def _mean_stats(basis, images, h, w):
-  """Σ M_0² (p, p) and Σ M_0 b_0 (p,) of a batch (weights w mask padding)."""
-  b0 = jnp.real(st.pad(basis, st.expand_t(basis, images))[:, 0])
+def _coefs(basis, images):
+  """Padded coefficients (B, K+1, pmax) complex64 of (B, H, W) images."""
+  return st.pad(basis, st.expand_t(basis, images))
+
+
+def _apply_m(basis, h, v):
+  """M_i v_i = Gᵀ (h_i ⊙ G v_i) per block, without forming M: h (B, n_rho), v (B, K+1, p)."""
+  g = basis.radial.astype(v.dtype)
+  return jnp.einsum("krp,bkr->bkp", g, h[:, None, :] * jnp.einsum("krq,bkq->bkr", g, v))
+
+
+@jax.jit
+def _mean_stats(basis, b, h, w):
+  """Σ_i M_i0 b_i0 (p,) and Σ_i h_i h_iᵀ (n_rho, n_rho) of a batch (weights w mask padding)."""
   g = basis.radial[0]
-  m0 = jnp.einsum("rp,br,rq->bpq", g, h, g)
-  return jnp.einsum("b,bpq,bqs->ps", w, m0, m0), jnp.einsum("b,bpq,bq->p", w, m0, b0)
+  r0 = jnp.einsum("rp,br->p", g, w[:, None] * h * (jnp.real(b[:, 0]) @ g.T))
+  return r0, jnp.einsum("b,br,bs->rs", w, h, h)
 
 
 @functools.partial(jax.jit, static_argnames=("n_groups",))
-def _cov_stats(basis, images, h, w, mean, group, *, n_groups):
-  """Σ M v vᴴ M (K+1, pmax, pmax), Σ P, and Σ P per CTF group (n_groups, K+1, pmax, pmax)."""
-  b = st.pad(basis, st.expand_t(basis, images))
-  m = st.ctf_blocks(basis, h)
-  v = b.at[:, 0].add(-jnp.einsum("bpq,q->bp", m[:, 0], mean))
-  u = jnp.einsum("bkpq,bkq->bkp", m, v)
+def _cov_stats(basis, b, h, w, mean, group, *, n_groups):
+  """Σ_i M_i v_i v_iᴴ M_i (K+1, p, p) and Σ_i h_i h_iᵀ per CTF group (n_groups, n_rho, n_rho)."""
+  m_mean = jnp.einsum("rp,br,r->bp", basis.radial[0], h, basis.radial[0] @ mean)
+  v = b.at[:, 0].add(-m_mean)
+  u = _apply_m(basis, h, v)
   rhs = jnp.einsum("b,bkp,bkq->kpq", w, u, jnp.conj(u))
-  p = m @ m
-  wp = p * w[:, None, None, None]
-  return rhs, wp.sum(0), jax.ops.segment_sum(wp, group, num_segments=n_groups)
+  hh = jnp.einsum("b,br,bs->brs", w, h, h)
+  return rhs, jax.ops.segment_sum(hh, group, num_segments=n_groups)
+
+
+@jax.jit
+def mean_square_blocks(basis, hh):
+  """Σ_i M_i² (..., K+1, p, p) from Σ_i h_i h_iᵀ (..., n_rho, n_rho), exactly: M_i² = Gᵀ D_i Π D_i G
+  with Π = G Gᵀ, so Σ_i M_i² = Gᵀ (Π ∘ Σ_i h_i h_iᵀ) G."""
+  g = basis.radial
+  proj = jnp.einsum("krp,ksp->krs", g, g)
+  return jnp.einsum("krp,krs,...rs,ksq->...kpq", g, proj, hh, g)
 
 
 def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
@@ -163,19 +181,19 @@ def _noise_correct(rhs, pbar, mask, sizes, noise_var, n, *, shrink):
 def solve_covariance(p_groups, weights, rhs, mask, *, iters=40):
   """C with Σ_g w_g P_g C P_g = rhs for each block: preconditioned CG (Frobenius inner product).
 
-  p_groups (G, K+1, p, p) real symmetric, weights (G,), rhs (K+1, p, p); mask (K+1, p) marks real
-  coordinates (padding stays 0)."""
+  p_groups (G, K+1, p, p) real symmetric, weights (G,), rhs (K+1, p, p) real; mask (K+1, p) marks
+  real coordinates (padding stays 0). A complex (Hermitian) rhs: solve its real and imaginary parts."""
   mm = mask[:, :, None] * mask[:, None, :]
   diag = jnp.diagonal(p_groups, axis1=-2, axis2=-1)  # (G, K+1, p)
   precond = jnp.einsum("g,gkp,gkq->kpq", weights, diag, diag)
   precond = jnp.where(mm > 0, jnp.maximum(precond, 1e-12 * precond.max()), 1.0)
-  pg = p_groups.astype(rhs.dtype)
+  pg = p_groups * jnp.sqrt(weights)[:, None, None, None]
 
   def op(c):
-    return jnp.einsum("g,gkpq,kqr,gkrs->kps", weights, pg, c, pg) * mm
+    return jnp.sum(pg @ c[None] @ pg, axis=0) * mm
 
   def dot(a, b):
-    return jnp.real(jnp.sum(jnp.conj(a) * b, axis=(-2, -1)))
+    return jnp.sum(a * b, axis=(-2, -1))
 
   x = rhs / precond * mm
   r = rhs * mm - op(x)
@@ -195,49 +213,55 @@ def solve_covariance(p_groups, weights, rhs, mask, *, iters=40):
     return x, r, z + beta[:, None, None] * d, rz_new
 
   x, *_ = jax.lax.fori_loop(0, iters, body, (x, r, d, rz))
-  return _herm(x)
+  return 0.5 * (x + jnp.swapaxes(x, -1, -2))
 
 
 def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
         n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None) -> CWFModel:
   """Mean and covariance of the clean CTF-free images from (N, H, W) particles and their CTFs.
 
-  Two batched passes over `images` (mean, then covariance statistics); memory is the images plus
-  per-batch work. `noise_std`: scalar, (N,) or None (estimated); its mean square is the fit's σ².
+  `noise_std`: scalar, (N,) or None (estimated); its mean square is the fit's σ². Memory: the
+  images, their coefficients (fewer numbers than pixels) and per-batch work.
   """
-  images = np.asarray(images, np.float32) if not isinstance(images, jax.Array) else images
+  return _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho)[0]
+
+
+def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho):
+  """(model, padded coefficients (N, K+1, p), radial CTF profiles (N, n_rho))."""
+  images = jnp.asarray(images, jnp.float32)
   n, H, W = images.shape
   if H != W:
     raise ValueError(f"cwf needs square images, got {H}x{W}")
   basis = st.fb_basis(H, n_rho)
   noise_var = float(np.mean(_noise_var(images, noise_std)))
-  k1, pmax = basis.n_blocks, basis.pmax
-  batch = int(max(8, min(batch_size, 1.5e8 // (k1 * pmax * pmax * 4 * 4))))
-  h_all = np.asarray(_profiles(basis, ctf, n))
+  pmax = basis.pmax
+  batch = min(int(batch_size), n)
+  h_all = _profiles(basis, ctf, n)
+  coefs = jnp.concatenate([_coefs(basis, _padded(images[s:e], batch)[0])[: e - s] for s, e in _batches(n, batch)])
 
-  a0, r0 = 0.0, 0.0
+  r0, hh = 0.0, 0.0
   for s, e in _batches(n, batch):
-    x, w = _padded(jnp.asarray(images[s:e]), batch)
-    h, _ = _padded(jnp.asarray(h_all[s:e]), batch)
-    da, dr = _mean_stats(basis, x, h, w)
-    a0, r0 = a0 + np.asarray(da, np.float64), r0 + np.asarray(dr, np.float64)
+    (b, w), (h, _) = _padded(coefs[s:e], batch), _padded(h_all[s:e], batch)
+    d_r, d_hh = _mean_stats(basis, b, h, w)
+    r0, hh = r0 + np.asarray(d_r, np.float64), hh + d_hh
+  a0 = np.asarray(mean_square_blocks(basis, hh)[0], np.float64)
   p0 = int(basis.sizes[0])
   mean = np.zeros(pmax)
   mean[:p0] = np.linalg.lstsq(a0[:p0, :p0], r0[:p0], rcond=1e-10)[0]
   mean = jnp.asarray(mean, jnp.float32)
 
-  groups = _groups(h_all, n_groups) if ctf is not None else np.zeros(n, int)
+  groups = _groups(np.asarray(h_all), n_groups) if ctf is not None else np.zeros(n, int)
   g = int(groups.max()) + 1
-  rhs, pbar, pgs = 0.0, 0.0, 0.0
+  rhs, hh_groups = 0.0, 0.0
   for s, e in _batches(n, batch):
-    x, w = _padded(jnp.asarray(images[s:e]), batch)
-    h, _ = _padded(jnp.asarray(h_all[s:e]), batch)
+    (b, w), (h, _) = _padded(coefs[s:e], batch), _padded(h_all[s:e], batch)
     gr, _ = _padded(jnp.asarray(groups[s:e]), batch)
-    d_rhs, d_p, d_pg = _cov_stats(basis, x, h, w, mean, gr, n_groups=g)
-    rhs, pbar, pgs = rhs + d_rhs, pbar + d_p, pgs + d_pg
-  rhs, pbar = rhs / n, pbar / n
+    d_rhs, d_hh = _cov_stats(basis, b, h, w, mean, gr, n_groups=g)
+    rhs, hh_groups = rhs + d_rhs, hh_groups + d_hh
   counts = np.bincount(groups, minlength=g).astype(np.float32)
-  p_groups = pgs / jnp.asarray(counts)[:, None, None, None]
+  p_groups = mean_square_blocks(basis, hh_groups / jnp.asarray(counts)[:, None, None])  # mean M_i² per group
+  pbar = jnp.einsum("g,gkpq->kpq", jnp.asarray(counts / n), p_groups)
+  rhs = rhs / n
   if not hermitian:
     rhs = jnp.real(rhs).astype(jnp.complex64)
   mask = (jnp.arange(pmax)[None, :] < basis.sizes[:, None]).astype(jnp.float32)
@@ -246,8 +270,11 @@ def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: boo
   if ctf is None:
     cov = rhs  # P_i = I: the least-squares system is the identity
   else:
-    cov = solve_covariance(p_groups, jnp.asarray(counts / n), rhs, mask, iters=int(cg_iters))
-  return _model(basis, mean, cov, noise_var, n)
+    weights, iters = jnp.asarray(counts / n), int(cg_iters)
+    cov = solve_covariance(p_groups, weights, jnp.real(rhs), mask, iters=iters).astype(jnp.complex64)
+    if hermitian:
+      cov = cov + 1j * solve_covariance(p_groups, weights, jnp.imag(rhs), mask, iters=iters)
+  return _model(basis, mean, cov, noise_var, n), coefs, h_all
 
 
 def _model(basis, mean, cov, noise_var, n) -> CWFModel:
@@ -262,21 +289,44 @@ def _model(basis, mean, cov, noise_var, n) -> CWFModel:
   return CWFModel(basis, mean, factor, radial_factor, jnp.float32(noise_var), jnp.int32(n))
 
 
+def solve_pd(a, b):
+  """x with a x = b for a batch of small Hermitian positive definite a (..., r, r), b (..., r):
+  Gauss–Jordan without pivoting, vectorised over the batch (LAPACK's per-matrix calls dominate
+  for ~10⁵ matrices of size ~10)."""
+  r = a.shape[-1]
+
+  def step(i, state):
+    a, b = state
+    row = jax.lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=False)  # (..., r)
+    piv = jax.lax.dynamic_index_in_dim(row, i, axis=-1, keepdims=False)
+    row, bi = row / piv[..., None], jax.lax.dynamic_index_in_dim(b, i, axis=-1, keepdims=False) / piv
+    col = jax.lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=False)  # (..., r)
+    col = jnp.where(jnp.arange(r) == i, 0, col)
+    a = a - col[..., :, None] * row[..., None, :]
+    b = b - col * bi[..., None]
+    a = jax.lax.dynamic_update_index_in_dim(a, row, i, axis=-2)
+    b = jax.lax.dynamic_update_index_in_dim(b, bi, i, axis=-1)
+    return a, b
+
+  return jax.lax.fori_loop(0, r, step, (a, b))[1]
+
+
 @jax.jit
-def _apply_batch(model: CWFModel, images, h, noise_var, ctf):
+def _apply_batch(model: CWFModel, b, h, noise_var, ctf):
+  """Wiener estimates (B, H, W) from padded coefficients b (B, K+1, p), profiles h (B, n_rho)."""
   basis = model.basis
-  b = st.pad(basis, st.expand_t(basis, images))  # (B, K+1, p)
   g0 = basis.radial[0]
-  m_mean = jnp.einsum("rp,br,r->bp", g0, h, g0 @ model.mean)
-  y = b.at[:, 0].add(-m_mean)
-  u = jnp.einsum("krp,br,krs->bkps", basis.radial.astype(jnp.complex64), h.astype(jnp.complex64),
-                 model.radial_factor)  # U = M F
+  y = b.at[:, 0].add(-jnp.einsum("rp,br,r->bp", g0, h, g0 @ model.mean))
+  z = model.radial_factor  # (K+1, n_rho, r) = G F
+  gt = jnp.swapaxes(basis.radial, -1, -2)[None]  # (1, K+1, p, n_rho)
+  hz = lambda part: gt @ (h[:, None, :, None] * part[None])  # noqa: E731  (B, K+1, p, r)
+  u = jax.lax.complex(hz(jnp.real(z)), hz(jnp.imag(z)))  # U = M F = Gᵀ diag(h) G F
   uh = jnp.conj(jnp.swapaxes(u, -1, -2))
   gram = uh @ u
   r = gram.shape[-1]
   eps = 1e-7 * jnp.maximum(jnp.real(jnp.trace(gram, axis1=-2, axis2=-1)).max(), 1e-30)
   gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(r)
-  s = jnp.linalg.solve(gram, jnp.einsum("bkrp,bkp->bkr", uh, y)[..., None])[..., 0]
+  s = solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh, y))
   est = jnp.einsum("kps,bks->bkp", model.factor, s)
   est = est.at[:, 0].add(model.mean)
   out = st.evaluate(basis, st.unpad(basis, est))
@@ -293,17 +343,22 @@ def apply(model: CWFModel, images, noise_std=None, ctf=None, *, modulate: bool =
   n, H, W = images.shape
   if (H, W) != model.basis.shape:
     raise ValueError(f"model fitted on {model.basis.shape} images, got {H}x{W}")
+  return _apply(model, images, None, noise_std, ctf, modulate, batch_size)
+
+
+def _apply(model, images, coefs, noise_std, ctf, modulate, batch_size, h_all=None):
+  n = images.shape[0]
   var = jnp.broadcast_to(jnp.asarray(_noise_var(images, noise_std), jnp.float32), (n,))
-  h_all = _profiles(model.basis, ctf, n)
+  h_all = _profiles(model.basis, ctf, n) if h_all is None else h_all
   ctf_out = None if (ctf is None or not modulate) else jnp.asarray(ctf, jnp.float32)
   batch = min(int(batch_size), n)
   outs = []
   for s, e in _batches(n, batch):
-    x, _ = _padded(images[s:e], batch)
+    b = _coefs(model.basis, _padded(images[s:e], batch)[0]) if coefs is None else _padded(coefs[s:e], batch)[0]
     h, _ = _padded(h_all[s:e], batch)
     v, _ = _padded(var[s:e], batch)
     c = None if ctf_out is None else _padded(ctf_out[s:e], batch)[0]
-    outs.append(_apply_batch(model, x, h, v, c)[: e - s])
+    outs.append(_apply_batch(model, b, h, v, c)[: e - s])
   return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
@@ -311,8 +366,9 @@ def cwf_denoise(images, noise_std=None, ctf=None, *, modulate: bool = True, shri
                 hermitian: bool = False, n_groups: int = 32):
   """Fits CWF on the batch (B, H, W) (CTFs `ctf` (B, H, W) or None) and applies it: the per-batch
   form (`denoisers.get("cwf")`); `denoisers.fit("cwf", stack, σ, ctf)` fits once for many batches."""
-  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups)
-  return apply(model, images, noise_std, ctf, modulate=modulate)
+  images = jnp.asarray(images, jnp.float32)
+  model, coefs, h = _fit(images, noise_std, ctf, shrink, hermitian, n_groups, 40, 256, None)
+  return _apply(model, images, coefs, noise_std, ctf, modulate, 128, h)
 
 
 def fit_denoiser(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,

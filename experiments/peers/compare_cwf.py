@@ -14,11 +14,9 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
-import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,6 +24,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _modulate(x, ctf):
   return x if ctf is None else np.fft.ifft2(np.fft.fft2(x) * ctf).real.astype(np.float32)
+
+
+def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: dict | None = None,
+               ctf=None) -> dict:
+  """ASPIRE's DenoiserCov2D on `noisy` (N, L, L) in a subprocess of its interpreter `python`;
+  `params` (data.ctf.ctf_params of the rows) and `ctf` (N, L, L) give each particle its CTF.
+  Returns {denoised (N, L, L) CTF-free, seconds (fit + denoise), sign, ctf_rel_err}."""
+  with tempfile.TemporaryDirectory() as tmp:
+    data = {"noisy": np.asarray(noisy, np.float32), "noise_var": float(noise_var), "pixel_size": float(pixel_size)}
+    if params is not None:
+      data.update({k: v for k, v in params.items() if k != "pixel_size"})
+      data["ctf"] = np.asarray(ctf[:8], np.float32)
+    np.savez(os.path.join(tmp, "in.npz"), **data)
+    cmd = ["nice", "-n", "15", python, os.path.join(HERE, "aspire_cwf.py"), os.path.join(tmp, "in.npz"),
+           os.path.join(tmp, "out.npz")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+      raise RuntimeError(f"ASPIRE failed:\n{proc.stderr[-3000:]}")
+    res = np.load(os.path.join(tmp, "out.npz"))
+    return {"denoised": res["denoised"], "seconds": float(res["seconds"]), "sign": float(res["sign"]),
+            "ctf_rel_err": float(res["ctf_rel_err"])}
 
 
 def run_one(source, n, size, snr, use_ctf, args, seed=0):
@@ -44,23 +63,13 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
     row["ours_s"] = time.perf_counter() - t0
   row["ours_mse"] = float(np.mean((ours - clean) ** 2))
   if args.aspire_python:
-    with tempfile.TemporaryDirectory() as tmp:
-      data = {"noisy": noisy, "noise_var": sigma ** 2, "pixel_size": ds.pixel_size}
-      if use_ctf:
-        data.update({k: v for k, v in ctf_params(ds.particles, ds.optics, ds.pixel_size).items() if k != "pixel_size"})
-        data["ctf"] = ctf[:8]
-      np.savez(os.path.join(tmp, "in.npz"), **data)
-      cmd = ["nice", "-n", "15", args.aspire_python, os.path.join(HERE, "aspire_cwf.py"),
-             os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")]
-      proc = subprocess.run(cmd, capture_output=True, text=True)
-      if proc.returncode:
-        raise RuntimeError(f"ASPIRE failed:\n{proc.stderr[-3000:]}")
-      res = np.load(os.path.join(tmp, "out.npz"))
-      theirs = _modulate(res["denoised"], ctf)
-      row.update(aspire_s=float(res["seconds"]), aspire_mse=float(np.mean((theirs - clean) ** 2)),
-                 aspire_ctf_rel_err=float(res["ctf_rel_err"]), aspire_sign=float(res["sign"]))
-      row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
-      row["speedup"] = row["aspire_s"] / row["ours_s"]
+    params = ctf_params(ds.particles, ds.optics, ds.pixel_size) if use_ctf else None
+    res = run_aspire(args.aspire_python, noisy, sigma ** 2, ds.pixel_size, params, ctf)
+    theirs = _modulate(res["denoised"], ctf)
+    row.update(aspire_s=res["seconds"], aspire_mse=float(np.mean((theirs - clean) ** 2)),
+               aspire_ctf_rel_err=res["ctf_rel_err"], aspire_sign=res["sign"])
+    row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
+    row["speedup"] = row["aspire_s"] / row["ours_s"]
   if args.bm3d:
     from cryojax_denoise.denoisers.bm3d import bm3d_denoise
     k = min(args.bm3d, n)
