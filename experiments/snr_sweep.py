@@ -88,6 +88,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.autoencoder_checkpoint = ""
   # Parameter search on the tuning batch (the smoke preset uses each method's default instead).
   c.tune = placeholder(bool)
+  # How a tuned knob is chosen: "clean" (lowest MSE against the tuning batch's clean images), "sure"
+  # (lowest Monte-Carlo SURE on the noisy test images alone, as denoise params=auto does), or "both"
+  # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one).
+  c.tuning = "clean"
   # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR.
   c.reconstruct = False
   c.example_snrs = (0.1, 0.05)
@@ -109,6 +113,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(sorted(valid))}")
   if not config.snrs or any(s <= 0 for s in config.snrs):
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
+  if config.tuning not in ("clean", "sure", "both"):
+    raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
   if config.sigma not in ("estimated", "true"):
     raise InputError(f"sigma: must be 'estimated' or 'true', got {config.sigma!r}")
   for key in ("gan_checkpoint", "autoencoder_checkpoint", "volume", "structure", "test_structure"):
@@ -161,8 +167,25 @@ def _stem(path: str) -> str:
 
 
 def _registry_name(row_name: str) -> str:
-  """'autoencoder_specialist' -> 'autoencoder': the registry method behind a sweep row."""
-  return row_name.removesuffix("_specialist")
+  """'autoencoder_specialist' -> 'autoencoder', 'ddtf_sure' -> 'ddtf': the registry method behind a sweep row."""
+  return row_name.removesuffix("_specialist").removesuffix("_sure")
+
+
+def _sure_rows(config, methods) -> list[str]:
+  """With tuning=both, a `<name>_sure` row for each classical method that has a knob to tune."""
+  if config.tuning != "both" or not config.tune:
+    return []
+  return [f"{m}_sure" for m in methods if m in CLASSICAL and denoisers.REGISTRY[m].knob
+          and denoisers.REGISTRY[m].fit is None]
+
+
+def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
+  """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE) and warning."""
+  from cryojax_denoise.denoisers import sure
+
+  params, table = sure.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
+  best = min(table, key=lambda r: r["sure_mse"])
+  return params, {"sure_mse": best["sure_relative"], "sure_warning": best["warning"]}
 
 
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
@@ -243,6 +266,7 @@ def run(config, workdir: str) -> None:
   checkpoints = learned_models(config, workdir, snrs)
   methods = [m for m in config.methods if m not in LEARNED] + [m for m in config.methods if m in LEARNED]
   methods += sorted({name for name, _ in checkpoints if name not in methods})
+  methods += _sure_rows(config, methods)
   # Disjoint splits: training draws from seed; tuning and test sets from other seeds (other poses).
   # The test set uses the same poses at every SNR, so columns of examples.png are the same particles.
   tune_seed, test_seed, recon_seed = 10_000 + config.seed, 20_000 + config.seed, 30_000 + config.seed
@@ -271,21 +295,25 @@ def run(config, workdir: str) -> None:
         ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
       for name in methods:
         learned = (name, snr) in checkpoints
-        dataset_level = not learned and denoisers.REGISTRY[name].fit is not None
-        params = {"checkpoint": checkpoints[name, snr]} if learned else {}
-        tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[name].knob
-        if tuned:
-          params, _ = tuning.tune(name, tune_ds.noisy, tune_ds.clean, tune_sigma)
+        base = _registry_name(name)
+        dataset_level = not learned and denoisers.REGISTRY[base].fit is not None
+        params, sure_info = ({"checkpoint": checkpoints[name, snr]} if learned else {}), {}
+        tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[base].knob
+        if tuned and (config.tuning == "sure" or name.endswith("_sure")):
+          params, sure_info = _sure_tune(base, test_ds.noisy, test_sigma, config)
+          chosen[f"{set_name}: {name}", snr] = params
+        elif tuned:
+          params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma)
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
           fn, ctf = _fitted(name, config, dataset(config.n_fit, snr, fit_seed)), _ctf(test_ds, config)
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
         else:
           fn, ctf = denoisers.get(_registry_name(name), **params), None
-          if not tuned:  # tuning already compiled the kernel for this batch shape
+          if not tuned or sure_info:  # clean tuning already compiled the kernel for this batch shape
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
-        rows.append(dict(method=name, snr=snr, test_set=set_name, **row,
+        rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))
         if snr in example_snrs:
           ex_den[name][label] = den

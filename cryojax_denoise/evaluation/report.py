@@ -134,6 +134,18 @@ def _table(rows: list[dict], key: str, fmt: str) -> list[str]:
   return lines
 
 
+def _sure_table(rows: list[dict]) -> list[str]:
+  """'SURE / true' MSE per SURE-tuned method and SNR, then where SURE failed (off by > 10%, or warned)."""
+  cells = [dict(r, sure_vs_true=f"{r['sure_mse']:.4f} / {r['mse']:.4f}") for r in rows if r.get("sure_mse") is not None]
+  lines = _table(cells, "sure_vs_true", "s")
+  bad = [f"{r['method']} at SNR {r['snr']:g} ({r['sure_mse'] / r['mse']:.2f}× the true MSE"
+         + (f"; {r['sure_warning']}" if r.get("sure_warning") else "") + ")" for r in cells
+         if r.get("sure_warning") or not 0.9 <= r["sure_mse"] / r["mse"] <= 1.1]
+  if bad:
+    lines += ["", "SURE is off by more than 10% (or warned) for: " + "; ".join(bad) + "."]
+  return lines
+
+
 def _ratio_table(rows: list[dict], reference: str) -> list[str]:
   """Each method's MSE divided by `reference`'s at the same SNR."""
   ref = {r["snr"]: r["mse"] for r in rows if r["method"] == reference}
@@ -216,6 +228,8 @@ def write_report(rows: list[dict], workdir: str, *, config_json: str, device: st
     if any(r.get("fsc_resolution_A") is not None for r in subset):
       lines += ["", f"{h} 3D reconstruction: half-map FSC 0.143 resolution (Å)", ""]
       lines += _table(subset, "fsc_resolution_A", ".1f")
+    if any(r.get("sure_mse") is not None for r in subset):
+      lines += ["", f"{h} SURE's estimate of the MSE (noisy images alone) / true MSE", ""] + _sure_table(subset)
     lines += ["", f"{h} Seconds per image", ""] + _table(subset, "seconds_per_image", ".4f")
     lines += ["", f"{h} Findings", ""] + findings(subset, classical, learned) + [""]
   if chosen:
