@@ -43,7 +43,7 @@ PRESETS = {
     "smoke": dict(image_size=32, n_test=8, n_tune=4, n_fit=64, autoencoder_steps=40, gan_steps=40, train_batch_size=8,
                   n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
-    "default": dict(image_size=64, n_test=64, n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
+    "default": dict(image_size=64, n_test=32, n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
                     n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
     "gpu": dict(image_size=128, n_test=256, n_tune=8, n_fit=10000, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
@@ -352,7 +352,7 @@ def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, datase
   from cryojax_denoise.reconstruction import fourier
 
   n = config.n_reconstruct
-  cost = {(r["method"], r["snr"]): r.get("seconds_per_image", 0.0) for r in rows}
+  cost = {(r["method"], r["snr"]): r.get("seconds_per_image", 0.0) for r in rows if r.get("test_set") == set_name}
   items = [(snr, name) for snr in snrs for name in ["noisy"] + methods]
   map_seconds: list[float] = []
 

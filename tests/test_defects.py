@@ -3,6 +3,7 @@ test_bad_input.py; 6 is also exercised by test_reconstruction.py and test_make_p
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,7 +103,7 @@ def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
           "--config.image_size=64"]
   proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded machine starts the run slowly
     workers = []
     while time.time() < deadline and len(workers) < 2:
       time.sleep(0.5)
@@ -110,7 +111,7 @@ def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
     assert len(workers) >= 2, "no BM3D workers started"
     time.sleep(2.0)  # the workers are busy now
     proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
+    proc.wait(timeout=60)
     time.sleep(1.0)
     alive = [p for p in workers if os.path.exists(f"/proc/{p}") and "spawn_main" in open(f"/proc/{p}/cmdline").read()]
     assert not alive, f"workers {alive} outlived the run"
@@ -132,12 +133,14 @@ def test_defect8_reconstruction_reports_denoising_progress_and_costed_eta(caplog
   def dataset(n, snr, seed):
     return simulate.simulate_dataset(source, n_images=n, image_size=32, snr=snr, seed=seed)
 
-  rows = [dict(method="noisy", snr=0.5, seconds_per_image=0.0), dict(method="gaussian", snr=0.5, seconds_per_image=10.0)]
+  rows = [dict(method="noisy", snr=0.5, seconds_per_image=0.0, test_set="phantom"),
+          dict(method="gaussian", snr=0.5, seconds_per_image=10.0, test_set="phantom")]
   logging.getLogger("absl").setLevel(logging.INFO)
   with caplog.at_level(logging.INFO):
-    snr_sweep._add_reconstruction(rows, config, ["gaussian"], [0.5], {}, {}, dataset, 1, [])
+    snr_sweep._add_reconstruction(rows, config, ["gaussian"], [0.5], {}, {}, dataset, 1, [], "phantom")
   lines = [r.getMessage() for r in caplog.records]
   assert any("reconstruct: denoising with gaussian @ SNR 0.5: 24/24" in line for line in lines), lines
   first = next(line for line in lines if line.startswith("reconstruct: 1/2"))
-  assert "ETA 4:" in first  # 24 images × 10 s measured per image (plus one map), not the noisy map's pace
+  m, sec = re.search(r"ETA (\d+):(\d\d) ", first).groups()
+  assert 60 * int(m) + int(sec) >= 240, first  # 24 images × 10 s measured per image (plus a map), not the map pace
   assert np.isfinite(rows[1]["fsc_resolution_A"])
