@@ -11,8 +11,9 @@ block 0 and the covariance is block diagonal, C = diag(C_k). Estimated from all 
   (1/N) Σ_i P_i C P_i = B with P_i = M_i², B = (1/N) Σ_i M_i v_i v_iᴴ M_i − σ² P̄; by default the
   noise term is removed instead by eigenvalue shrinkage of B whitened by P̄^{1/2} ("frobenius" of
   Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N). The system is solved by
-  preconditioned conjugate gradients on all blocks at once, with the P_i averaged within
-  `n_groups` clusters of similar CTFs (exact when N <= n_groups), and C made positive semidefinite;
+  preconditioned conjugate gradients on all blocks at once, with Σ_i P_i C P_i taken as
+  Σ_g n_g P̄_g C P̄_g over `n_groups` k-means clusters of similar CTF profiles (P̄_g their exact mean
+  of M_i²; exact when N <= n_groups), and C made positive semidefinite;
 * Wiener estimate  x̂_i = μ + C M_i (M_i C M_i + σ_i² I)⁻¹ (b_i − M_i μ), through C = F Fᴴ of
   rank r (push-through identity: an r×r solve per block and particle).
 
@@ -20,6 +21,9 @@ Output: the estimate times each particle's CTF (`modulate=True`, default: compar
 CTF-modulated clean images the other methods are scored against), or CTF-free (`modulate=False`).
 `hermitian=False` (default, as ASPIRE) keeps the real part of each block's covariance (pooled cos
 and sin coefficients); `hermitian=True` fits the full complex steerable covariance.
+
+Sweep/denoise: `denoisers.fit("cwf", images, noise_std, ctf)(batch, noise_std, ctf_batch)`, with
+`ctf = data.ctf.ctf_grid(ds.particles, ds.optics, size, ds.pixel_size)` (None without CTF).
 
 API (dataset-level; `ctf` is (N, H, W) float32 CTF values on the unshifted FFT grid, RELION's sign,
 None = identity; `noise_std` a scalar, (N,) or None = estimated per image):
