@@ -30,7 +30,7 @@ def test_bundled_model_loads_and_denoises_a_stack(kind, phantom_set):
   mse = float(np.mean((out - phantom_set.clean) ** 2))
   assert mse < 0.5 * float(np.mean((phantom_set.noisy - phantom_set.clean) ** 2))
   cfg = den.config
-  assert cfg.data == "corpus" and cfg.model.noise_channel and cfg.model.odd
+  assert cfg.data == "corpus" and cfg.model.noise_channel and cfg.model.odd and cfg.model.prior == "wiener"
 
 
 def test_bundled_model_is_odd_both_polarities(phantom_set):
@@ -58,3 +58,18 @@ def test_general_preset_smoke_training(tmp_path):
   assert row["step"] == 2 and np.isfinite(row["val_mse"])
   saved = json.loads(json.dumps(restore.load_generator(str(tmp_path))[1].to_dict()))
   assert saved["data"] == "corpus" and saved["loss"] == "l2" and saved["model"]["noise_channel"]
+
+
+def test_wiener_prior_is_corrected_by_the_network():
+  """With prior="wiener" the output is Wiener(x, σ̂) + network; a zero head leaves exactly the Wiener filter."""
+  from cryojax_denoise.denoisers.filters import wiener_denoise
+  from cryojax_denoise.denoisers.noise import estimate_noise_std
+
+  gen = host_init(lambda: Generator((8, 16), (1, 0), noise_channel=True, prior="wiener", rngs=nnx.Rngs(0)), 0)
+  assert gen.down[0].kernel.shape[2] == 3  # image, σ, Wiener estimate
+  x = jax.numpy.asarray(np.random.default_rng(1).normal(size=(2, 16, 16)).astype(np.float32))
+  wiener = np.asarray(wiener_denoise(x, estimate_noise_std(x)))
+  assert not np.allclose(np.asarray(gen(x)), wiener)
+  gen.head.kernel.set_value(jax.numpy.zeros_like(gen.head.kernel[...]))
+  gen.head.bias.set_value(jax.numpy.zeros_like(gen.head.bias[...]))
+  np.testing.assert_allclose(np.asarray(gen(x)), wiener, atol=1e-5)

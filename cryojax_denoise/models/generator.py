@@ -121,20 +121,26 @@ class Generator(nnx.Module):
     output: "linear" (default, for standardised data) or "tanh" (the original's, for data in [-1, 1]).
     noise_channel: append the input's estimated noise std (Haar MAD, `denoisers.noise`) as a constant
       second input channel (FFDNet-style), so one model adapts its smoothing to every SNR.
+    prior: "none", or "wiener": the input's Wiener-filtered image (radial power spectrum, estimated σ;
+      `denoisers.filters.wiener_denoise`) is a further input channel and the network predicts a
+      correction to it (output = Wiener + network), so training starts from a sound linear estimate.
     odd: mark the model as trained for both contrast polarities; `training.train.apply_generator` then
       returns (g(x) − g(−x)) / 2, which is odd by construction: f(−x) = −f(x).
   """
 
   def __init__(self, widths: Sequence[int] = (32, 64, 128, 128), blocks: Sequence[int] = (2, 2, 2, 0),
-               output: str = "linear", noise_channel: bool = False, odd: bool = False, *, rngs: nnx.Rngs):
+               output: str = "linear", noise_channel: bool = False, odd: bool = False, prior: str = "none", *,
+               rngs: nnx.Rngs):
     widths, blocks = tuple(int(w) for w in widths), tuple(int(b) for b in blocks)
     if len(widths) != len(blocks) or not widths:
       raise ValueError(f"widths {widths} and blocks {blocks} must be non-empty and of equal length")
     if output not in ("linear", "tanh"):
       raise ValueError(f"output must be 'linear' or 'tanh', got {output!r}")
     self.output, self.depth = output, len(widths)
-    self.noise_channel, self.odd = bool(noise_channel), bool(odd)
-    cins = (2 if noise_channel else 1,) + widths[:-1]
+    if prior not in ("none", "wiener"):
+      raise ValueError(f"prior must be 'none' or 'wiener', got {prior!r}")
+    self.noise_channel, self.odd, self.prior = bool(noise_channel), bool(odd), prior
+    cins = (1 + int(self.noise_channel) + int(prior == "wiener"),) + widths[:-1]
     self.down = nnx.List([conv(ci, co, 4, 2, rngs) for ci, co in zip(cins, widths)])
     self.down_norm = nnx.List([instance_norm(co, rngs) for co in widths])
     self.down_blocks = nnx.List([nnx.List([ResidualBlock(w, rngs=rngs) for _ in range(b)])
@@ -155,11 +161,18 @@ class Generator(nnx.Module):
     if h % self.stride or w % self.stride:
       raise ValueError(f"image size {h}×{w} is not divisible by the generator's total stride {self.stride}")
     x = images[..., None]
-    if self.noise_channel:
+    if self.noise_channel or self.prior == "wiener":
       from cryojax_denoise.denoisers.noise import estimate_noise_std
 
       sigma = jax.lax.stop_gradient(estimate_noise_std(images))
+    if self.noise_channel:
       x = jnp.concatenate([x, jnp.broadcast_to(sigma[:, None, None, None], x.shape)], axis=-1)
+    base = None
+    if self.prior == "wiener":
+      from cryojax_denoise.denoisers.filters import wiener_denoise
+
+      base = jax.lax.stop_gradient(wiener_denoise(images, sigma))
+      x = jnp.concatenate([x, base[..., None]], axis=-1)
     skips = []
     for conv_, norm, blocks in zip(self.down, self.down_norm, self.down_blocks):
       e = norm(conv_(x))
@@ -172,4 +185,5 @@ class Generator(nnx.Module):
       for block in self.up_blocks[i]:
         x = block(x)
     y = self.head(x)[..., 0]
-    return jnp.tanh(y) if self.output == "tanh" else y
+    y = jnp.tanh(y) if self.output == "tanh" else y
+    return y if base is None else base + y

@@ -60,7 +60,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.faithful = False           # True: the original's widths, blocks and tanh output (FAITHFUL)
   # Narrower and shallower than the original (FAITHFUL) so it trains in minutes on a CPU.
   c.model = ml_collections.ConfigDict({"widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 0), "output": "linear",
-                                       "noise_channel": False, "odd": False})
+                                       "noise_channel": False, "odd": False, "prior": "none"})
   c.disc = ml_collections.ConfigDict({"widths": (16, 32, 64), "blocks": (1, 1, 1)})
   c.loss = "l1"                # autoencoder loss: "l1" or "l2"
   c.l1_weight = 100.0          # GAN: λ of the L1 term
@@ -92,12 +92,13 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
 
 
 # The general model's recipe (`--config.preset=general`): the molecule corpus over SNR 0.02–2, a
-# noise-level input channel, both polarities (odd by construction at inference), MSE loss.
+# noise-level input channel, a Wiener-filtered input that the network corrects, both polarities (odd by
+# construction at inference), MSE loss.
 PRESETS = {
     "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 15000, "snr_range": (0.02, 2.0),
                 "val_snr": 0.1, "loss": "l2", "checkpoint_every": 250, "eval_every": 250,
                 "model.blocks": (2, 2, 2, 0),
-                "model.noise_channel": True, "model.odd": True},
+                "model.noise_channel": True, "model.odd": True, "model.prior": "wiener"},
 }
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
 KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 3000}}
@@ -246,10 +247,10 @@ def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator:
   """The generator of `config` (host-initialised); `abstract` gives shapes only, to restore into."""
   m = config.model
   widths, blocks, output = tuple(m.widths), tuple(m.blocks), str(m.output)
-  noise_channel, odd = bool(m.get("noise_channel", False)), bool(m.get("odd", False))
+  noise_channel, odd, prior = bool(m.get("noise_channel", False)), bool(m.get("odd", False)), m.get("prior", "none")
 
   def create():
-    return Generator(widths, blocks, output, noise_channel, odd, rngs=nnx.Rngs(seed))
+    return Generator(widths, blocks, output, noise_channel, odd, prior, rngs=nnx.Rngs(seed))
 
   return nnx.eval_shape(create) if abstract else host_init(create, seed)
 
