@@ -186,7 +186,12 @@ def run(config, workdir: str) -> None:
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
   if record is None and config.sure_images > 0:
-    record = _quality(config, table, reader, denoiser)
+    try:  # only a logged score: a method SURE cannot call this way (e.g. one needing CTFs) still denoises
+      _quality(config, table, reader, denoiser)
+    except InputError:
+      raise
+    except Exception as e:  # noqa: BLE001
+      logging.warning("no SURE quality score for %s: %s", config.method, e)
   denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size,
                         noise_std=config.noise_std or None, normalize=config.normalize, reader=reader,
                         ctf_of=ctf_of)

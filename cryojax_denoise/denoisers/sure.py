@@ -245,6 +245,8 @@ def check_tunable(name: str) -> None:
                      f"auto works with {', '.join(n for n, m in denoisers.REGISTRY.items() if m.knob)}")
   if method.knob is None or not method.grid:
     raise InputError(f"params=auto: method {name} has no tunable knob")
+  if getattr(method, "fit", None) is not None:
+    raise InputError(f"params=auto: {name} is fitted to the whole stack; SURE tuning takes per-batch methods")
 
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
