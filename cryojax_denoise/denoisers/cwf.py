@@ -44,6 +44,7 @@ import numpy as np
 
 from cryojax_denoise.denoisers import steerable as st
 from cryojax_denoise.denoisers.registry import register
+from cryojax_denoise.errors import InputError
 
 
 class CWFModel(NamedTuple):
@@ -235,7 +236,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   images = jnp.asarray(images, jnp.float32)
   n, H, W = images.shape
   if H != W:
-    raise ValueError(f"cwf needs square images, got {H}x{W}")
+    raise InputError(f"cwf needs square images, got {H}x{W}")
   basis = st.fb_basis(H, n_rho)
   noise_var = float(np.mean(_noise_var(images, noise_std)))
   pmax = basis.pmax
@@ -346,7 +347,7 @@ def apply(model: CWFModel, images, noise_std=None, ctf=None, *, modulate: bool =
   images = jnp.asarray(images, jnp.float32)
   n, H, W = images.shape
   if (H, W) != model.basis.shape:
-    raise ValueError(f"model fitted on {model.basis.shape} images, got {H}x{W}")
+    raise InputError(f"cwf model fitted on {model.basis.shape[0]}x{model.basis.shape[1]} images, got {H}x{W}")
   return _apply(model, images, None, noise_std, ctf, modulate, batch_size)
 
 
