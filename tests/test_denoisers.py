@@ -70,7 +70,7 @@ def test_registry():
   with pytest.raises(InputError, match="unknown parameter"):
     denoisers.get("ddtf", lambda_=2)
   with pytest.raises(InputError, match="checkpoint"):
-    denoisers.get("gan")
+    denoisers.get("gan", checkpoint="/nonexistent/run")  # no checkpoint: the bundled general model
 
 
 def test_tune_picks_the_grid_minimum():

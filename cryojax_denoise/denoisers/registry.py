@@ -104,13 +104,12 @@ def get(name: str, **params) -> Callable:
   """The denoiser `name` with `params` bound: `den(images (B, H, W), noise_std=None) -> (B, H, W)`.
 
   `noise_std` is a scalar or (B,) in image units; None estimates it per image for methods that
-  need it. Learned methods need `checkpoint=DIR`.
+  need it. Learned methods take `checkpoint=DIR` (default: the bundled general model).
   """
   m = method(name)
   check_params(name, params)
   if m.learned:
-    if params.get("checkpoint") in (None, ""):
-      raise InputError(f"denoiser {name!r} needs checkpoint=DIR (a trained workdir)")
+    params = {**params, "checkpoint": params.get("checkpoint") or None}  # None: the bundled general model
     return m.fn(**params)
 
   def denoise(images, noise_std=None):
