@@ -281,7 +281,9 @@ def run(config, workdir: str) -> None:
                                                        pad=config.reconstruct_pad)
           scores = three_d(pred)
           if name != "raw" and "difference_correlation" in scores:
-            scores["raw_difference_correlation"] = three_d(raw_scores(n, nc)[1])["difference_correlation"]
+            if ("3d", n) not in raw_cache:
+              raw_cache["3d", n] = three_d(raw_scores(n, nc)[1])["difference_correlation"]
+            scores["raw_difference_correlation"] = raw_cache["3d", n]
           rows.append(dict(base, classifier="3d", accuracy=accs["template"], n_images=n, seconds_per_image=spi,
                            **scores))
         bar.update(1, extra=f"{name} @ SNR {snr:g}, {fields}: template {accs['template']:.3f}")
