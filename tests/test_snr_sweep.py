@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-METHODS = ("gaussian", "wiener", "bm3d", "ksvd", "ddtf", "autoencoder", "gan")
+METHODS = ("gaussian", "wiener", "bm3d", "ksvd", "ddtf", "tv", "cwf", "autoencoder", "gan")
+UNSEEN = os.path.join(ROOT, "..", "shared", "data", "ribosome70S_65.mrc")
 SNRS = (1.0, 0.5, 0.2, 0.1, 0.05)
 
 
@@ -28,21 +29,25 @@ def smoke(tmp_path_factory):
   return workdir, sweep(workdir)
 
 
-def _row(rows, method, snr):
-  return next(r for r in rows if r["method"] == method and r["snr"] == pytest.approx(snr))
+def _row(rows, method, snr, test_set="phantom"):
+  return next(r for r in rows if r["method"] == method and r["snr"] == pytest.approx(snr) and r["test_set"] == test_set)
 
 
 def test_smoke_results_structure_and_sanity(smoke):
   workdir, rows = smoke
   keys = {"method", "snr", "mse", "psnr", "ssim", "frc_resolution_A", "seconds_per_image", "n_images"}
-  for snr in SNRS:
-    noisy = _row(rows, "noisy", snr)
-    assert noisy["mse"] == pytest.approx(1.0 / snr, rel=0.10)
-    for m in METHODS:
-      r = _row(rows, m, snr)
-      assert keys <= set(r)
-      assert all(np.isfinite(r[k]) for k in keys - {"method"})
-      assert r["mse"] < noisy["mse"], f"{m} does not beat noisy at SNR {snr}: {r['mse']} vs {noisy['mse']}"
+  sets = ["phantom"] + (["ribosome70S"] if os.path.exists(UNSEEN) else [])
+  assert sorted({r["test_set"] for r in rows}) == sorted(sets)
+  assert not any(name.startswith("train_") for name in os.listdir(workdir))  # general models: no training
+  for test_set in sets:
+    for snr in SNRS:
+      noisy = _row(rows, "noisy", snr, test_set)
+      assert noisy["mse"] == pytest.approx(1.0 / snr, rel=0.10)
+      for m in METHODS:
+        r = _row(rows, m, snr, test_set)
+        assert keys <= set(r)
+        assert all(np.isfinite(r[k]) for k in keys - {"method"})
+        assert r["mse"] < noisy["mse"], f"{m} does not beat noisy at SNR {snr} on {test_set}: {r['mse']}"
   for name in ("mse_vs_snr.png", "examples.png"):
     with open(workdir / name, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -50,6 +55,7 @@ def test_smoke_results_structure_and_sanity(smoke):
     assert imread(str(workdir / name)).shape[0] > 100
   text = (workdir / "report.md").read_text()
   assert "Ranking at SNR 0.05" in text and "GAN vs autoencoder" in text and "Learned vs classical" in text
+  assert all(f"## Test set: {s}" in text for s in sets)
   assert len((workdir / "results.csv").read_text().strip().splitlines()) == len(rows) + 1
 
 
