@@ -55,6 +55,20 @@ def _experiment_name(argv: list[str]) -> str | None:
   return None
 
 
+def fill_preset(config, presets: dict):
+  """A copy of `config` with `presets[config.preset]` filled into every field left unset (None)."""
+  import ml_collections
+
+  if config.preset not in presets:
+    raise InputError(f"unknown preset {config.preset!r}; valid presets: {', '.join(presets)}")
+  config = ml_collections.ConfigDict(config.to_dict())
+  with config.unlocked():
+    for key, value in presets[config.preset].items():
+      if config[key] is None:
+        config[key] = value
+  return config
+
+
 def to_jsonable(config) -> dict:
   return json.loads(config.to_json_best_effort())
 

@@ -85,13 +85,9 @@ def resolve(config) -> ml_collections.ConfigDict:
   """Fills preset fields left unset and checks every value; raises InputError."""
   from cryojax_denoise import denoisers
 
-  if config.preset not in PRESETS:
-    raise InputError(f"unknown preset {config.preset!r}; valid presets: {', '.join(PRESETS)}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  with config.unlocked():
-    for key, value in PRESETS[config.preset].items():
-      if config[key] is None:
-        config[key] = value
+  from cryojax_denoise.launcher import fill_preset
+
+  config = fill_preset(config, PRESETS)
   unknown = [m for m in config.methods if m not in denoisers.names()]
   if unknown:
     raise InputError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(denoisers.names())}")

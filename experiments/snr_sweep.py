@@ -100,13 +100,9 @@ def get_config() -> ml_collections.ConfigDict:
 
 def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fills preset-controlled fields left unset; checks names and values."""
-  if config.preset not in PRESETS:
-    raise InputError(f"unknown preset {config.preset!r}; valid presets: {', '.join(PRESETS)}")
-  config = ml_collections.ConfigDict(config.to_dict())
-  with config.unlocked():
-    for key, value in PRESETS[config.preset].items():
-      if config[key] is None:
-        config[key] = value
+  from cryojax_denoise.launcher import fill_preset
+
+  config = fill_preset(config, PRESETS)
   valid = set(CLASSICAL + LEARNED)
   unknown = [m for m in config.methods if m not in valid]
   if unknown:

@@ -6,10 +6,8 @@ Tiny generators on 32² images (stride 4), so each test compiles one small step.
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +18,7 @@ from flax import nnx
 from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import checkpoints, restore, self_supervised as ss, train
-from test_training import _env  # -O0 XLA, a shared compilation cache, the checkout on PYTHONPATH
+from test_training import _env, kill_after_checkpoint_and_rerun  # -O0 XLA, a shared compilation cache, the checkout on PYTHONPATH
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"widths": (8, 16), "blocks": (1, 0), "output": "linear"}
@@ -214,19 +212,7 @@ def _launch(workdir, noisy, steps, **over):
 def test_sigkill_then_rerun_resumes(stacks, tmp_path):
   wd, env = str(tmp_path / "run"), _env(tmp_path / "cache")
   args = _launch(wd, stacks[0], 40, checkpoint_every=5)
-  proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  ckdir, killed_after = os.path.join(wd, "checkpoints"), None
-  deadline = time.time() + 400
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
-    if steps and max(steps) >= 10:
-      proc.send_signal(signal.SIGKILL)
-      killed_after = max(steps)
-      break
-    time.sleep(0.05)
-  proc.wait()
-  assert killed_after is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
-  rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
+  killed_after, rerun = kill_after_checkpoint_and_rerun(args, env, wd)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   resumed = [ln for ln in rerun.stderr.splitlines() if "resumed from checkpoint step" in ln]
   assert resumed and int(resumed[0].split("resumed from checkpoint step")[1].split()[0]) >= killed_after

@@ -242,20 +242,26 @@ def killed_and_resumed(pairs, tmp_path_factory):
   base = tmp_path_factory.mktemp("sigkill")
   wd, env = str(base / "run"), _env(base / "cache")
   args = _launch("autoencoder", wd, pairs, 60, checkpoint_every=5)
+  killed_after, rerun = kill_after_checkpoint_and_rerun(args, env, wd)
+  return wd, env, killed_after, rerun
+
+
+def kill_after_checkpoint_and_rerun(args, env, workdir, min_step: int = 10):
+  """Starts the training command `args`, SIGKILLs it once a checkpoint of step >= min_step exists in
+  `workdir`, then reruns it on the same workdir; returns (last checkpoint step before the kill, rerun)."""
   proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  ckdir, killed_after = os.path.join(wd, "checkpoints"), None
+  ckdir, killed_after = os.path.join(workdir, "checkpoints"), None
   deadline = time.time() + 400
   while time.time() < deadline and proc.poll() is None:
     steps = [int(s) for s in os.listdir(ckdir) if s.isdigit()] if os.path.isdir(ckdir) else []
-    if steps and max(steps) >= 10:
+    if steps and max(steps) >= min_step:
       proc.send_signal(signal.SIGKILL)
       killed_after = max(steps)
       break
     time.sleep(0.05)
   proc.wait()
   assert killed_after is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
-  rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
-  return wd, env, killed_after, rerun
+  return killed_after, subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
 
 
 def test_sigkill_then_rerun_resumes_with_optimiser_state(killed_and_resumed):
