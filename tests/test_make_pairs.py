@@ -1,6 +1,5 @@
 """make_pairs on a simulated STAR file reproduces the simulator's clean images."""
 
-import os
 
 import mrcfile
 import numpy as np

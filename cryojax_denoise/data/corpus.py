@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryojax_denoise.data import molecules
-from cryojax_denoise.data.simulate import _project_one, _sample_one
+from cryojax_denoise.data.projector import _project_one
+from cryojax_denoise.data.simulate import _sample_one
 
 DEFOCUS_RANGE_A = (5000.0, 35000.0)
 ASTIGMATISM_A = 1000.0
