@@ -41,11 +41,9 @@ def write_results(rows: list[dict], workdir: str) -> None:
 
 
 def _displacements(rows) -> list:
-  seen = []
-  for r in rows:
-    if r.get("displacement_A") not in seen:
-      seen.append(r.get("displacement_A"))
-  return seen
+  from cryojax_denoise.evaluation.report import ordered_values
+
+  return ordered_values(rows, "displacement_A")
 
 
 def _label(d, rows) -> str:

@@ -25,12 +25,17 @@ PANELS = (("mse", "MSE (relative to signal power)", True), ("psnr", "PSNR (dB)",
           ("fsc_resolution_A", "3D half-map FSC 0.143 resolution (Å)", False))
 
 
-def methods_of(rows) -> list[str]:
+def ordered_values(rows, key: str) -> list:
+  """The distinct values of `key` over the rows, in order of first appearance (None where absent)."""
   seen = []
   for r in rows:
-    if r["method"] not in seen:
-      seen.append(r["method"])
+    if r.get(key) not in seen:
+      seen.append(r.get(key))
   return seen
+
+
+def methods_of(rows) -> list[str]:
+  return ordered_values(rows, "method")
 
 
 def snrs_of(rows) -> list[float]:
@@ -39,11 +44,7 @@ def snrs_of(rows) -> list[float]:
 
 def test_sets_of(rows) -> list:
   """Test-set names in order of appearance ([None] for rows without a `test_set` field)."""
-  seen = []
-  for r in rows:
-    if r.get("test_set") not in seen:
-      seen.append(r.get("test_set"))
-  return seen
+  return ordered_values(rows, "test_set")
 
 
 def rows_of(rows, test_set) -> list[dict]:
