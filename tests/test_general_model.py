@@ -60,6 +60,23 @@ def test_general_preset_smoke_training(tmp_path):
   assert saved["data"] == "corpus" and saved["loss"] == "l2" and saved["model"]["noise_channel"]
 
 
+def test_general_preset_trains_on_the_corpus_not_the_phantom():
+  # The preset's data="corpus" must reach the data source (it once did not: "general" models were
+  # trained on the built-in phantom alone).
+  from cryojax_denoise.data.corpus import CorpusPairs
+  from cryojax_denoise.errors import InputError
+  from cryojax_denoise.training import data as data_lib
+
+  c = train.default_config("autoencoder")
+  c.preset = "general"
+  c.image_size, c.batch_size, c.pool_size = 32, 4, 2
+  source = data_lib.make_data(train.resolve(c))
+  assert isinstance(source, CorpusPairs)
+  c.data = "phantom"
+  with pytest.raises(InputError, match="config.data"):
+    train.resolve(c)
+
+
 def test_wiener_prior_is_corrected_by_the_network():
   """With prior="wiener" the output is Wiener(x, σ̂) + network; a zero head leaves exactly the Wiener filter."""
   from cryojax_denoise.denoisers.filters import wiener_denoise

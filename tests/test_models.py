@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cryojax_denoise.models import Generator, PatchDiscriminator, host_init
+from cryojax_denoise.models import Generator, PatchDiscriminator, UNet, host_init
 from cryojax_denoise.models.generator import UpConv
 
 
@@ -61,3 +61,30 @@ def test_host_init_deterministic():
                             if "kernel" in jax.tree_util.keystr(path)])
   assert abs(kernels.std() - 0.02) < 0.002
   assert np.all(p1["down_norm"][0]["scale"] == 1) and np.all(p1["down_norm"][0]["bias"] == 0)
+
+
+def test_unet_is_bias_free_homogeneous_and_odd_when_symmetrised():
+  # No additive constants anywhere: f(a·x) = a·f(x) for a > 0 (Mohan et al.'s bias-free property), so the
+  # network is blind to the images' scale; (g(x) − g(−x)) / 2 is then odd as well.
+  for prior in ("none", "wiener"):
+    net = host_init(lambda: UNet((4, 8, 8), (1, 1, 1), prior=prior, rngs=nnx.Rngs(0)), seed=0, kernels="he")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16)), jnp.float32)
+    y = net(x)
+    assert y.shape == (2, 16, 16) and float(jnp.abs(y).max()) > 0
+    np.testing.assert_allclose(net(3.5 * x), 3.5 * y, rtol=2e-4, atol=2e-4)
+    odd = lambda v: 0.5 * (net(v) - net(-v))  # noqa: E731
+    np.testing.assert_allclose(odd(-x), -odd(x), atol=1e-5)
+  assert not any("bias" in jax.tree_util.keystr(p) for p, _ in
+                 jax.tree_util.tree_leaves_with_path(nnx.state(net, nnx.Param).to_pure_dict()))
+  with pytest.raises(ValueError, match="divisible"):
+    net(jnp.zeros((1, 18, 18)))
+
+
+def test_he_init_keeps_unnormalised_activations_at_scale():
+  # Without normalisation, He-normal kernels (fan_in = 4·cin for the 4×4 transposed ones) keep the
+  # features' RMS of order one through the depth; N(0, 0.02²) would shrink them ~0.3× per layer.
+  net = host_init(lambda: UNet((16, 32, 64, 64), (2, 2, 2, 2), rngs=nnx.Rngs(0)), seed=3, kernels="he")
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(4, 32, 32)), jnp.float32)
+  assert 0.05 < float(jnp.std(net(x))) < 20.0
+  k = nnx.state(net, nnx.Param).to_pure_dict()["enc"][1]["convs"][0]["kernel"]
+  assert abs(float(np.std(k)) - np.sqrt(2.0 / (9 * 32))) < 0.01

@@ -25,6 +25,7 @@ Batch `step` is a pure function of (seed, step): a resumed run sees the same str
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +68,7 @@ class MoleculePool:
     self.pixel_size = np.zeros(self.size, np.float32)
     self.kinds = [""] * self.size
     self.ids = np.full(self.size, -1, np.int64)
+    self.dirty: set[int] = set()  # slots loaded since a device copy last synced (`CorpusPairs`)
 
   def slot_ids(self, step: int) -> np.ndarray:
     j = np.arange(self.size)
@@ -82,6 +84,7 @@ class MoleculePool:
     volume, pixel_size, kind = molecules.molecule_map([self.seed, molecule_id], self.box)
     self.values[slot] = _fourier_values(volume)
     self.pixel_size[slot], self.kinds[slot], self.ids[slot] = pixel_size, kind, molecule_id
+    self.dirty.add(slot)
 
 
 def _sample_imaging(key, pixel_size, box: int, ctf_fraction: float = CTF_FRACTION):
@@ -131,29 +134,48 @@ def make_batch_fn(box: int, snr_range, ctf_fraction: float = CTF_FRACTION):
   return batch
 
 
+@partial(jax.jit, donate_argnums=0)
+def _set_slots(pool_values, slots, values):
+  return pool_values.at[slots].set(values)
+
+
 class CorpusPairs:
   """Training data source over the molecule family (see the module docstring); the `training.data`
-  interface: `batch(step) -> (noisy, clean)` sharded like `sharding`, `validation() -> (noisy, clean)`."""
+  interface: `batch(step) -> (noisy, clean)` sharded like `sharding`, `validation() -> (noisy, clean)`.
+
+  The pool's maps also live on the device (updated in place, slot by slot, as the pool refreshes), so a
+  batch costs one gather and the projections there: no per-step host→device copy of B maps (~1 MiB each).
+  """
 
   def __init__(self, config, sharding=None):
     self.config, self.sharding = config, sharding
     self.box = int(config.image_size)
     self.pool = MoleculePool(self.box, int(config.pool_size), int(config.seed), int(config.pool_refresh))
-    self._batch = make_batch_fn(self.box, tuple(config.snr_range))
+    batch = make_batch_fn(self.box, tuple(config.snr_range))
+    self._batch = jax.jit(lambda key, values, sizes, idx: batch(key, values[idx], sizes[idx]))
+    self._values = self._sizes = None
     self.image_size = self.box
 
-  def _draw(self, key, values, pixel_sizes):
-    noisy, clean = self._batch(key, values, pixel_sizes)
+  def _sync(self) -> None:
+    pool = self.pool
+    if self._values is None:
+      self._values, self._sizes = jnp.asarray(pool.values), jnp.asarray(pool.pixel_size)
+    elif pool.dirty:
+      slots = np.array(sorted(pool.dirty))
+      self._values = _set_slots(self._values, jnp.asarray(slots), jnp.asarray(pool.values[slots]))
+      self._sizes = jnp.asarray(pool.pixel_size)
+    pool.dirty.clear()
+
+  def batch(self, step: int):
+    self.pool.at(step)
+    self._sync()
+    rng = np.random.default_rng([int(self.config.seed), int(step), 7])
+    idx = rng.integers(0, self.pool.size, int(self.config.batch_size))
+    key = jax.random.fold_in(jax.random.key(int(self.config.seed)), int(step))
+    noisy, clean = self._batch(key, self._values, self._sizes, jnp.asarray(idx, jnp.int32))
     if self.sharding is not None:
       noisy, clean = jax.device_put((noisy, clean), self.sharding)
     return noisy, clean
-
-  def batch(self, step: int):
-    pool = self.pool.at(step)
-    rng = np.random.default_rng([int(self.config.seed), int(step), 7])
-    idx = rng.integers(0, pool.size, int(self.config.batch_size))
-    key = jax.random.fold_in(jax.random.key(int(self.config.seed)), int(step))
-    return self._draw(key, pool.values[idx], pool.pixel_size[idx])
 
   def validation(self):
     """`val_size` images of VAL_MOLECULES held-out molecules at SNR `val_snr`, CTF on (fixed)."""

@@ -19,7 +19,8 @@ Density: each domain is filled with pseudo-atoms (beads) on a jittered grid of s
 max(3.8 Å, 1.2 px), each a Gaussian of σ = max(2 Å, bead spacing / 2), with per-domain density 0.6–1.6
 (protein vs nucleic acid), bead-scale log-normal speckle, a smooth log-density field of 20–60 bumps of
 4–16 Å (density contrast at the 10–40 Å scales real maps have) and random solvent channels; then a B-factor
-blur with B uniform in `B_FACTOR_RANGE_A2`. Rendering splats beads trilinearly and blurs in Fourier space
+blur with B uniform in `B_FACTOR_RANGE_A2` (sharp maps) or, for half of them, log-uniform in
+`LOW_RES_B_RANGE_A2` (resolution-limited maps, 10–45 Å). Rendering splats beads trilinearly and blurs in Fourier space
 (exact Gaussians; fast enough to refresh a pool of hundreds of maps during training).
 Everything is a pure function of the seed.
 """
@@ -35,6 +36,11 @@ PIXEL_SIZE_RANGE_A = (1.0, 6.0)
 FILL_RANGE = (0.25, 0.95)
 MIN_DIAMETER_A = 40.0
 B_FACTOR_RANGE_A2 = (0.0, 200.0)
+# Half of the maps are resolution-limited (B log-uniform 200–4000 Å², i.e. ~10–45 Å): low-pass filtered
+# maps like the 70S test map (its projections' power falls as B ≈ 3000 Å² between 40 and 20 Å). Trained on
+# sharp maps only, a network reads the missing high-frequency structure as "low SNR" and over-smooths.
+LOW_RES_FRACTION = 0.5
+LOW_RES_B_RANGE_A2 = (200.0, 4000.0)
 
 
 def _rotation(rng: np.random.Generator) -> np.ndarray:
@@ -269,7 +275,10 @@ def molecule_map(seed, box: int) -> tuple[np.ndarray, float, str]:
     extent = 2 * np.max(np.linalg.norm(points, axis=1)) + spacing
     points = points * min(diameter / extent, 1.0)
   points = points @ _rotation(rng).T
-  b_factor = rng.uniform(*B_FACTOR_RANGE_A2)
+  if rng.uniform() < LOW_RES_FRACTION:
+    b_factor = math.exp(rng.uniform(*np.log(LOW_RES_B_RANGE_A2)))
+  else:
+    b_factor = rng.uniform(*B_FACTOR_RANGE_A2)
   sigma = math.sqrt(max(2.0, spacing / 2) ** 2 + b_factor / (8 * math.pi**2))
   volume = _render(points, amps, box, pixel_size, sigma)
   return volume / max(float(volume.max()), 1e-12), pixel_size, kind

@@ -15,6 +15,7 @@ output. Our standardised data is not confined to [-1, 1], so the improved defaul
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -27,9 +28,11 @@ _INIT = nnx.initializers.normal(0.02)
 _EPS = 1e-5  # TF batch_norm epsilon of the original
 
 
-def host_init(factory: Callable[[], nnx.Module], seed: int) -> nnx.Module:
-  """Builds `factory()` with parameters drawn on the host by numpy: convolution kernels N(0, 0.02²),
-  biases 0, normalisation scales 1 (the same distributions as the modules' own initialisers).
+def host_init(factory: Callable[[], nnx.Module], seed: int, kernels: str = "normal") -> nnx.Module:
+  """Builds `factory()` with parameters drawn on the host by numpy: convolution kernels N(0, 0.02²)
+  (`kernels="normal"`) or He-normal N(0, 2/fan_in) (`kernels="he"`, for networks without normalisation;
+  a 4×4 stride-2 transposed kernel has fan_in 4·cin per output), biases 0, normalisation scales 1 (the
+  same distributions as the modules' own initialisers).
 
   Why: XLA:CPU takes tens of seconds to compile JAX's threefry random initialisers, whether eager or
   jitted; building the module abstractly (`nnx.eval_shape`, no compilation) and filling it with numpy
@@ -41,7 +44,9 @@ def host_init(factory: Callable[[], nnx.Module], seed: int) -> nnx.Module:
   def fill(path, leaf):
     name = str(path[-1].key if hasattr(path[-1], "key") else path[-1])
     if name == "kernel":
-      return jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype)
+      fan_in = int(np.prod(leaf.shape[:-1])) // (4 if tuple(leaf.shape[:2]) == (4, 4) else 1)
+      std = 0.02 if kernels == "normal" else math.sqrt(2.0 / fan_in)
+      return jnp.asarray(std * rng.standard_normal(leaf.shape), leaf.dtype)
     if name == "bias":
       return jnp.zeros(leaf.shape, leaf.dtype)
     if name == "scale":

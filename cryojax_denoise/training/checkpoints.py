@@ -20,7 +20,7 @@ from flax import nnx
 from cryojax_denoise.errors import InputError
 
 # Config keys that fix the parameter shapes; a checkpoint must agree on them to be restored.
-ARCH_KEYS = ("kind", "faithful", "model.widths", "model.blocks", "model.output", "disc.widths", "disc.blocks")
+ARCH_KEYS = ("kind", "faithful", "model.arch", "model.widths", "model.blocks", "model.output", "disc.widths", "disc.blocks")
 
 
 def checkpoint_dir(path: str) -> str:
@@ -45,6 +45,8 @@ def check_compatible(saved: dict, config: dict, where: str) -> None:
     if key.startswith("disc.") and _get(config, "kind") != "gan":
       continue
     a, b = _get(saved, key), _get(config, key)
+    if key == "model.arch":  # checkpoints from before the key existed are pix2pix
+      a, b = a or "pix2pix", b or "pix2pix"
     if a != b:
       raise InputError(f"{where}: checkpoint does not match the config: it was trained with {key}={a}, "
                        f"the config has {key}={b} (use a new workdir or the checkpoint's settings)")

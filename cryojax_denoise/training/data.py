@@ -148,13 +148,16 @@ class StackPairs:
 
 
 def check_pair_config(config) -> None:
+  if config.get("data", "simulate") not in ("simulate", "corpus"):
+    raise InputError(f"config.data: must be 'simulate' (one map) or 'corpus' (the molecule family), got {config.data!r}")
   if bool(config.noisy) != bool(config.clean):
     missing = "clean" if config.noisy else "noisy"
     raise InputError(f"config.{missing}: training on stacks needs both noisy= and clean=")
 
 
 def make_data(config, sharding=None):
-  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs`; noisy particles
+  """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs` of one map
+  (`data="simulate"`) or the molecule corpus (`data="corpus"`, `data.corpus.CorpusPairs`); noisy particles
   alone (`self_supervised.NoisyStack`) for kind="self_supervised"."""
   if config.kind == "self_supervised":
     from cryojax_denoise.training.self_supervised import NoisyStack
@@ -162,4 +165,7 @@ def make_data(config, sharding=None):
   check_pair_config(config)
   if config.noisy:
     return StackPairs(config, sharding)
+  if config.get("data", "simulate") == "corpus":
+    from cryojax_denoise.data.corpus import CorpusPairs
+    return CorpusPairs(config, sharding)
   return SimulatedPairs(config, sharding)

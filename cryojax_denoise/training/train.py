@@ -28,7 +28,7 @@ from absl import logging
 from flax import nnx
 
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.models import Generator, PatchDiscriminator, host_init
+from cryojax_denoise.models import Generator, PatchDiscriminator, UNet, host_init
 from cryojax_denoise.progress import Progress
 from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss, sharding as sh
 
@@ -59,8 +59,11 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.seed = 0
   c.faithful = False           # True: the original's widths, blocks and tanh output (FAITHFUL)
   # Narrower and shallower than the original (FAITHFUL) so it trains in minutes on a CPU.
-  c.model = ml_collections.ConfigDict({"widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 0), "output": "linear",
-                                       "noise_channel": False, "odd": False, "prior": "none"})
+  # arch "pix2pix": the cianfrocco-lab generator (models/generator.py); "unet": the bias-free U-Net
+  # (models/unet.py; uses widths, blocks, odd, prior).
+  c.model = ml_collections.ConfigDict({"arch": "pix2pix", "widths": (16, 32, 64, 64), "blocks": (1, 1, 1, 0),
+                                       "output": "linear", "noise_channel": False, "odd": False,
+                                       "prior": "none"})
   c.disc = ml_collections.ConfigDict({"widths": (16, 32, 64), "blocks": (1, 1, 1)})
   c.loss = "l1"                # autoencoder loss: "l1" or "l2"
   c.l1_weight = 100.0          # GAN: λ of the L1 term
@@ -68,6 +71,8 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.lr_d = 1.5e-4
   c.beta1 = 0.5
   c.beta2 = 0.999
+  c.lr_decay = "none"          # "cosine": learning rates decay to 5% over `steps` (set steps to the budget)
+  c.grad_clip = 0.0            # > 0: clip each update's gradients to this global norm
   # Training pairs from disk instead of simulation (e.g. particles and their make_pairs projections).
   c.noisy = ""
   c.clean = ""
@@ -138,6 +143,10 @@ def resolve(config) -> ml_collections.ConfigDict:
   if len(c.model.widths) != len(c.model.blocks) or not len(c.model.widths):
     raise InputError(f"config.model: widths {tuple(c.model.widths)} and blocks {tuple(c.model.blocks)} "
                      "must be non-empty and of equal length")
+  if c.get("lr_decay", "none") not in ("none", "cosine"):
+    raise InputError(f"config.lr_decay: must be 'none' or 'cosine', got {c.lr_decay!r}")
+  if c.model.get("arch", "pix2pix") not in ("pix2pix", "unet"):
+    raise InputError(f"config.model.arch: must be 'pix2pix' or 'unet', got {c.model.arch!r}")
   if c.model.output not in ("linear", "tanh"):
     raise InputError(f"config.model.output: must be 'linear' or 'tanh', got {c.model.output!r}")
   if c.kind == "gan" and (len(c.disc.widths) != len(c.disc.blocks) or not len(c.disc.widths)):
@@ -150,10 +159,10 @@ def resolve(config) -> ml_collections.ConfigDict:
   if c.noisy and c.clean:
     noisy, _ = data_lib.read_pairs(c.noisy, c.clean)
     c.image_size = int(noisy.data.shape[1])
-  stride = 2 ** len(c.model.widths)
+  stride = build_generator(c, abstract=True).stride
   if c.image_size % stride and c.kind != "self_supervised":
     raise InputError(f"config.image_size: {c.image_size} px is not divisible by the generator's total stride "
-                     f"{stride} (2**len(model.widths))")
+                     f"{stride} (2**len(model.widths), 2**(len − 1) for the U-Net)")
   data_lib.check_snr_config(c)
   return c
 
@@ -243,16 +252,20 @@ def config_dict(config) -> dict:
 # ---------------------------------------------------------------------------- model and steps
 
 
-def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator:
-  """The generator of `config` (host-initialised); `abstract` gives shapes only, to restore into."""
+def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator | UNet:
+  """The generator of `config` (`model.arch`, host-initialised); `abstract` gives shapes only, to restore
+  into."""
   m = config.model
   widths, blocks, output = tuple(m.widths), tuple(m.blocks), str(m.output)
   noise_channel, odd, prior = bool(m.get("noise_channel", False)), bool(m.get("odd", False)), m.get("prior", "none")
+  arch = m.get("arch", "pix2pix")
 
   def create():
+    if arch == "unet":
+      return UNet(widths, blocks, odd, prior, rngs=nnx.Rngs(seed))
     return Generator(widths, blocks, output, noise_channel, odd, prior, rngs=nnx.Rngs(seed))
 
-  return nnx.eval_shape(create) if abstract else host_init(create, seed)
+  return nnx.eval_shape(create) if abstract else host_init(create, seed, "he" if arch == "unet" else "normal")
 
 
 def build_discriminator(config, seed: int = 0) -> PatchDiscriminator:
@@ -261,17 +274,26 @@ def build_discriminator(config, seed: int = 0) -> PatchDiscriminator:
   return host_init(lambda: PatchDiscriminator(widths, blocks, rngs=nnx.Rngs(seed)), seed)
 
 
+def _adam(config, lr: float):
+  """Adam (β1, β2 from config) at `lr`, constant or cosine-decayed to 5% over `config.steps`, after
+  gradient clipping to global norm `grad_clip` when > 0."""
+  if config.get("lr_decay", "none") == "cosine":
+    lr = optax.cosine_decay_schedule(float(lr), int(config.steps), alpha=0.05)
+  adam = optax.adam(lr, config.beta1, config.beta2)
+  clip = float(config.get("grad_clip", 0.0))
+  return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+
+
 class Learner(nnx.Module):
   """The trained objects of one run: generator (+ discriminator) and their Adam optimisers."""
 
   def __init__(self, config, seed: int = 0):
     self.kind = config.kind
     self.generator = build_generator(config, seed)
-    self.opt_g = nnx.Optimizer(self.generator, optax.adam(config.lr_g, config.beta1, config.beta2), wrt=nnx.Param)
+    self.opt_g = nnx.Optimizer(self.generator, _adam(config, config.lr_g), wrt=nnx.Param)
     if config.kind == "gan":
       self.discriminator = build_discriminator(config, seed + 1)
-      self.opt_d = nnx.Optimizer(self.discriminator, optax.adam(config.lr_d, config.beta1, config.beta2),
-                                 wrt=nnx.Param)
+      self.opt_d = nnx.Optimizer(self.discriminator, _adam(config, config.lr_d), wrt=nnx.Param)
 
   def parts(self) -> dict[str, nnx.Object]:
     names = ("generator", "opt_g") + (("discriminator", "opt_d") if self.kind == "gan" else ())
@@ -324,13 +346,15 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, k
 
 
 # Config keys that determine the compiled step (architecture, losses, optimiser hyperparameters).
-_STEP_KEYS = ("kind", "faithful", "model", "disc", "loss", "l1_weight", "lr_g", "lr_d", "beta1", "beta2") + ss.CONFIG_KEYS
+_STEP_KEYS = ("kind", "faithful", "model", "disc", "loss", "l1_weight", "lr_g", "lr_d", "beta1", "beta2",
+              "lr_decay", "grad_clip") + ss.CONFIG_KEYS
 _compiled: dict = {}
 
 
 def _cache_key(name: str, config, mesh) -> tuple:
   cfg = config_dict(config)
-  return (name, json.dumps({k: cfg.get(k) for k in _STEP_KEYS}, sort_keys=True), mesh)
+  keys = _STEP_KEYS + (("steps",) if cfg.get("lr_decay") == "cosine" else ())  # the schedule's length
+  return (name, json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True), mesh)
 
 
 def make_train_step(graphdef, config, mesh):

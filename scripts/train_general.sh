@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Trains the two general models on the molecule corpus (preset `general`) and exports them in the bundled
+# form (generator weights + config, no optimiser state):
+#   1. the autoencoder from scratch, AE_STEPS steps;
+#   2. the GAN from that autoencoder (pix2pix fine-tuning), GAN_STEPS steps.
+# usage: scripts/train_general.sh ROOT [AE_STEPS] [GAN_STEPS] [EXTRA --config.KEY=VALUE ...]
+# Outputs: ROOT/general_autoencoder, ROOT/general_gan (training workdirs, resumable: rerun the same
+# command after a kill) and ROOT/export/{autoencoder,gan}_general (copy these to cryojax_denoise/pretrained/).
+set -euo pipefail
+root=${1:?usage: scripts/train_general.sh ROOT [AE_STEPS] [GAN_STEPS] [EXTRA...]}
+ae_steps=${2:-20000}
+gan_steps=${3:-1000}
+shift $(( $# < 3 ? $# : 3 ))
+py=${PYTHON:-python}
+cd "$(dirname "$0")/.."
+
+export_model() {  # export_model WORKDIR DEST
+  [ -e "$2" ] || "$py" -c "import sys; from cryojax_denoise.training import restore; restore.export_generator(sys.argv[1], sys.argv[2])" "$1" "$2"
+}
+
+"$py" launch.py --experiment=train_autoencoder --workdir="$root/general_autoencoder" \
+  --config.preset=general --config.steps="$ae_steps" "$@"
+export_model "$root/general_autoencoder" "$root/export/autoencoder_general"
+"$py" launch.py --experiment=train_gan --workdir="$root/general_gan" --config.preset=general \
+  --config.init="$root/export/autoencoder_general" --config.steps="$gan_steps" "$@"
+export_model "$root/general_gan" "$root/export/gan_general"
