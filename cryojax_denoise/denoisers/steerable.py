@@ -216,3 +216,18 @@ def radial_profile(basis: FBBasis, ctf: jax.Array) -> jax.Array:
 def ctf_blocks(basis: FBBasis, h: jax.Array) -> jax.Array:
   """M_k = Gₖᵀ diag(h) Gₖ for radial profiles h (..., n_rho): (..., K+1, pmax, pmax) float32."""
   return jnp.einsum("krp,...r,krq->...kpq", basis.radial, h, basis.radial)
+
+
+def apply_radial(basis: FBBasis, h: jax.Array, v: jax.Array) -> jax.Array:
+  """M_i v_i = Gᵀ (h_i ⊙ G v_i) per block without forming M: h (B, n_rho), v (B, K+1, pmax)."""
+  g = basis.radial.astype(v.dtype)
+  return jnp.einsum("krp,bkr->bkp", g, h[:, None, :] * jnp.einsum("krq,bkq->bkr", g, v))
+
+
+@jax.jit
+def square_sum_blocks(basis: FBBasis, hh: jax.Array) -> jax.Array:
+  """Σ_i M_i² (..., K+1, pmax, pmax) from Σ_i h_i h_iᵀ (..., n_rho, n_rho), exactly: M_i² =
+  Gᵀ D_i Π D_i G with Π = G Gᵀ, so Σ_i M_i² = Gᵀ (Π ∘ Σ_i h_i h_iᵀ) G."""
+  g = basis.radial
+  proj = jnp.einsum("krp,ksp->krs", g, g)
+  return jnp.einsum("krp,krs,...rs,ksq->...kpq", g, proj, hh, g)

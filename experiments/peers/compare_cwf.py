@@ -7,7 +7,11 @@ ASPIRE runs in its own environment (`--aspire-python`, default /work/peers-venv/
 subprocess on the same noisy images, with the true noise variance; both CWF estimates are
 multiplied by each particle's CTF (our grid) and scored against the CTF-modulated clean images
 (relative MSE: the clean stack is standardised). Times: fit + denoise, excluding imports/compiles
-(ours: the second of two identical calls). bm3d is scored on the first `--bm3d` images.
+(ours: the second of two identical calls with `--warm`), wall and process CPU seconds (all threads; the
+load-independent measure on a shared machine). `--aspire-timeout S` stops ASPIRE after S seconds and
+records only the lower bound of the speed-up. bm3d is scored on the first `--bm3d` images.
+
+Speed (ours vs ASPIRE, distinct CTFs), e.g. `--n 10000 --size 128 --snrs 0.1 --ctf 1 --warm`.
 """
 
 import argparse
@@ -27,10 +31,11 @@ def _modulate(x, ctf):
 
 
 def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: dict | None = None,
-               ctf=None) -> dict:
+               ctf=None, timeout: float | None = None) -> dict:
   """ASPIRE's DenoiserCov2D on `noisy` (N, L, L) in a subprocess of its interpreter `python`;
   `params` (data.ctf.ctf_params of the rows) and `ctf` (N, L, L) give each particle its CTF.
-  Returns {denoised (N, L, L) CTF-free, seconds (fit + denoise), sign, ctf_rel_err}."""
+  Returns {denoised (N, L, L) CTF-free, seconds (fit + denoise), cpu_seconds, sign, ctf_rel_err};
+  raises subprocess.TimeoutExpired after `timeout` seconds."""
   with tempfile.TemporaryDirectory() as tmp:
     data = {"noisy": np.asarray(noisy, np.float32), "noise_var": float(noise_var), "pixel_size": float(pixel_size)}
     if params is not None:
@@ -39,11 +44,12 @@ def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: 
     np.savez(os.path.join(tmp, "in.npz"), **data)
     cmd = ["nice", "-n", "15", python, os.path.join(HERE, "aspire_cwf.py"), os.path.join(tmp, "in.npz"),
            os.path.join(tmp, "out.npz")]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode:
       raise RuntimeError(f"ASPIRE failed:\n{proc.stderr[-3000:]}")
     res = np.load(os.path.join(tmp, "out.npz"))
     return {"denoised": res["denoised"], "seconds": float(res["seconds"]), "sign": float(res["sign"]),
+            "cpu_seconds": float(res["cpu_seconds"]) if "cpu_seconds" in res else None,
             "ctf_rel_err": float(res["ctf_rel_err"])}
 
 
@@ -58,25 +64,33 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
   ctf = ctf_grid(ds.particles, ds.optics, size, ds.pixel_size) if use_ctf else None
   row = {"n": n, "size": size, "snr": snr, "ctf": bool(use_ctf)}
   for rep in range(2 if args.warm else 1):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     ours = np.asarray(cwf.cwf_denoise(noisy, sigma, ctf=ctf))
-    row["ours_s"] = time.perf_counter() - t0
+    row["ours_s"], row["ours_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
   row["ours_mse"] = float(np.mean((ours - clean) ** 2))
+  row["load_avg"] = os.getloadavg()[0]
+  theirs = None
   if args.aspire_python:
     params = ctf_params(ds.particles, ds.optics, ds.pixel_size) if use_ctf else None
-    res = run_aspire(args.aspire_python, noisy, sigma ** 2, ds.pixel_size, params, ctf)
-    theirs = _modulate(res["denoised"], ctf)
-    row.update(aspire_s=res["seconds"], aspire_mse=float(np.mean((theirs - clean) ** 2)),
-               aspire_ctf_rel_err=res["ctf_rel_err"], aspire_sign=res["sign"])
-    row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
-    row["speedup"] = row["aspire_s"] / row["ours_s"]
+    try:
+      res = run_aspire(args.aspire_python, noisy, sigma ** 2, ds.pixel_size, params, ctf, args.aspire_timeout)
+    except subprocess.TimeoutExpired:
+      row.update(aspire_timeout_s=args.aspire_timeout, speedup_at_least=args.aspire_timeout / row["ours_s"])
+    else:
+      theirs = _modulate(res["denoised"], ctf)
+      row.update(aspire_s=res["seconds"], aspire_cpu_s=res["cpu_seconds"], aspire_ctf_rel_err=res["ctf_rel_err"],
+                 aspire_mse=float(np.mean((theirs - clean) ** 2)), aspire_sign=res["sign"])
+      row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
+      row["speedup"] = row["aspire_s"] / row["ours_s"]
+      if res["cpu_seconds"]:
+        row["speedup_cpu"] = res["cpu_seconds"] / row["ours_cpu_s"]
   if args.bm3d:
     from cryojax_denoise.denoisers.bm3d import bm3d_denoise
     k = min(args.bm3d, n)
     b = np.asarray(bm3d_denoise(noisy[:k], np.full(k, sigma, np.float32)))
     row["bm3d_mse_first"] = float(np.mean((b - clean[:k]) ** 2))
     row["ours_mse_first"] = float(np.mean((ours[:k] - clean[:k]) ** 2))
-    if args.aspire_python:
+    if theirs is not None:
       row["aspire_mse_first"] = float(np.mean((theirs[:k] - clean[:k]) ** 2))
   return row
 
@@ -90,6 +104,7 @@ def main():
   p.add_argument("--volume", default="")
   p.add_argument("--pixel-size", type=float, default=0.0)
   p.add_argument("--aspire-python", default="/work/peers-venv/bin/python")
+  p.add_argument("--aspire-timeout", type=float, default=None, help="seconds; then only a speed-up bound")
   p.add_argument("--bm3d", type=int, default=0)
   p.add_argument("--warm", action="store_true", help="time our second call (after compiles)")
   p.add_argument("--out", default="")
