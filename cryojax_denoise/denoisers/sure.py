@@ -40,6 +40,7 @@ from cryojax_denoise.errors import InputError
 EPS = 0.07
 EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01}
 N_PROBES = 4       # Rademacher probes per estimate
+FREEZE = False     # probe dictionary methods with the dictionary learned on y (see `frozen_functions`)
 N_IMAGES = 32      # images drawn from a stack to tune on
 BAND_CUTOFF = 0.4   # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
 
@@ -153,32 +154,39 @@ def is_jittable(fn: Callable, images, sigma, *args) -> bool:
     return False
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "grid_batch"))
-def _grid_outputs(fn, images, sigma, values, probes, eps, grid_batch=None):
-  """f_v(y) and f_v(y + ε·b_k) for every knob value v: ((G, B, H, W), (G, K, B, H, W))."""
-  inputs = jnp.concatenate([images[None], images[None] + eps[None, :, None, None] * probes])
+@functools.partial(jax.jit, static_argnames=("fn", "grid_batch", "learn"))
+def _grid_outputs(fn, images, sigma, values, probes, eps, grid_batch=None, learn=None):
+  """f_v(y) and f_v(y + ε·b_k) for every knob value v: ((G, B, H, W), (G, K, B, H, W)).
+  With `learn`, the state learned on y (a dictionary) is kept for the probes: `fn(x, σ, v, state)`."""
+  inputs = images[None] + eps[None, :, None, None] * probes
 
   def one(v):
-    outs = jax.vmap(lambda x: fn(x, sigma, v))(inputs)
-    return outs[0], outs[1:]
+    if learn is None:
+      outs = jax.vmap(lambda x: fn(x, sigma, v))(jnp.concatenate([images[None], inputs]))
+      return outs[0], outs[1:]
+    out, state = learn(images, sigma, v)
+    return out, jax.vmap(lambda x: fn(x, sigma, v, state))(inputs)
 
   return jax.lax.map(one, values, batch_size=grid_batch)
 
 
-def grid_outputs(fn: Callable, images, sigma, values, probes, eps, grid_batch: int | None = None):
+def grid_outputs(fn: Callable, images, sigma, values, probes, eps, grid_batch: int | None = None,
+                 learn: Callable | None = None):
   """`fn(images, sigma, value)` at y and at y + ε·b_k for each value: NumPy ((G, B, H, W), (G, K, B, H, W)).
 
   Jit-able `fn` (hashable: the same object hits the compile cache) runs as one compiled function,
   `grid_batch` values vmapped at a time (default: all of them on an accelerator, one on CPU);
-  any other `fn` is called in a Python loop, one batch at a time.
+  any other `fn` is called in a Python loop, one batch at a time. `learn(images, sigma, value) ->
+  (f(y), state)` (see `frozen_functions`): probes then run `fn(images, sigma, value, state)`.
   """
   images = np.asarray(images, np.float32)
   values = np.asarray(values, np.float32)
-  if is_jittable(fn, images, sigma, values[0]):
+  if learn is not None or is_jittable(fn, images, sigma, values[0]):
     if grid_batch is None:
       grid_batch = len(values) if jax.default_backend() != "cpu" else 1
     out, probed = _grid_outputs(fn, jnp.asarray(images), jnp.asarray(sigma), jnp.asarray(values),
-                                jnp.asarray(probes), jnp.asarray(eps), grid_batch=max(1, min(grid_batch, len(values))))
+                                jnp.asarray(probes), jnp.asarray(eps), grid_batch=max(1, min(grid_batch, len(values))),
+                                learn=learn)
     return np.asarray(out), np.asarray(probed)
   outs, probed = [], []
   for v in values:
@@ -227,6 +235,39 @@ def knob_function(name: str, fixed: tuple = ()) -> Callable:
   return fn
 
 
+@functools.lru_cache(maxsize=None)
+def frozen_functions(name: str, fixed: tuple = ()) -> tuple[Callable, Callable] | None:
+  """(learn, apply) for a method that learns a dictionary from the batch (ddtf, ksvd with shared=True),
+  else None: `learn(images, sigma, value) -> (f(y), dictionary)`, `apply(images, sigma, value,
+  dictionary)` denoises with that dictionary, unlearned. One object per (name, fixed)."""
+  kw = dict(fixed)
+  if name == "ddtf" and kw.get("shared", True):
+    from cryojax_denoise.denoisers.ddtf import ddtf_denoise, ddtf_filters
+
+    learn_kw = {k: kw[k] for k in ("lam1", "r", "n_iter", "n_patches", "seed") if k in kw}
+
+    def apply(images, sigma, value, d):
+      return ddtf_denoise(images, sigma, lam_scale=value, filters=d, **kw)
+
+    def learn(images, sigma, value):
+      d = ddtf_filters(images, sigma, lam_scale=value, **learn_kw)
+      return apply(images, sigma, value, d), d
+
+    return learn, apply
+  if name == "ksvd" and kw.get("shared", True) and "dictionary" not in kw:
+    from cryojax_denoise.denoisers.ksvd import ksvd_denoise
+
+    def apply(images, sigma, value, d):
+      return ksvd_denoise(images, sigma, C=value, **{**kw, "dictionary": d, "n_iter": 0})
+
+    def learn(images, sigma, value):
+      out, info = ksvd_denoise(images, sigma, C=value, return_info=True, **kw)
+      return out, info.dictionary
+
+    return learn, apply
+  return None
+
+
 def subset(n: int, n_images: int = N_IMAGES, seed: int = 0) -> np.ndarray:
   """Sorted random rows (at most `n_images`) of a stack of `n` images: the tuning subset."""
   rng = np.random.default_rng(seed)
@@ -251,7 +292,7 @@ def check_tunable(name: str) -> None:
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
               seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
-              grid_batch: int | None = None, **fixed) -> tuple[dict, list[dict]]:
+              grid_batch: int | None = None, freeze: bool | None = None, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by the lowest SURE on noisy images alone.
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
@@ -259,7 +300,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
-  only), the true "mse" of the same outputs.
+  only), the true "mse" of the same outputs. `freeze` (None: `FREEZE`): probe with the dictionary
+  learned on y (`frozen_functions`) instead of relearning it on y + εb.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -276,8 +318,10 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
                             sure_std)
   probes = _probes(seed, n_probes, images.shape)
   t0 = time.perf_counter()
-  out, probed = grid_outputs(knob_function(name, tuple(sorted(fixed.items()))), images, den_sigma, values,
-                             probes, eps * sigma, grid_batch)
+  key = tuple(sorted(fixed.items()))
+  frozen = frozen_functions(name, key) if (FREEZE if freeze is None else freeze) else None
+  fn, learn = (knob_function(name, key), None) if frozen is None else (frozen[1], frozen[0])
+  out, probed = grid_outputs(fn, images, den_sigma, values, probes, eps * sigma, grid_batch, learn)
   seconds = (time.perf_counter() - t0) / len(values)
   power = signal_power(images, sigma)
   table = []
