@@ -41,6 +41,12 @@ def test_molecule_scale_and_pixel_size_ranges():
     assert lo <= pixel_size <= hi and np.isfinite(volume).all() and volume.max() == 1.0
 
 
+def test_a_molecule_the_solvent_channels_would_empty_stays_solid():
+  # Seed [0, 348] (64³) drew channels that removed every bead; training crashed when the pool reached it.
+  volume, _, _ = molecules.molecule_map([0, 348], 64)
+  assert np.isfinite(volume).all() and volume.max() == 1.0
+
+
 def _config(**over):
   c = ml_collections.ConfigDict(dict(image_size=32, pool_size=4, pool_refresh=8, seed=0, snr_range=(0.05, 1.0),
                                      batch_size=8, val_size=8, val_snr=0.1))

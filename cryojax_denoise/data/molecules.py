@@ -225,10 +225,13 @@ def _fill(rng, domains: _Domains, spacing: float, limit: float) -> tuple[np.ndar
   heights = rng.normal(0.0, 1.0, n_bumps)
   d2 = np.sum((pts[:, None, :] - centres[None]) ** 2, -1)
   amp = amp * np.exp(np.sum(heights * np.exp(-d2 / (2 * widths**2)), 1))
+  solid = amp.copy()
   for _ in range(int(rng.integers(0, 25))):  # solvent channels and cavities
     hole = pts[int(rng.integers(len(pts)))]
     amp[np.sum((pts - hole) ** 2, 1) < (span * rng.uniform(0.03, 0.12)) ** 2] = 0.0
   keep = amp > 0
+  if keep.sum() < 0.5 * len(pts):  # a small molecule the channels would hollow out: keep it solid
+    return pts, solid
   return pts[keep], amp[keep]
 
 
