@@ -8,7 +8,7 @@ from scipy import linalg
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_mod
-from cryojax_denoise.denoisers import cwf
+from cryojax_denoise.denoisers import cwf, cwf_solvers
 from cryojax_denoise.denoisers import steerable as st
 
 L = 16
@@ -131,6 +131,24 @@ def test_zero_noise_recovers_low_rank_set(basis):
   np.testing.assert_allclose(out, proj, atol=1e-3 * np.abs(proj).max())
 
 
+def test_hermitian_keeps_complex_rank(basis):
+  """hermitian=True (complex covariance, complex Wiener solves): the complex rank-1 components stay
+  rank 1, the covariance is the full complex sample covariance, and clean images are reproduced."""
+  rng = np.random.default_rng(1)
+  clean = _low_rank_set(rng, 40, basis)
+  model = cwf.fit(clean, 0.0, None, shrink=False, hermitian=True)
+  b = np.asarray(st.pad(basis, st.expand_t(basis, clean)), np.complex128)
+  b[:, 0] -= b[:, 0].real.mean(0)
+  cov = np.einsum("nkp,nkq->kpq", b, b.conj()) / len(b)
+  got = np.asarray(model.covariance)
+  np.testing.assert_allclose(got, cov, atol=1e-4 * np.abs(cov).max())
+  lam = np.linalg.eigvalsh(got)
+  assert (lam > 1e-2 * lam.max()).sum(-1)[[0, 1, 3]].tolist() == [2, 1, 1]
+  out = np.asarray(cwf.apply(model, clean, 0.0))
+  proj = np.asarray(st.evaluate(basis, st.expand_t(basis, clean)))
+  np.testing.assert_allclose(out, proj, atol=1e-3 * np.abs(proj).max())
+
+
 def test_zero_noise_with_ctf_recovers_clean_statistics(basis):
   """σ = 0 with distinct CTFs per particle: the CTF-aware estimates match the clean set's
   statistics (up to the angle-averaged CTF's error in the basis)."""
@@ -168,7 +186,7 @@ def test_shrinker_is_aspires():
   """ASPIRE's frobenius_norm rule written out: below the MP edge 0, above the debiased spike."""
   lam = np.array([0.5, 1.9, 2.5, 5.0, 20.0])
   s2, gamma = 1.0, 0.2
-  got = np.asarray(cwf.shrink_eigenvalues(jnp.asarray(lam), s2, gamma))
+  got = np.asarray(cwf_solvers.shrink_eigenvalues(jnp.asarray(lam), s2, gamma))
   assert got[0] == got[1] == 0.0  # edge (1 + √0.2)² = 2.09
   a = lam[2:] - s2 * (gamma - 1)
   ell = 0.5 * (a + np.sqrt(a * a - 4 * s2 * lam[2:])) - s2

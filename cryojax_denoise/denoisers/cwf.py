@@ -10,7 +10,7 @@ block 0 and the covariance is block diagonal, C = diag(C_k). Estimated from all 
 * covariance: least squares Σ_i ‖M_i C M_i − (v_i v_iᴴ − σ² M_i²)‖²_F, v_i = b_i − M_i μ, i.e.
   (1/N) Σ_i P_i C P_i = B with P_i = M_i², B = (1/N) Σ_i M_i v_i v_iᴴ M_i − σ² P̄; by default the
   noise term is removed instead by eigenvalue shrinkage of B whitened by P̄^{1/2} ("frobenius" of
-  Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N). The system is solved by
+  Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N; `cwf_solvers`). The system is solved by
   preconditioned conjugate gradients on all blocks at once, with Σ_i P_i C P_i taken as
   Σ_g n_g P̄_g C P̄_g over `n_groups` k-means clusters of similar CTF profiles (P̄_g their exact mean
   of M_i²; exact when N <= n_groups), and C made positive semidefinite;
@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise.denoisers import cwf_solvers as sv
 from cryojax_denoise.denoisers import steerable as st
 from cryojax_denoise.denoisers.registry import register
 from cryojax_denoise.errors import InputError
@@ -148,78 +149,6 @@ def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
   return np.unique(labels, return_inverse=True)[1]
 
 
-def shrink_eigenvalues(lam, noise_var, gamma):
-  """ASPIRE's "frobenius_norm" shrinker of sample-covariance eigenvalues (noise variance σ²,
-  aspect ratio γ = p / n): 0 below the Marchenko–Pastur edge σ²(1 + √γ)², else the debiased
-  spike ℓ times (1 − σ⁴γ/ℓ²) / (1 + σ²γ/ℓ)."""
-  edge = noise_var * (1 + jnp.sqrt(gamma)) ** 2
-  a = lam - noise_var * (gamma - 1)
-  ell = 0.5 * (a + jnp.sqrt(jnp.maximum(a * a - 4 * noise_var * lam, 0.0))) - noise_var
-  ell_safe = jnp.where(lam > edge, ell, 1.0)
-  c = (1 - noise_var ** 2 * gamma / ell_safe ** 2) / (1 + noise_var * gamma / ell_safe)
-  return jnp.where(lam > edge, ell * c, 0.0)
-
-
-def _herm(x):
-  return 0.5 * (x + jnp.conj(jnp.swapaxes(x, -1, -2)))
-
-
-@functools.partial(jax.jit, static_argnames=("shrink",))
-def _noise_correct(rhs, pbar, mask, sizes, noise_var, n, *, shrink):
-  """B − σ² P̄, or B shrunk in the P̄^{1/2}-whitened frame (padding masked)."""
-  if not shrink:
-    return rhs - noise_var * pbar
-  eye = jnp.eye(rhs.shape[-1]) * (1 - mask)[:, None, :]  # identity on padded coordinates
-  s_val, s_vec = jnp.linalg.eigh(pbar + eye)
-  s_val = jnp.maximum(s_val, 1e-12)
-  sq = (s_vec * jnp.sqrt(s_val)[:, None, :]) @ jnp.swapaxes(s_vec, -1, -2)
-  isq = (s_vec / jnp.sqrt(s_val)[:, None, :]) @ jnp.swapaxes(s_vec, -1, -2)
-  white = _herm(isq @ rhs @ isq)
-  lam, vec = jnp.linalg.eigh(white)
-  lam = shrink_eigenvalues(lam, noise_var, (sizes / n)[:, None])
-  shrunk = (vec * lam[:, None, :].astype(vec.dtype)) @ jnp.conj(jnp.swapaxes(vec, -1, -2))
-  return _herm(sq @ shrunk @ sq)
-
-
-@functools.partial(jax.jit, static_argnames=("iters",))
-def solve_covariance(p_groups, weights, rhs, mask, *, iters=40):
-  """C with Σ_g w_g P_g C P_g = rhs for each block: preconditioned CG (Frobenius inner product).
-
-  p_groups (G, K+1, p, p) real symmetric, weights (G,), rhs (K+1, p, p) real; mask (K+1, p) marks
-  real coordinates (padding stays 0). A complex (Hermitian) rhs: solve its real and imaginary parts."""
-  mm = mask[:, :, None] * mask[:, None, :]
-  diag = jnp.diagonal(p_groups, axis1=-2, axis2=-1)  # (G, K+1, p)
-  precond = jnp.einsum("g,gkp,gkq->kpq", weights, diag, diag)
-  precond = jnp.where(mm > 0, jnp.maximum(precond, 1e-12 * precond.max()), 1.0)
-  pg = jnp.moveaxis(p_groups * jnp.sqrt(weights)[:, None, None, None], 0, 1)  # (K+1, G, p, p)
-
-  def op(c):  # Σ_g P_g (C P_g): two matmuls per block over the stacked groups (not G·(K+1) small ones)
-    return jnp.einsum("kgpq,kgqr->kpr", pg, jnp.einsum("kpq,kgqr->kgpr", c, pg)) * mm
-
-  def dot(a, b):
-    return jnp.sum(a * b, axis=(-2, -1))
-
-  x = rhs / precond * mm
-  r = rhs * mm - op(x)
-  z = r / precond
-  d = z
-  rz = dot(r, z)
-
-  def body(_, state):
-    x, r, d, rz = state
-    q = op(d)
-    alpha = rz / jnp.where(dot(d, q) > 0, dot(d, q), 1.0)
-    x = x + alpha[:, None, None] * d
-    r = r - alpha[:, None, None] * q
-    z = r / precond
-    rz_new = dot(r, z)
-    beta = rz_new / jnp.where(rz > 0, rz, 1.0)
-    return x, r, z + beta[:, None, None] * d, rz_new
-
-  x, *_ = jax.lax.fori_loop(0, iters, body, (x, r, d, rz))
-  return 0.5 * (x + jnp.swapaxes(x, -1, -2))
-
-
 def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
         n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None) -> CWFModel:
   """Mean and covariance of the clean CTF-free images from (N, H, W) particles and their CTFs.
@@ -261,15 +190,15 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   if not hermitian:
     rhs = jnp.real(rhs)  # real symmetric C: real eigh, factor and Wiener solves (complex ones are slow)
   mask = (jnp.arange(pmax)[None, :] < basis.sizes[:, None]).astype(jnp.float32)
-  rhs = _noise_correct(rhs, pbar, mask, basis.sizes.astype(jnp.float32), jnp.float32(noise_var), n,
-                       shrink=bool(shrink))
+  rhs = sv.noise_correct(rhs, pbar, mask, basis.sizes.astype(jnp.float32), jnp.float32(noise_var), n,
+                         shrink=bool(shrink))
   if ctf is None:
     cov = rhs  # P_i = I: the least-squares system is the identity
   else:
     weights, iters = jnp.asarray(counts / n), int(cg_iters)
-    cov = solve_covariance(p_groups, weights, jnp.real(rhs), mask, iters=iters)
+    cov = sv.solve_covariance(p_groups, weights, jnp.real(rhs), mask, iters=iters)
     if hermitian:
-      cov = cov + 1j * solve_covariance(p_groups, weights, jnp.imag(rhs), mask, iters=iters)
+      cov = cov + 1j * sv.solve_covariance(p_groups, weights, jnp.imag(rhs), mask, iters=iters)
   return _model(basis, mean, cov, noise_var, n), coefs, h_all
 
 
@@ -287,28 +216,6 @@ def _model(basis, mean, cov, noise_var, n) -> CWFModel:
   return CWFModel(basis, mean, factor, radial_factor, jnp.float32(noise_var), jnp.int32(n))
 
 
-def solve_pd(a, b):
-  """x with a x = b for a batch of small Hermitian positive definite a (..., r, r), b (..., r):
-  Gauss–Jordan without pivoting, vectorised over the batch (LAPACK's per-matrix calls dominate
-  for ~10⁵ matrices of size ~10)."""
-  r = a.shape[-1]
-
-  def step(i, state):
-    a, b = state
-    row = jax.lax.dynamic_index_in_dim(a, i, axis=-2, keepdims=False)  # (..., r)
-    piv = jax.lax.dynamic_index_in_dim(row, i, axis=-1, keepdims=False)
-    row, bi = row / piv[..., None], jax.lax.dynamic_index_in_dim(b, i, axis=-1, keepdims=False) / piv
-    col = jax.lax.dynamic_index_in_dim(a, i, axis=-1, keepdims=False)  # (..., r)
-    col = jnp.where(jnp.arange(r) == i, 0, col)
-    a = a - col[..., :, None] * row[..., None, :]
-    b = b - col * bi[..., None]
-    a = jax.lax.dynamic_update_index_in_dim(a, row, i, axis=-2)
-    b = jax.lax.dynamic_update_index_in_dim(b, bi, i, axis=-1)
-    return a, b
-
-  return jax.lax.fori_loop(0, r, step, (a, b))[1]
-
-
 @jax.jit
 def _apply_batch(model: CWFModel, b, h, noise_var, ctf):
   """Wiener estimates (B, H, W) from padded coefficients b (B, K+1, p), profiles h (B, n_rho)."""
@@ -323,7 +230,7 @@ def _apply_batch(model: CWFModel, b, h, noise_var, ctf):
   r = gram.shape[-1]
   eps = 1e-7 * jnp.maximum(jnp.real(jnp.trace(gram, axis1=-2, axis2=-1)).max(), 1e-30)
   gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(r)
-  s = solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh.astype(y.dtype), y))
+  s = sv.solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh.astype(y.dtype), y))
   est = jnp.einsum("kps,bks->bkp", model.factor.astype(y.dtype), s)
   est = jnp.zeros_like(b).at[:, :k1].set(est).at[:, 0].add(model.mean)
   out = st.evaluate(basis, st.unpad(basis, est))
