@@ -95,6 +95,20 @@ def test_band_noise_std_and_tuning_choice():
   assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
 
 
+def test_choose_reads_the_knob_off_a_parabola():
+  """`choose`: raw argmin without `fit`; with it the grid value nearest the minimum of a parabola in
+  log(value) through the 5 values around the argmin, so a jittered minimum is not taken at face value."""
+  values = (0.7, 0.85, 1.0, 1.1, 1.2, 1.35, 1.5)
+  x = np.log(values)
+  smooth = (x - np.log(1.2)) ** 2 + 1.0
+  jitter = smooth + np.array([0, 0, 0, -0.02, 0.015, 0, 0])  # noise makes 1.1 the raw argmin
+  assert S.choose(values, jitter) == 3 and S.choose(values, jitter, fit=True) == 4
+  assert S.choose(values, smooth, fit=True) == 4
+  concave = -(x - np.log(1.0)) ** 2
+  assert S.choose(values, concave, fit=True) == int(np.argmin(concave))
+  assert "ddtf" in S.FIT_CHOICE and "ksvd" not in S.FIT_CHOICE
+
+
 def test_reliability_notes():
   assert S.reliability(np.full(4, 1.0), np.full(4, 1.01), 0.1, 1.0) == ""
   assert "disagree" in S.reliability(np.full(4, 1.2), np.full(4, 1.0), 0.1, 1.0)

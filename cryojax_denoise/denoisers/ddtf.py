@@ -133,8 +133,7 @@ def apply_filters(images: jax.Array, d: jax.Array, thresh: jax.Array, stride: in
 @functools.partial(jax.jit, static_argnames=("r", "n_iter", "n_patches", "stride", "shared", "threshold_dc"))
 def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 1.0, lam1: float = 3.4,
                  lam2: float = 2.7, r: int = 8, n_iter: int = 30, n_patches: int = 40000, stride: int = 2,
-                 shared: bool = True, threshold_dc: bool = True, seed: int | jax.Array = 0,
-                 filters: jax.Array | None = None) -> jax.Array:
+                 shared: bool = True, threshold_dc: bool = True, seed: int | jax.Array = 0) -> jax.Array:
   """DDTF denoising of a batch (B, H, W) with noise std `noise_std` (scalar or (B,)), in image units.
 
   Learns the frame on `n_patches` patches drawn at random (with replacement) from the whole batch
@@ -144,16 +143,13 @@ def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 
   faster and nearly as good). `threshold_dc`: also threshold the DC coefficient when denoising
   (default; each patch's mean is then kept only where it stands out of the noise, which lowers
   the MSE at every SNR we tried, e.g. 0.358 -> 0.316 at SNR 0.1; learning never thresholds it, and
-  the DC filter itself is fixed). `seed`: an int or a PRNG key. `filters`: a learned bank (r², r²)
-  (from `ddtf_filters`, shared mode) applied as is, with no learning. Returns (B, H, W) float32.
+  the DC filter itself is fixed). `seed`: an int or a PRNG key. Returns (B, H, W) float32.
   """
   images = jnp.asarray(images, jnp.float32)
   B, H, W = images.shape
   sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), (B,))
   seed = jnp.asarray(seed)
   key = seed if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.key(seed)
-  if filters is not None:
-    return apply_filters(images, filters, lam_scale * lam2 * sigma, stride, threshold_dc)
   if not shared:  # each image alone, with the same patch positions drawn for each
     one = lambda img, s: _ddtf_shared(img[None], s[None], key, lam_scale * lam1, lam_scale * lam2, r, n_iter,
                                       n_patches, stride, threshold_dc)[0]
@@ -162,20 +158,9 @@ def ddtf_denoise(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 
                       threshold_dc)
 
 
-@functools.partial(jax.jit, static_argnames=("r", "n_iter", "n_patches"))
-def ddtf_filters(images: jax.Array, noise_std: jax.Array, *, lam_scale: float = 1.0, lam1: float = 3.4, r: int = 8,
-                 n_iter: int = 30, n_patches: int = 40000, seed: int | jax.Array = 0) -> jax.Array:
-  """The filter bank (r², r²) that `ddtf_denoise` (shared mode, same arguments) learns on a batch
-  (B, H, W); `ddtf_denoise(..., filters=ddtf_filters(...))` equals `ddtf_denoise(...)`."""
-  images = jnp.asarray(images, jnp.float32)
-  sigma = jnp.broadcast_to(jnp.asarray(noise_std, jnp.float32), images.shape[:1])
-  seed = jnp.asarray(seed)
-  key = seed if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key) else jax.random.key(seed)
-  b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
-  return learn_filters(pt.gather_patches(images, b, y, x, r), lam_scale * lam1 * sigma[b], n_iter)
-
-
 def _ddtf_shared(images, sigma, key, l1, l2, r, n_iter, n_patches, stride, threshold_dc):
   """One filter bank learned on `n_patches` patches of the whole batch, applied to every image."""
-  d = ddtf_filters(images, sigma, lam1=l1, r=r, n_iter=n_iter, n_patches=n_patches, seed=key)
+  b, y, x = pt.sample_positions(key, images.shape, r, n_patches)
+  xs = pt.gather_patches(images, b, y, x, r)
+  d = learn_filters(xs, l1 * sigma[b], n_iter)
   return apply_filters(images, d, l2 * sigma, stride, threshold_dc)

@@ -40,7 +40,12 @@ from cryojax_denoise.errors import InputError
 EPS = 0.07
 EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01}
 N_PROBES = 4       # Rademacher probes per estimate
-FREEZE = False     # probe dictionary methods with the dictionary learned on y (see `frozen_functions`)
+# Methods whose SURE jitters from one knob value to the next by more than their MSE differs near the
+# optimum: DDTF relearns its frame at every value and on every probed input, and its SURE/MSE ratio
+# scatters by ±5-10% along its fine grid (validation, 20 settings), so the raw argmin missed the best
+# knob by > 5% in 8/20. Its knob is read off a parabola (see `choose`): 20/20 within 5%. K-SVD and
+# BM3D are not jittery at their coarser grids, where a parabola misfits (raw argmin 20/20 and 14/15).
+FIT_CHOICE = ("ddtf",)
 N_IMAGES = 32      # images drawn from a stack to tune on
 BAND_CUTOFF = 0.4   # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
 
@@ -154,39 +159,32 @@ def is_jittable(fn: Callable, images, sigma, *args) -> bool:
     return False
 
 
-@functools.partial(jax.jit, static_argnames=("fn", "grid_batch", "learn"))
-def _grid_outputs(fn, images, sigma, values, probes, eps, grid_batch=None, learn=None):
-  """f_v(y) and f_v(y + ε·b_k) for every knob value v: ((G, B, H, W), (G, K, B, H, W)).
-  With `learn`, the state learned on y (a dictionary) is kept for the probes: `fn(x, σ, v, state)`."""
-  inputs = images[None] + eps[None, :, None, None] * probes
+@functools.partial(jax.jit, static_argnames=("fn", "grid_batch"))
+def _grid_outputs(fn, images, sigma, values, probes, eps, grid_batch=None):
+  """f_v(y) and f_v(y + ε·b_k) for every knob value v: ((G, B, H, W), (G, K, B, H, W))."""
+  inputs = jnp.concatenate([images[None], images[None] + eps[None, :, None, None] * probes])
 
   def one(v):
-    if learn is None:
-      outs = jax.vmap(lambda x: fn(x, sigma, v))(jnp.concatenate([images[None], inputs]))
-      return outs[0], outs[1:]
-    out, state = learn(images, sigma, v)
-    return out, jax.vmap(lambda x: fn(x, sigma, v, state))(inputs)
+    outs = jax.vmap(lambda x: fn(x, sigma, v))(inputs)
+    return outs[0], outs[1:]
 
   return jax.lax.map(one, values, batch_size=grid_batch)
 
 
-def grid_outputs(fn: Callable, images, sigma, values, probes, eps, grid_batch: int | None = None,
-                 learn: Callable | None = None):
+def grid_outputs(fn: Callable, images, sigma, values, probes, eps, grid_batch: int | None = None):
   """`fn(images, sigma, value)` at y and at y + ε·b_k for each value: NumPy ((G, B, H, W), (G, K, B, H, W)).
 
   Jit-able `fn` (hashable: the same object hits the compile cache) runs as one compiled function,
   `grid_batch` values vmapped at a time (default: all of them on an accelerator, one on CPU);
-  any other `fn` is called in a Python loop, one batch at a time. `learn(images, sigma, value) ->
-  (f(y), state)` (see `frozen_functions`): probes then run `fn(images, sigma, value, state)`.
+  any other `fn` is called in a Python loop, one batch at a time.
   """
   images = np.asarray(images, np.float32)
   values = np.asarray(values, np.float32)
-  if learn is not None or is_jittable(fn, images, sigma, values[0]):
+  if is_jittable(fn, images, sigma, values[0]):
     if grid_batch is None:
       grid_batch = len(values) if jax.default_backend() != "cpu" else 1
     out, probed = _grid_outputs(fn, jnp.asarray(images), jnp.asarray(sigma), jnp.asarray(values),
-                                jnp.asarray(probes), jnp.asarray(eps), grid_batch=max(1, min(grid_batch, len(values))),
-                                learn=learn)
+                                jnp.asarray(probes), jnp.asarray(eps), grid_batch=max(1, min(grid_batch, len(values))))
     return np.asarray(out), np.asarray(probed)
   outs, probed = [], []
   for v in values:
@@ -235,39 +233,6 @@ def knob_function(name: str, fixed: tuple = ()) -> Callable:
   return fn
 
 
-@functools.lru_cache(maxsize=None)
-def frozen_functions(name: str, fixed: tuple = ()) -> tuple[Callable, Callable] | None:
-  """(learn, apply) for a method that learns a dictionary from the batch (ddtf, ksvd with shared=True),
-  else None: `learn(images, sigma, value) -> (f(y), dictionary)`, `apply(images, sigma, value,
-  dictionary)` denoises with that dictionary, unlearned. One object per (name, fixed)."""
-  kw = dict(fixed)
-  if name == "ddtf" and kw.get("shared", True):
-    from cryojax_denoise.denoisers.ddtf import ddtf_denoise, ddtf_filters
-
-    learn_kw = {k: kw[k] for k in ("lam1", "r", "n_iter", "n_patches", "seed") if k in kw}
-
-    def apply(images, sigma, value, d):
-      return ddtf_denoise(images, sigma, lam_scale=value, filters=d, **kw)
-
-    def learn(images, sigma, value):
-      d = ddtf_filters(images, sigma, lam_scale=value, **learn_kw)
-      return apply(images, sigma, value, d), d
-
-    return learn, apply
-  if name == "ksvd" and kw.get("shared", True) and "dictionary" not in kw:
-    from cryojax_denoise.denoisers.ksvd import ksvd_denoise
-
-    def apply(images, sigma, value, d):
-      return ksvd_denoise(images, sigma, C=value, **{**kw, "dictionary": d, "n_iter": 0})
-
-    def learn(images, sigma, value):
-      out, info = ksvd_denoise(images, sigma, C=value, return_info=True, **kw)
-      return out, info.dictionary
-
-    return learn, apply
-  return None
-
-
 def subset(n: int, n_images: int = N_IMAGES, seed: int = 0) -> np.ndarray:
   """Sorted random rows (at most `n_images`) of a stack of `n` images: the tuning subset."""
   rng = np.random.default_rng(seed)
@@ -292,16 +257,16 @@ def check_tunable(name: str) -> None:
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
               seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
-              grid_batch: int | None = None, freeze: bool | None = None, **fixed) -> tuple[dict, list[dict]]:
-  """Chooses `REGISTRY[name].knob` on the grid by the lowest SURE on noisy images alone.
+              grid_batch: int | None = None, **fixed) -> tuple[dict, list[dict]]:
+  """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
+  or for `FIT_CHOICE` methods the minimum of a parabola through it).
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
   `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`. Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
-  only), the true "mse" of the same outputs. `freeze` (None: `FREEZE`): probe with the dictionary
-  learned on y (`frozen_functions`) instead of relearning it on y + εb.
+  only), the true "mse" of the same outputs.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -318,10 +283,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
                             sure_std)
   probes = _probes(seed, n_probes, images.shape)
   t0 = time.perf_counter()
-  key = tuple(sorted(fixed.items()))
-  frozen = frozen_functions(name, key) if (FREEZE if freeze is None else freeze) else None
-  fn, learn = (knob_function(name, key), None) if frozen is None else (frozen[1], frozen[0])
-  out, probed = grid_outputs(fn, images, den_sigma, values, probes, eps * sigma, grid_batch, learn)
+  out, probed = grid_outputs(knob_function(name, tuple(sorted(fixed.items()))), images, den_sigma, values,
+                             probes, eps * sigma, grid_batch)
   seconds = (time.perf_counter() - t0) / len(values)
   power = signal_power(images, sigma)
   table = []
@@ -332,11 +295,26 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     if clean is not None:
       row["mse"] = float(np.mean((out[g] - np.asarray(clean, np.float32)[rows]) ** 2))
     table.append(row)
-  best = min(table, key=lambda r: r["sure_mse"])
+  best = table[choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE)]
   note = reliability(den_sigma, sigma, best["sure_mse"], power)
   for row in table:
     row["warning"] = note
   return {knob: best[knob], **fixed}, table
+
+
+def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:
+  """Index of the chosen grid value: SURE's argmin, or with `fit` the grid value nearest the minimum
+  of a parabola in log(value) least-squares fitted to the `width` values around that argmin (the
+  argmin itself when the parabola does not open upwards)."""
+  s = np.asarray(sure_mse, np.float64)
+  i = int(np.argmin(s))
+  if not fit or len(s) < 3:
+    return i
+  x = np.log(np.asarray(values, np.float64))
+  w = min(width, len(s))
+  lo = max(0, min(i - w // 2, len(s) - w))
+  c = np.polyfit(x[lo:lo + w], s[lo:lo + w], 2)
+  return int(np.argmin(np.abs(x + c[1] / (2 * c[0])))) if c[0] > 0 else i
 
 
 def reliability(den_sigma, sigma, sure_mse: float, power: float) -> str:
