@@ -42,9 +42,10 @@ EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01}
 N_PROBES = 4       # Rademacher probes per estimate
 # Methods whose SURE jitters from one knob value to the next by more than their MSE differs near the
 # optimum: DDTF relearns its frame at every value and on every probed input, and its SURE/MSE ratio
-# scatters by ±5-10% along its fine grid (validation, 20 settings), so the raw argmin missed the best
-# knob by > 5% in 8/20. Its knob is read off a parabola (see `choose`): 20/20 within 5%. K-SVD and
-# BM3D are not jittery at their coarser grids, where a parabola misfits (raw argmin 20/20 and 14/15).
+# scatters by ±5-10% along its fine grid. On the 20 validation settings (16 images) the raw argmin
+# was within 5% of the best knob's MSE in 12/20 and 13/20 (4 probes, two probe draws) and 17/20 (8);
+# the parabola of `choose` in 20/20, 19/20 and 20/20. K-SVD and BM3D do not jitter at their coarser
+# grids, where a parabola misfits: raw argmin 20/20 and 14/15 (README, SURE section).
 FIT_CHOICE = ("ddtf",)
 N_IMAGES = 32      # images drawn from a stack to tune on
 BAND_CUTOFF = 0.4   # cycles/pixel beyond which `band_noise_std` takes images to be noise alone
