@@ -2,8 +2,10 @@
 64 test images per SNR from seed 20000, σ estimated per image as `denoise` does; cwf fitted on 1000 other
 noisy particles with their CTFs).
 
-    python scripts/eval_unseen.py CHECKPOINT[,CHECKPOINT] SNR[,SNR] METHOD[,METHOD] [MAP.mrc PIXEL_SIZE]
-e.g. python scripts/eval_unseen.py cryojax_denoise/pretrained/autoencoder_general 1,0.5,0.2,0.1,0.05 wiener,cwf
+    python scripts/eval_unseen.py CHECKPOINT[,CHECKPOINT] SNR[,SNR] METHOD[,METHOD] [MAP.mrc|MODEL.cif PIXEL_SIZE]
+e.g. python scripts/eval_unseen.py cryojax_denoise/pretrained/autoencoder_general 1,0.5,0.2,0.1,0.05 bm3d,cwf
+     python scripts/eval_unseen.py general,gan 1,0.1 bm3d ../shared/data/8zpm.cif 1.5   (mmCIF route)
+CHECKPOINT "general" / "gan" means the bundled general autoencoder / GAN.
 """
 import sys
 
@@ -19,8 +21,12 @@ from cryojax_denoise.training.restore import load_denoiser
 def main(argv):
   ckpts, snrs, classical = argv[1].split(","), [float(s) for s in argv[2].split(",")], argv[3].split(",")
   volume, pixel_size = (argv[4], float(argv[5])) if len(argv) > 5 else ("../shared/data/ribosome70S_65.mrc", 5.0)
-  src = simulate.load_source(volume=volume, pixel_size=pixel_size, image_size=64)
-  learned = {c.rstrip("/").split("/")[-1]: load_denoiser(c) for c in ckpts}
+  model = volume.endswith((".cif", ".pdb", ".mmcif"))
+  src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
+                             pixel_size=pixel_size, image_size=64)
+  bundled = {"general": ("autoencoder", None), "gan": ("gan", None)}
+  learned = {c.rstrip("/").split("/")[-1]: (load_denoiser(None, kind=bundled[c][0]) if c in bundled
+                                            else load_denoiser(c)) for c in ckpts}
   for snr in snrs:
     ds = simulate.simulate_dataset(src, 64, 64, snr=snr, seed=20000, ctf=True)
     sigma = np.asarray(estimate_noise_std(ds.noisy))

@@ -100,9 +100,9 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
 # noise-level input channel, a Wiener-filtered input that the network corrects, both polarities (odd by
 # construction at inference), MSE loss.
 PRESETS = {
-    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 9000, "snr_range": (0.02, 2.0),
+    "general": {"data": "corpus", "image_size": 64, "batch_size": 16, "steps": 6000, "snr_range": (0.02, 2.0),
                 "val_snr": 0.1, "loss": "l2", "checkpoint_every": 250, "eval_every": 250,
-                "model.blocks": (2, 2, 2, 0),
+                "lr_decay": "cosine", "grad_clip": 1.0, "model.blocks": (2, 2, 2, 0),
                 "model.noise_channel": True, "model.odd": True, "model.prior": "wiener"},
 }
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
