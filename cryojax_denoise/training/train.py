@@ -106,7 +106,7 @@ PRESETS = {
                 "model.noise_channel": True, "model.odd": True, "model.prior": "wiener"},
 }
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
-KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 1000}}
+KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 500}}
 
 
 def apply_preset(c, kind: str) -> None:
