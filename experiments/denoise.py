@@ -24,6 +24,7 @@ import re
 import ml_collections
 from absl import logging
 
+from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
 
 
@@ -47,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.normalize = "mean"       # none | mean | std: what is removed before denoising and restored after
   c.sure_images = 32         # random images for params=auto and the SURE quality score (0: neither)
   c.fit_size = 10000         # dataset-level methods (cwf): pass 1 fits on this many random particles
+  distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id
   return c
 
 
@@ -142,6 +144,7 @@ def validate(config) -> None:
     raise InputError(f"noise_std: must be >= 0 (0 = estimate), got {config.noise_std}")
   if config.normalize not in ("none", "mean", "std"):
     raise InputError(f"normalize: {config.normalize!r} is not one of none, mean, std")
+  distributed.check_config(config)
   if config.output:
     io.check_not_input(config.output, config.input)
   from cryojax_denoise import denoisers  # the registry module is light: no JAX import yet
@@ -172,11 +175,12 @@ def validate(config) -> None:
 def run(config, workdir: str) -> None:
   from cryojax_denoise import denoise_stack, io
 
+  distributed.initialize(config)
   reader = io.ImageReader()
   table = denoise_stack.open_particles(config.input, reader)  # file problems surface before JAX loads
   outputs = denoise_stack.output_paths(table, config.output, workdir)
   auto, _ = split_auto(config.params)
-  record = _choose_params(config, table, reader) if auto else None
+  record = distributed.share(_choose_params, config, table, reader) if auto else None  # process 0's
   ctf_of = None
   if denoisers_fit_hook(config.method):
     denoiser, ctf_of = _fitted_denoiser(config, table, reader, record["params"] if auto else None)
@@ -185,17 +189,15 @@ def run(config, workdir: str) -> None:
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
-  if record is None and config.sure_images > 0:
+  if record is None and config.sure_images > 0 and distributed.is_main():
     try:  # only a logged score: a method SURE cannot call this way (e.g. one needing CTFs) still denoises
       _quality(config, table, reader, denoiser)
     except InputError:
       raise
     except Exception as e:  # noqa: BLE001
       logging.warning("no SURE quality score for %s: %s", config.method, e)
-  denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size,
-                        noise_std=config.noise_std or None, normalize=config.normalize, reader=reader,
-                        ctf_of=ctf_of)
-  if auto:  # the record of the choice; without auto the score is only logged (outputs stay as they were)
+  distributed.denoise(config, table, denoiser, outputs, reader, ctf_of)  # one process: denoise_stack.denoise
+  if auto and distributed.is_main():  # the record of the choice; without auto the score is only logged
     _write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
 

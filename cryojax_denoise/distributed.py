@@ -1,0 +1,255 @@
+"""Several processes, one result: `jax.distributed` from config keys, and `denoise` split by rows.
+
+    python launch.py --experiment=denoise ... --config.distributed=True        # SLURM / Open MPI / TPU
+    python launch.py --experiment=denoise ... --config.distributed=True \\
+        --config.coordinator_address=10.0.0.1:1234 --config.num_processes=2 --config.process_id=0
+
+Denoising: process k of n takes a contiguous share of the input rows, cut on `batch_size`
+boundaries (so every batch holds the same images as in a one-process run and the output is
+bit-identical), and writes it atomically to `OUTPUT.parts/part-K-of-N.mrcs` followed by a
+`.json` done-marker. After a barrier, process 0 copies the parts into the output stack (and STAR
+file) in input order and removes them. A rerun after a crash skips every part whose marker matches
+the run (same input, method, parameters, rows), so only missing parts are redone.
+
+Dataset-level methods (cwf) are fitted in every process on the same rows (a fixed seed, the whole
+table) with the same deterministic code, so the fits agree; `params=auto` is chosen on process 0 and
+broadcast. On CPU the collectives are gloo's, so one machine can run several local processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+from absl import logging
+
+from cryojax_denoise.errors import InputError
+
+BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000  # a share may take days; a dead process ends the wait sooner
+
+
+def add_config(c) -> None:
+  """Adds the keys of a multi-process launch to an experiment's ConfigDict."""
+  import ml_collections
+
+  c.distributed = False        # join a jax.distributed job (auto-detected on SLURM / Open MPI / TPU)
+  c.coordinator_address = ""   # manual launch: HOST:PORT of process 0 (with num_processes, process_id)
+  c.num_processes = ml_collections.config_dict.placeholder(int)
+  c.process_id = ml_collections.config_dict.placeholder(int)
+  c.heartbeat_timeout_s = 100  # a process silent this long counts as dead, and the job fails
+
+
+def check_config(config) -> None:
+  """InputError for a bad combination of the keys of `add_config` (before anything is written)."""
+  address = config.get("coordinator_address") or ""
+  n, k = config.get("num_processes"), config.get("process_id")
+  manual = {"coordinator_address": address or None, "num_processes": n, "process_id": k}
+  given = [key for key, value in manual.items() if value is not None]
+  if not config.get("distributed"):
+    if given:
+      raise InputError(f"{given[0]}: only used with --config.distributed=True")
+    return
+  if (config.get("heartbeat_timeout_s") or 100) < 1:
+    raise InputError(f"heartbeat_timeout_s: must be at least 1, got {config.get('heartbeat_timeout_s')}")
+  if given and len(given) < 3:
+    missing = [key for key in manual if key not in given]
+    raise InputError(f"{', '.join(given)} given without {', '.join(missing)}: a manual launch needs "
+                     "coordinator_address, num_processes and process_id (or none of them: auto-detection)")
+  if not given:
+    return
+  host, _, port = address.rpartition(":")
+  if not host or not port.isdigit():
+    raise InputError(f"coordinator_address: {address!r} is not HOST:PORT (e.g. 10.0.0.1:1234)")
+  if n < 1:
+    raise InputError(f"num_processes: must be at least 1, got {n}")
+  if not 0 <= k < n:
+    raise InputError(f"process_id: must be in 0..{n - 1} for num_processes={n}, got {k}")
+
+
+def initialize(config) -> None:
+  """Joins the job when `config.distributed` (once per process; before any JAX computation).
+
+  Other processes than 0 log warnings only, so a run logs once."""
+  if not config.get("distributed"):
+    return
+  check_config(config)
+  import jax
+
+  if jax.distributed.is_initialized():
+    return
+  try:  # gloo: collectives between CPU processes (also the default of jax 0.10-0.12)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  except (AttributeError, ValueError) as e:  # an option a future jax may drop: CPU-only loss
+    logging.warning("no gloo CPU collectives: %s", e)
+  kwargs = {"heartbeat_timeout_seconds": int(config.get("heartbeat_timeout_s") or 100)}
+  if config.get("coordinator_address"):
+    kwargs.update(coordinator_address=config.coordinator_address, num_processes=int(config.num_processes),
+                  process_id=int(config.process_id))
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:
+    raise InputError(f"distributed: cannot join the job ({str(e).splitlines()[0]}); on a cluster without "
+                     "auto-detection give coordinator_address, num_processes and process_id") from None
+  if jax.process_index() != 0:
+    logging.set_verbosity(logging.WARNING)
+  info("distributed: %d processes, %d devices (%d here)", jax.process_count(), jax.device_count(),
+       jax.local_device_count())
+
+
+def process() -> tuple[int, int]:
+  """(this process's index, number of processes); (0, 1) without `jax.distributed`."""
+  import jax
+
+  if not jax.distributed.is_initialized():
+    return 0, 1
+  return jax.process_index(), jax.process_count()
+
+
+def is_main() -> bool:
+  return process()[0] == 0
+
+
+def info(msg: str, *args) -> None:
+  """`logging.info` on process 0 only."""
+  if is_main():
+    logging.info(msg, *args)
+
+
+def fail(msg: str):
+  """One line on stderr and exit status 1 (a peer died): at once, since jax's exit handler would wait
+  for the dead peer and its error poller aborts this process with a stack trace moments later."""
+  print(f"error: {msg}", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(1)
+
+
+def barrier(name: str) -> None:
+  """Waits for every process (the coordination service's barrier: no device computation)."""
+  k, n = process()
+  if n == 1:
+    return
+  from jax._src import distributed as jax_distributed  # the client of jax.distributed.initialize
+
+  try:
+    jax_distributed.global_state.client.wait_at_barrier(name, BARRIER_TIMEOUT_MS)
+  except Exception as e:  # noqa: BLE001  (JaxRuntimeError: a peer died or left)
+    fail(f"distributed: process {k} of {n}: barrier {name!r} failed, another process has died or left "
+         f"({str(e).splitlines()[0][:200]}); rerun the same command to redo only the missing parts")
+
+
+def share(fn, *args):
+  """`fn(*args)` (a JSON-able result) computed on process 0 and broadcast to every process."""
+  k, n = process()
+  if n == 1:
+    return fn(*args)
+  from jax.experimental import multihost_utils
+
+  data = json.dumps(fn(*args), default=str).encode() if k == 0 else b""
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
+  buf = np.zeros(size, np.uint8)
+  buf[:len(data)] = np.frombuffer(data, np.uint8)
+  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)).decode())
+
+
+# ---------------------------------------------------------------------------- denoising by parts
+
+
+def shares(n_rows: int, n_processes: int, batch_size: int) -> list[tuple[int, int]]:
+  """Contiguous (start, stop) rows of each process, cut on multiples of `batch_size` (empty shares
+  when there are fewer batches than processes)."""
+  batch_size = max(1, min(int(batch_size), n_rows))
+  n_batches = -(-n_rows // batch_size)
+  cuts = [min(n_rows, (k * n_batches // n_processes) * batch_size) for k in range(n_processes + 1)]
+  return list(zip(cuts[:-1], cuts[1:]))
+
+
+def parts_dir(outputs) -> str:
+  return outputs.stack + ".parts"
+
+
+def _part_paths(outputs, k: int, n: int) -> tuple[str, str]:
+  stem = os.path.join(parts_dir(outputs), f"part-{k:05d}-of-{n:05d}")
+  return stem + ".mrcs", stem + ".json"
+
+
+def _fingerprint(config, table, start: int, stop: int) -> str:
+  """What a part's images depend on: the input files and the denoising keys."""
+  keys = ("method", "params", "noise_std", "checkpoint", "batch_size", "normalize", "fit_size", "sure_images")
+  source = os.stat(table.source)
+  facts = {"input": os.path.abspath(table.source), "size": source.st_size, "mtime": source.st_mtime_ns,
+           "rows": [start, stop, len(table)], **{key: str(config.get(key)) for key in keys}}
+  return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def part_done(config, table, outputs) -> bool:
+  """Whether this process's part is already written by an earlier run of the same job."""
+  k, n = process()
+  start, stop = shares(len(table), n, config.batch_size)[k]
+  stack, marker = _part_paths(outputs, k, n)
+  if not (os.path.exists(stack) and os.path.exists(marker)):
+    return False
+  try:
+    with open(marker) as f:
+      return json.load(f).get("fingerprint") == _fingerprint(config, table, start, stop)
+  except (OSError, ValueError):
+    return False
+
+
+def denoise(config, table, denoiser, outputs, reader, ctf_of=None):
+  """`denoise_stack.denoise` over every process: this process's part, a barrier, assembly on 0."""
+  from cryojax_denoise import denoise_stack, io
+
+  k, n = process()
+  noise_std = config.noise_std or None
+  if n == 1:
+    return denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size, noise_std=noise_std,
+                                 normalize=config.normalize, reader=reader, ctf_of=ctf_of)
+  start, stop = shares(len(table), n, config.batch_size)[k]
+  stack, marker = _part_paths(outputs, k, n)
+  if part_done(config, table, outputs):
+    logging.warning("process %d: part %s (rows %d-%d) already written: kept", k, stack, start + 1, stop)
+  elif stop > start:
+    mean, scale = denoise_stack.normalization(table, reader, config.normalize)  # the whole table's
+    fn = denoise_stack.denoise_batches(denoiser, noise_std, mean, scale, ctf_of)
+    part = denoise_stack.ParticleTable(table.source, table.stacks, table.stack_of[start:stop],
+                                       table.indices[start:stop], table.shape, table.pixel_size)
+    logging.warning("process %d of %d: denoising rows %d-%d into %s", k, n, start + 1, stop, stack)
+    denoise_stack.stream(part, lambda rows, images: fn(rows + start, images), stack,
+                         batch_size=config.batch_size, desc=f"denoise part {k}", reader=reader)
+  if stop > start and not part_done(config, table, outputs):
+    io.atomic_write_text(marker, json.dumps({"rows": [start, stop],
+                                             "fingerprint": _fingerprint(config, table, start, stop)}) + "\n")
+  barrier("denoise: parts written")
+  if k == 0:
+    assemble(table, outputs, n, config.batch_size)
+  barrier("denoise: assembled")
+  return outputs
+
+
+def assemble(table, outputs, n: int, batch_size: int, chunk: int = 1024) -> None:
+  """Process 0: the parts, in row order, into `outputs.stack` (+ STAR); then removes the parts."""
+  from cryojax_denoise import denoise_stack, io
+
+  particles = denoise_stack.star_for_stack(table, outputs) if outputs.star else None
+  with io.StackWriter(outputs.stack, len(table), table.shape, table.pixel_size) as writer:
+    for k, (start, stop) in enumerate(shares(len(table), n, batch_size)):
+      if stop == start:
+        continue
+      part = io.read_stack(_part_paths(outputs, k, n)[0], mmap=True, check_finite=False).data
+      if part.shape != (stop - start, *table.shape):
+        raise RuntimeError(f"{_part_paths(outputs, k, n)[0]}: {part.shape}, expected {stop - start} images")
+      for i in range(0, stop - start, chunk):
+        writer.write(start + i, np.asarray(part[i:i + chunk], np.float32))
+      del part
+  if outputs.star:
+    try:
+      io.write_star(outputs.star, None if table.star.is_relion30 else table.star.optics, particles)
+    except BaseException:
+      os.remove(outputs.stack)  # no stack without its STAR file
+      raise
+  shutil.rmtree(parts_dir(outputs), ignore_errors=True)
+  info("assembled %d parts into %s", n, outputs.stack)

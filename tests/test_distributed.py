@@ -1,0 +1,137 @@
+"""Issue 16: `denoise` over 2 local CPU processes (jax.distributed on 127.0.0.1, gloo) equals the
+one-process run exactly; a killed process fails the run, and the rerun redoes only missing parts."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryojax_denoise import distributed, io
+from cryojax_denoise.errors import InputError
+from test_io import ROOT, random_stack
+
+N = 40
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _star(d) -> str:
+  """40 particles of 32² in two stacks, rows interleaving them with indices out of order."""
+  a, b = random_stack(n=25, seed=3), random_stack(n=15, seed=4) * 2 + 5
+  os.makedirs(d / "Extract")
+  io.write_stack(str(d / "Extract" / "a.mrcs"), a, 2.0)
+  io.write_stack(str(d / "Extract" / "b.mrcs"), b, 2.0)
+  rng = np.random.default_rng(0)
+  names = [f"{i}@Extract/a.mrcs" for i in range(1, 26)] + [f"{i}@Extract/b.mrcs" for i in range(1, 16)]
+  names = [names[i] for i in rng.permutation(N)]
+  particles = pd.DataFrame({"rlnImageName": names, "rlnAngleRot": np.arange(N) * 1.5,
+                            "rlnOpticsGroup": [1] * N})
+  optics = pd.DataFrame({"rlnOpticsGroup": [1], "rlnImagePixelSize": [2.0], "rlnVoltage": [300.0]})
+  io.write_star(str(d / "p.star"), optics, particles)
+  return str(d / "p.star")
+
+
+def _denoise(star, out, *extra) -> list[str]:
+  return [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise", "--config.method=wiener",
+          "--config.batch_size=8", "--config.sure_images=0", f"--config.input={star}",
+          f"--config.output={out}", f"--workdir={os.path.dirname(out)}", *extra]
+
+
+def _start(cmd):
+  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _pair(star, out, port):
+  """Both processes of a 2-process run (process 0 first: it hosts the coordinator)."""
+  keys = ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}",
+          "--config.num_processes=2", "--config.heartbeat_timeout_s=10"]
+  return [_start(_denoise(star, out, *keys, f"--config.process_id={k}")) for k in (0, 1)]
+
+
+def _finish(procs, timeout=400):
+  return [(p.returncode, p.communicate(timeout=timeout)[1]) for p in procs]
+
+
+def _read(path):
+  return np.asarray(io.read_stack(path, mmap=False).data)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """The one-process run and a 2-process run, side by side."""
+  d = tmp_path_factory.mktemp("dist")
+  star = _star(d)
+  one = _start(_denoise(star, str(d / "one" / "den.star")))
+  two = _pair(star, str(d / "two" / "den.star"), _free_port())
+  (rc1, err1), = _finish([one])
+  return d, star, (rc1, err1), _finish(two)
+
+
+def test_two_processes_equal_one_process_exactly(runs):
+  d, star, (rc1, err1), two = runs
+  assert rc1 == 0, err1[-2000:]
+  for rc, err in two:
+    assert rc == 0, err[-3000:]
+  assert "denoising rows 1-16" in two[0][1] and "denoising rows 17-40" in two[1][1]  # batch-aligned shares
+  np.testing.assert_array_equal(_read(str(d / "two" / "den.mrcs")), _read(str(d / "one" / "den.mrcs")))
+  one_star, two_star = starfile.read(str(d / "one" / "den.star")), starfile.read(str(d / "two" / "den.star"))
+  pd.testing.assert_frame_equal(two_star["particles"], one_star["particles"])  # input order, same names
+  pd.testing.assert_frame_equal(two_star["optics"], one_star["optics"])
+  assert sorted(os.listdir(d / "two")) == ["config.json", "den.mrcs", "den.star"]  # parts removed
+
+
+def test_killed_process_fails_both_and_rerun_redoes_only_missing_parts(runs, tmp_path):
+  d, star, _, _ = runs
+  out = str(tmp_path / "den.star")
+  procs = _pair(star, out, _free_port())
+  marker = tmp_path / "den.mrcs.parts" / "part-00000-of-00002.json"
+  deadline = time.time() + 400
+  while not marker.exists() and time.time() < deadline and procs[0].poll() is None:
+    time.sleep(0.2)
+  assert marker.exists(), procs[0].communicate()[1][-3000:]
+  procs[1].send_signal(signal.SIGKILL)
+  (rc0, err0), (rc1, _) = _finish(procs)
+  assert rc0 != 0 and rc1 != 0
+  lines = [line for line in err0.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "another process has died" in lines[0], err0[-3000:]
+  assert not os.path.exists(tmp_path / "den.mrcs") and marker.exists()
+  (rc0, err0), (rc1, err1) = _finish(_pair(star, out, _free_port()))
+  assert rc0 == 0 and rc1 == 0, err0[-3000:] + err1[-3000:]
+  assert "already written: kept" in err0 and "denoising rows" not in err0
+  np.testing.assert_array_equal(_read(str(tmp_path / "den.mrcs")), _read(str(d / "one" / "den.mrcs")))
+
+
+def test_shares_are_contiguous_batch_aligned_and_cover_every_row():
+  assert distributed.shares(40, 2, 8) == [(0, 16), (16, 40)]  # process 0 (it assembles) takes less
+  assert distributed.shares(40, 3, 64) == [(0, 0), (0, 0), (0, 40)]
+  for n_rows, n, batch in [(1, 4, 1), (1000, 7, 64), (999, 3, 1), (5, 2, 2)]:
+    cuts = distributed.shares(n_rows, n, batch)
+    assert cuts[0][0] == 0 and cuts[-1][1] == n_rows and all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+    assert all(start % min(batch, n_rows) == 0 for start, _ in cuts)
+
+
+@pytest.mark.parametrize("keys, message", [
+    (dict(num_processes=2), "only used with --config.distributed=True"),
+    (dict(distributed=True, num_processes=2), "without coordinator_address, process_id"),
+    (dict(distributed=True, coordinator_address="h:1", num_processes=2, process_id=2), "must be in 0..1"),
+    (dict(distributed=True, coordinator_address="host", num_processes=2, process_id=0), "not HOST:PORT"),
+    (dict(distributed=True, coordinator_address="h:1", num_processes=0, process_id=0), "at least 1"),
+])
+def test_bad_key_combinations_are_one_input_error(keys, message):
+  config = dict(distributed=False, coordinator_address="", num_processes=None, process_id=None)
+  config.update(keys)
+  with pytest.raises(InputError, match=message):
+    distributed.check_config(SimpleNamespace(get=config.get))
+  distributed.check_config(SimpleNamespace(get=dict(distributed=True).get))  # auto-detection: fine
