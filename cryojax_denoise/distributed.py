@@ -253,3 +253,56 @@ def assemble(table, outputs, n: int, batch_size: int, chunk: int = 1024) -> None
       raise
   shutil.rmtree(parts_dir(outputs), ignore_errors=True)
   info("assembled %d parts into %s", n, outputs.stack)
+
+
+# ---------------------------------------------------------------------------- reconstruction
+
+
+def all_sum(x: np.ndarray) -> np.ndarray:
+  """The sum over processes of each process's host array `x` (same shape everywhere), on every process."""
+  k, n = process()
+  if n == 1:
+    return np.asarray(x)
+  import jax
+  from jax.experimental import multihost_utils
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+  devices = np.array(jax.devices()).reshape(n, jax.local_device_count())
+  mesh = Mesh(devices, ("processes", "local"))
+  x = multihost_utils.host_local_array_to_global_array(np.asarray(x)[None], mesh, PartitionSpec("processes"))
+  total = jax.jit(lambda v: v.sum(0), out_shardings=NamedSharding(mesh, PartitionSpec()))(x)
+  return np.asarray(total.addressable_data(0))
+
+
+def backproject(backproject_fn, images, params, *args, batch_size: int | None = None, **kwargs) -> np.ndarray:
+  """`backproject_fn` (reconstruction.fourier.backproject) over this process's contiguous share of
+  the particles, the accumulators summed over processes: the same sums as one process, up to float
+  rounding of the summation order."""
+  k, n = process()
+  if n == 1:
+    return backproject_fn(images, params, *args, batch_size=batch_size, **kwargs)
+  start, stop = shares(len(params.shift), n, batch_size or 1)[k]
+  part = type(params)(*(v[start:stop] for v in params))
+  groups = kwargs.pop("groups", None)
+  groups = None if groups is None else np.asarray(groups)[start:stop]
+  logging.warning("process %d of %d: back-projecting particles %d-%d", k, n, start + 1, stop)
+  if stop == start:  # fewer batches than processes: this one adds nothing
+    d, pad = int(images.shape[-1]), int(kwargs.get("pad", 2))
+    return all_sum(np.zeros((int(kwargs.get("n_groups", 1)), (pad * d) ** 3, 3), np.float32))
+  return all_sum(backproject_fn(_Rows(images, start, stop), part, *args, batch_size=batch_size, groups=groups,
+                                **kwargs))
+
+
+class _Rows:
+  """Rows start..stop-1 of a sliceable image source (memory map, STAR reader), sliced lazily."""
+
+  def __init__(self, images, start: int, stop: int):
+    self.images, self.start, self.stop = images, start, stop
+    self.shape = (stop - start, *images.shape[1:])
+
+  def __len__(self) -> int:
+    return self.stop - self.start
+
+  def __getitem__(self, rows: slice):
+    lo, hi, _ = rows.indices(len(self))
+    return self.images[self.start + lo:self.start + hi]

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
 
 
@@ -46,6 +47,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.pad = 2                  # Fourier oversampling of the box
   c.reg = 1e-3               # Wiener regulariser, a fraction of the mean Σ CTF²
   c.batch_size = 0           # particles per step; 0 = automatic
+  distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id: shares summed
   return c
 
 
@@ -191,6 +193,7 @@ def validate(config) -> None:
     raise InputError(f"reg: must be >= 0, got {config.reg}")
   if config.batch_size < 0 or config.n_particles < 0 or config.noise_std < 0:
     raise InputError("batch_size, n_particles and noise_std must be >= 0")
+  distributed.check_config(config)
   star, images, particles, pixel_size = _open(config)
   from cryojax_denoise.reconstruction import fourier
 
@@ -210,6 +213,7 @@ def run(config, workdir: str) -> None:
   from cryojax_denoise import io
   from cryojax_denoise.reconstruction import fourier, fsc
 
+  distributed.initialize(config)
   star, images, particles, pixel_size = _open(config)
   box = images.shape[-1]
   reference = _reference(config, box, pixel_size)
@@ -219,6 +223,8 @@ def run(config, workdir: str) -> None:
   maps = fourier.half_maps(images, particles, star.optics, pixel_size, int(config.seed),
                            ctf=None if config.ctf else False, pad=int(config.pad), reg=float(config.reg),
                            batch_size=int(config.batch_size) or None, transform=transform, progress="reconstruct")
+  if not distributed.is_main():  # every process holds the same maps; process 0 writes them
+    return
   for name, vol in (("half1.mrc", maps.half1), ("half2.mrc", maps.half2), ("map.mrc", maps.full)):
     io.write_volume(os.path.join(workdir, name), vol, pixel_size)
 

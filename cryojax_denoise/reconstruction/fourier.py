@@ -391,8 +391,10 @@ def half_maps(images, particles: pd.DataFrame, optics: pd.DataFrame | None, pixe
     raise InputError("images: half maps need at least 2 particles")
   params = particle_params(particles, optics, pixel_size, ctf)
   split = random_halves(len(params.shift), seed)
-  acc = backproject(images, params, pixel_size, groups=split, n_groups=2, pad=pad, batch_size=batch_size,
-                    transform=transform, progress=progress)
+  from cryojax_denoise import distributed  # one process: plain backproject; several: shares, summed
+
+  acc = distributed.backproject(backproject, images, params, pixel_size, groups=split, n_groups=2, pad=pad,
+                                batch_size=batch_size, transform=transform, progress=progress)
   inv = lambda a: invert(a, d, pad=pad, reg=reg)
   return HalfMaps(inv(acc[0]), inv(acc[1]), inv(acc[0] + acc[1]), split)
 
