@@ -193,7 +193,7 @@ def validate(config) -> None:
     raise InputError(f"reg: must be >= 0, got {config.reg}")
   if config.batch_size < 0 or config.n_particles < 0 or config.noise_std < 0:
     raise InputError("batch_size, n_particles and noise_std must be >= 0")
-  distributed.check_config(config)
+  distributed.initialize(config)  # joins the job before the checks below start JAX
   star, images, particles, pixel_size = _open(config)
   from cryojax_denoise.reconstruction import fourier
 
