@@ -1,0 +1,81 @@
+"""Models of a training run: the generator and discriminator built from the config, their optimisers
+(`Learner`), starting weights from an `init` checkpoint, and the generator applied in raw units.
+"""
+
+from __future__ import annotations
+
+import jax
+import optax
+from flax import nnx
+
+from cryojax_denoise.models import Generator, PatchDiscriminator, UNet, host_init
+from cryojax_denoise.training import checkpoints, data as data_lib
+from cryojax_denoise.training.config import init_dir
+
+
+def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator | UNet:
+  """The generator of `config` (`model.arch`, host-initialised); `abstract` gives shapes only, to restore
+  into."""
+  m = config.model
+  widths, blocks, output = tuple(m.widths), tuple(m.blocks), str(m.output)
+  noise_channel, odd, prior = bool(m.get("noise_channel", False)), bool(m.get("odd", False)), m.get("prior", "none")
+  arch = m.get("arch", "pix2pix")
+
+  def create():
+    if arch == "unet":
+      return UNet(widths, blocks, odd, prior, rngs=nnx.Rngs(seed))
+    return Generator(widths, blocks, output, noise_channel, odd, prior, rngs=nnx.Rngs(seed))
+
+  return nnx.eval_shape(create) if abstract else host_init(create, seed, "he" if arch == "unet" else "normal")
+
+
+def build_discriminator(config, seed: int = 0) -> PatchDiscriminator:
+  d = config.disc
+  widths, blocks = tuple(d.widths), tuple(d.blocks)
+  return host_init(lambda: PatchDiscriminator(widths, blocks, rngs=nnx.Rngs(seed)), seed)
+
+
+def _adam(config, lr: float):
+  """Adam (β1, β2 from config) at `lr`, constant or cosine-decayed to 5% over `config.steps`, after
+  gradient clipping to global norm `grad_clip` when > 0."""
+  if config.get("lr_decay", "none") == "cosine":
+    lr = optax.cosine_decay_schedule(float(lr), int(config.steps), alpha=0.05)
+  adam = optax.adam(lr, config.beta1, config.beta2)
+  clip = float(config.get("grad_clip", 0.0))
+  return optax.chain(optax.clip_by_global_norm(clip), adam) if clip > 0 else adam
+
+
+class Learner(nnx.Module):
+  """The trained objects of one run: generator (+ discriminator) and their Adam optimisers."""
+
+  def __init__(self, config, seed: int = 0):
+    self.kind = config.kind
+    self.generator = build_generator(config, seed)
+    self.opt_g = nnx.Optimizer(self.generator, _adam(config, config.lr_g), wrt=nnx.Param)
+    if config.kind == "gan":
+      self.discriminator = build_discriminator(config, seed + 1)
+      self.opt_d = nnx.Optimizer(self.discriminator, _adam(config, config.lr_d), wrt=nnx.Param)
+
+  def parts(self) -> dict[str, nnx.Object]:
+    names = ("generator", "opt_g") + (("discriminator", "opt_d") if self.kind == "gan" else ())
+    return {n: getattr(self, n) for n in names}
+
+
+def load_init(generator: Generator, init: str, sharding=None) -> None:
+  """Overwrites `generator`'s parameters in place with those of the `init` checkpoint (no-op for none)."""
+  path = init_dir(init)
+  if path is None:
+    return
+  ckpt = checkpoints.Checkpointer(path, create=False)
+  try:
+    ckpt.restore(ckpt.latest_step(), {"generator": generator}, sharding=sharding)
+  finally:
+    ckpt.close()
+
+
+def apply_generator(generator: Generator, noisy: jax.Array) -> jax.Array:
+  """Denoises raw (B, H, W) images in their own units (standardise → network → map back); an `odd`
+  model is applied as (g(x) − g(−x)) / 2, so both contrast polarities get the same answer up to sign."""
+  x, mean, std = data_lib.standardise(noisy)
+  y = 0.5 * (generator(x) - generator(-x)) if generator.odd else generator(x)
+  return data_lib.destandardise(y, mean, std)
