@@ -177,14 +177,15 @@ def _sets(maps, pixel_size, config):
     lo_hi = simulate.DEFOCUS_RANGE_A if name == "main" else tuple(config.cluster_defocus_A)
     sim = simulate.Simulator(src, size, config.ctf, lo_hi, calibrate=False)
     key = jax.random.PRNGKey(seed + (0 if name == "main" else 10_000))
-    params = {p: np.asarray(v) for p, v in sim.sample_params(key, n).items()}
+    params = sim.sample_params(key, n).astype(np.float32)
     if name == "cluster":
       params = cf.narrow_poses(params, view, config.pose_spread_deg, seed + 20_000)
     rng = np.random.default_rng(seed + (1 if name == "main" else 10_001))
     raw = cf.project_states(maps, pixel_size, params, size, config.ctf)
     if name == "main":  # the unsupervised set looks along the main set's most telling view
       best = cf.most_different_pose(raw)
-      view = tuple(float(params[a][best]) for a in ("rot", "tilt", "psi"))
+      view = tuple(float(angle[best]) for angle in (params.rot_in_degrees, params.tilt_in_degrees,
+                                                    params.psi_in_degrees))
     table, optics = simulate.particles_table(params, config.ctf), simulate.optics_table(pixel_size, size)
     out[name] = dict(raw=raw, ctf=ctf_grid(table, optics, size, pixel_size) if config.ctf else None,
                      labels=cf.balanced_labels(n, k, seed + (2 if name == "main" else 10_002)),

@@ -118,11 +118,11 @@ def test_simulated_images_carry_relion_ctf():
   rng = np.random.default_rng(0)
   volume = rng.normal(size=(n, n, n)).astype(np.float32)
   k = len(ANGLES)
-  params = {name: np.zeros(k, np.float32) for name in simulate.PARAM_NAMES}
-  params.update(rot=np.array([10.0, 50.0, 120.0, 200.0], np.float32), tilt=np.array([20.0, 80.0, 100.0, 150.0],
-                                                                                   np.float32),
-                defocus_u=np.full(k, U, np.float32), defocus_v=np.full(k, V, np.float32),
-                defocus_angle=np.array(ANGLES, np.float32))
+  params = simulate.ParticleParams.zeros(k)._replace(
+      rot_in_degrees=np.array([10.0, 50.0, 120.0, 200.0], np.float32),
+      tilt_in_degrees=np.array([20.0, 80.0, 100.0, 150.0], np.float32),
+      defocus_u_in_angstroms=np.full(k, U, np.float32), defocus_v_in_angstroms=np.full(k, V, np.float32),
+      defocus_angle_in_degrees=np.array(ANGLES, np.float32))
   opts = dict(voltage_kv=KV, cs_mm=CS, amplitude_contrast=AC)
   with_ctf = np.asarray(simulate.Projector(volume, n, px, ctf=True, **opts)(params), np.float64)
   without = np.asarray(simulate.Projector(volume, n, px, ctf=False, **opts)(params), np.float64)

@@ -245,8 +245,8 @@ def test_denoise_star_uses_each_particles_ctf(tmp_path, basis):
   with mrcfile.new(tmp_path / "p.mrcs", noisy) as m:
     m.voxel_size = 4.0
   du = rng.uniform(10000, 20000, n)
-  params = dict(rot=np.zeros(n), tilt=np.zeros(n), psi=np.zeros(n), origin_x=np.zeros(n), origin_y=np.zeros(n),
-                defocus_u=du, defocus_v=du - 100, defocus_angle=np.zeros(n), phase_shift=np.zeros(n))
+  params = relion.ParticleParams.zeros(n, np.float64)._replace(defocus_u_in_angstroms=du,
+                                                               defocus_v_in_angstroms=du - 100)
   io.write_star(str(tmp_path / "p.star"), relion.optics_table(4.0, L), relion.particles_table(params, True, "p.mrcs"))
   outs = {}
   for name in ("p.star", "p.mrcs"):

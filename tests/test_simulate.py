@@ -81,17 +81,18 @@ def test_simulator_batches_have_the_requested_snr(source):
 
 def test_poses_are_uniform_on_so3(source):
   sim = simulate.Simulator(source, SIZE, calibrate=False)
-  p = {k: np.asarray(v, np.float64) for k, v in sim.sample_params(jax.random.PRNGKey(7), 4000).items()}
-  assert stats.kstest(np.cos(np.deg2rad(p["tilt"])), stats.uniform(-1, 2).cdf).pvalue > 1e-3
-  assert stats.kstest(p["rot"], stats.uniform(-180, 360).cdf).pvalue > 1e-3
-  assert stats.kstest(p["psi"], stats.uniform(-180, 360).cdf).pvalue > 1e-3
+  p = sim.sample_params(jax.random.PRNGKey(7), 4000).astype(np.float64)
+  rot, tilt, psi = p.rot_in_degrees, p.tilt_in_degrees, p.psi_in_degrees
+  assert stats.kstest(np.cos(np.deg2rad(tilt)), stats.uniform(-1, 2).cdf).pvalue > 1e-3
+  assert stats.kstest(rot, stats.uniform(-180, 360).cdf).pvalue > 1e-3
+  assert stats.kstest(psi, stats.uniform(-180, 360).cdf).pvalue > 1e-3
   # Haar measure: the mean rotation matrix vanishes (each entry has sd 1/sqrt(3 n)).
-  mats = simulate.relion_matrix(p["rot"], p["tilt"], p["psi"])
+  mats = simulate.relion_matrix(rot, tilt, psi)
   assert np.abs(mats.mean(axis=0)).max() < 5 / np.sqrt(3 * 4000)
   lo, hi = simulate.DEFOCUS_RANGE_A
-  mean_defocus = (p["defocus_u"] + p["defocus_v"]) / 2
-  assert lo <= mean_defocus.min() and mean_defocus.max() <= hi
-  assert np.all(p["defocus_u"] >= p["defocus_v"]) and np.all(p["defocus_u"] - p["defocus_v"] <= simulate.ASTIGMATISM_A)
+  du, dv = p.defocus_u_in_angstroms, p.defocus_v_in_angstroms
+  assert lo <= ((du + dv) / 2).min() and ((du + dv) / 2).max() <= hi
+  assert np.all(du >= dv) and np.all(du - dv <= simulate.ASTIGMATISM_A)
 
 
 def test_angles_roundtrip_through_the_relion_matrix():
@@ -112,16 +113,18 @@ def test_projection_follows_relion_conventions():
   projector = simulate.Projector(vol, size, px, ctf=False)
   rng = np.random.default_rng(1)
   n = 24  # the batch shape of test_project_reproduces_the_clean_images: one compile for both
-  params = {"rot": rng.uniform(-180, 180, n), "tilt": rng.uniform(0, 180, n), "psi": rng.uniform(-180, 180, n),
-            "origin_x": rng.uniform(-6, 6, n), "origin_y": rng.uniform(-6, 6, n)}
-  params.update({k: np.zeros(n) for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift")})
-  images = np.asarray(projector({k: v.astype(np.float32) for k, v in params.items()}))
+  params = simulate.ParticleParams.zeros(n)._replace(
+      rot_in_degrees=rng.uniform(-180, 180, n), tilt_in_degrees=rng.uniform(0, 180, n),
+      psi_in_degrees=rng.uniform(-180, 180, n), origin_x_in_angstroms=rng.uniform(-6, 6, n),
+      origin_y_in_angstroms=rng.uniform(-6, 6, n)).astype(np.float32)
+  images = np.asarray(projector(params))
   coords = (np.arange(size) - size // 2) * px
   for i in range(0, n, 3):
-    a = simulate.relion_matrix(params["rot"][i], params["tilt"][i], params["psi"][i])
+    p = params.take(i)
+    a = simulate.relion_matrix(p.rot_in_degrees, p.tilt_in_degrees, p.psi_in_degrees)
     xy = blobs @ a.T
-    x = xy[:, 0] - params["origin_x"][i]
-    y = xy[:, 1] - params["origin_y"][i]
+    x = xy[:, 0] - p.origin_x_in_angstroms
+    y = xy[:, 1] - p.origin_y_in_angstroms
     expected = sum(w * np.exp(-((coords[None, :] - xi) ** 2 + (coords[:, None] - yi) ** 2) / (2 * sigma**2))
                    for w, xi, yi in zip(weights, x, y))
     assert np.corrcoef(images[i].ravel(), expected.ravel())[0, 1] > 0.99

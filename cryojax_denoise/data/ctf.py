@@ -52,7 +52,8 @@ def ctf_params(particles: pd.DataFrame, optics: pd.DataFrame | None, pixel_size:
   n = len(particles)
   p = relion.params_from_table(particles, pixel_size)
   groups = relion.particle_groups(particles, optics) if optics is not None and len(optics) else np.ones(n)
-  out = {k: p[k] for k in ("defocus_u", "defocus_v", "defocus_angle", "phase_shift")}
+  out = {"defocus_u": p.defocus_u_in_angstroms, "defocus_v": p.defocus_v_in_angstroms,
+         "defocus_angle": p.defocus_angle_in_degrees, "phase_shift": p.phase_shift_in_degrees}
   for key, column, default in (("voltage_kv", "rlnVoltage", relion.VOLTAGE_KV),
                                ("cs_mm", "rlnSphericalAberration", relion.SPHERICAL_ABERRATION_MM),
                                ("amplitude_contrast", "rlnAmplitudeContrast", relion.AMPLITUDE_CONTRAST)):

@@ -10,32 +10,34 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, PARAM_NAMES, RELION_CTF_SIGN, SPHERICAL_ABERRATION_MM,
-                                         VOLTAGE_KV, group_projector, optics_row, params_from_table,
+from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, RELION_CTF_SIGN, SPHERICAL_ABERRATION_MM, VOLTAGE_KV,
+                                         ParticleParams, group_projector, optics_row, params_from_table,
                                          particle_groups, relion_to_cryojax_ctf)
 from cryojax_denoise.errors import InputError
 
 
-def _project_one(fvol, p: dict, optics: dict, *, shape: tuple[int, int], ctf: bool) -> jax.Array:
-  """cryojax image (H, W) of the Fourier voxel map at one set of RELION parameters `p`; `optics`
-  holds pixel_size (Å), voltage_kv, cs_mm and amplitude_contrast as (traced) scalars."""
+def _project_one(fvol, p: ParticleParams, optics: dict, *, shape: tuple[int, int], ctf: bool) -> jax.Array:
+  """cryojax image (H, W) of the Fourier voxel map at one particle's parameters `p` (scalar fields);
+  `optics` holds pixel_size (Å), voltage_kv, cs_mm and amplitude_contrast as (traced) scalars."""
   import cryojax.simulator as cxs
 
-  pose = cxs.EulerAnglePose(-p["origin_x"], -p["origin_y"], -p["rot"], -p["tilt"], -p["psi"])
+  pose = cxs.EulerAnglePose(-p.origin_x_in_angstroms, -p.origin_y_in_angstroms, -p.rot_in_degrees,
+                            -p.tilt_in_degrees, -p.psi_in_degrees)
   config = cxs.BasicImageConfig(shape, optics["pixel_size"], optics["voltage_kv"])
   integrator = cxs.FourierSliceExtraction()
   if ctf:
-    defocus, astigmatism, angle = relion_to_cryojax_ctf(p["defocus_u"], p["defocus_v"], p["defocus_angle"])
+    defocus, astigmatism, angle = relion_to_cryojax_ctf(p.defocus_u_in_angstroms, p.defocus_v_in_angstroms,
+                                                        p.defocus_angle_in_degrees)
     transfer = cxs.ContrastTransferTheory(
         cxs.AstigmaticCTF(defocus, astigmatism, angle, optics["cs_mm"]),
-        amplitude_contrast_ratio=optics["amplitude_contrast"], phase_shift=p["phase_shift"])
+        amplitude_contrast_ratio=optics["amplitude_contrast"], phase_shift=p.phase_shift_in_degrees)
     model = cxs.make_image_model(fvol, config, pose, transfer, volume_integrator=integrator)
     return RELION_CTF_SIGN * model.simulate()  # RELION's CTF (see data/relion.py)
   model = cxs.make_image_model(fvol, config, pose, volume_integrator=integrator)
   return model.simulate()
 
 
-def _project_many(fvol, params: dict, optics: dict, shape: tuple[int, int], ctf: bool) -> jax.Array:
+def _project_many(fvol, params: ParticleParams, optics: dict, shape: tuple[int, int], ctf: bool) -> jax.Array:
   return jax.vmap(lambda p: _project_one(fvol, p, optics, shape=shape, ctf=ctf))(params)
 
 
@@ -56,8 +58,8 @@ def _optics(pixel_size: float, voltage_kv: float, cs_mm: float, amplitude_contra
 
 
 class Projector:
-  """Jitted, vmapped cryojax projection of one map: `projector(params)` with a dict of (B,)
-  RELION-unit arrays (PARAM_NAMES) -> (B, H, W) float32 in cryojax's units.
+  """Jitted, vmapped cryojax projection of one map: `projector(params)` with `ParticleParams` of (B,)
+  arrays -> (B, H, W) float32 in cryojax's units.
 
   The map must already be on the image grid (`fit_volume`/`resample_volume`), at `pixel_size`.
   Compiles once per (B, image size, ctf) per process.
@@ -70,18 +72,18 @@ class Projector:
     self.fvol = _fourier_volume(jnp.asarray(volume, jnp.float32))
     self.optics = _optics(pixel_size, voltage_kv, cs_mm, amplitude_contrast)
 
-  def __call__(self, params: dict) -> jax.Array:
-    params = {k: jnp.asarray(params[k], jnp.float32) for k in PARAM_NAMES}
+  def __call__(self, params: ParticleParams) -> jax.Array:
+    params = ParticleParams(*(jnp.asarray(v, jnp.float32) for v in params))
     return _project_jit(self.fvol, params, self.optics, shape=(self.image_size, self.image_size), ctf=self.ctf)
 
 
-def _project_in_batches(projector: Projector, params: dict, n: int, batch_size: int) -> np.ndarray:
+def _project_in_batches(projector: Projector, params: ParticleParams, n: int, batch_size: int) -> np.ndarray:
   """Runs a projector over n images in fixed-size batches (the last one padded: one compile)."""
   out = None
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     idx = np.minimum(np.arange(start, start + batch_size), n - 1)
-    chunk = np.asarray(projector({k: v[idx] for k, v in params.items()}))[: stop - start]
+    chunk = np.asarray(projector(params.take(idx)))[: stop - start]
     if out is None:
       out = np.empty((n, *chunk.shape[1:]), np.float32)
     out[start:stop] = chunk
@@ -110,7 +112,7 @@ def project(source, particles: pd.DataFrame, optics: pd.DataFrame, image_size: i
     if size < 8:
       raise InputError(f"optics group {group}: image size {size} (give image_size or rlnImageSize)")
     projector, pixel_size = group_projector(source, optics, group, size, ctf)
-    params = {k: v[rows] for k, v in params_from_table(particles, pixel_size).items()}
+    params = params_from_table(particles, pixel_size).take(rows)
     images = _project_in_batches(projector, params, len(rows), max(1, min(batch_size, len(rows))))
     if out is None:
       out = np.empty((n, size, size), np.float32)

@@ -26,6 +26,8 @@ rlnPixelSize, else rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification (RELIO
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,8 +38,37 @@ from cryojax_denoise.errors import InputError
 VOLTAGE_KV = 300.0
 SPHERICAL_ABERRATION_MM = 2.7
 AMPLITUDE_CONTRAST = 0.07
-PARAM_NAMES = ("rot", "tilt", "psi", "origin_x", "origin_y", "defocus_u", "defocus_v", "defocus_angle",
-               "phase_shift")
+
+
+class ParticleParams(NamedTuple):
+  """Per-particle imaging parameters in RELION's units and conventions (module docstring): each field a
+  (N,) array, or a scalar inside a vmapped kernel. A NamedTuple, hence a JAX pytree (jit, vmap and
+  tree_map take it whole). Optics (voltage, Cs, amplitude contrast, pixel size) are per optics group
+  and travel apart. `reconstruction.fourier.ParticleParams` is the reconstruction's kernel form of these
+  (rotation rows, cryojax's CTF parameters)."""
+
+  rot_in_degrees: jax.Array | np.ndarray         # rlnAngleRot
+  tilt_in_degrees: jax.Array | np.ndarray        # rlnAngleTilt
+  psi_in_degrees: jax.Array | np.ndarray         # rlnAnglePsi
+  origin_x_in_angstroms: jax.Array | np.ndarray  # rlnOriginXAngst: the particle sits at -origin from the centre
+  origin_y_in_angstroms: jax.Array | np.ndarray  # rlnOriginYAngst
+  defocus_u_in_angstroms: jax.Array | np.ndarray   # rlnDefocusU
+  defocus_v_in_angstroms: jax.Array | np.ndarray   # rlnDefocusV
+  defocus_angle_in_degrees: jax.Array | np.ndarray  # rlnDefocusAngle (U's direction from +kx towards +ky)
+  phase_shift_in_degrees: jax.Array | np.ndarray    # rlnPhaseShift
+
+  @classmethod
+  def zeros(cls, n: int, dtype=np.float32) -> ParticleParams:
+    """N particles at the reference pose, no origin shift, zero defocus and phase shift."""
+    return cls(*(np.zeros(int(n), dtype) for _ in cls._fields))
+
+  def take(self, index) -> ParticleParams:
+    """The particles at `index` (an index array, slice or boolean mask), every field alike."""
+    return type(self)(*(v[index] for v in self))
+
+  def astype(self, dtype) -> ParticleParams:
+    """Every field as a NumPy array of `dtype` (device arrays are copied to the host)."""
+    return type(self)(*(np.asarray(v, dtype) for v in self))
 
 
 def relion_angles_from_matrix(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -142,19 +173,19 @@ def optics_table(pixel_size: float, image_size: int, voltage_kv: float = VOLTAGE
   })
 
 
-def particles_table(params: dict, ctf: bool, stack_name: str = "noisy.mrcs") -> pd.DataFrame:
+def particles_table(params: ParticleParams, ctf: bool, stack_name: str = "noisy.mrcs") -> pd.DataFrame:
   """RELION 3.1 particles block from sampled parameters (one row per image, in order); without
   CTF the defocus columns are left out (so `project` and readers know there is none)."""
-  p = {k: np.asarray(v, np.float64) for k, v in params.items()}
-  n = len(p["rot"])
+  p = params.astype(np.float64)
+  n = len(p.rot_in_degrees)
   table = {
       "rlnImageName": [f"{i + 1:06d}@{stack_name}" for i in range(n)],
-      "rlnAngleRot": p["rot"], "rlnAngleTilt": p["tilt"], "rlnAnglePsi": p["psi"],
-      "rlnOriginXAngst": p["origin_x"], "rlnOriginYAngst": p["origin_y"],
+      "rlnAngleRot": p.rot_in_degrees, "rlnAngleTilt": p.tilt_in_degrees, "rlnAnglePsi": p.psi_in_degrees,
+      "rlnOriginXAngst": p.origin_x_in_angstroms, "rlnOriginYAngst": p.origin_y_in_angstroms,
   }
   if ctf:
-    table.update({"rlnDefocusU": p["defocus_u"], "rlnDefocusV": p["defocus_v"],
-                  "rlnDefocusAngle": p["defocus_angle"], "rlnPhaseShift": p["phase_shift"]})
+    table.update({"rlnDefocusU": p.defocus_u_in_angstroms, "rlnDefocusV": p.defocus_v_in_angstroms,
+                  "rlnDefocusAngle": p.defocus_angle_in_degrees, "rlnPhaseShift": p.phase_shift_in_degrees})
   table["rlnOpticsGroup"] = np.ones(n, np.int64)
   return pd.DataFrame(table)
 
@@ -165,24 +196,25 @@ def _column(df: pd.DataFrame, name: str, default: float, n: int) -> np.ndarray:
   return np.full(n, default, np.float64)
 
 
-def params_from_table(particles: pd.DataFrame, pixel_size: float) -> dict:
-  """RELION columns -> projector parameters (RELION 3.0 pixel origins converted with pixel_size);
-  a psi of -999 (RELION's 'unset') is taken as 0."""
+def params_from_table(particles: pd.DataFrame, pixel_size: float) -> ParticleParams:
+  """RELION columns -> (N,) float32 parameters (RELION 3.0 pixel origins converted with `pixel_size`,
+  Å); a psi of -999 (RELION's 'unset') is taken as 0; no rlnDefocusV: astigmatism-free (V = U)."""
   n = len(particles)
-  p = {
-      "rot": _column(particles, "rlnAngleRot", 0.0, n),
-      "tilt": _column(particles, "rlnAngleTilt", 0.0, n),
-      "psi": _column(particles, "rlnAnglePsi", 0.0, n),
-      "defocus_u": _column(particles, "rlnDefocusU", 0.0, n),
-      "defocus_angle": _column(particles, "rlnDefocusAngle", 0.0, n),
-      "phase_shift": _column(particles, "rlnPhaseShift", 0.0, n),
-  }
-  p["psi"] = np.where(p["psi"] == -999.0, 0.0, p["psi"])
-  p["defocus_v"] = _column(particles, "rlnDefocusV", 0.0, n) if "rlnDefocusV" in particles else p["defocus_u"]
+  psi = _column(particles, "rlnAnglePsi", 0.0, n)
+  defocus_u = _column(particles, "rlnDefocusU", 0.0, n)
+  origin = []
   for axis in ("X", "Y"):
     if f"rlnOrigin{axis}Angst" in particles.columns:
-      p[f"origin_{axis.lower()}"] = _column(particles, f"rlnOrigin{axis}Angst", 0.0, n)
+      origin.append(_column(particles, f"rlnOrigin{axis}Angst", 0.0, n))
     else:
-      p[f"origin_{axis.lower()}"] = _column(particles, f"rlnOrigin{axis}", 0.0, n) * pixel_size
-  return {k: v.astype(np.float32) for k, v in p.items()}
-
+      origin.append(_column(particles, f"rlnOrigin{axis}", 0.0, n) * pixel_size)
+  return ParticleParams(
+      rot_in_degrees=_column(particles, "rlnAngleRot", 0.0, n),
+      tilt_in_degrees=_column(particles, "rlnAngleTilt", 0.0, n),
+      psi_in_degrees=np.where(psi == -999.0, 0.0, psi),
+      origin_x_in_angstroms=origin[0], origin_y_in_angstroms=origin[1],
+      defocus_u_in_angstroms=defocus_u,
+      defocus_v_in_angstroms=_column(particles, "rlnDefocusV", 0.0, n) if "rlnDefocusV" in particles else defocus_u,
+      defocus_angle_in_degrees=_column(particles, "rlnDefocusAngle", 0.0, n),
+      phase_shift_in_degrees=_column(particles, "rlnPhaseShift", 0.0, n),
+  ).astype(np.float32)

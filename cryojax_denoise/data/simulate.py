@@ -30,7 +30,7 @@ from cryojax_denoise.data.maps import (FIT_MASS_TOLERANCE, MapSource, _crop_or_p
                                        _structure_atoms, fit_volume, load_source, resample_volume)
 from cryojax_denoise.data.projector import (Projector, _fourier_volume, _optics, _project_in_batches,  # noqa: F401
                                             _project_jit, _project_many, _project_one, project)
-from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, PARAM_NAMES, RELION_CTF_SIGN,  # noqa: F401
+from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, RELION_CTF_SIGN, ParticleParams,  # noqa: F401
                                          SPHERICAL_ABERRATION_MM, VOLTAGE_KV, _column, optics_table,
                                          params_from_table, particles_table, relion_angles_from_matrix,
                                          relion_matrix, relion_to_cryojax_ctf)
@@ -58,8 +58,8 @@ def quaternion_to_matrix(q: jax.Array) -> jax.Array:
 
 
 
-def _sample_one(key, ranges: dict) -> dict:
-  """One image's parameters in RELION units (degrees, Å), from a single draw of 8 uniforms (one
+def _sample_one(key, ranges: dict) -> ParticleParams:
+  """One image's parameters (scalar fields), from a single draw of 8 uniforms (one
   threefry call keeps compilation fast). The rotation is uniform on SO(3): Shoemake's uniform unit
   quaternion from three uniforms. `ranges`: max_shift_A, defocus_lo, defocus_hi, astigmatism_A."""
   u = jax.random.uniform(key, (8,))
@@ -70,9 +70,10 @@ def _sample_one(key, ranges: dict) -> dict:
   origin = (2 * u[3:5] - 1) * ranges["max_shift_A"]
   defocus = ranges["defocus_lo"] + (ranges["defocus_hi"] - ranges["defocus_lo"]) * u[5]
   astig = ranges["astigmatism_A"] * u[6]
-  return dict(rot=rot, tilt=tilt, psi=psi, origin_x=origin[0], origin_y=origin[1],
-              defocus_u=defocus + astig / 2, defocus_v=defocus - astig / 2, defocus_angle=180.0 * u[7],
-              phase_shift=jnp.zeros_like(u[0]))
+  return ParticleParams(rot_in_degrees=rot, tilt_in_degrees=tilt, psi_in_degrees=psi,
+                        origin_x_in_angstroms=origin[0], origin_y_in_angstroms=origin[1],
+                        defocus_u_in_angstroms=defocus + astig / 2, defocus_v_in_angstroms=defocus - astig / 2,
+                        defocus_angle_in_degrees=180.0 * u[7], phase_shift_in_degrees=jnp.zeros_like(u[0]))
 
 
 def _per_image_keys(key, start, n: int):
@@ -80,7 +81,7 @@ def _per_image_keys(key, start, n: int):
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(n))
 
 
-def _sample_many(key, start, n: int, ranges: dict) -> dict:
+def _sample_many(key, start, n: int, ranges: dict) -> ParticleParams:
   return jax.vmap(lambda k: _sample_one(k, ranges))(_per_image_keys(key, start, n))
 
 
@@ -160,11 +161,11 @@ class Simulator:
   def shape(self) -> tuple[int, int]:
     return (self.image_size, self.image_size)
 
-  def sample_params(self, key, n: int, start: int = 0) -> dict:
-    """Parameters (RELION units) of images start..start+n-1, each from fold_in(key, index)."""
+  def sample_params(self, key, n: int, start: int = 0) -> ParticleParams:
+    """Parameters ((n,) device arrays) of images start..start+n-1, each from fold_in(key, index)."""
     return _sample_jit(key, start, int(n), self.ranges)
 
-  def project(self, params: dict) -> jax.Array:
+  def project(self, params: ParticleParams) -> jax.Array:
     """Unstandardised clean images (B, H, W) at the given parameters."""
     return self.projector(params)
 
@@ -268,13 +269,13 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
                                           sim.projector.optics, n=batch_size, shape=sim.shape, ctf=sim.ctf)
     clean[start:stop] = np.asarray(images)[: stop - start]
     noisy[start:stop] = np.asarray(unit)[: stop - start]
-    chunks.append({k: np.asarray(v)[: stop - start] for k, v in params.items()})
+    chunks.append(params.astype(np.float32).take(slice(0, stop - start)))
     if bar is not None:
       bar.update(stop - start)
     elif log_progress:  # start the clock after the first batch, which includes compilation
       bar = Progress(n_images, "simulate", "img", start=stop, warmup=0)
       logging.info("simulate: compiled; %d/%d images", stop, n_images)
-  params = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+  params = ParticleParams(*(np.concatenate(fields) for fields in zip(*chunks)))
   _standardize_inplace(clean)
   signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
   noise_std = math.sqrt(signal_var / snr)

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from cryojax_denoise.data import phantom, simulate
+from cryojax_denoise.data.relion import ParticleParams
 from cryojax_denoise.errors import InputError
 
 # ---------------------------------------------------------------------------- states
@@ -134,11 +135,12 @@ def balanced_labels(n: int, k: int, seed: int) -> np.ndarray:
   return np.concatenate([rng.permutation(k) for _ in range(blocks)])[:n].astype(np.int32)
 
 
-def narrow_poses(params: dict, view: tuple[float, float, float], spread_deg: float, seed: int) -> dict:
+def narrow_poses(params: ParticleParams, view: tuple[float, float, float], spread_deg: float,
+                 seed: int) -> ParticleParams:
   """`params` with (rot, tilt, psi) replaced by rotations within `spread_deg` of the RELION view
   (rot, tilt, psi): A = R_δ A_view, R_δ about a uniformly random axis by an angle uniform in
   [0, spread]; origins zeroed (a centred, narrow-pose set as for 2D classification)."""
-  n = len(np.asarray(params["rot"]))
+  n = len(np.asarray(params.rot_in_degrees))
   rng = np.random.default_rng(seed)
   axes = rng.normal(size=(n, 3))
   axes /= np.linalg.norm(axes, axis=1, keepdims=True)
@@ -149,13 +151,13 @@ def narrow_poses(params: dict, view: tuple[float, float, float], spread_deg: flo
   r = np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
   a = r @ simulate.relion_matrix(*view)
   rot, tilt, psi = jax.vmap(simulate.relion_angles_from_matrix)(jnp.asarray(a, jnp.float32))
-  out = {key: np.asarray(v, np.float32) for key, v in params.items()}
-  out.update(rot=np.asarray(rot), tilt=np.asarray(tilt), psi=np.asarray(psi),
-             origin_x=np.zeros(n, np.float32), origin_y=np.zeros(n, np.float32))
-  return out
+  zeros = np.zeros(n, np.float32)
+  return params.astype(np.float32)._replace(
+      rot_in_degrees=np.asarray(rot), tilt_in_degrees=np.asarray(tilt), psi_in_degrees=np.asarray(psi),
+      origin_x_in_angstroms=zeros, origin_y_in_angstroms=zeros)
 
 
-def project_states(maps, pixel_size: float, params: dict, image_size: int, ctf: bool = True) -> np.ndarray:
+def project_states(maps, pixel_size: float, params: ParticleParams, image_size: int, ctf: bool = True) -> np.ndarray:
   """Raw projections (K, N, H, W) float32 of each of K maps at every pose (and CTF) of `params`."""
   out = []
   for volume in maps:
