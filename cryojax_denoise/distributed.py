@@ -246,11 +246,7 @@ def assemble(table, outputs, n: int, batch_size: int, chunk: int = 1024) -> None
         writer.write(start + i, np.asarray(part[i:i + chunk], np.float32))
       del part
   if outputs.star:
-    try:
-      io.write_star(outputs.star, None if table.star.is_relion30 else table.star.optics, particles)
-    except BaseException:
-      os.remove(outputs.stack)  # no stack without its STAR file
-      raise
+    denoise_stack.write_output_star(table, outputs, particles)
   shutil.rmtree(parts_dir(outputs), ignore_errors=True)
   info("assembled %d parts into %s", n, outputs.stack)
 

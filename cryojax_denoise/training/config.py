@@ -12,6 +12,7 @@ import os
 
 import ml_collections
 
+from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss
 
@@ -69,7 +70,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.structure = ""
   c.pixel_size = 0.0
   c.ctf = True
-  c.distributed = False        # call jax.distributed.initialize() (multi-host)
+  distributed.add_config(c)    # distributed, coordinator_address, num_processes, process_id (multi-process)
   # Starting weights of the generator: "" / "none" (fresh), "general" (the bundled general model) or a
   # checkpoint dir; the model section (widths, blocks, ...) is then taken from that checkpoint.
   c.init = ""
@@ -113,6 +114,7 @@ def resolve(config) -> ml_collections.ConfigDict:
   validates keys."""
   c = ml_collections.ConfigDict(config.to_dict())
   apply_preset(c, c.kind)
+  distributed.check_config(c)
   if c.faithful:
     for key, value in FAITHFUL.items():
       section, name = key.split(".")

@@ -1,6 +1,6 @@
 """Data-parallel placement: a 1-D `Mesh` over every device on a "data" axis, batches sharded along
 their first axis, parameters and optimiser state replicated. The same code runs on one CPU, several
-GPUs or a TPU host (and several hosts after `initialize_distributed`).
+GPUs or a TPU host (and several hosts after `cryojax_denoise.distributed.initialize`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from cryojax_denoise.errors import InputError
 
 DATA_AXIS = "data"
-
-
-def initialize_distributed(enabled: bool) -> None:
-  """Joins a multi-host job (`jax.distributed.initialize`, coordinates from the environment/cluster)."""
-  if enabled and jax.process_count() == 1:
-    jax.distributed.initialize()
 
 
 def data_mesh(devices=None) -> Mesh:

@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from cryojax_denoise import distributed
 from cryojax_denoise.progress import Progress
 from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss, sharding as sh
 from cryojax_denoise.training.config import (  # noqa: F401  (re-exported: callers use train.X)
@@ -123,7 +124,7 @@ def train(config, workdir: str, data=None) -> dict:
   Writes `workdir/checkpoints/` (orbax, last `keep_checkpoints` kept) and `workdir/metrics.jsonl`
   (one JSON object per logged step: step, losses, steps_per_s, and val_mse/val_psnr when evaluated).
   """
-  sh.initialize_distributed(bool(config.distributed))
+  distributed.initialize(config)
   config = resolve(config)
   mesh = sh.data_mesh()
   sh.check_batch_size(int(config.batch_size), mesh)
