@@ -1,5 +1,6 @@
 """The denoise experiment and its streaming library: STAR/MRC in and out, units, order, bounded memory."""
 
+import json
 import os
 import subprocess
 import sys
@@ -77,7 +78,10 @@ def test_relion31_stack_default_output(relion_runs):
   d, runs = relion_runs
   returncode, stderr = runs["stack"]
   assert returncode == 0, stderr[-2000:]
-  assert files_under(d / "w") == ["config.json", "denoised.mrcs"]
+  # wiener with no params: its knob chosen by SURE (AUTO_BY_DEFAULT), recorded beside the output
+  assert files_under(d / "w") == ["config.json", "denoised.mrcs", "denoised.params.json"]
+  record = json.load(open(d / "w" / "denoised.params.json"))
+  assert record["auto"] and record["method"] == "wiener" and set(record["params"]) >= {"strength"}
   x, pixel_in = read_mrc(RELION_STACK)
   y, pixel_out = read_mrc(str(d / "w" / "denoised.mrcs"))
   assert y.shape == x.shape and pixel_out == pytest.approx(pixel_in)
@@ -162,7 +166,8 @@ def test_stream_pads_last_batch_and_leaves_nothing_on_error(tmp_path):
 def _start_denoise(tmp_path, stack, out):
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=denoise",
                            f"--workdir={tmp_path / ('w_' + os.path.basename(out))}", "--config.method=gaussian",
-                           f"--config.input={stack}", f"--config.output={out}", "--config.batch_size=256"],
+                           "--config.params=default", f"--config.input={stack}", f"--config.output={out}",
+                           "--config.batch_size=256"],
                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
