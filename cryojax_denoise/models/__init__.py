@@ -2,6 +2,7 @@
 
 from cryojax_denoise.models.discriminator import PatchDiscriminator
 from cryojax_denoise.models.generator import Generator, ResidualBlock, host_init
+from cryojax_denoise.models.registry import ARCHITECTURES, register
 from cryojax_denoise.models.unet import UNet
 
-__all__ = ["Generator", "PatchDiscriminator", "ResidualBlock", "host_init", "UNet"]
+__all__ = ["Generator", "PatchDiscriminator", "ResidualBlock", "host_init", "UNet", "ARCHITECTURES", "register"]

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cryojax_denoise.models.registry import register
+
 # The original initialised weights with N(0, 0.02); we keep that.
 _INIT = nnx.initializers.normal(0.02)
 _EPS = 1e-5  # TF batch_norm epsilon of the original
@@ -192,3 +194,11 @@ class Generator(nnx.Module):
     y = self.head(x)[..., 0]
     y = jnp.tanh(y) if self.output == "tanh" else y
     return y if base is None else base + y
+
+
+@register("pix2pix")
+def from_config(m, rngs: nnx.Rngs) -> Generator:
+  """The generator of a `config.model` section (widths, blocks, output, noise_channel, odd, prior)."""
+  return Generator(tuple(m.widths), tuple(m.blocks), str(m.get("output", "linear")),
+                   bool(m.get("noise_channel", False)), bool(m.get("odd", False)), m.get("prior", "none"),
+                   rngs=rngs)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from cryojax_denoise.models.generator import UpConv
+from cryojax_denoise.models.registry import register
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
@@ -97,3 +98,9 @@ class UNet(nnx.Module):
       x = self.dec[i](jnp.concatenate([jax.nn.relu(self.up[i](x)), skips[i]], axis=-1))
     y = self.head(x)[..., 0]
     return y if base is None else base + y
+
+
+@register("unet", kernels="he")
+def from_config(m, rngs: nnx.Rngs) -> UNet:
+  """The U-Net of a `config.model` section (widths, blocks, odd, prior)."""
+  return UNet(tuple(m.widths), tuple(m.blocks), bool(m.get("odd", False)), m.get("prior", "none"), rngs=rngs)

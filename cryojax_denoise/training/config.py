@@ -130,8 +130,10 @@ def resolve(config) -> ml_collections.ConfigDict:
                      "must be non-empty and of equal length")
   if c.get("lr_decay", "none") not in ("none", "cosine"):
     raise InputError(f"config.lr_decay: must be 'none' or 'cosine', got {c.lr_decay!r}")
-  if c.model.get("arch", "pix2pix") not in ("pix2pix", "unet"):
-    raise InputError(f"config.model.arch: must be 'pix2pix' or 'unet', got {c.model.arch!r}")
+  from cryojax_denoise.models import ARCHITECTURES
+
+  if c.model.get("arch", "pix2pix") not in ARCHITECTURES:
+    raise InputError(f"config.model.arch: unknown architecture {c.model.arch!r}; valid: {', '.join(ARCHITECTURES)}")
   if c.model.output not in ("linear", "tanh"):
     raise InputError(f"config.model.output: must be 'linear' or 'tanh', got {c.model.output!r}")
   if c.kind == "gan" and (len(c.disc.widths) != len(c.disc.blocks) or not len(c.disc.widths)):

@@ -8,25 +8,21 @@ import jax
 import optax
 from flax import nnx
 
-from cryojax_denoise.models import Generator, PatchDiscriminator, UNet, host_init
+from cryojax_denoise.models import ARCHITECTURES, Generator, PatchDiscriminator, UNet, host_init
 from cryojax_denoise.training import checkpoints, data as data_lib
 from cryojax_denoise.training.config import init_dir
 
 
 def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator | UNet:
-  """The generator of `config` (`model.arch`, host-initialised); `abstract` gives shapes only, to restore
-  into."""
+  """The generator of `config` (architecture `model.arch` from `models.ARCHITECTURES`, host-initialised);
+  `abstract` gives shapes only, to restore into."""
   m = config.model
-  widths, blocks, output = tuple(m.widths), tuple(m.blocks), str(m.output)
-  noise_channel, odd, prior = bool(m.get("noise_channel", False)), bool(m.get("odd", False)), m.get("prior", "none")
-  arch = m.get("arch", "pix2pix")
+  arch = ARCHITECTURES[m.get("arch", "pix2pix")]
 
   def create():
-    if arch == "unet":
-      return UNet(widths, blocks, odd, prior, rngs=nnx.Rngs(seed))
-    return Generator(widths, blocks, output, noise_channel, odd, prior, rngs=nnx.Rngs(seed))
+    return arch.build(m, nnx.Rngs(seed))
 
-  return nnx.eval_shape(create) if abstract else host_init(create, seed, "he" if arch == "unet" else "normal")
+  return nnx.eval_shape(create) if abstract else host_init(create, seed, arch.kernels)
 
 
 def build_discriminator(config, seed: int = 0) -> PatchDiscriminator:
