@@ -103,8 +103,12 @@ def test_killed_process_fails_both_and_rerun_redoes_only_missing_parts(runs, tmp
   deadline = time.time() + 400
   while not marker.exists() and time.time() < deadline and procs[0].poll() is None:
     time.sleep(0.2)
-  assert marker.exists(), procs[0].communicate()[1][-3000:]
   procs[1].send_signal(signal.SIGKILL)
+  if procs[1].wait() == 0:  # a quiet machine: the job ended before the kill could land
+    (rc0, err0), _ = _finish(procs)
+    assert rc0 == 0, err0[-3000:]
+    pytest.skip("the 2-process job finished before process 1 could be killed (needs a slower machine)")
+  assert marker.exists(), procs[0].communicate()[1][-3000:]
   (rc0, err0), (rc1, _) = _finish(procs)
   assert rc0 != 0 and rc1 != 0
   lines = [line for line in err0.splitlines() if line.startswith("error:")]
