@@ -60,6 +60,22 @@ def host_init(factory: Callable[[], nnx.Module], seed: int, kernels: str = "norm
   return nnx.merge(graphdef, state)
 
 
+def estimated_sigma(images: jax.Array) -> jax.Array:
+  """(B,) noise std of each image (Haar MAD, `denoisers.noise`), without gradients."""
+  from cryojax_denoise.denoisers.noise import estimate_noise_std
+
+  return jax.lax.stop_gradient(estimate_noise_std(images))
+
+
+def wiener_prior(images: jax.Array, sigma: jax.Array | None = None) -> jax.Array:
+  """The `prior="wiener"` input channel (B, H, W): each image Wiener-filtered (radial power spectrum) at
+  its noise std `sigma` (default: `estimated_sigma`), without gradients: the networks learn a correction."""
+  from cryojax_denoise.denoisers.filters import wiener_denoise
+
+  sigma = estimated_sigma(images) if sigma is None else sigma
+  return jax.lax.stop_gradient(wiener_denoise(images, sigma))
+
+
 def instance_norm(features: int, rngs: nnx.Rngs) -> nnx.InstanceNorm:
   """Per-image, per-channel normalisation over (H, W) with a learned scale and bias."""
   return nnx.InstanceNorm(features, epsilon=_EPS, rngs=rngs)
@@ -168,17 +184,11 @@ class Generator(nnx.Module):
     if h % self.stride or w % self.stride:
       raise ValueError(f"image size {h}×{w} is not divisible by the generator's total stride {self.stride}")
     x = images[..., None]
-    if self.noise_channel or self.prior == "wiener":
-      from cryojax_denoise.denoisers.noise import estimate_noise_std
-
-      sigma = jax.lax.stop_gradient(estimate_noise_std(images))
+    sigma = estimated_sigma(images) if self.noise_channel or self.prior == "wiener" else None
     if self.noise_channel:
       x = jnp.concatenate([x, jnp.broadcast_to(sigma[:, None, None, None], x.shape)], axis=-1)
-    base = None
-    if self.prior == "wiener":
-      from cryojax_denoise.denoisers.filters import wiener_denoise
-
-      base = jax.lax.stop_gradient(wiener_denoise(images, sigma))
+    base = wiener_prior(images, sigma) if self.prior == "wiener" else None
+    if base is not None:
       x = jnp.concatenate([x, base[..., None]], axis=-1)
     skips = []
     for conv_, norm, blocks in zip(self.down, self.down_norm, self.down_blocks):

@@ -1,14 +1,12 @@
-"""A bias-free U-Net denoiser (`model.arch="unet"`), the general model's network.
+"""A bias-free U-Net denoiser (`model.arch="unet"`), an alternative to the pix2pix generator.
 
-Why not the pix2pix generator: that network normalises every feature map per image (instance norm),
-which removes each channel's mean at every level, i.e. the low spatial frequencies that carry most of a
-particle's signal, and it never works at full resolution (its first layer halves the image). Measured on
-the unseen 70S ribosome at SNR 1 it lost 0.25 of the 0.95 clean power in the 4–16 px⁻¹ rings, twice
-Wiener's error. This U-Net keeps full-resolution layers and has no normalisation and no additive
-constants anywhere ("bias-free", Mohan et al., ICLR 2020): the network is then positively homogeneous,
-f(a·x) = a·f(x) for a > 0, so it is blind to the images' scale by construction and generalises across
-noise levels it was not trained at. With `odd=True` it is applied as (g(x) − g(−x)) / 2 (see
-`training.train.apply_generator`), so f(−x) = −f(x) too: any contrast polarity, any scale.
+It keeps full-resolution layers (the pix2pix generator halves the image in its first layer) and has no
+normalisation and no additive constants anywhere ("bias-free", Mohan et al., ICLR 2020): the network is
+then positively homogeneous, f(a·x) = a·f(x) for a > 0, blind to the images' scale by construction. With
+`odd=True` it is applied as (g(x) − g(−x)) / 2 (see `training.model.apply_generator`), so f(−x) = −f(x)
+too. Measured against the pix2pix generator on the molecule corpus at equal CPU budget (600 steps, batch
+16, widths (16, 32, 64)): held-out corpus MSE at SNR 0.1 0.267 vs 0.183, unseen 70S ribosome 0.535 vs
+0.416, so the bundled general models stay pix2pix.
 
 Layout per level i (widths[i] channels): `blocks[i]` 3×3 convolutions + ReLU; down by a 2×2 stride-2
 convolution, up by a 4×4 stride-2 transposed convolution (`UpConv`), the encoder's features concatenated;
@@ -23,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from cryojax_denoise.models.generator import UpConv
+from cryojax_denoise.models.generator import UpConv, wiener_prior
 from cryojax_denoise.models.registry import register
 
 
@@ -64,7 +62,6 @@ class UNet(nnx.Module):
     if prior not in ("none", "wiener"):
       raise ValueError(f"prior must be 'none' or 'wiener', got {prior!r}")
     self.odd, self.prior, self.depth = bool(odd), prior, len(widths)
-    self.noise_channel = False
     cin = 1 + int(prior == "wiener")
     self.enc = nnx.List([_Stage(cin if i == 0 else widths[i], widths[i], blocks[i], rngs)
                          for i in range(self.depth)])
@@ -83,10 +80,7 @@ class UNet(nnx.Module):
       raise ValueError(f"image size {h}×{w} is not divisible by the U-Net's total stride {self.stride}")
     x, base = images[..., None], None
     if self.prior == "wiener":
-      from cryojax_denoise.denoisers.filters import wiener_denoise
-      from cryojax_denoise.denoisers.noise import estimate_noise_std
-
-      base = jax.lax.stop_gradient(wiener_denoise(images, jax.lax.stop_gradient(estimate_noise_std(images))))
+      base = wiener_prior(images)
       x = jnp.concatenate([x, base[..., None]], axis=-1)
     skips = []
     for i in range(self.depth):
