@@ -7,9 +7,10 @@ import sys
 import time
 
 import jax
+from flax import nnx
 
 from cryojax_denoise.data.corpus import CorpusPairs
-from cryojax_denoise.training import train
+from cryojax_denoise.training import sharding, train
 
 
 def main(argv):
@@ -25,8 +26,8 @@ def main(argv):
   jax.block_until_ready(out)
   batches = n / (time.perf_counter() - t)
   learner = train.Learner(c)
-  graphdef, state = train.nnx.split(learner)
-  mesh = train.sh.data_mesh()
+  graphdef, state = nnx.split(learner)
+  mesh = sharding.data_mesh()
   step_fn = train.make_train_step(graphdef, c, mesh)
   noisy, clean = data.batch(0)
   state, _ = step_fn(state, noisy, clean, None)
