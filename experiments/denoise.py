@@ -9,10 +9,10 @@ for STAR input also a STAR file beside it (same stem, `.star`) with the same row
 so memory stays bounded whatever the stack size. The input is never overwritten.
 
 `params=auto` (or `auto,key=value,...`) picks a classical method's knob by Monte-Carlo SURE on
-`sure_images` random images — the default, when no params are given, for the methods in
-`AUTO_BY_DEFAULT` (`params=default` keeps the registry's defaults) — (`denoisers/sure.py`) and writes the choice, SURE's estimate of the
-MSE and the MSE reduction in dB to `<output stem>.params.json` (and a comment at the top of the
-STAR file). Every run logs that estimate for the parameters used: a quality score without
+`sure_images` random images (`denoisers/sure.py`) and writes the choice, SURE's estimate of the MSE
+and the MSE reduction in dB to `<output stem>.params.json` (and a comment at the top of the STAR
+file). It is the default for the methods in `AUTO_BY_DEFAULT` when no params are given;
+`params=default` keeps the registry's defaults. Every run logs that estimate for the parameters used: a quality score without
 ground truth to compare methods on one's own data.
 """
 
