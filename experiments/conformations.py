@@ -148,12 +148,12 @@ def _methods(config, notes: list[str]):
   out = [("raw", "raw")]
   for name in (tuple(config.methods) or tuple(denoisers.names())):
     try:
-      if denoisers.REGISTRY[name].learned:
+      if denoisers.REGISTRY[name].fit is not None:
+        out.append((name, None))  # fitted per particle set, with the particles' CTFs (`_denoise`)
+      elif denoisers.REGISTRY[name].learned:
         checkpoint = config.get(f"{name}_checkpoint", "") or None
         out.append((name, denoisers.get(name, checkpoint=checkpoint)))
         notes.append(f"`{name}`: model from {checkpoint or 'the bundled general model'}.")
-      elif denoisers.REGISTRY[name].fit is not None:
-        out.append((name, None))  # fitted per particle set, with the particles' CTFs (`_denoise`)
       else:
         out.append((name, denoisers.get(name)))
     except InputError as e:

@@ -128,6 +128,8 @@ def _fitted_denoiser(config, table, reader, params=None):
   from cryojax_denoise import denoise_stack, denoisers
 
   params = dict(parse_params(params_mode(config)[1]) if params is None else params)
+  if _learned(config.method):
+    params["checkpoint"] = config.checkpoint
   ctf_of = denoise_stack.ctf_rows(table)
   if ctf_of is None and denoisers.REGISTRY[config.method].uses_ctf:
     logging.warning("%s: no CTF metadata (a bare MRC stack or no rlnDefocusU): %s runs with the identity CTF",

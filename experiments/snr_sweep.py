@@ -32,6 +32,7 @@ from cryojax_denoise.progress import Progress
 
 CLASSICAL = tuple(denoisers.classical_names())  # every registered method, from the registry
 LEARNED = tuple(denoisers.learned_names())
+SPECIALISTS = ("autoencoder", "gan")  # the learned kinds `train_specialist` trains on the phantom
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_RIBOSOME = os.path.join(ROOT, "..", "shared", "data", "ribosome70S_65.mrc")
@@ -86,6 +87,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_per_snr = False
   c.gan_checkpoint = ""
   c.autoencoder_checkpoint = ""
+  c.autoencoder_cwf_checkpoint = ""
   # Parameter search on the tuning batch (the smoke preset uses each method's default instead).
   c.tune = placeholder(bool)
   # How a tuned knob is chosen: "clean" (lowest MSE against the tuning batch's clean images), "sure"
@@ -113,7 +115,7 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
   if config.sigma not in ("estimated", "true"):
     raise InputError(f"sigma: must be 'estimated' or 'true', got {config.sigma!r}")
-  for key in ("gan_checkpoint", "autoencoder_checkpoint", "volume", "structure", "test_structure"):
+  for key in ("gan_checkpoint", "autoencoder_checkpoint", "autoencoder_cwf_checkpoint", "volume", "structure", "test_structure"):
     if config[key] and not os.path.exists(config[key]):
       raise InputError(f"{config[key]}: {key} not found")
   if config.test_volume not in ("auto", "") and not os.path.exists(config.test_volume):
@@ -205,9 +207,11 @@ def _ctf(ds, config) -> np.ndarray | None:
   return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
 
 
-def _fitted(name: str, config, fit_ds):
-  """A dataset-level method (registry `fit` hook, e.g. cwf) fitted to the noisy images of `fit_ds`."""
-  return denoisers.fit(name, fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config))
+def _fitted(name: str, config, fit_ds, params=None):
+  """A dataset-level method (registry `fit` hook, e.g. cwf, autoencoder_cwf) fitted to the noisy images of
+  `fit_ds`."""
+  return denoisers.fit(_registry_name(name), fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config),
+                       **(params or {}))
 
 
 def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
@@ -242,7 +246,7 @@ def learned_models(config, workdir: str, snrs) -> dict[tuple[str, float], str]:
     general = config[f"{kind}_checkpoint"] or bundled_model(kind)
     for snr in snrs:
       models[kind, snr] = general
-    if config.train_specialist:
+    if config.train_specialist and kind in SPECIALISTS:
       if config.train_per_snr:
         for snr in snrs:
           models[f"{kind}_specialist", snr] = _train(kind, config, workdir, (snr, snr), f"_snr{snr:g}")
@@ -292,7 +296,7 @@ def run(config, workdir: str) -> None:
       for name in methods:
         learned = (name, snr) in checkpoints
         base = _registry_name(name)
-        dataset_level = not learned and denoisers.REGISTRY[base].fit is not None
+        dataset_level = denoisers.REGISTRY[base].fit is not None
         params, sure_info = ({"checkpoint": checkpoints[name, snr]} if learned else {}), {}
         tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[base].knob
         if tuned and (config.tuning == "sure" or name.endswith("_sure")):
@@ -302,7 +306,7 @@ def run(config, workdir: str) -> None:
           params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma)
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
-          fn, ctf = _fitted(name, config, dataset(config.n_fit, snr, fit_seed)), _ctf(test_ds, config)
+          fn, ctf = _fitted(name, config, dataset(config.n_fit, snr, fit_seed), params), _ctf(test_ds, config)
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
         else:
           fn, ctf = denoisers.get(_registry_name(name), **params), None

@@ -1,6 +1,6 @@
 """MSE of learned checkpoints against classical methods on the unseen 70S ribosome (64², 5 Å/px, CTF on,
 64 test images per SNR from seed 20000, σ estimated per image as `denoise` does; cwf fitted on 1000 other
-noisy particles with their CTFs).
+noisy particles with their CTFs; prior="cwf" checkpoints get that fit's estimates as their prior input).
 
     python scripts/eval_unseen.py CHECKPOINT[,CHECKPOINT] SNR[,SNR] METHOD[,METHOD] [MAP.mrc|MODEL.cif PIXEL_SIZE]
 e.g. python scripts/eval_unseen.py cryojax_denoise/pretrained/autoencoder_general 1,0.5,0.2,0.1,0.05 bm3d,cwf
@@ -30,18 +30,18 @@ def main(argv):
   for snr in snrs:
     ds = simulate.simulate_dataset(src, 64, 64, snr=snr, seed=20000, ctf=True)
     sigma = np.asarray(estimate_noise_std(ds.noisy))
-    res = {}
+    res, cwf = {}, None
+    if "cwf" in classical or any(den.config.model.get("prior") == "cwf" for den in learned.values()):
+      fit = simulate.simulate_dataset(src, 1000, 64, snr=snr, seed=40000, ctf=True)
+      den = denoisers.fit("cwf", fit.noisy, np.asarray(estimate_noise_std(fit.noisy)),
+                          ctf_lib.ctf_grid(fit.particles, fit.optics, 64, fit.pixel_size))
+      cwf = np.asarray(den(ds.noisy, sigma, ctf_lib.ctf_grid(ds.particles, ds.optics, 64, ds.pixel_size)))
     for m in classical:
-      if m == "cwf":
-        fit = simulate.simulate_dataset(src, 1000, 64, snr=snr, seed=40000, ctf=True)
-        den = denoisers.fit("cwf", fit.noisy, np.asarray(estimate_noise_std(fit.noisy)),
-                            ctf_lib.ctf_grid(fit.particles, fit.optics, 64, fit.pixel_size))
-        out = den(ds.noisy, sigma, ctf_lib.ctf_grid(ds.particles, ds.optics, 64, ds.pixel_size))
-      else:
-        out = denoisers.get(m)(ds.noisy, sigma)
+      out = cwf if m == "cwf" else denoisers.get(m)(ds.noisy, sigma)
       res[m] = float(np.mean((np.asarray(out) - ds.clean) ** 2))
     for name, den in learned.items():
-      res[name] = float(np.mean((np.asarray(den(ds.noisy)) - ds.clean) ** 2))
+      prior = cwf if den.config.model.get("prior") == "cwf" else None
+      res[name] = float(np.mean((np.asarray(den(ds.noisy, prior=prior)) - ds.clean) ** 2))
     print(f"SNR {snr:g}: " + "  ".join(f"{k} {v:.4f}" for k, v in res.items()), flush=True)
 
 

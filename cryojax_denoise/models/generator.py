@@ -60,6 +60,9 @@ def host_init(factory: Callable[[], nnx.Module], seed: int, kernels: str = "norm
   return nnx.merge(graphdef, state)
 
 
+PRIORS = ("none", "wiener", "cwf")
+
+
 def estimated_sigma(images: jax.Array) -> jax.Array:
   """(B,) noise std of each image (Haar MAD, `denoisers.noise`), without gradients."""
   from cryojax_denoise.denoisers.noise import estimate_noise_std
@@ -146,7 +149,9 @@ class Generator(nnx.Module):
       second input channel (FFDNet-style), so one model adapts its smoothing to every SNR.
     prior: "none", or "wiener": the input's Wiener-filtered image (radial power spectrum, estimated σ;
       `denoisers.filters.wiener_denoise`) is a further input channel and the network predicts a
-      correction to it (output = Wiener + network), so training starts from a sound linear estimate.
+      correction to it (output = Wiener + network), so training starts from a sound linear estimate;
+      "cwf": the same with a dataset-level estimate given by the caller (`prior=`, standardised like the
+      images; e.g. covariance Wiener filtering fitted on the whole stack, `data.cwf_corpus`).
     odd: mark the model as trained for both contrast polarities; `training.train.apply_generator` then
       returns (g(x) − g(−x)) / 2, which is odd by construction: f(−x) = −f(x).
   """
@@ -160,10 +165,10 @@ class Generator(nnx.Module):
     if output not in ("linear", "tanh"):
       raise ValueError(f"output must be 'linear' or 'tanh', got {output!r}")
     self.output, self.depth = output, len(widths)
-    if prior not in ("none", "wiener"):
-      raise ValueError(f"prior must be 'none' or 'wiener', got {prior!r}")
+    if prior not in PRIORS:
+      raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
     self.noise_channel, self.odd, self.prior = bool(noise_channel), bool(odd), prior
-    cins = (1 + int(self.noise_channel) + int(prior == "wiener"),) + widths[:-1]
+    cins = (1 + int(self.noise_channel) + int(prior != "none"),) + widths[:-1]
     self.down = nnx.List([conv(ci, co, 4, 2, rngs) for ci, co in zip(cins, widths)])
     self.down_norm = nnx.List([instance_norm(co, rngs) for co in widths])
     self.down_blocks = nnx.List([nnx.List([ResidualBlock(w, rngs=rngs) for _ in range(b)])
@@ -179,15 +184,23 @@ class Generator(nnx.Module):
   def stride(self) -> int:
     return 2 ** self.depth
 
-  def __call__(self, images: jax.Array) -> jax.Array:
+  def __call__(self, images: jax.Array, prior: jax.Array | None = None) -> jax.Array:
+    """(B, H, W) standardised images (and, for prior="cwf", their (B, H, W) prior estimate) -> (B, H, W)."""
     _, h, w = images.shape
     if h % self.stride or w % self.stride:
       raise ValueError(f"image size {h}×{w} is not divisible by the generator's total stride {self.stride}")
+    if (prior is None) == (self.prior == "cwf"):
+      raise ValueError(f"a prior={self.prior!r} generator is called with{'out' if prior is None else ''} a "
+                       "prior estimate")
     x = images[..., None]
     sigma = estimated_sigma(images) if self.noise_channel or self.prior == "wiener" else None
     if self.noise_channel:
       x = jnp.concatenate([x, jnp.broadcast_to(sigma[:, None, None, None], x.shape)], axis=-1)
-    base = wiener_prior(images, sigma) if self.prior == "wiener" else None
+    base = None
+    if self.prior == "wiener":
+      base = wiener_prior(images, sigma)
+    elif self.prior == "cwf":
+      base = jax.lax.stop_gradient(prior)
     if base is not None:
       x = jnp.concatenate([x, base[..., None]], axis=-1)
     skips = []

@@ -65,6 +65,12 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.data = "simulate"
   c.pool_size = 256
   c.pool_refresh = 4000
+  # "cwf_corpus" (`data.cwf_corpus`): `cwf_datasets` simulated datasets of corpus molecules, each fitted by
+  # covariance Wiener filtering, `cwf_keep` (noisy, CWF estimate, clean) triplets kept from each, cached
+  # per dataset in `cwf_cache` (a folder; "" keeps them in memory only); trains prior="cwf" models.
+  c.cwf_datasets = 240
+  c.cwf_keep = 192
+  c.cwf_cache = ""
   # Passed to the simulator: map or model (default: built-in phantom), pixel size (Å), CTF on/off.
   c.volume = ""
   c.structure = ""
@@ -74,6 +80,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   # Starting weights of the generator: "" / "none" (fresh), "general" (the bundled general model) or a
   # checkpoint dir; the model section (widths, blocks, ...) is then taken from that checkpoint.
   c.init = ""
+  c.init_head = "keep"         # "zero": zero the init's output layer, so training starts from the prior exactly
   if kind == "self_supervised":
     ss.add_config(c)
   c.time_limit_min = 0.0       # > 0: checkpoint and stop after this many minutes (rerun to continue)
@@ -89,6 +96,11 @@ PRESETS = {
                 "lr_decay": "cosine", "grad_clip": 1.0, "model.blocks": (2, 2, 2, 0),
                 "model.noise_channel": True, "model.odd": True, "model.prior": "wiener"},
 }
+# The dataset-conditioned general model (`--config.preset=general_cwf`): the general autoencoder fine-tuned to
+# correct the covariance Wiener filter fitted on each training dataset (its Wiener-prior channel becomes the
+# CWF estimate; the output layer starts at zero, so step 0 is CWF itself).
+PRESETS["general_cwf"] = {**PRESETS["general"], "data": "cwf_corpus", "steps": 3000, "lr_g": 2e-4,
+                          "init": "general", "init_head": "zero", "model.prior": "cwf"}
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
 KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 500}}
 
@@ -120,6 +132,12 @@ def resolve(config) -> ml_collections.ConfigDict:
       section, name = key.split(".")
       c[section][name] = value
   apply_init_config(c)
+  if c.get("data") == "cwf_corpus":
+    c.model.prior = "cwf"  # the data supply each image's CWF estimate as the prior input
+  elif c.model.get("prior") == "cwf" and not c.noisy:
+    raise InputError("config.model.prior=cwf: the prior estimates come from data=cwf_corpus")
+  if c.get("init_head", "keep") not in ("keep", "zero"):
+    raise InputError(f"config.init_head: must be 'keep' or 'zero', got {c.init_head!r}")
   for key in ("steps", "batch_size", "image_size", "checkpoint_every", "val_size", "eval_every", "log_every"):
     if int(c[key]) < 1:
       raise InputError(f"config.{key}: must be a positive integer, got {c[key]}")

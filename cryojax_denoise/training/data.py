@@ -148,8 +148,9 @@ class StackPairs:
 
 
 def check_pair_config(config) -> None:
-  if config.get("data", "simulate") not in ("simulate", "corpus"):
-    raise InputError(f"config.data: must be 'simulate' (one map) or 'corpus' (the molecule family), got {config.data!r}")
+  if config.get("data", "simulate") not in ("simulate", "corpus", "cwf_corpus"):
+    raise InputError("config.data: must be 'simulate' (one map), 'corpus' (the molecule family) or 'cwf_corpus' "
+                     f"(molecule-family datasets with their CWF estimates), got {config.data!r}")
   if bool(config.noisy) != bool(config.clean):
     missing = "clean" if config.noisy else "noisy"
     raise InputError(f"config.{missing}: training on stacks needs both noisy= and clean=")
@@ -157,7 +158,8 @@ def check_pair_config(config) -> None:
 
 def make_data(config, sharding=None):
   """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs` of one map
-  (`data="simulate"`) or the molecule corpus (`data="corpus"`, `data.corpus.CorpusPairs`); noisy particles
+  (`data="simulate"`), the molecule corpus (`data="corpus"`, `data.corpus.CorpusPairs`) or its CWF triplets
+  (`data="cwf_corpus"`, `data.cwf_corpus.CwfCorpusPairs`: inputs (B, 2, H, W)); noisy particles
   alone (`self_supervised.NoisyStack`) for kind="self_supervised"."""
   if config.kind == "self_supervised":
     from cryojax_denoise.training.self_supervised import NoisyStack
@@ -168,4 +170,7 @@ def make_data(config, sharding=None):
   if config.get("data", "simulate") == "corpus":
     from cryojax_denoise.data.corpus import CorpusPairs
     return CorpusPairs(config, sharding)
+  if config.data == "cwf_corpus":
+    from cryojax_denoise.data.cwf_corpus import CwfCorpusPairs
+    return CwfCorpusPairs(config, sharding)
   return SimulatedPairs(config, sharding)

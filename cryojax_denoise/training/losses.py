@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from cryojax_denoise.training import data as data_lib, self_supervised as ss
-from cryojax_denoise.training.model import Learner
+from cryojax_denoise.training.model import Learner, call_generator, split_inputs
 
 def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
@@ -28,8 +28,10 @@ def _reconstruction(pred, target, loss: str) -> jax.Array:
 def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, key=None) -> dict:
   """One optimisation step in place on raw (noisy, clean) (B, H, W); returns scalar losses.
   Self-supervised: `clean` is the second noisy copy (or noisy itself); `key` draws masks/sub-samplings."""
+  noisy, prior = split_inputs(noisy)
   x, mean, std = data_lib.standardise(noisy)
   y = (clean - mean) / std
+  p = None if prior is None else (prior - mean) / std
   if learner.kind == "self_supervised":
     loss_fn = ss.loss_fn(config.loss, config)
     (loss, aux), grads = nnx.value_and_grad(lambda g: loss_fn(g, x, y, key), has_aux=True)(learner.generator)
@@ -37,12 +39,12 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, k
     return {"loss": loss, **aux}
   if learner.kind == "autoencoder":
     def g_loss(gen):
-      return _reconstruction(gen(x), y, config.loss)
+      return _reconstruction(call_generator(gen, x, p), y, config.loss)
     loss, grads = nnx.value_and_grad(g_loss)(learner.generator)
     learner.opt_g.update(learner.generator, grads)
     return {"loss": loss}
 
-  fake = jax.lax.stop_gradient(learner.generator(x))
+  fake = jax.lax.stop_gradient(call_generator(learner.generator, x, p))
 
   def d_loss(disc):
     return 0.5 * (_bce(disc(y, x), 1.0) + _bce(disc(fake, x), 0.0))
@@ -52,7 +54,7 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, k
   disc = learner.discriminator
 
   def g_loss(gen):
-    pred = gen(x)
+    pred = call_generator(gen, x, p)
     adv = _bce(disc(pred, x), 1.0)
     l1 = jnp.mean(jnp.abs(pred - y))
     return adv + config.l1_weight * l1, (adv, l1)

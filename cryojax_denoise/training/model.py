@@ -57,8 +57,9 @@ class Learner(nnx.Module):
     return {n: getattr(self, n) for n in names}
 
 
-def load_init(generator: Generator, init: str, sharding=None) -> None:
-  """Overwrites `generator`'s parameters in place with those of the `init` checkpoint (no-op for none)."""
+def load_init(generator: Generator, init: str, sharding=None, zero_head: bool = False) -> None:
+  """Overwrites `generator`'s parameters in place with those of the `init` checkpoint (no-op for none);
+  `zero_head` then zeroes the output layer, so a prior-correcting generator starts as its prior."""
   path = init_dir(init)
   if path is None:
     return
@@ -67,11 +68,32 @@ def load_init(generator: Generator, init: str, sharding=None) -> None:
     ckpt.restore(ckpt.latest_step(), {"generator": generator}, sharding=sharding)
   finally:
     ckpt.close()
+  if zero_head:
+    for _, param in nnx.iter_graph(generator.head):
+      if isinstance(param, nnx.Param):
+        param.set_value(param[...] * 0.0)  # keeps the parameter's sharding
+
+
+def split_inputs(inputs: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  """Network inputs (B, H, W) noisy images, or (B, 2, H, W) noisy images and their prior estimates
+  (prior="cwf" models) -> (noisy, prior or None)."""
+  return (inputs[:, 0], inputs[:, 1]) if inputs.ndim == 4 else (inputs, None)
+
+
+def call_generator(generator: Generator, x: jax.Array, prior: jax.Array | None = None) -> jax.Array:
+  """generator(x) on standardised images, with the standardised prior estimate when it takes one."""
+  return generator(x) if prior is None else generator(x, prior)
 
 
 def apply_generator(generator: Generator, noisy: jax.Array) -> jax.Array:
-  """Denoises raw (B, H, W) images in their own units (standardise → network → map back); an `odd`
-  model is applied as (g(x) − g(−x)) / 2, so both contrast polarities get the same answer up to sign."""
+  """Denoises raw images in their own units (standardise → network → map back): `noisy` (B, H, W), or
+  (B, 2, H, W) with each image's prior estimate (e.g. CWF) for prior="cwf" models, standardised by the
+  noisy image's mean and std. An `odd` model is applied as (g(x) − g(−x)) / 2 (the prior negated with
+  the image), so both contrast polarities get the same answer up to sign."""
+  noisy, prior = split_inputs(noisy)
   x, mean, std = data_lib.standardise(noisy)
-  y = 0.5 * (generator(x) - generator(-x)) if generator.odd else generator(x)
+  p = None if prior is None else (prior - mean) / std
+  y = call_generator(generator, x, p)
+  if generator.odd:
+    y = 0.5 * (y - call_generator(generator, -x, None if p is None else -p))
   return data_lib.destandardise(y, mean, std)

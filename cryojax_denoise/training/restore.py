@@ -6,7 +6,8 @@ devices) and returns `denoise(images (B, H, W), noise_std=None) -> (B, H, W) flo
 units. Images are standardised per image (see `training.data`), processed in fixed-size batches
 sharded over the devices (the last batch padded, so one compilation serves any stack length), and
 images whose size is not a multiple of the generator's stride are reflect-padded and cropped back.
-The model is blind: `noise_std` is accepted for the common denoiser interface and not used.
+The model is blind: `noise_std` is accepted for the common denoiser interface and not used. A
+prior="cwf" model also takes `prior=` (B, H, W): each image's dataset-level estimate (CWF).
 """
 
 from __future__ import annotations
@@ -68,22 +69,31 @@ def load_denoiser(directory: str | None = None, batch_size: int = 64, kind: str 
   denoise_fn = make_denoise_fn(graphdef, mesh)
   data_sharding = sh.batch_sharding(mesh)
   stride = generator.stride
+  needs_prior = config.model.get("prior") == "cwf"
 
-  def denoise(images, noise_std=None):
+  def denoise(images, noise_std=None, prior=None):
     del noise_std  # blind model
     images = np.asarray(images, np.float32)
     if images.ndim == 2:
-      return denoise(images[None])[0]
+      return denoise(images[None], prior=None if prior is None else np.asarray(prior)[None])[0]
     if images.ndim != 3:
       raise InputError(f"expected images (B, H, W), got shape {images.shape}")
+    if needs_prior != (prior is not None):
+      raise InputError(f"{directory or 'the bundled model'}: this model {'needs' if needs_prior else 'takes no'} "
+                       "prior estimates (prior=, e.g. the stack's CWF estimates)")
     n, h, w = images.shape
+    if prior is not None:
+      if np.shape(prior) != images.shape:
+        raise InputError(f"prior estimates of shape {np.shape(prior)} for images of shape {images.shape}")
+      images = np.stack([images, np.asarray(prior, np.float32)], axis=1)  # (B, 2, H, W): see apply_generator
     ph, pw = -h % stride, -w % stride
-    out = np.empty_like(images)
+    out = np.empty((n, h, w), np.float32)
     for start in range(0, n, chunk):
       block = images[start:start + chunk]
       m = len(block)
       if ph or pw:
-        block = np.pad(block, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+        pad = ((0, 0),) * (block.ndim - 2) + ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
+        block = np.pad(block, pad, mode="reflect")
       if m < chunk:
         block = np.concatenate([block, np.repeat(block[-1:], chunk - m, 0)])
       est = np.asarray(denoise_fn(state, sh.shard_host_batch(block, data_sharding)))

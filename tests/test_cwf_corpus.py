@@ -1,0 +1,101 @@
+"""The dataset-conditioned autoencoder: CWF triplets of the molecule corpus, the prior="cwf" generator and
+the `autoencoder_cwf` method (CWF fitted per stack, then the network's correction)."""
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from cryojax_denoise import denoisers
+from cryojax_denoise.data import cwf_corpus, simulate
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.models import Generator, host_init
+from cryojax_denoise.training import restore, train
+from cryojax_denoise.training.model import apply_generator
+
+
+def test_dataset_conditions_are_a_pure_function_of_the_ids():
+  a, b = cwf_corpus.dataset_conditions(0, 5, (0.02, 2.0)), cwf_corpus.dataset_conditions(0, 5, (0.02, 2.0))
+  assert a == b and a != cwf_corpus.dataset_conditions(0, 6, (0.02, 2.0))
+  conds = [cwf_corpus.dataset_conditions(0, d, (0.02, 2.0)) for d in range(200)]
+  snrs = np.array([c["snr"] for c in conds])
+  assert 0.02 <= snrs.min() and snrs.max() <= 2.0 and np.median(snrs) < 0.5  # log-uniform, not uniform
+  assert 0.6 < np.mean([c["ctf"] for c in conds]) < 0.95 and 0.3 < np.mean([c["sign"] > 0 for c in conds]) < 0.7
+  assert all(500 <= c["n_fit"] <= 2000 and c["defocus_range_A"][0] < c["defocus_range_A"][1] for c in conds)
+
+
+def test_triplets_hold_a_cwf_estimate_better_than_the_noisy_particles():
+  t = cwf_corpus.simulate_triplets(0, 3, 32, 6, (0.02, 2.0), snr=0.1, ctf=True, n_fit=300)
+  assert t["noisy"].shape == t["prior"].shape == t["clean"].shape == (6, 32, 32)
+  mse = lambda x: float(np.mean((x - t["clean"]) ** 2))  # noqa: E731
+  assert mse(t["prior"]) < 0.3 * mse(t["noisy"])
+  again = cwf_corpus.simulate_triplets(0, 3, 32, 6, (0.02, 2.0), snr=0.1, ctf=True, n_fit=300)
+  np.testing.assert_array_equal(again["prior"], t["prior"])
+
+
+def test_sign_flip_of_a_triplet_is_a_triplet_of_the_flipped_dataset():
+  # The augmentation's claim: CWF fitted on −D maps −y to −CWF_D(y) (the fitted mean flips with the data).
+  src = simulate.load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 200, 32, snr=0.2, seed=1, ctf=False)
+  sigma = np.full(200, float(np.std(ds.noisy - ds.clean)), np.float32)
+  y = ds.noisy[:4]
+  plus = np.asarray(denoisers.fit("cwf", ds.noisy, sigma)(y, sigma[:4]))
+  minus = np.asarray(denoisers.fit("cwf", -ds.noisy, sigma)(-y, sigma[:4]))
+  np.testing.assert_allclose(minus, -plus, atol=1e-4 * np.abs(plus).max())
+
+
+def test_cwf_prior_generator_with_a_zero_head_is_the_prior_and_is_odd():
+  gen = host_init(lambda: Generator((8, 16), (1, 0), noise_channel=True, odd=True, prior="cwf",
+                                    rngs=nnx.Rngs(0)), 0)
+  rng = np.random.default_rng(0)
+  noisy = rng.normal(size=(3, 16, 16)).astype(np.float32) * 2 + 1
+  prior = rng.normal(size=(3, 16, 16)).astype(np.float32)
+  inputs = jax.numpy.asarray(np.stack([noisy, prior], 1))
+  out = np.asarray(apply_generator(gen, inputs))
+  assert not np.allclose(out, prior, atol=1e-3)
+  np.testing.assert_allclose(np.asarray(apply_generator(gen, -inputs)), -out, atol=1e-4)
+  with pytest.raises(ValueError, match="prior"):
+    gen(jax.numpy.asarray(noisy))
+  gen.head.kernel.set_value(gen.head.kernel[...] * 0)
+  gen.head.bias.set_value(gen.head.bias[...] * 0)
+  np.testing.assert_allclose(np.asarray(apply_generator(gen, inputs)), prior, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def cwf_run(tmp_path_factory):
+  """Two steps of the general_cwf recipe at 32² on one dataset: starts from the bundled autoencoder with
+  its output layer zeroed."""
+  workdir = str(tmp_path_factory.mktemp("cwf_run"))
+  c = train.default_config("autoencoder")
+  c.preset = "general_cwf"
+  c.steps, c.image_size, c.batch_size, c.val_size = 2, 32, 4, 2
+  c.cwf_datasets, c.cwf_keep = 1, 8
+  c.eval_every = c.checkpoint_every = c.log_every = 1
+  return train.train(c, workdir), workdir
+
+
+def test_general_cwf_recipe_starts_at_cwf_and_trains(cwf_run):
+  row, workdir = cwf_run
+  assert row["step"] == 2 and np.isfinite(row["val_mse"])
+  rows = [__import__("json").loads(line) for line in open(f"{workdir}/metrics.jsonl")]
+  assert rows[0]["step"] == 1 and rows[-1]["step"] == 2
+  den = restore.load_denoiser(workdir)
+  assert den.config.data == "cwf_corpus" and den.config.model.prior == "cwf"
+  x = np.random.default_rng(2).normal(size=(2, 32, 32)).astype(np.float32)
+  with pytest.raises(InputError, match="prior"):
+    den(x)
+
+
+def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
+  from cryojax_denoise.data import ctf as ctf_lib
+
+  _, workdir = cwf_run
+  src = simulate.load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 120, 32, snr=0.2, seed=4, ctf=True)
+  ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
+  den = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=workdir)
+  out = np.asarray(den(ds.noisy[:8], None, ctf[:8]))
+  assert out.shape == (8, 32, 32) and np.isfinite(out).all()
+  assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
+  with pytest.raises(InputError, match="prior=cwf"):
+    denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=restore.bundled_dir("autoencoder"))
