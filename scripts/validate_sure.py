@@ -1,15 +1,48 @@
 """Issue 13 validation: SURE-chosen knob vs clean-chosen knob, SURE estimate vs true MSE.
 
-usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS]
-  e.g. ... out.jsonl gaussian,wiener,ddtf 16 1,0.5,0.2,0.1,0.05 phantom,ribosome 1,0
-σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed.
+usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] [N_ESTIMATE]
+  e.g. ... out.jsonl gaussian,wiener,ddtf 16 1,0.5,0.2,0.1,0.05 phantom,ribosome 1,0 128
+σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed. Simulates
+max(N, N_ESTIMATE) images (default 128): the knob is tuned on N random ones, SURE's estimate of the
+chosen knob's MSE is made on N_ESTIMATE random ones (`sure.estimate_chosen`), as `params=auto` does.
 """
 import json
 import sys
 import time
 
+import numpy as np
+
 from cryojax_denoise.data import simulate
 from cryojax_denoise.denoisers import sure
+
+
+def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
+  """SURE against ground truth on one simulated batch (issue 13's validation).
+
+  Runs `sure_tune(..., clean=clean)` and returns the knob chosen by SURE and by the true MSE on
+  the same outputs, the true MSE of each choice, SURE's estimate at its choice and the ratios
+  (`choice_ratio` = MSE(SURE's knob) / MSE(best knob), `estimate_ratio` = SURE / true MSE of the
+  chosen row's "estimate", on `estimate_images` images; `grid_estimate_ratio` the same on the
+  tuning subset) and the true MSE of the registered default (`mse_default`, NaN when not on the grid).
+  MSEs are in image units and relative to the clean batch's power (`*_relative`).
+  """
+  params, table = sure.sure_tune(name, noisy, noise_std, clean=clean, **kw)
+  knob = next(iter(table[0]))
+  rows = sure.subset(len(noisy), kw.get("n_images", sure.N_IMAGES), kw.get("seed", 0))
+  power = float(np.mean(np.square(np.asarray(clean, np.float64)[rows])))
+  chosen = next(r for r in table if r[knob] == params[knob])
+  best = min(table, key=lambda r: r["mse"])
+  from cryojax_denoise import denoisers
+
+  default = next((r["mse"] for r in table if r[knob] == denoisers.REGISTRY[name].default), float("nan"))
+  return {"method": name, "knob": knob, "mse_default": default, "sure_choice": chosen[knob], "clean_choice": best[knob],
+          "mse_sure_choice": chosen["mse"], "mse_clean_choice": best["mse"], "sure_mse": chosen["sure_mse"],
+          "mse_sure_choice_relative": chosen["mse"] / power, "sure_mse_relative": chosen["sure_mse"] / power,
+          "choice_ratio": chosen["mse"] / best["mse"], "grid_estimate_ratio": chosen["sure_mse"] / chosen["mse"],
+          "estimate_images": chosen["estimate"]["n_images"], "estimate_sure_mse": chosen["estimate"]["sure_mse"],
+          "estimate_mse": chosen["estimate"]["mse"],
+          "estimate_ratio": chosen["estimate"]["sure_mse"] / chosen["estimate"]["mse"],
+          "seconds": sum(r["seconds"] for r in table), "table": table}
 
 
 def main():
@@ -17,21 +50,23 @@ def main():
   snrs = [float(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "1,0.5,0.2,0.1,0.05").split(",")]
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
+  n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
   for name in sets:
     src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
         volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
     for ctf in ctfs:
       for snr in snrs:
-        ds = simulate.simulate_dataset(src, n, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
+        ds = simulate.simulate_dataset(src, max(n, n_est), 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
         for m in methods:
           t = time.time()
-          r = sure.compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n)
+          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est)
           r.update(set=name, ctf=ctf, snr=snr, n=n, noise_std_true=float(ds.noise_std), wall=time.time() - t)
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")
           print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} clean {r['clean_choice']} "
                 f"choice {r['choice_ratio']:.3f} est {r['estimate_ratio']:.3f} default/best "
-                f"{r['mse_default'] / r['mse_clean_choice']:.3f} ({r['wall']:.0f}s)", flush=True)
+                f"{r['mse_default'] / r['mse_clean_choice']:.3f} est on {n} {r['grid_estimate_ratio']:.3f} "
+                f"({r['wall']:.0f}s)", flush=True)
 
 
 if __name__ == "__main__":  # bm3d starts worker processes with spawn

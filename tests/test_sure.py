@@ -34,10 +34,9 @@ def test_divergence_of_gaussian_filter_is_its_trace():
   y = _smooth_images(32, size) + np.random.default_rng(1).normal(size=(32, size, size)).astype(np.float32)
   sigma = np.ones(32, np.float32)
   probes = S._probes(0, 16, y.shape)
-  out, probed = S.grid_outputs(_gauss, y, sigma, [width], probes, 0.1 * sigma)
-  div = S.divergence(out[0], probed[0], probes, 0.1 * sigma)
-  assert div.shape == (32,)
-  assert abs(float(np.mean(div)) / trace - 1) < 0.02, (float(np.mean(div)), trace)
+  _, div, _ = S.grid_stats(_gauss, y, sigma, [width], probes, 0.1 * sigma)
+  assert div.shape == (1, 32)
+  assert abs(float(np.mean(div)) * size ** 2 / trace - 1) < 0.02, (float(np.mean(div)), trace)
 
 
 def _reference_sure(images, den, sigma, probes, eps):
@@ -85,7 +84,7 @@ def test_band_noise_std_and_tuning_choice():
   x = _smooth_images(32, 64, seed=5)
   sigma = 1.5
   y = x + sigma * np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
-  assert abs(float(S.band_noise_std(y)) / sigma - 1) < 0.02
+  assert abs(float(S.band_noise_std(y)) / sigma - 1) < 0.01
   params, table = S.sure_tune("gaussian", y, clean=x, n_images=32)
   best = min(row["mse"] for row in table)
   chosen = next(row for row in table if row["width"] == params["width"])
@@ -93,6 +92,26 @@ def test_band_noise_std_and_tuning_choice():
   assert abs(chosen["sure_mse"] / chosen["mse"] - 1) < 0.1
   assert [row["width"] for row in table] == list(denoisers.REGISTRY["gaussian"].grid)
   assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
+
+
+def test_estimate_of_the_chosen_knob_on_more_images():
+  """The chosen row's "estimate": SURE of the chosen width alone on 96 images (3 batches of the 32
+  tuned on), within 10% of those images' true MSE; jitted = NumPy loop path; a stack under twice
+  the tuning subset reports the grid's own numbers."""
+  x = _smooth_images(100)
+  y = x + 0.8 * np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
+  params, table = S.sure_tune("gaussian", y, clean=x, n_images=32, n_estimate=128)
+  chosen = next(row for row in table if row["width"] == params["width"])
+  est = chosen["estimate"]
+  assert est["n_images"] == 96 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
+  loop = S.estimate_chosen(lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v)), y, None, params["width"],
+                           chunk=32, n_estimate=128, eps=S.eps_for("gaussian"), clean=x)
+  for k in ("sure_mse", "mse", "gain_db"):
+    assert loop[k] == pytest.approx(est[k], rel=1e-3), k
+  _, small = S.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)
+  row = min(small, key=lambda r: r["sure_mse"])
+  assert row["estimate"] == {"n_images": 32, "sure_mse": row["sure_mse"], "sure_relative": row["sure_relative"],
+                             "gain_db": row["gain_db"], "mse": row["mse"]}
 
 
 def test_choose_reads_the_knob_off_a_parabola():
