@@ -18,6 +18,7 @@ broadcast. On CPU the collectives are gloo's, so one machine can run several loc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -127,6 +128,24 @@ def fail(msg: str):
   os._exit(1)
 
 
+# Words of the errors (ValueError, AssertionError or JaxRuntimeError, depending on where the collective
+# was) raised when a peer died: gloo's closed connection, the coordination service's missed heartbeats.
+PEER_DIED = ("gloo", "connection closed", "heartbeat", "unhealthy", "coordination service", "barrier failed")
+
+
+@contextlib.contextmanager
+def peers_alive(what: str):
+  """Turns an error of a collective whose peer died into `fail`'s one line (other errors pass)."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001
+    k, n = process()
+    if n == 1 or not any(word in str(e).lower() for word in PEER_DIED):
+      raise
+    fail(f"distributed: process {k} of {n}: {what} failed, another process has died or left "
+         f"({str(e).splitlines()[0][:200]}); rerun the same command to resume")
+
+
 def barrier(name: str) -> None:
   """Waits for every process (the coordination service's barrier: no device computation)."""
   k, n = process()
@@ -176,16 +195,18 @@ def _part_paths(outputs, k: int, n: int) -> tuple[str, str]:
   return stem + ".mrcs", stem + ".json"
 
 
-def _fingerprint(config, table, start: int, stop: int) -> str:
-  """What a part's images depend on: the input files and the denoising keys."""
-  keys = ("method", "params", "noise_std", "checkpoint", "batch_size", "normalize", "fit_size", "sure_images")
+DENOISE_KEYS = ("method", "params", "noise_std", "checkpoint", "batch_size", "normalize", "fit_size", "sure_images")
+
+
+def _fingerprint(config, table, start: int, stop: int, keys=DENOISE_KEYS) -> str:
+  """What a part's images depend on: the input files and the config `keys` (denoising's by default)."""
   source = os.stat(table.source)
   facts = {"input": os.path.abspath(table.source), "size": source.st_size, "mtime": source.st_mtime_ns,
            "rows": [start, stop, len(table)], **{key: str(config.get(key)) for key in keys}}
   return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def part_done(config, table, outputs) -> bool:
+def part_done(config, table, outputs, keys=DENOISE_KEYS) -> bool:
   """Whether this process's part is already written by an earlier run of the same job."""
   k, n = process()
   start, stop = shares(len(table), n, config.batch_size)[k]
@@ -194,39 +215,52 @@ def part_done(config, table, outputs) -> bool:
     return False
   try:
     with open(marker) as f:
-      return json.load(f).get("fingerprint") == _fingerprint(config, table, start, stop)
+      return json.load(f).get("fingerprint") == _fingerprint(config, table, start, stop, keys)
   except (OSError, ValueError):
     return False
 
 
 def denoise(config, table, denoiser, outputs, reader, ctf_of=None):
   """`denoise_stack.denoise` over every process: this process's part, a barrier, assembly on 0."""
+  from cryojax_denoise import denoise_stack
+
+  noise_std = config.noise_std or None
+  if process()[1] == 1:
+    return denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size, noise_std=noise_std,
+                                 normalize=config.normalize, reader=reader, ctf_of=ctf_of)
+
+  def make_fn():
+    mean, scale = denoise_stack.normalization(table, reader, config.normalize)  # the whole table's
+    return denoise_stack.denoise_batches(denoiser, noise_std, mean, scale, ctf_of)
+
+  return by_parts(config, table, outputs, make_fn, reader, "denoising", DENOISE_KEYS)
+
+
+def by_parts(config, table, outputs, make_fn, reader, verb: str, keys) -> object:
+  """`make_fn()(rows, images) -> images` streamed over this process's share of `table` into its part
+  (unless an earlier run with the same config `keys` wrote it), a barrier, then process 0 assembles
+  `outputs.stack` (+ `outputs.star` when set) in input order; `rows` are indices into the whole table."""
   from cryojax_denoise import denoise_stack, io
 
   k, n = process()
-  noise_std = config.noise_std or None
-  if n == 1:
-    return denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size, noise_std=noise_std,
-                                 normalize=config.normalize, reader=reader, ctf_of=ctf_of)
   start, stop = shares(len(table), n, config.batch_size)[k]
   stack, marker = _part_paths(outputs, k, n)
-  if part_done(config, table, outputs):
+  if part_done(config, table, outputs, keys):
     logging.warning("process %d: part %s (rows %d-%d) already written: kept", k, stack, start + 1, stop)
   elif stop > start:
-    mean, scale = denoise_stack.normalization(table, reader, config.normalize)  # the whole table's
-    fn = denoise_stack.denoise_batches(denoiser, noise_std, mean, scale, ctf_of)
+    fn = make_fn()
     part = denoise_stack.ParticleTable(table.source, table.stacks, table.stack_of[start:stop],
                                        table.indices[start:stop], table.shape, table.pixel_size)
-    logging.warning("process %d of %d: denoising rows %d-%d into %s", k, n, start + 1, stop, stack)
+    logging.warning("process %d of %d: %s rows %d-%d into %s", k, n, verb, start + 1, stop, stack)
     denoise_stack.stream(part, lambda rows, images: fn(rows + start, images), stack,
-                         batch_size=config.batch_size, desc=f"denoise part {k}", reader=reader)
-  if stop > start and not part_done(config, table, outputs):
+                         batch_size=config.batch_size, desc=f"{verb} part {k}", reader=reader)
+  if stop > start and not part_done(config, table, outputs, keys):
     io.atomic_write_text(marker, json.dumps({"rows": [start, stop],
-                                             "fingerprint": _fingerprint(config, table, start, stop)}) + "\n")
-  barrier("denoise: parts written")
+                                             "fingerprint": _fingerprint(config, table, start, stop, keys)}) + "\n")
+  barrier(f"{verb} {outputs.stack}: parts written")
   if k == 0:
     assemble(table, outputs, n, config.batch_size)
-  barrier("denoise: assembled")
+  barrier(f"{verb} {outputs.stack}: assembled")
   return outputs
 
 

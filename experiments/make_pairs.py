@@ -11,18 +11,26 @@ resampled to the particles' pixel size (per optics group) when the two differ. W
 WORKDIR/clean.mrcs (or `output=`), streamed in batches; with `noisy_copy=True` also noisy.mrcs
 beside it, the particle images in the same order, so (noisy.mrcs, clean.mrcs) train the learned
 denoisers on real data (`train_gan --config.noisy=... --config.clean=...`).
+
+Over several processes (`--config.distributed=True`, the keys of `cryojax_denoise.distributed`), each
+process projects a contiguous share of the rows into its part, and process 0 assembles the stacks in
+STAR order after a barrier (as `denoise` does); a rerun after a crash redoes only missing parts.
 """
 
 from __future__ import annotations
 
 import os
 
+from types import SimpleNamespace
+
 import ml_collections
 from absl import logging
 
+from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+PART_KEYS = ("volume", "pixel_size", "batch_size", "fit")  # what a part's projections depend on
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,12 +42,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.batch_size = 64    # particles per projection batch
   c.fit = True         # least-squares scale + offset of each projection to its particle
   c.noisy_copy = False  # also write WORKDIR/noisy.mrcs: the particles in STAR order (aligned training pairs)
+  distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id: shares of rows
   return c
 
 
 def validate(config) -> None:
   from cryojax_denoise import io
 
+  distributed.initialize(config)  # joins the job before the checks below start JAX
   if not config.input:
     raise InputError("input: give --config.input=PARTICLES.star")
   if not config.volume:
@@ -56,6 +66,7 @@ def validate(config) -> None:
 def run(config, workdir: str) -> None:
   from cryojax_denoise import denoise_stack, io
 
+  distributed.initialize(config)
   reader = io.ImageReader()
   table = denoise_stack.open_particles(config.input, reader, required=POSE_COLUMNS)
   if not table.is_star:
@@ -79,11 +90,15 @@ def run(config, workdir: str) -> None:
       return projections
     return denoise_stack.fit_scale_offset(projections, images)[0]
 
-  denoise_stack.stream(table, clean_targets, output, batch_size=config.batch_size, desc="make_pairs",
-                       reader=reader)
-  logging.info("wrote %s", output)
+  def write(fn, path: str, desc: str) -> None:  # one process: a stream; several: parts, assembled on 0
+    if distributed.process()[1] == 1:
+      denoise_stack.stream(table, fn, path, batch_size=config.batch_size, desc=desc, reader=reader)
+    else:
+      distributed.by_parts(config, table, SimpleNamespace(stack=path, star=None), lambda: fn, reader, desc, PART_KEYS)
+
+  write(clean_targets, output, "make_pairs")
+  distributed.info("wrote %s", output)
   if config.noisy_copy:
     noisy = os.path.join(os.path.dirname(os.path.abspath(output)), "noisy.mrcs")
-    denoise_stack.stream(table, lambda rows, images: images, noisy, batch_size=config.batch_size,
-                         desc="noisy copy", reader=reader)
-    logging.info("wrote %s (the particles in STAR order: train with noisy=%s clean=%s)", noisy, noisy, output)
+    write(lambda rows, images: images, noisy, "noisy copy")
+    distributed.info("wrote %s (the particles in STAR order: train with noisy=%s clean=%s)", noisy, noisy, output)

@@ -175,3 +175,119 @@ def test_reconstruct_half_maps_over_two_processes_equal_one_process(tmp_path):
   fsc_one = json.load(open(tmp_path / "one" / "fsc.json"))
   fsc_two = json.load(open(tmp_path / "two" / "fsc.json"))
   np.testing.assert_allclose(fsc_two["fsc"], fsc_one["fsc"], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- training over processes
+
+TRAIN_KEYS = dict(batch_size=4, val_size=4, eval_every=2, log_every=1, checkpoint_every=2, keep_checkpoints=1000)
+TRAIN_MODEL = dict(widths=(4, 8), blocks=(1, 0))
+
+
+def _pairs(d) -> tuple[str, str]:
+  """40 (noisy, clean) pairs of 32²: Gaussian blobs and Gaussian noise."""
+  rng = np.random.default_rng(2)
+  y, x = np.mgrid[:32, :32] - 16.0
+  clean = np.stack([np.exp(-((x - a) ** 2 + (y - b) ** 2) / w) for a, b, w in rng.uniform((-5, -5, 10), (5, 5, 40),
+                                                                                       (40, 3))])
+  io.write_stack(str(d / "clean.mrcs"), clean.astype(np.float32), 2.0)
+  io.write_stack(str(d / "noisy.mrcs"), (clean + rng.normal(0, 0.5, clean.shape)).astype(np.float32), 2.0)
+  return str(d / "noisy.mrcs"), str(d / "clean.mrcs")
+
+
+def _train_config(noisy, clean, steps):
+  from cryojax_denoise.training import train
+
+  c = train.default_config("autoencoder")
+  c.update(dict(TRAIN_KEYS, noisy=noisy, clean=clean, steps=steps))
+  c.model.update(TRAIN_MODEL)
+  return c
+
+
+def _train_pair(work, noisy, clean, port):
+  keys = [f"--config.{k}={v}" for k, v in dict(TRAIN_KEYS, noisy=noisy, clean=clean, steps=100000).items()]
+  keys += [f"--config.model.{k}={tuple(v)}" for k, v in TRAIN_MODEL.items()]
+  keys += ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{port}", "--config.num_processes=2",
+           "--config.heartbeat_timeout_s=10"]
+  return [_start([sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=train_autoencoder",
+                  f"--workdir={work}", *keys, f"--config.process_id={k}"]) for k in (0, 1)]
+
+
+def _generator(work, step, config):
+  """The generator's parameters (flat list) at checkpoint `step` of `work`."""
+  import jax
+  from flax import nnx
+  from cryojax_denoise.training import checkpoints, train
+
+  learner = train.Learner(train.resolve(config), seed=0)
+  ckpt = checkpoints.Checkpointer(str(work), create=False)
+  ckpt.restore(step, learner.parts())
+  ckpt.close()
+  return [np.asarray(v) for v in jax.tree.leaves(nnx.state(learner.generator, nnx.Param))]
+
+
+def _metrics(work) -> dict:
+  rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == list(range(1, len(rows) + 1))  # once each: trimmed, process 0 only
+  return {r["step"]: r for r in rows}
+
+
+def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(tmp_path):
+  """2 processes (1 CPU device each, batch rows split between them) train like 1 process (1 device);
+  killing process 1 fails both with one line; the rerun on 1 process resumes from their checkpoint."""
+  from cryojax_denoise.training import checkpoints, train
+
+  noisy, clean = _pairs(tmp_path)
+  one, two = tmp_path / "one", tmp_path / "two"
+  procs = _train_pair(str(two), noisy, clean, _free_port())
+  train.train(_train_config(noisy, clean, 4), str(one))  # meanwhile: the 1-process run, here
+  deadline = time.time() + 400
+  while not (two / "checkpoints" / "4").is_dir() and time.time() < deadline and procs[0].poll() is None:
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGKILL)
+  (rc0, err0), (rc1, _) = _finish(procs)
+  assert rc0 != 0 and rc1 != 0, err0[-3000:]
+  lines = [line for line in err0.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and "another process has died" in lines[0], err0[-3000:]
+  config = _train_config(noisy, clean, 4)
+  for a, b in zip(_generator(two, 4, config), _generator(one, 4, config), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  m1, m2 = _metrics(one), _metrics(two)
+  for step in (1, 2, 3, 4):
+    for key in ("loss", "val_mse") if step % 2 == 0 else ("loss",):
+      assert abs(m2[step][key] - m1[step][key]) < 1e-5, (step, key, m2[step], m1[step])
+
+  last = checkpoints.Checkpointer(str(two), create=False).latest_step()  # rerun on 1 process: resumes there
+  train.train(_train_config(noisy, clean, last + 2), str(two))
+  train.train(_train_config(noisy, clean, last + 2), str(one))
+  for a, b in zip(_generator(two, last + 2, config), _generator(one, last + 2, config), strict=True):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+  m1, m2 = _metrics(one), _metrics(two)
+  assert len(m2) == last + 2 and abs(m2[last + 2]["loss"] - m1[last + 2]["loss"]) < 1e-5
+
+
+def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
+  """24 simulated particles of 32²: shares of 8-row batches projected per process, assembled on 0."""
+  from cryojax_denoise.data import simulate
+  from test_make_pairs import _blob_map
+
+  io.write_volume(str(tmp_path / "map.mrc"), _blob_map(), 4.0)
+  source = simulate.load_source(volume=str(tmp_path / "map.mrc"), image_size=32)
+  ds = simulate.simulate_dataset(source, n_images=24, image_size=32, snr=1.0, seed=1, max_shift_A=6.0, batch_size=24)
+  simulate.write_dataset(ds, str(tmp_path / "sim"))
+
+  def command(work, *extra):
+    return [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=make_pairs", f"--workdir={work}",
+            f"--config.input={tmp_path / 'sim' / 'particles.star'}", f"--config.volume={tmp_path / 'map.mrc'}",
+            "--config.batch_size=8", "--config.noisy_copy=True", *extra]
+
+  keys = ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{_free_port()}",
+          "--config.num_processes=2"]
+  procs = [_start(command(tmp_path / "one"))]
+  procs += [_start(command(tmp_path / "two", *keys, f"--config.process_id={k}")) for k in (0, 1)]
+  results = _finish(procs)
+  for rc, err in results:
+    assert rc == 0, err[-3000:]
+  assert "make_pairs rows 1-8" in results[1][1] and "make_pairs rows 9-24" in results[2][1]
+  for name in ("clean.mrcs", "noisy.mrcs"):
+    np.testing.assert_array_equal(_read(str(tmp_path / "two" / name)), _read(str(tmp_path / "one" / name)))
+  assert sorted(os.listdir(tmp_path / "two")) == ["clean.mrcs", "config.json", "noisy.mrcs"]  # parts removed

@@ -5,7 +5,9 @@ Layout: `WORKDIR/checkpoints/<step>/{generator, discriminator, opt_g, opt_d, met
 and `restore.load_denoiser` can rebuild the model without the experiment's config. Each item is a pure
 dict of arrays (`nnx.State.to_pure_dict`); restoring targets the current modules' shapes and shardings.
 Orbax writes each step to a temporary folder and renames it when complete, so a run killed mid-save
-leaves the previous checkpoint intact.
+leaves the previous checkpoint intact. Over several processes every process calls `save` (orbax writes
+the replicated arrays once, from process 0, and synchronises the processes); a checkpoint restores on
+any process count, its arrays replicated over the restoring job's devices.
 """
 
 from __future__ import annotations
@@ -101,7 +103,12 @@ class Checkpointer:
     return dict(out["meta"])
 
   def restore(self, step: int, objects: dict[str, nnx.Object], sharding=None) -> None:
-    """Restores `objects` in place from checkpoint `step` (shapes must match, else InputError)."""
+    """Restores `objects` in place from checkpoint `step` (shapes must match, else InputError), placed by
+    `sharding` (default: replicated over this job's devices, whatever process count saved it)."""
+    if sharding is None:
+      from cryojax_denoise.training import sharding as sh
+
+      sharding = sh.replicated(sh.data_mesh())
     states = {name: nnx.state(obj) for name, obj in objects.items()}
     items = {name: ocp.args.StandardRestore(_abstract(st.to_pure_dict(), sharding)) for name, st in states.items()}
     try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.training.sharding import shard_host_batch
+from cryojax_denoise.training.sharding import shard_host_rows
 
 _VAL_TAG = 0x5EED  # folds the validation key away from every training step's key
 
@@ -130,17 +130,19 @@ class StackPairs:
   def batch(self, step: int):
     rng = np.random.default_rng([int(self.config.seed), int(step)])
     idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
-    noisy = np.asarray(self.noisy.data[idx], np.float32)
-    clean = np.asarray(self.clean.data[idx], np.float32)
     rot, flip = rng.integers(0, 4, len(idx)), rng.integers(0, 2, len(idx))
-    for i in range(len(idx)):
-      for a in (noisy, clean):
-        a[i] = np.rot90(a[i], rot[i])
-        if flip[i]:
-          a[i] = a[i][:, ::-1]
-    if self.sharding is None:
-      return jnp.asarray(noisy), jnp.asarray(clean)
-    return shard_host_batch(noisy, self.sharding), shard_host_batch(clean, self.sharding)
+
+    def rows(start: int, stop: int):  # batch rows start..stop-1 (this process's share), augmented
+      noisy = np.asarray(self.noisy.data[idx[start:stop]], np.float32)
+      clean = np.asarray(self.clean.data[idx[start:stop]], np.float32)
+      for i in range(stop - start):
+        for a in (noisy, clean):
+          a[i] = np.rot90(a[i], rot[start + i])
+          if flip[start + i]:
+            a[i] = a[i][:, ::-1]
+      return noisy, clean
+
+    return shard_host_rows(rows, len(idx), self.sharding)
 
   def validation(self):
     sl = slice(self.n_train, self.n_train + self.n_val)

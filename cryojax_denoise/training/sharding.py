@@ -1,6 +1,8 @@
 """Data-parallel placement: a 1-D `Mesh` over every device on a "data" axis, batches sharded along
 their first axis, parameters and optimiser state replicated. The same code runs on one CPU, several
-GPUs or a TPU host (and several hosts after `cryojax_denoise.distributed.initialize`).
+GPUs or a TPU host, and several processes after `cryojax_denoise.distributed.initialize`: the mesh then
+spans every process's devices, each process places only its own rows of a batch (`shard_host_batch`),
+and `to_host` gathers a sharded result.
 """
 
 from __future__ import annotations
@@ -39,6 +41,35 @@ def shard_host_batch(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
   """Places a host batch (the same on every process) as a global array sharded by `sharding`."""
   x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def shard_host_rows(rows, n: int, sharding: NamedSharding | None) -> tuple[jax.Array, ...]:
+  """Global arrays of `n` rows sharded along axis 0 by `sharding`, from `rows(start, stop) -> (host
+  arrays of rows start..stop-1)` called once for this process's rows only: each process reads and
+  augments only its share of the batch. `sharding=None`: all rows, on the default device."""
+  if sharding is None:
+    return tuple(jax.numpy.asarray(a) for a in rows(0, n))
+  spans = [index[0].indices(n)[:2] for index in sharding.addressable_devices_indices_map((n,)).values()]
+  lo, hi = min(start for start, _ in spans), max(stop for _, stop in spans)
+  local = rows(lo, hi)
+
+  def part(a):
+    def callback(index):
+      start, stop, _ = index[0].indices(n)
+      return a[(slice(start - lo, stop - lo), *index[1:])]
+    return jax.make_array_from_callback((n, *a.shape[1:]), sharding, callback)
+
+  return tuple(part(np.asarray(a)) for a in local)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole value of a global array on every process (an all-gather when other processes hold
+  shards of it; a plain copy otherwise)."""
+  if not x.is_fully_addressable and not x.is_fully_replicated:
+    from jax.experimental import multihost_utils
+
+    x = multihost_utils.process_allgather(x, tiled=True)
+  return np.asarray(x)
 
 
 def local_device_count() -> int:

@@ -112,7 +112,7 @@ def _validation_metrics(denoise, gen_state, val, val_sharding, pad_to: int) -> d
   noisy, clean = val
   n = len(noisy)
   padded = np.concatenate([noisy, np.repeat(noisy[-1:], pad_to - n, 0)]) if pad_to > n else noisy
-  est = np.asarray(denoise(gen_state, sh.shard_host_batch(padded, val_sharding)))[:n]
+  est = sh.to_host(denoise(gen_state, sh.shard_host_batch(padded, val_sharding)))[:n]
   mse = float(jnp.mean(metrics.mse(jnp.asarray(est), jnp.asarray(clean))))
   psnr = float(jnp.mean(metrics.psnr(jnp.asarray(est), jnp.asarray(clean))))
   return {"val_mse": mse, "val_psnr": psnr}
@@ -134,6 +134,7 @@ def train(config, workdir: str, data=None) -> dict:
   check_workdir(config, workdir)
   if data is None:  # bad maps/stacks fail here, before anything is written
     data = data_lib.make_data(config, data_sharding)
+  distributed.barrier("train: data ready")  # gloo's first collective gives up on peers > 30 s apart
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step() or 0
   learner = Learner(config, seed=int(config.seed))
@@ -141,10 +142,11 @@ def train(config, workdir: str, data=None) -> dict:
     ckpt.restore(start, learner.parts(), sharding=repl)
     logging.info("resumed from checkpoint step %d in %s", start, ckpt.directory)
   elif init_dir(config.init):
-    load_init(learner.generator, config.init, sharding=repl, zero_head=config.init_head == "zero")
+    load_init(learner.generator, config.init, sharding=repl)
     logging.info("generator initialised from %s", init_dir(config.init))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  _trim_metrics(metrics_path, start)
+  if distributed.is_main():  # process 0 alone owns metrics.jsonl
+    _trim_metrics(metrics_path, start)
   total = int(config.steps)
   if start >= total:
     logging.info("checkpoint step %d already reaches steps=%d; nothing to train", start, total)
@@ -170,7 +172,7 @@ def train(config, workdir: str, data=None) -> dict:
   row = {"step": start}
   t_last, s_last = time.perf_counter(), start
   deadline = time.perf_counter() + 60.0 * float(config.time_limit_min) if config.time_limit_min > 0 else None
-  with open(metrics_path, "a") as out:
+  with open(metrics_path if distributed.is_main() else os.devnull, "a") as out, distributed.peers_alive("train"):
     for step in range(start, total):
       noisy, clean = data.batch(step)
       state, losses = step_fn(state, noisy, clean, jax.random.fold_in(base_key, step) if self_sup else None)
@@ -187,9 +189,8 @@ def train(config, workdir: str, data=None) -> dict:
         if done % config.eval_every == 0 or last:
           row.update(ss_validation(gen_state(state), val) if self_sup else
                      _validation_metrics(denoise, gen_state(state), val, data_sharding, val_pad))
-        if jax.process_index() == 0:
-          out.write(json.dumps(row) + "\n")
-          out.flush()
+        out.write(json.dumps(row) + "\n")
+        out.flush()
       if done % config.checkpoint_every == 0 or last:
         nnx.update(learner, state)
         ckpt.save(done, learner.parts(), cfg)
@@ -210,6 +211,7 @@ def experiment(kind: str):
 
   def validate(config, workdir=None) -> None:
     """Checks keys, input stacks and (when resuming) that the workdir's checkpoints match the model."""
+    distributed.initialize(config)  # the checks below start JAX (and orbax), which must join the job first
     check_workdir(resolve(config), workdir or launcher_workdir(f"train_{kind}"))
 
   def run(config, workdir: str) -> None:
