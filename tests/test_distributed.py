@@ -268,6 +268,7 @@ def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(
 def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
   """24 simulated particles of 32²: shares of 8-row batches projected per process, assembled on 0."""
   from cryojax_denoise.data import simulate
+  from experiments import make_pairs
   from test_make_pairs import _blob_map
 
   io.write_volume(str(tmp_path / "map.mrc"), _blob_map(), 4.0)
@@ -282,12 +283,16 @@ def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
 
   keys = ["--config.distributed=True", f"--config.coordinator_address=127.0.0.1:{_free_port()}",
           "--config.num_processes=2"]
-  procs = [_start(command(tmp_path / "one"))]
-  procs += [_start(command(tmp_path / "two", *keys, f"--config.process_id={k}")) for k in (0, 1)]
+  procs = [_start(command(tmp_path / "two", *keys, f"--config.process_id={k}")) for k in (0, 1)]
+  config = make_pairs.get_config()  # meanwhile: the 1-process run, here (one interpreter start fewer)
+  config.input, config.volume = str(tmp_path / "sim" / "particles.star"), str(tmp_path / "map.mrc")
+  config.batch_size, config.noisy_copy = 8, True
+  make_pairs.validate(config)
+  make_pairs.run(config, str(tmp_path / "one"))
   results = _finish(procs)
   for rc, err in results:
     assert rc == 0, err[-3000:]
-  assert "make_pairs rows 1-8" in results[1][1] and "make_pairs rows 9-24" in results[2][1]
+  assert "make_pairs rows 1-8" in results[0][1] and "make_pairs rows 9-24" in results[1][1]
   for name in ("clean.mrcs", "noisy.mrcs"):
     np.testing.assert_array_equal(_read(str(tmp_path / "two" / name)), _read(str(tmp_path / "one" / name)))
   assert sorted(os.listdir(tmp_path / "two")) == ["clean.mrcs", "config.json", "noisy.mrcs"]  # parts removed
