@@ -3,15 +3,16 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import special
 
 from cryojax_denoise.denoisers import steerable as st
 
 L = 24
 
 
-@pytest.fixture(scope="module")
-def basis():
-  return st.fb_basis(L)
+@pytest.fixture(scope="module", params=[False, True], ids=["dense", "rings"])
+def basis(request):
+  return st.fb_basis(L, fast=request.param)
 
 
 def _real_count(basis):
@@ -93,3 +94,45 @@ def test_radial_filter_blocks(basis):
   lhs = np.asarray(st.pad(basis, st.expand_t(basis, filtered)))
   rhs = np.asarray(jnp.einsum("kpq,bkq->bkp", st.ctf_blocks(basis, jnp.asarray(h)[None])[0], a))
   assert np.linalg.norm(lhs - rhs) < 0.05 * np.linalg.norm(lhs)
+
+
+def _numpy_fb(size):
+  """float64 reference: the FB functions on the disk pixels (H*W, count) and their k."""
+  R, c = size / 2, size // 2
+  yy, xx = np.mgrid[0:size, 0:size]
+  x, y = (xx - c).ravel(), (yy - c).ravel()
+  r, th = np.hypot(x, y), np.arctan2(y, x)
+  cols, ks = [], []
+  for k in range(4 * size):
+    z = st.bessel_zeros(k, np.pi * R)
+    if len(z) == 0:
+      break
+    f = special.jv(k, np.outer(r, z) / R) * np.exp(1j * k * th)[:, None] * (r < R)[:, None]
+    cols.append(f / np.linalg.norm(f, axis=0))
+    ks += [k] * len(z)
+  return np.concatenate(cols, 1), np.array(ks)
+
+
+@pytest.mark.parametrize("size", [32, 33])
+def test_rings_transform_matches_numpy(size):
+  """The orbit transform (fb_rings) equals the dense float64 matrix: Ψᴴx, Re Ψ(w a), and a
+  truncated synthesis from blocks k < k1."""
+  fast = st.fb_basis(size, fast=True)
+  psi, ks = _numpy_fb(size)
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((2, size, size))
+  a_ref = x.reshape(2, -1) @ psi.conj()
+  a = np.asarray(st.expand_t(fast, jnp.asarray(x, jnp.float32)))
+  np.testing.assert_allclose(a, a_ref, atol=1e-5 * np.abs(a_ref).max())
+  coef = rng.standard_normal(a_ref.shape) + 1j * rng.standard_normal(a_ref.shape)
+  w = np.where(ks == 0, 1.0, 2.0)
+  img_ref = (psi @ (w * coef).T).real.T.reshape(2, size, size)
+  img = np.asarray(st.evaluate(fast, jnp.asarray(coef, jnp.complex64)))
+  np.testing.assert_allclose(img, img_ref, atol=1e-5 * np.abs(img_ref).max())
+  k1 = 5
+  part = np.asarray(st.evaluate_blocks(fast, st.pad(fast, jnp.asarray(coef, jnp.complex64))[:, :k1]))
+  part_ref = (psi @ (np.where(ks < k1, w, 0.0) * coef).T).real.T.reshape(2, size, size)
+  np.testing.assert_allclose(part, part_ref, atol=1e-5 * np.abs(part_ref).max())
+  dense = st.fb_basis(size, fast=False)
+  np.testing.assert_allclose(st.expand_blocks(dense, x.astype(np.float32)), st.expand_blocks(fast, x.astype(np.float32)),
+                             atol=1e-5 * np.abs(a_ref).max())

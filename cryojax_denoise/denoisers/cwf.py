@@ -94,7 +94,7 @@ def _padded(x, size):
 @jax.jit
 def _coefs(basis, images):
   """Padded coefficients (B, K+1, pmax) complex64 of (B, H, W) images."""
-  return st.pad(basis, st.expand_t(basis, images))
+  return st.expand_blocks(basis, images)
 
 
 def _m_mean(basis, h, mean):
@@ -232,8 +232,7 @@ def _apply_batch(model: CWFModel, b, h, noise_var, ctf):
   gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(r)
   s = sv.solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh.astype(y.dtype), y))
   est = jnp.einsum("kps,bks->bkp", model.factor.astype(y.dtype), s)
-  est = jnp.zeros_like(b).at[:, :k1].set(est).at[:, 0].add(model.mean)
-  out = st.evaluate(basis, st.unpad(basis, est))
+  out = st.evaluate_blocks(basis, est.at[:, 0].add(model.mean))  # blocks k >= k1 are 0
   if ctf is not None:
     out = jnp.fft.ifft2(jnp.fft.fft2(out) * ctf).real
   return out
