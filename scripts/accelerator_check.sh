@@ -44,7 +44,7 @@ def _timed(fn):
 
 rng = np.random.default_rng(0)
 noisy = rng.normal(size=(n, size, size)).astype(np.float32)
-den = restore.load_denoiser()  # the bundled general autoencoder, (B, H, W) -> (B, H, W)
+den = restore.load_denoiser(batch_size=n)  # the bundled general autoencoder, one chunk of n images
 out = {"denoise_images_per_s": rate(lambda: den(noisy), n)}
 config = train.default_config("autoencoder")
 config.image_size, config.batch_size = size, batch
