@@ -202,8 +202,9 @@ def _denoise(name: str, fn, images, sigma: float, ctf, batch_size: int):
   from cryojax_denoise.evaluation import evaluate
 
   t = time.perf_counter()
-  if fn is None:
-    out = np.asarray(denoisers.fit(name, images, sigma, ctf)(images, sigma, ctf), np.float32)
+  if fn is None:  # no per-set SURE fine-tuning (autoencoder_cwf): it would multiply the run's time
+    params = {"finetune_steps": 0} if "finetune_steps" in denoisers.REGISTRY[name].params else {}
+    out = np.asarray(denoisers.fit(name, images, sigma, ctf, **params)(images, sigma, ctf), np.float32)
   else:
     out = evaluate.apply_batched(fn, images, np.full(len(images), sigma, np.float32), min(batch_size, len(images)))
   return out, (time.perf_counter() - t) / len(images)

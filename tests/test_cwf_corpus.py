@@ -1,5 +1,5 @@
-"""The dataset-conditioned autoencoder: CWF triplets of the molecule corpus, the prior="cwf" generator and
-the `autoencoder_cwf` method (CWF fitted per stack, then the network's correction)."""
+"""The dataset-conditioned autoencoder: CWF triplets of the molecule corpus, the prior="cwf" generator, the
+`autoencoder_cwf` method (CWF fitted per stack, then the network's correction) and its SURE fine-tuning."""
 
 import jax
 import numpy as np
@@ -93,9 +93,43 @@ def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
   src = simulate.load_source(image_size=32)
   ds = simulate.simulate_dataset(src, 120, 32, snr=0.2, seed=4, ctf=True)
   ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
-  den = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=workdir)
-  out = np.asarray(den(ds.noisy[:8], None, ctf[:8]))
-  assert out.shape == (8, 32, 32) and np.isfinite(out).all()
-  assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
+  noise = np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
+  for steps in (0, 3):  # as trained, and after 3 steps of SURE fine-tuning on the stack
+    den = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=workdir, finetune_steps=steps)
+    out = np.asarray(den(ds.noisy[:8], None, ctf[:8]))
+    assert out.shape == (8, 32, 32) and np.isfinite(out).all()
+    assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * noise
   with pytest.raises(InputError, match="prior=cwf"):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=restore.bundled_dir("autoencoder"))
+
+
+def test_sure_loss_is_unbiased_with_a_prior_that_moves_with_the_probe():
+  """For a linear f(x, p) = a·x + c·p with p = W x (W a blur), the SURE loss averaged over noise draws and
+  probes equals the true MSE; leaving the prior fixed under the probe (no W b) biases it low."""
+  from cryojax_denoise.training import self_supervised as ss
+
+  rng = np.random.default_rng(0)
+  h = 64
+  yy, xx = np.mgrid[:h, :h]
+  clean = (np.exp(-((yy - 24) ** 2 + (xx - 36) ** 2) / 120.0) * 3).astype(np.float32)
+  k = np.fft.fft2(np.exp(-((yy - h // 2) ** 2 + (xx - h // 2) ** 2) / 4.0))
+  k = (k / k[0, 0]).astype(np.complex64)
+
+  def blur(a):
+    return np.real(np.fft.ifft2(np.fft.fft2(a) * np.fft.fft2(np.fft.ifftshift(np.fft.ifft2(k).real)))).astype(np.float32)
+
+  def f(x, p):
+    return 0.3 * x + 0.6 * p
+
+  n = 200
+  x = clean + rng.normal(size=(n, h, h)).astype(np.float32)  # σ = 1: the Haar MAD estimate is ~1
+  p = np.stack([blur(xi) for xi in x])
+  b = rng.choice(np.float32([-1, 1]), (n, h, h))
+  wb = np.stack([blur(bi) for bi in b])
+  true = float(np.mean((f(x, p) - clean) ** 2))
+  est, _ = ss.sure(f, jax.numpy.asarray(x), None, None, eps=0.01, prior=jax.numpy.asarray(p),
+                   probe=(jax.numpy.asarray(b), jax.numpy.asarray(wb)))
+  assert abs(float(est) - true) < 0.05 * true  # σ is the Haar MAD estimate, as in training
+  frozen, _ = ss.sure(f, jax.numpy.asarray(x), None, None, eps=0.01, prior=jax.numpy.asarray(p),
+                      probe=(jax.numpy.asarray(b), jax.numpy.zeros_like(jax.numpy.asarray(wb))))
+  assert float(frozen) < true - 0.1 * true

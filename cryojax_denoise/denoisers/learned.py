@@ -32,12 +32,23 @@ def load_gan(*, checkpoint: str | None = None) -> Callable:
   return _load(checkpoint, "gan")
 
 
-def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None) -> Callable:
+FINETUNE_LR = 1e-4  # SURE fine-tuning's learning rate (a tenth of training's: it adapts, not retrains)
+
+
+def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
+                        finetune_steps: int = 300) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": covariance Wiener filtering fitted on `images` (N, H, W)
   with their CTFs (`denoisers.cwf`), then the prior="cwf" network, which corrects each particle's CWF
-  estimate; returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)`, CTF-modulated like cwf."""
+  estimate; returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)`, CTF-modulated like cwf.
+
+  `finetune_steps` > 0 first adapts the network to this stack by Monte-Carlo SURE on `images` alone
+  (`training.self_supervised.sure`: no clean image; batches of 16, in a temporary folder), which is what
+  lets it beat CWF on molecules unlike the training corpus (see README)."""
+  import tempfile
+
   import numpy as np
 
+  from cryojax_denoise.denoisers.noise import noise_std_or_estimate
   from cryojax_denoise.denoisers.registry import fit
   from cryojax_denoise.errors import InputError
 
@@ -45,7 +56,22 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   if net.config.model.get("prior") != "cwf":
     raise InputError(f"{checkpoint}: not a prior=cwf model (train it with --config.preset=general_cwf); "
                      "use method=autoencoder for it")
+  if int(finetune_steps) < 0:
+    raise InputError(f"finetune_steps: must be >= 0, got {finetune_steps}")
+  images = np.asarray(images, np.float32)
+  noise_std = noise_std_or_estimate(images, noise_std)
   cwf = fit("cwf", images, noise_std, ctf)
+  if int(finetune_steps) > 0:
+    from cryojax_denoise.training import restore, self_supervised as ss
+
+    if len(images) < 32:
+      raise InputError(f"finetune_steps: SURE fine-tuning needs at least 32 particles, got {len(images)}")
+    inputs = ss.cwf_sure_inputs(images, cwf, noise_std, ctf)
+    with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
+      init = checkpoint or restore.bundled_dir("autoencoder_cwf")
+      tuned = ss.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
+                          val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps))
+      net = restore.load_denoiser(tuned)
 
   def denoise(batch, noise_std=None, ctf=None):
     return net(batch, prior=np.asarray(cwf(batch, noise_std, ctf)))
@@ -56,11 +82,12 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 @register("autoencoder_cwf", needs_sigma=False, learned=True, uses_ctf=True, fit=fit_autoencoder_cwf,
           description="autoencoder correcting the stack's covariance Wiener filter estimate (fitted per dataset; "
                       "checkpoint=DIR; default: the bundled general model)")
-def load_autoencoder_cwf(*, checkpoint: str | None = None) -> Callable:
+def load_autoencoder_cwf(*, checkpoint: str | None = None, finetune_steps: int = 300) -> Callable:
   """`den(images (B, H, W), noise_std=None)` that fits CWF on the images it is given (no CTF) and corrects
   it; for a stack with CTFs use the fitted form, `denoisers.fit("autoencoder_cwf", stack, σ, ctf)`."""
 
   def denoise(images, noise_std=None):
-    return fit_autoencoder_cwf(images, noise_std, None, checkpoint=checkpoint)(images, noise_std)
+    return fit_autoencoder_cwf(images, noise_std, None, checkpoint=checkpoint,
+                               finetune_steps=finetune_steps)(images, noise_std)
 
   return denoise

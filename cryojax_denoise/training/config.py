@@ -134,7 +134,7 @@ def resolve(config) -> ml_collections.ConfigDict:
   apply_init_config(c)
   if c.get("data") == "cwf_corpus":
     c.model.prior = "cwf"  # the data supply each image's CWF estimate as the prior input
-  elif c.model.get("prior") == "cwf" and not c.noisy:
+  elif c.model.get("prior") == "cwf" and not c.noisy and c.kind != "self_supervised":
     raise InputError("config.model.prior=cwf: the prior estimates come from data=cwf_corpus")
   if c.get("init_head", "keep") not in ("keep", "zero"):
     raise InputError(f"config.init_head: must be 'keep' or 'zero', got {c.init_head!r}")

@@ -9,13 +9,15 @@ Both use Adam with β1 = 0.5 (learning rates `lr_g`, `lr_d`; see `model._adam`).
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
 from cryojax_denoise.training import data as data_lib, self_supervised as ss
-from cryojax_denoise.training.model import Learner, call_generator, split_inputs
+from cryojax_denoise.training.model import Learner, call_generator, probe_inputs, split_inputs
 
 def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
@@ -28,12 +30,15 @@ def _reconstruction(pred, target, loss: str) -> jax.Array:
 def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, key=None) -> dict:
   """One optimisation step in place on raw (noisy, clean) (B, H, W); returns scalar losses.
   Self-supervised: `clean` is the second noisy copy (or noisy itself); `key` draws masks/sub-samplings."""
+  probe = probe_inputs(noisy)
   noisy, prior = split_inputs(noisy)
   x, mean, std = data_lib.standardise(noisy)
   y = (clean - mean) / std
   p = None if prior is None else (prior - mean) / std
   if learner.kind == "self_supervised":
     loss_fn = ss.loss_fn(config.loss, config)
+    if config.loss == "sure":
+      loss_fn = partial(loss_fn, prior=p, probe=probe)
     (loss, aux), grads = nnx.value_and_grad(lambda g: loss_fn(g, x, y, key), has_aux=True)(learner.generator)
     learner.opt_g.update(learner.generator, grads)
     return {"loss": loss, **aux}

@@ -75,9 +75,14 @@ def load_init(generator: Generator, init: str, sharding=None, zero_head: bool = 
 
 
 def split_inputs(inputs: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-  """Network inputs (B, H, W) noisy images, or (B, 2, H, W) noisy images and their prior estimates
-  (prior="cwf" models) -> (noisy, prior or None)."""
+  """Network inputs (B, H, W) noisy images, or (B, C, H, W): noisy images, their prior estimates (prior="cwf"
+  models) and, for SURE fine-tuning (C = 4), a probe b and the prior's response W b -> (noisy, prior or None)."""
   return (inputs[:, 0], inputs[:, 1]) if inputs.ndim == 4 else (inputs, None)
+
+
+def probe_inputs(inputs: jax.Array) -> tuple[jax.Array, jax.Array] | None:
+  """(b, W b) of (B, 4, H, W) SURE inputs (see `split_inputs`), else None."""
+  return (inputs[:, 2], inputs[:, 3]) if inputs.ndim == 4 and inputs.shape[1] == 4 else None
 
 
 def call_generator(generator: Generator, x: jax.Array, prior: jax.Array | None = None) -> jax.Array:

@@ -39,9 +39,9 @@ from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import data as data_lib
 from cryojax_denoise.training.sharding import shard_host_batch
 
-LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise")
+LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise", "sure")
 REPLACEMENTS = ("mean", "neighbor")
-CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace")  # loss options that change the compiled step
+CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace", "sure_eps")  # loss options that change the compiled step
 
 # Ordered pairs of adjacent pixels of a 2×2 cell, cell index = 2·row + column.
 NEIGHBOUR_PAIRS = np.array([(0, 1), (0, 2), (1, 0), (1, 3), (2, 0), (2, 3), (3, 1), (3, 2)], np.int32)
@@ -59,6 +59,7 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.gamma = 2.0                 # neighbor2neighbor: weight γ of the consistency regulariser
   c.mask_grid = 4               # noise2self: spacing of the masked pixel grid (1/mask_grid² masked)
   c.mask_replace = "mean"       # noise2self: masked pixels <- "mean" of 8 neighbours | a random "neighbor"
+  c.sure_eps = 0.01             # sure: probe step ε in units of each image's noise std
   c.val_size = 128              # held-out noisy images scored by the self-supervised loss
 
 
@@ -102,15 +103,20 @@ def subsample(images: jax.Array, index: jax.Array) -> jax.Array:
   return jnp.take_along_axis(cells(images), index[..., None], axis=-1)[..., 0]
 
 
-def apply_padded(generator, x: jax.Array) -> jax.Array:
-  """generator(x) for (B, H, W) of any size: reflect-padded to its stride and cropped back."""
+def apply_padded(generator, x: jax.Array, prior: jax.Array | None = None) -> jax.Array:
+  """generator(x) (or generator(x, prior)) for (B, H, W) of any size: reflect-padded to its stride and
+  cropped back."""
   stride = int(getattr(generator, "stride", 1))
   h, w = x.shape[-2:]
   ph, pw = -h % stride, -w % stride
-  if not (ph or pw):
-    return generator(x)
-  xp = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
-  return generator(xp)[:, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
+
+  def pad(a):
+    if a is None or not (ph or pw):
+      return a
+    return jnp.pad(a, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="reflect")
+
+  out = generator(pad(x)) if prior is None else generator(pad(x), pad(prior))
+  return out[:, ph // 2:ph // 2 + h, pw // 2:pw // 2 + w]
 
 
 def neighbours(x: jax.Array) -> jax.Array:
@@ -180,6 +186,50 @@ def noise2noise(generator, x, x2, key):
   return rec, {"ss_rec": rec}
 
 
+def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None):
+  """Monte-Carlo SURE as a training loss (Ramani, Blu & Unser 2008; Soltanayev & Chun, NeurIPS 2018): an
+  unbiased estimate of mean((f(x) − clean)²) from x alone under white Gaussian noise of std σ (Haar MAD of
+  each standardised image): ‖x − f(x)‖²/N − σ² + 2σ²·bᵀ(f(x + εσb) − f(x))/(εσN), one probe b per image.
+  A prior input p (the CWF estimate, affine in x) moves with the probe by εσ·(W b): `probe` = (b, W b)
+  (B, H, W) each, precomputed (`cwf_sure_inputs`); without a prior, b is drawn from `key` (Rademacher)."""
+  from cryojax_denoise.models.generator import estimated_sigma
+
+  del x2
+  sigma = estimated_sigma(x)[:, None, None]
+  if probe is None:
+    if prior is not None:
+      raise ValueError("SURE with a prior input needs the prior's response to the probe (probe=(b, W b))")
+    b, wb = jax.random.rademacher(key, x.shape, jnp.float32), None
+  else:
+    b, wb = probe
+  e = eps * sigma
+  fx = apply_padded(generator, x, prior)
+  fxe = apply_padded(generator, x + e * b, None if prior is None else prior + e * wb)
+  div = jnp.mean(b * (fxe - fx), axis=(-2, -1)) / e[:, 0, 0]
+  per_image = jnp.mean((x - fx) ** 2, axis=(-2, -1)) - sigma[:, 0, 0] ** 2 + 2 * sigma[:, 0, 0] ** 2 * div
+  rec = jnp.mean(per_image)
+  return rec, {"ss_rec": rec, "sure_div": jnp.mean(div)}
+
+
+def cwf_sure_inputs(noisy: np.ndarray, cwf, noise_std=None, ctf=None, seed: int = 0) -> np.ndarray:
+  """(N, 4, H, W) float32 inputs of SURE fine-tuning for a prior="cwf" model: the noisy particles, their
+  estimates by the fitted CWF `cwf` (`denoisers.fit("cwf", ...)`), a Rademacher probe b per particle, and
+  CWF's response to it, W b = cwf(b) − cwf(0) (CWF is affine in its input; same σ and CTF)."""
+  from cryojax_denoise.denoisers.noise import noise_std_or_estimate
+
+  noisy = np.asarray(noisy, np.float32)
+  sigma = np.asarray(noise_std_or_estimate(noisy, noise_std), np.float32)
+  b = np.random.default_rng(seed).choice(np.float32([-1.0, 1.0]), noisy.shape)
+  out = np.empty((len(noisy), 4) + noisy.shape[1:], np.float32)
+  for start in range(0, len(noisy), 256):
+    sl = slice(start, start + 256)
+    c = None if ctf is None else ctf[sl]
+    out[sl, 0], out[sl, 2] = noisy[sl], b[sl]
+    out[sl, 1] = np.asarray(cwf(noisy[sl], sigma[sl], c))
+    out[sl, 3] = np.asarray(cwf(b[sl], sigma[sl], c)) - np.asarray(cwf(np.zeros_like(b[sl]), sigma[sl], c))
+  return out
+
+
 def loss_fn(name: str, config=None):
   """`loss(generator, x, x2, key) -> (scalar, {"ss_rec", ...})` for `name`, options from `config`."""
   get = (lambda k, d: d) if config is None else (lambda k, d: config.get(k, d))
@@ -189,6 +239,8 @@ def loss_fn(name: str, config=None):
     return partial(noise2self, grid=int(get("mask_grid", 4)), how=str(get("mask_replace", "mean")))
   if name == "noise2noise":
     return noise2noise
+  if name == "sure":
+    return partial(sure, eps=float(get("sure_eps", 0.01)))
   raise InputError(f"config.loss: must be one of {', '.join(LOSSES)}, got {name!r}")
 
 
@@ -203,9 +255,15 @@ def make_validation(gen_graphdef, config):
   loss = loss_fn(str(config.loss), config)
 
   @jax.jit
-  def score(state, noisy, noisy2):
+  def score(state, inputs, noisy2):
+    from cryojax_denoise.training.model import probe_inputs, split_inputs
+
+    probe = probe_inputs(inputs)
+    noisy, prior = split_inputs(inputs)
     x, mean, std = data_lib.standardise(noisy)
-    _, aux = loss(nnx.merge(gen_graphdef, state), x, (noisy2 - mean) / std, jax.random.key(_VAL_KEY))
+    extra = {} if config.loss != "sure" else {
+        "prior": None if prior is None else (prior - mean) / std, "probe": probe}
+    _, aux = loss(nnx.merge(gen_graphdef, state), x, (noisy2 - mean) / std, jax.random.key(_VAL_KEY), **extra)
     return aux["ss_rec"]
 
   def evaluate(state, val) -> dict:
@@ -236,7 +294,7 @@ class NoisyStack:
     if self.n_train < int(config.batch_size):
       raise InputError(f"{where}: {n} image(s), fewer than one batch of {config.batch_size} plus "
                        f"{self.n_val} held out for validation (lower batch_size= or give more particles)")
-    self.image_size = self.noisy.shape[1]
+    self.image_size = self.noisy.shape[-1]
     self.config, self.sharding = config, sharding
 
   @staticmethod
@@ -251,21 +309,23 @@ class NoisyStack:
       stacks = [None if a is None else np.asarray(a) for a in arrays]
       names = ("noisy", "noisy2")
       for a, name in zip(stacks, names):
-        if a is not None and (a.ndim != 3 or min(a.shape) < 1):
-          raise InputError(f"{name}: expected images (N, H, W), got shape {a.shape}")
+        if a is not None and (a.ndim not in (3, 4) or min(a.shape) < 1):
+          raise InputError(f"{name}: expected images (N, H, W) or channels (N, C, H, W), got shape {a.shape}")
         if a is not None and not np.isfinite(a).all():
           raise InputError(f"{name}: contains NaN or Inf values")
     noisy, noisy2 = stacks
     if (noisy2 is not None) != (config.loss == "noise2noise"):
       raise InputError("config.noisy2: loss=noise2noise needs a second noisy copy of the particles (noisy2=)"
                        if noisy2 is None else f"config.noisy2: only used by loss=noise2noise (loss is {config.loss})")
-    io.check_square(names[0], noisy.shape)
+    io.check_square(names[0], noisy.shape[:1] + noisy.shape[-2:])
     if noisy2 is not None and noisy2.shape != noisy.shape:
       raise InputError(f"{names[1]}: second copy has shape {noisy2.shape}, the noisy stack {noisy.shape}")
     return noisy, noisy2
 
   def _pair(self, idx):
     noisy = np.asarray(self.noisy[idx], np.float32)
+    if noisy.ndim == 4:  # (noisy, prior, probe, W probe) channels: the target is the noisy channel
+      return noisy, noisy[:, 0]
     return noisy, (noisy if self.noisy2 is None else np.asarray(self.noisy2[idx], np.float32))
 
   def batch(self, step: int):
@@ -276,9 +336,9 @@ class NoisyStack:
     noisy, target = noisy.copy(), target.copy()
     for i in range(len(idx)):
       for a in (noisy, target):
-        a[i] = np.rot90(a[i], rot[i])
+        a[i] = np.rot90(a[i], rot[i], axes=(-2, -1))
         if flip[i]:
-          a[i] = a[i][:, ::-1]
+          a[i] = a[i][..., ::-1]
       if swap[i] and self.noisy2 is not None:
         noisy[i], target[i] = target[i].copy(), noisy[i].copy()
     if self.sharding is None:
