@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -239,11 +240,17 @@ def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(
   noisy, clean = _pairs(tmp_path)
   one, two = tmp_path / "one", tmp_path / "two"
   procs = _train_pair(str(two), noisy, clean, _free_port())
+
+  def kill_after_checkpoint_4():
+    deadline = time.time() + 400
+    while not (two / "checkpoints" / "4").is_dir() and time.time() < deadline and procs[0].poll() is None:
+      time.sleep(0.1)
+    procs[1].send_signal(signal.SIGKILL)
+
+  killer = threading.Thread(target=kill_after_checkpoint_4)
+  killer.start()
   train.train(_train_config(noisy, clean, 4), str(one))  # meanwhile: the 1-process run, here
-  deadline = time.time() + 400
-  while not (two / "checkpoints" / "4").is_dir() and time.time() < deadline and procs[0].poll() is None:
-    time.sleep(0.2)
-  procs[1].send_signal(signal.SIGKILL)
+  killer.join()
   (rc0, err0), (rc1, _) = _finish(procs)
   assert rc0 != 0 and rc1 != 0, err0[-3000:]
   lines = [line for line in err0.splitlines() if line.startswith("error:")]
