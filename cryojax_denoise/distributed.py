@@ -1,4 +1,6 @@
-"""Several processes, one result: `jax.distributed` from config keys, and `denoise` split by rows.
+"""Several processes, one result: `jax.distributed` from config keys, `denoise` and `make_pairs` split
+by rows (`by_parts`), `reconstruct`'s sums reduced (`all_sum`); training's loop reports a dead peer
+through `peers_alive` (its data placement is `training.sharding`'s).
 
     python launch.py --experiment=denoise ... --config.distributed=True        # SLURM / Open MPI / TPU
     python launch.py --experiment=denoise ... --config.distributed=True \\
