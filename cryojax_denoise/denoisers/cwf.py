@@ -11,7 +11,7 @@ block 0 and the covariance is block diagonal, C = diag(C_k). Estimated from all 
   (1/N) Σ_i P_i C P_i = B with P_i = M_i², B = (1/N) Σ_i M_i v_i v_iᴴ M_i − σ² P̄; by default the
   noise term is removed instead by eigenvalue shrinkage of B whitened by P̄^{1/2} ("frobenius" of
   Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N; `cwf_solvers`). The system is solved by
-  preconditioned conjugate gradients on all blocks at once, with Σ_i P_i C P_i taken as
+  preconditioned conjugate gradients on all blocks with a nonzero shrunk B at once (the others' C is 0), with Σ_i P_i C P_i taken as
   Σ_g n_g P̄_g C P̄_g over `n_groups` k-means clusters of similar CTF profiles (P̄_g their exact mean
   of M_i²; exact when N <= n_groups), and C made positive semidefinite;
 * Wiener estimate  x̂_i = μ + C M_i (M_i C M_i + σ_i² I)⁻¹ (b_i − M_i μ), through C = F Fᴴ of
