@@ -296,6 +296,7 @@ def run(config, workdir: str) -> None:
       label = f"{set_name} SNR {snr:g}"
       if snr in example_snrs:
         ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
+      fit_ds = None  # the dataset-level methods' fitting set, simulated once per SNR
       for name in methods:
         learned = (name, snr) in checkpoints
         base = _registry_name(name)
@@ -311,7 +312,8 @@ def run(config, workdir: str) -> None:
           params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma)
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
-          fn, ctf = _fitted(name, config, dataset(config.n_fit, snr, fit_seed), params), _ctf(test_ds, config)
+          fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
+          fn, ctf = _fitted(name, config, fit_ds, params), _ctf(test_ds, config)
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
         else:
           fn, ctf = denoisers.get(_registry_name(name), **params), None

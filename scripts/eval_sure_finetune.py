@@ -1,6 +1,6 @@
 """SURE fine-tuning of the bundled CWF-conditioned autoencoder on one noisy stack, scored on held-out particles.
 
-    python scripts/eval_sure_finetune.py SNR[,SNR] STEPS [MAP.mrc|MODEL.cif PIXEL_SIZE]
+    python scripts/eval_sure_finetune.py SNR[,SNR] STEPS [MAP.mrc|MODEL.cif|phantom PIXEL_SIZE]
 
 As a user would: 1000 noisy particles of an unseen molecule (64², CTF on, seed 40000) are all there is;
 CWF is fitted on them with their CTFs, the bundled `autoencoder_cwf` model is fine-tuned on them by
@@ -22,8 +22,11 @@ def main(argv):
   snrs, steps = [float(s) for s in argv[1].split(",")], int(argv[2])
   volume, pixel_size = (argv[3], float(argv[4])) if len(argv) > 4 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   model = volume.endswith((".cif", ".pdb", ".mmcif"))
-  src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
-                             pixel_size=pixel_size, image_size=64)
+  if volume == "phantom":  # the built-in phantom (the sweep's in-distribution set)
+    src = simulate.load_source(image_size=64)
+  else:
+    src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
+                               pixel_size=pixel_size, image_size=64)
   bundled = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
   for snr in snrs:
     fit, test = (simulate.simulate_dataset(src, n, 64, snr=snr, seed=seed, ctf=True)
