@@ -142,7 +142,7 @@ def train(config, workdir: str, data=None) -> dict:
     ckpt.restore(start, learner.parts(), sharding=repl)
     logging.info("resumed from checkpoint step %d in %s", start, ckpt.directory)
   elif init_dir(config.init):
-    load_init(learner.generator, config.init, sharding=repl)
+    load_init(learner.generator, config.init, sharding=repl, zero_head=config.init_head == "zero")
     logging.info("generator initialised from %s", init_dir(config.init))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if distributed.is_main():  # process 0 alone owns metrics.jsonl
