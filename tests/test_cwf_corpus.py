@@ -133,3 +133,20 @@ def test_sure_loss_is_unbiased_with_a_prior_that_moves_with_the_probe():
   frozen, _ = ss.sure(f, jax.numpy.asarray(x), None, None, eps=0.01, prior=jax.numpy.asarray(p),
                       probe=(jax.numpy.asarray(b), jax.numpy.zeros_like(jax.numpy.asarray(wb))))
   assert float(frozen) < true - 0.1 * true
+
+
+def test_general_cwf_init_loads_the_bundled_autoencoder_and_starts_as_cwf():
+  from cryojax_denoise.training.model import build_generator, load_init
+
+  c = train.default_config("autoencoder")
+  c.preset = "general_cwf"
+  c = train.resolve(c)
+  assert c.model.prior == "cwf" and c.init_head == "zero"
+  gen = build_generator(c)
+  load_init(gen, c.init, zero_head=c.init_head == "zero")
+  rng = np.random.default_rng(3)
+  noisy, prior = rng.normal(size=(2, 2, 64, 64)).astype(np.float32)
+  inputs = jax.numpy.asarray(np.stack([noisy, prior], 1))
+  np.testing.assert_allclose(np.asarray(apply_generator(gen, inputs)), prior, atol=1e-4)
+  kernel = np.asarray(gen.down[0].kernel[...])
+  assert np.abs(kernel).max() > 0  # the rest of the network is the bundled autoencoder's, not zeros
