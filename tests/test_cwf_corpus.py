@@ -150,3 +150,16 @@ def test_general_cwf_init_loads_the_bundled_autoencoder_and_starts_as_cwf():
   np.testing.assert_allclose(np.asarray(apply_generator(gen, inputs)), prior, atol=1e-4)
   kernel = np.asarray(gen.down[0].kernel[...])
   assert np.abs(kernel).max() > 0  # the rest of the network is the bundled autoencoder's, not zeros
+
+
+def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
+  from cryojax_denoise.data import ctf as ctf_lib
+
+  den = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
+  assert den.config.data == "cwf_corpus" and den.config.model.prior == "cwf" and den.config.model.odd
+  src = simulate.load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 100, 32, snr=0.2, seed=5, ctf=True)
+  ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
+  out = np.asarray(denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0)(ds.noisy[:8], None, ctf[:8]))
+  assert out.shape == (8, 32, 32) and np.isfinite(out).all()
+  assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
