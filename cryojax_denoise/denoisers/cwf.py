@@ -50,12 +50,13 @@ from cryojax_denoise.errors import InputError
 
 class CWFModel(NamedTuple):
   """A fitted CWF (pytree): basis, mean (pmax,) of block 0, covariance factor (k1, pmax, r) with
-  C_k = F_k F_kᴴ (k1 <= K+1: blocks from k1 on are 0), its radial image G_k F_k (k1, n_rho, r), the
-  fit's noise variance and size."""
+  C_k = F_k F_kᴴ (k1 <= K+1: blocks from k1 on are 0), `tiers`: the blocks of nonzero rank in (at most)
+  two groups, each (block indices (n,), F (n, pmax, r_t), G F (n, n_rho, r_t)) with r_t the group's
+  largest rank (the Wiener step costs ∝ Σ n·r_t, not k1·r), the fit's noise variance and size."""
   basis: st.FBBasis
   mean: jax.Array
   factor: jax.Array
-  radial_factor: jax.Array
+  tiers: tuple
   noise_var: jax.Array
   n_fit: jax.Array
 
@@ -218,13 +219,22 @@ def _model(basis, mean, cov, noise_var, n) -> CWFModel:
   last nonzero one: high angular frequencies carry no signal at cryo-EM SNRs, and skipping them is
   most of the Wiener step's cost)."""
   lam, vec = np.linalg.eigh(np.asarray(cov, np.complex128 if np.iscomplexobj(cov) else np.float64))
-  lam = np.maximum(lam, 0.0)
-  ranks = (lam > 1e-7 * max(lam.max(), 1e-30)).sum(-1)
+  keep = lam > 1e-7 * max(lam.max(), 1e-30)
+  lam = np.where(keep, lam, 0.0)
+  ranks = keep.sum(-1)
   r, k1 = max(1, int(ranks.max())), int(np.flatnonzero(ranks).max(initial=0)) + 1
   factor = (vec[..., ::-1][..., :r] * np.sqrt(lam[..., ::-1][..., :r])[:, None, :])[:k1]
-  factor = jnp.asarray(factor, jnp.complex64 if np.iscomplexobj(factor) else jnp.float32)
-  radial_factor = jnp.einsum("krp,kps->krs", basis.radial[:k1].astype(factor.dtype), factor)
-  return CWFModel(basis, mean, factor, radial_factor, jnp.float32(noise_var), jnp.int32(n))
+  dtype = jnp.complex64 if np.iscomplexobj(factor) else jnp.float32
+  live = np.flatnonzero(ranks[:k1])
+  cut = min(np.unique(ranks[live]), key=lambda c: (ranks[live] > c).sum() * r + (ranks[live] <= c).sum() * c,
+            default=0)
+  tiers = []
+  for sel, rt in ((live[ranks[live] > cut], r), (live[ranks[live] <= cut], cut)):
+    if len(sel):
+      f = jnp.asarray(factor[sel, :, :rt], dtype)
+      gf = jnp.einsum("krp,kps->krs", basis.radial[sel].astype(dtype), f)
+      tiers.append((jnp.asarray(sel, jnp.int32), f, gf))
+  return CWFModel(basis, mean, jnp.asarray(factor, dtype), tuple(tiers), jnp.float32(noise_var), jnp.int32(n))
 
 
 @jax.jit
@@ -233,16 +243,20 @@ def _apply_batch(model: CWFModel, b, h, noise_var, ctf):
   basis = model.basis
   k1 = model.factor.shape[0]
   y = b[:, :k1].at[:, 0].add(-_m_mean(basis, h, model.mean))
-  z = model.radial_factor  # (k1, n_rho, r) = G F, real unless hermitian
-  hz = lambda part: jnp.einsum("krp,br,krs->bkps", basis.radial[:k1], h, part)  # noqa: E731  (B, k1, p, r)
-  u = jax.lax.complex(hz(z.real), hz(z.imag)) if jnp.iscomplexobj(z) else hz(z)  # U = M F = Gᵀ diag(h) G F
-  uh = jnp.conj(jnp.swapaxes(u, -1, -2))
-  gram = jnp.einsum("bkrp,bkps->bkrs", uh, u)  # einsum: ~2x faster than batched @ on CPU
-  r = gram.shape[-1]
-  eps = 1e-7 * jnp.maximum(jnp.real(jnp.trace(gram, axis1=-2, axis2=-1)).max(), 1e-30)
-  gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(r)
-  s = sv.solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh.astype(y.dtype), y))
-  est = jnp.einsum("kps,bks->bkp", model.factor.astype(y.dtype), s)
+  parts = []
+  for idx, _, z in model.tiers:  # z = G F (n, n_rho, r_t), real unless hermitian
+    g = basis.radial[idx]
+    hz = lambda part: jnp.einsum("krp,br,krs->bkps", g, h, part)  # noqa: E731  (B, n, p, r_t)
+    u = jax.lax.complex(hz(z.real), hz(z.imag)) if jnp.iscomplexobj(z) else hz(z)  # U = M F = Gᵀ diag(h) G F
+    uh = jnp.conj(jnp.swapaxes(u, -1, -2))
+    parts.append((uh, jnp.einsum("bkrp,bkps->bkrs", uh, u)))  # einsum: ~2x faster than batched @ on CPU
+  trace = [jnp.real(jnp.trace(gram, axis1=-2, axis2=-1)).max() for _, gram in parts]
+  eps = 1e-7 * jnp.maximum(jnp.max(jnp.stack(trace)) if trace else 0.0, 1e-30)
+  est = jnp.zeros_like(y)
+  for (idx, f, _), (uh, gram) in zip(model.tiers, parts):
+    gram = gram + (noise_var[:, None, None, None] + eps) * jnp.eye(gram.shape[-1])
+    s = sv.solve_pd(gram, jnp.einsum("bkrp,bkp->bkr", uh.astype(y.dtype), y[:, idx]))
+    est = est.at[:, idx].set(jnp.einsum("kps,bks->bkp", f.astype(y.dtype), s))
   out = st.evaluate_blocks(basis, est.at[:, 0].add(model.mean))  # blocks k >= k1 are 0
   if ctf is not None:
     out = jnp.fft.ifft2(jnp.fft.fft2(out) * ctf).real
