@@ -185,8 +185,9 @@ def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
   from cryojax_denoise.denoisers import sure
 
   params, table = sure.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
-  best = min(table, key=lambda r: r["sure_mse"])
-  return params, {"sure_mse": best["sure_relative"], "sure_warning": best["warning"]}
+  knob = denoisers.REGISTRY[name].knob
+  best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
+  return params, {"sure_mse": (best.get("estimate") or best)["sure_relative"], "sure_warning": best["warning"]}
 
 
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
