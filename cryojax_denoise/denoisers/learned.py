@@ -33,6 +33,7 @@ def load_gan(*, checkpoint: str | None = None) -> Callable:
 
 
 FINETUNE_LR = 1e-4  # SURE fine-tuning's learning rate (a tenth of training's: it adapts, not retrains)
+MIN_FINETUNE_PARTICLES = 32  # a smaller stack is denoised without fine-tuning (with a warning)
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
@@ -59,13 +60,17 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   if int(finetune_steps) < 0:
     raise InputError(f"finetune_steps: must be >= 0, got {finetune_steps}")
   images = np.asarray(images, np.float32)
+  if int(finetune_steps) > 0 and len(images) < MIN_FINETUNE_PARTICLES:
+    from absl import logging
+
+    logging.warning("autoencoder_cwf: %d particles, fewer than the %d SURE fine-tuning needs: not fine-tuned",
+                    len(images), MIN_FINETUNE_PARTICLES)
+    finetune_steps = 0
   noise_std = noise_std_or_estimate(images, noise_std)
   cwf = fit("cwf", images, noise_std, ctf)
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss
 
-    if len(images) < 32:
-      raise InputError(f"finetune_steps: SURE fine-tuning needs at least 32 particles, got {len(images)}")
     inputs = ss.cwf_sure_inputs(images, cwf, noise_std, ctf)
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
       init = checkpoint or restore.bundled_dir("autoencoder_cwf")
