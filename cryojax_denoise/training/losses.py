@@ -19,6 +19,7 @@ from flax import nnx
 from cryojax_denoise.training import data as data_lib, self_supervised as ss
 from cryojax_denoise.training.model import Learner, call_generator, probe_inputs, split_inputs
 
+
 def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
 
