@@ -95,19 +95,20 @@ def test_band_noise_std_and_tuning_choice():
 
 
 def test_estimate_of_the_chosen_knob_on_more_images():
-  """The chosen row's "estimate": SURE of the chosen width on 96 images (the 32 tuned on and 2 more
-  batches of 32), within 10% of those images' true MSE; jitted = NumPy loop path; a stack under
-  twice the tuning subset reports the grid's own numbers."""
+  """The chosen row's "estimate": SURE of the chosen width on all 100 images (the 32 tuned on and the
+  68 others in one batch), within 10% of those images' true MSE; in equal batches of at most `chunk`
+  (100 = 4 × 25 for chunk 32; 90 = 3 × 30 for chunk 30), jitted = NumPy loop path; a stack under twice the
+  tuning subset reports the grid's own numbers."""
   x = _smooth_images(100)
   y = x + 0.8 * np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
   params, table = S.sure_tune("gaussian", y, clean=x, n_images=32, n_estimate=128)
   chosen = next(row for row in table if row["width"] == params["width"])
   est = chosen["estimate"]
-  assert est["n_images"] == 96 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
+  assert est["n_images"] == 100 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
   kw = dict(chunk=32, n_estimate=128, eps=S.eps_for("gaussian"), clean=x)
   jitted = S.estimate_chosen(_gauss, y, None, params["width"], **kw)
   loop = S.estimate_chosen(lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v)), y, None, params["width"], **kw)
-  assert jitted["n_images"] == 96
+  assert jitted["n_images"] == 100 and S.estimate_chosen(_gauss, y, None, 1.0, chunk=30, n_estimate=90)["n_images"] == 90
   for k in ("sure_mse", "mse", "gain_db"):
     assert loop[k] == pytest.approx(jitted[k], rel=1e-3), k
   _, small = S.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)

@@ -55,6 +55,10 @@ N_PROBES = 4       # Rademacher probes per estimate
 FIT_CHOICE = ("ddtf",)
 N_IMAGES = 32      # images drawn from a stack to tune on
 N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estimate_chosen`)
+# The estimate's new images (beyond the tuned subset) go in batches of up to ESTIMATE_BATCH: one call of 96
+# rather than three of 32, since DDTF and K-SVD learn once per call (DDTF: 0.65 CPU-s per call on 96 images,
+# 0.57 on 32, 5 calls instead of 15 with 4 probes); its Monte-Carlo noise is no larger (notes/final5/sure.md).
+ESTIMATE_BATCH = 96
 
 
 @dataclasses.dataclass
@@ -173,7 +177,8 @@ def check_tunable(name: str) -> None:
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
               n_estimate: int = N_ESTIMATE, seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES,
-              clean=None, grid_batch: int | None = None, **fixed) -> tuple[dict, list[dict]]:
+              clean=None, grid_batch: int | None = None, estimate_batch: int = ESTIMATE_BATCH,
+              **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it).
 
@@ -184,7 +189,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
   only), the true "mse" of the same outputs. The chosen row also holds "estimate": SURE of the
   chosen knob alone on up to `n_estimate` random images when the stack has at least twice the
-  tuning subset (`estimate_chosen`; the grid's own numbers otherwise), the number to report.
+  tuning subset (`estimate_chosen`, new images in batches of up to `estimate_batch`; the grid's own
+  numbers otherwise), the number to report.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -223,7 +229,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
                       **({"mse": best["mse"]} if clean is not None else {})}
   if min(n_estimate, len(noisy)) >= 2 * len(rows):
     done = (rows, resid[g], div[g], None if mse is None else mse[g])
-    best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=len(rows), n_estimate=n_estimate,
+    best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
                                        seed=seed, sure_std=sure_std, eps=eps, n_probes=n_probes, clean=clean,
                                        done=done)
   return {knob: best[knob], **fixed}, table
@@ -233,8 +239,8 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
                     seed: int = 0, sure_std=None, eps: float = EPS, n_probes: int = N_PROBES, clean=None,
                     done=None) -> dict:
   """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W), up to
-  `n_estimate` with the new ones in whole batches of `chunk` (the tuning subset's shape: its compiled
-  function is reused, and batch methods learn per batch as they did there); `done` = (rows, resid,
+  `n_estimate`, the new ones in equal batches of at most `chunk` (the remainder left out: one compiled
+  shape; batch methods learn once per batch, so fewer, larger calls cost less); `done` = (rows, resid,
   div, mse) of images already probed at this value (`grid_stats`' terms) are counted, not rerun.
   Returns {"n_images", "sure_mse", "sure_relative", "gain_db"} (+ the true "mse" with `clean`).
 
@@ -247,8 +253,9 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
   n_done = len(rows)
   rest = np.setdiff1d(np.arange(len(noisy)), rows)
-  rows = np.concatenate([rows, rest[subset(len(rest), (min(n_estimate, len(noisy)) - n_done) // chunk * chunk,
-                                           seed + 1)]])
+  n_new = max(0, min(n_estimate, len(noisy)) - n_done)
+  chunk = n_new // -(-n_new // chunk) if n_new else 1  # as many equal batches of at most `chunk` as fit
+  rows = np.concatenate([rows, rest[subset(len(rest), n_new // chunk * chunk, seed + 1)]])
   ns = None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows]
   den_sigma, sigma = sigmas(noisy[rows], ns, sure_std)  # SURE's σ pooled over all the images
   for c in range(n_done, len(rows), chunk):
