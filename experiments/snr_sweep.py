@@ -211,11 +211,15 @@ def _ctf(ds, config) -> np.ndarray | None:
   return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
 
 
-def _fitted(name: str, config, fit_ds, params=None):
+def _fitted(name: str, config, fit_ds, params=None, fits=None):
   """A dataset-level method (registry `fit` hook, e.g. cwf, autoencoder_cwf) fitted to the noisy images of
-  `fit_ds`."""
-  return denoisers.fit(_registry_name(name), fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config),
-                       **(params or {}))
+  `fit_ds`. `fits` {registry name: fitted denoiser} of this `fit_ds` is updated; autoencoder_cwf reuses its
+  "cwf" instead of fitting CWF again."""
+  base, fits = _registry_name(name), {} if fits is None else fits
+  extra = {"cwf": fits["cwf"]} if base == "autoencoder_cwf" and "cwf" in fits else {}
+  fn = denoisers.fit(base, fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config), **(params or {}), **extra)
+  fits.setdefault(base, fn)
+  return fn
 
 
 def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
@@ -297,7 +301,7 @@ def run(config, workdir: str) -> None:
       label = f"{set_name} SNR {snr:g}"
       if snr in example_snrs:
         ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
-      fit_ds = None  # the dataset-level methods' fitting set, simulated once per SNR
+      fit_ds, fits = None, {}  # the dataset-level methods' fitting set, simulated once per SNR, and their fits
       for name in methods:
         learned = (name, snr) in checkpoints
         base = _registry_name(name)
@@ -314,7 +318,7 @@ def run(config, workdir: str) -> None:
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
-          fn, ctf = _fitted(name, config, fit_ds, params), _ctf(test_ds, config)
+          fn, ctf = _fitted(name, config, fit_ds, params, fits), _ctf(test_ds, config)
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
         else:
           fn, ctf = denoisers.get(_registry_name(name), **params), None

@@ -136,3 +136,25 @@ def test_rings_transform_matches_numpy(size):
   dense = st.fb_basis(size, fast=False)
   np.testing.assert_allclose(st.expand_blocks(dense, x.astype(np.float32)), st.expand_blocks(fast, x.astype(np.float32)),
                              atol=1e-5 * np.abs(a_ref).max())
+
+
+def test_bessel_table_zeros_and_closed_form_profiles_match_scipy():
+  """The basis's fast pieces against scipy: J_k by the FFT table + Hermite interpolation, the zeros
+  bracketed on it, and the closed-form (Lommel) radial profiles against Gauss–Legendre quadrature."""
+  R = 40.0
+  bound = np.pi * R
+  table = st.bessel_table(int(np.ceil(bound)), bound)
+  rng = np.random.default_rng(0)
+  for k in (0, 1, 7, 60, 125):
+    x = rng.uniform(0, bound, 4000)
+    np.testing.assert_allclose(st.bessel_interp(*table, k, x), special.jv(k, x), rtol=0, atol=5e-8)
+  for k in range(int(bound) + 2):
+    np.testing.assert_allclose(st.bessel_zeros(k, bound, table), st.bessel_zeros(k, bound), rtol=1e-12)
+  rho = np.linspace(0.0, 0.5, 37)
+  t, w = np.polynomial.legendre.leggauss(600)
+  r, w = (t + 1) * R / 2, w * R / 2
+  for k in (0, 3, 40):
+    z = st.bessel_zeros(k, bound)
+    norms = rng.uniform(1, 2, len(z))
+    quad = 2 * np.pi * (special.jv(k, 2 * np.pi * np.outer(rho, r)) * (w * r)) @ (special.jv(k, np.outer(r, z) / R) / norms)
+    np.testing.assert_allclose(st._radial_profiles(k, z, norms, R, rho), quad, rtol=0, atol=1e-8 * np.abs(quad).max())

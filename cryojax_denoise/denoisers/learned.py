@@ -37,14 +37,15 @@ MIN_FINETUNE_PARTICLES = 32  # a smaller stack is denoised without fine-tuning (
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
-                        finetune_steps: int = 300) -> Callable:
+                        finetune_steps: int = 300, cwf: Callable | None = None) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": covariance Wiener filtering fitted on `images` (N, H, W)
   with their CTFs (`denoisers.cwf`), then the prior="cwf" network, which corrects each particle's CWF
   estimate; returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)`, CTF-modulated like cwf.
 
   `finetune_steps` > 0 first adapts the network to this stack by Monte-Carlo SURE on `images` alone
   (`training.self_supervised.sure`: no clean image; batches of 16, in a temporary folder), which is what
-  lets it beat CWF on molecules unlike the training corpus (see README)."""
+  lets it beat CWF on molecules unlike the training corpus (see README). `cwf`: the "cwf" method already
+  fitted on these `images`, σ and CTFs (the sweep fits it once for both rows); None fits it here."""
   import tempfile
 
   import numpy as np
@@ -67,7 +68,8 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
                     len(images), MIN_FINETUNE_PARTICLES)
     finetune_steps = 0
   noise_std = noise_std_or_estimate(images, noise_std)
-  cwf = fit("cwf", images, noise_std, ctf)
+  if cwf is None:
+    cwf = fit("cwf", images, noise_std, ctf)
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss
 

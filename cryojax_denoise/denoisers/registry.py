@@ -130,6 +130,8 @@ def fit(name: str, images, noise_std=None, ctf=None, **params) -> Callable:
   their CTFs `ctf` ((N, H, W) on the unshifted FFT grid, RELION's sign; None = identity) and `den`
   applies that fit to any batch with its own CTFs. Other methods ignore the fitting set and the
   CTF: `den` is `get(name, **params)`. So the sweep and `denoise` call every method one way.
+  Keyword-only arguments of the `fit` hook itself (e.g. autoencoder_cwf's `cwf=`, a CWF already
+  fitted on the same images) are accepted here too.
   """
   m = method(name)
   if m.fit is None:
@@ -141,7 +143,9 @@ def fit(name: str, images, noise_std=None, ctf=None, **params) -> Callable:
 
     denoise.__name__ = den.__name__
     return denoise
-  check_params(name, params)
+  bad = sorted(set(params) - set(m.params) - set(keyword_params(m.fit)))
+  if bad:
+    raise InputError(f"unknown parameter(s) {bad} for denoiser {name!r}; valid: {', '.join(m.params)}")
   return m.fit(images, noise_std, ctf, **params)
 
 
