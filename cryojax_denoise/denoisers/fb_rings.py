@@ -105,8 +105,8 @@ def build(L: int, R: float, radii: np.ndarray, columns: list) -> Rings:
     parts = []
     for k in range(s, len(columns), 4):
       j = columns[k][r_inv].T  # (p_k, n_orb)
-      parts.append(np.concatenate([j * np.cos(k * theta), j * np.sin(k * theta)], 1))
-    mats.append(jnp.asarray(np.concatenate(parts + [np.zeros((0, 2 * len(r)))]), jnp.float32))
+      parts.append(np.concatenate([j * np.cos(k * theta), j * np.sin(k * theta)], 1).astype(np.float32))
+    mats.append(jnp.asarray(np.concatenate(parts + [np.zeros((0, 2 * len(r)), np.float32)])))  # 1 GB at 256²
   layout = Layout(tuple(int(c.shape[1]) for c in columns), int(columns[0].shape[1]))
   i32 = lambda a: jnp.asarray(a, jnp.int32)  # noqa: E731
   return Rings(i32(plus), i32(minus), i32(inverse), tuple(mats), layout)
