@@ -44,6 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.ctf = True
   c.volume = ""  # an MRC map; empty: the built-in phantom
+  c.pixel_size = 0.0  # Å per pixel of `volume` when its header says 0 (0: from the header)
   c.methods = METHODS
   c.repeats = 1  # timed calls per method (after one warm-up call); the fastest is reported
   c.bm3d_workers = 0  # 0: one process per CPU core
@@ -78,7 +79,8 @@ def validate(config) -> None:
 def _simulate(config, n: int, seed: int):
   from cryojax_denoise.data import simulate
 
-  source = simulate.load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed)
+  source = simulate.load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed,
+                                pixel_size=config.pixel_size or None)
   ds = simulate.simulate_dataset(source, n, config.image_size, config.snr, seed, ctf=config.ctf)
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
   return noisy, clean, np.std(noisy - clean, axis=(1, 2)).astype(np.float32), ds
