@@ -79,12 +79,12 @@ def test_sure_is_unbiased_over_noise_draws(name, params):
 
 
 def test_band_noise_std_and_tuning_choice():
-  """σ from the high band within 2%; SURE picks the Gaussian width whose true MSE is within 5% of
+  """σ from the high band within 1%; SURE picks the Gaussian width whose true MSE is within 5% of
   the best on the grid, and its estimate is within 10% of that true MSE."""
   x = _smooth_images(32, 64, seed=5)
   sigma = 1.5
   y = x + sigma * np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
-  assert abs(float(S.band_noise_std(y)) / sigma - 1) < 0.01
+  assert abs(S.tail_corrected_noise_std(y) / sigma - 1) < 0.01
   params, table = S.sure_tune("gaussian", y, clean=x, n_images=32)
   best = min(row["mse"] for row in table)
   chosen = next(row for row in table if row["width"] == params["width"])
@@ -96,19 +96,21 @@ def test_band_noise_std_and_tuning_choice():
 
 def test_estimate_of_the_chosen_knob_on_more_images():
   """The chosen row's "estimate": SURE of the chosen width on all 100 images (the 32 tuned on and the
-  68 others in one batch), within 10% of those images' true MSE; in equal batches of at most `chunk`
-  (100 = 4 × 25 for chunk 32; 90 = 3 × 30 for chunk 30), jitted = NumPy loop path; a stack under twice the
-  tuning subset reports the grid's own numbers."""
+  68 others in one batch), within 10% of those images' true MSE; jitted = NumPy loop path; new images
+  in equal batches of at most `chunk` (100 = 4 × 25 for chunk 32, 90 = 3 × 30 for chunk 30); a stack
+  under twice the tuning subset reports the grid's own numbers."""
   x = _smooth_images(100)
   y = x + 0.8 * np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
   params, table = S.sure_tune("gaussian", y, clean=x, n_images=32, n_estimate=128)
   chosen = next(row for row in table if row["width"] == params["width"])
   est = chosen["estimate"]
   assert est["n_images"] == 100 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
-  kw = dict(chunk=32, n_estimate=128, eps=S.eps_for("gaussian"), clean=x)
+  kw = dict(chunk=68, n_estimate=68, eps=S.eps_for("gaussian"), clean=x)  # the shape compiled above
   jitted = S.estimate_chosen(_gauss, y, None, params["width"], **kw)
-  loop = S.estimate_chosen(lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v)), y, None, params["width"], **kw)
-  assert jitted["n_images"] == 100 and S.estimate_chosen(_gauss, y, None, 1.0, chunk=30, n_estimate=90)["n_images"] == 90
+  loop_fn = lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v))  # noqa: E731 (NumPy: no compile)
+  loop = S.estimate_chosen(loop_fn, y, None, params["width"], **kw)
+  assert jitted["n_images"] == 68
+  assert [S.estimate_chosen(loop_fn, y, None, 1.0, chunk=c, n_estimate=n)["n_images"] for c, n in ((32, 128), (30, 90))] == [100, 90]
   for k in ("sure_mse", "mse", "gain_db"):
     assert loop[k] == pytest.approx(jitted[k], rel=1e-3), k
   _, small = S.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)
@@ -119,7 +121,8 @@ def test_estimate_of_the_chosen_knob_on_more_images():
 
 def test_choose_reads_the_knob_off_a_parabola():
   """`choose`: raw argmin without `fit`; with it the grid value nearest the minimum of a parabola in
-  log(value) through the 5 values around the argmin, so a jittered minimum is not taken at face value."""
+  log(value) through the 5 values around the argmin, so a jittered minimum is not taken at face value;
+  the argmin where that parabola is concave or bottoms outside those 5 values."""
   values = (0.7, 0.85, 1.0, 1.1, 1.2, 1.35, 1.5)
   x = np.log(values)
   smooth = (x - np.log(1.2)) ** 2 + 1.0
@@ -128,6 +131,8 @@ def test_choose_reads_the_knob_off_a_parabola():
   assert S.choose(values, smooth, fit=True) == 4
   concave = -(x - np.log(1.0)) ** 2
   assert S.choose(values, concave, fit=True) == int(np.argmin(concave))
+  outside = [2.985, 1.244, 0.645, 0.676, 0.705, 0.637, 0.727]  # DDTF, SNR 0.05: the window's parabola bottoms at 0.85
+  assert S.choose(values, outside, fit=True) == 5
   assert "ddtf" in S.FIT_CHOICE and "ksvd" not in S.FIT_CHOICE
 
 

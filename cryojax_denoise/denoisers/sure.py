@@ -32,7 +32,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers.noise import band_noise_std, noise_std_or_estimate
+from cryojax_denoise.denoisers.noise import noise_std_or_estimate, tail_corrected_noise_std
 from cryojax_denoise.denoisers.sure_grid import (  # noqa: F401 (divergence, is_jittable, rademacher: API)
     divergence, grid_stats, is_jittable, rademacher, sure_from_stats)
 from cryojax_denoise.denoisers.sure_grid import rademacher_probes as _probes
@@ -102,12 +102,13 @@ def sigmas(images, noise_std=None, sure_std=None) -> tuple[np.ndarray, np.ndarra
 
   Given `noise_std` serves both; when None the denoiser gets what `denoisers.get` would estimate
   (per-image MAD, computed once on y so that y + εb sees the same σ) and SURE gets `sure_std`, or
-  the batch's `band_noise_std` when that is None too.
+  the batch's `tail_corrected_noise_std` (the high band's power less the signal extrapolated into
+  it) when that is None too.
   """
   images = jnp.asarray(images, jnp.float32)
   den = noise_std_or_estimate(images, noise_std)
   if noise_std is None:
-    den_sure = band_noise_std(images) if sure_std is None else sure_std
+    den_sure = tail_corrected_noise_std(images) if sure_std is None else sure_std
   else:
     den_sure = noise_std
   est = jnp.broadcast_to(jnp.asarray(den_sure, jnp.float32), images.shape[:1])
@@ -273,7 +274,9 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
 def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:
   """Index of the chosen grid value: SURE's argmin, or with `fit` the grid value nearest the minimum
   of a parabola in log(value) least-squares fitted to the `width` values around that argmin (the
-  argmin itself when the parabola does not open upwards)."""
+  argmin itself when the parabola does not open upwards or its minimum lies outside those values:
+  DDTF at SNR 0.05 had a near-flat jittered window whose parabola bottomed out two values below it,
+  1.84× the best MSE, where the argmin is 1.11×)."""
   s = np.asarray(sure_mse, np.float64)
   i = int(np.argmin(s))
   if not fit or len(s) < 3:
@@ -282,7 +285,9 @@ def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:
   w = min(width, len(s))
   lo = max(0, min(i - w // 2, len(s) - w))
   c = np.polyfit(x[lo:lo + w], s[lo:lo + w], 2)
-  return int(np.argmin(np.abs(x + c[1] / (2 * c[0])))) if c[0] > 0 else i
+  if not c[0] > 0 or not x[lo] <= -c[1] / (2 * c[0]) <= x[lo + w - 1]:
+    return i
+  return int(np.argmin(np.abs(x + c[1] / (2 * c[0]))))
 
 
 def reliability(den_sigma, sigma, sure_mse: float, power: float) -> str:
