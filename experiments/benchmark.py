@@ -266,8 +266,8 @@ def run(config, workdir: str) -> None:
 
 def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float, config) -> dict:
   """Seconds of `sure.sure_tune` on `auto_images` of the batch (first call, compile included; then
-  a steady-state call when the first took under a minute) against denoising all images in one
-  batch and in batches of `auto_batch` as `denoise` does (DDTF and K-SVD learn once per batch)."""
+  the fastest of `repeats` steady-state calls when the first took under 300 s) against denoising all
+  images in one batch and in batches of `auto_batch` as `denoise` does (DDTF and K-SVD learn once per batch)."""
   from cryojax_denoise.denoisers import sure
 
   fixed = {k: v for k, v in params.items() if k != denoisers.REGISTRY[name].knob}

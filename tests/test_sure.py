@@ -105,12 +105,14 @@ def test_estimate_of_the_chosen_knob_on_more_images():
   chosen = next(row for row in table if row["width"] == params["width"])
   est = chosen["estimate"]
   assert est["n_images"] == 100 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
-  kw = dict(chunk=68, n_estimate=68, eps=S.eps_for("gaussian"), clean=x)  # the shape compiled above
+  kw = dict(chunk=68, n_estimate=68, eps=S.eps_for("gaussian"), clean=x)
   jitted = S.estimate_chosen(_gauss, y, None, params["width"], **kw)
   loop_fn = lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v))  # noqa: E731 (NumPy: no compile)
   loop = S.estimate_chosen(loop_fn, y, None, params["width"], **kw)
   assert jitted["n_images"] == 68
-  assert [S.estimate_chosen(loop_fn, y, None, 1.0, chunk=c, n_estimate=n)["n_images"] for c, n in ((32, 128), (30, 90))] == [100, 90]
+  sizes = [S.estimate_chosen(loop_fn, y, None, 1.0, chunk=c, n_estimate=n)["n_images"]
+           for c, n in ((32, 128), (30, 90))]
+  assert sizes == [100, 90]
   for k in ("sure_mse", "mse", "gain_db"):
     assert loop[k] == pytest.approx(jitted[k], rel=1e-3), k
   _, small = S.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)
