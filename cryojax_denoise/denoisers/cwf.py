@@ -104,12 +104,25 @@ def _m_mean(basis, h, mean):
   return jnp.einsum("rp,br,r->bp", g0, h, g0 @ mean)
 
 
-def _batch_sum(fn, size, *arrays):
+def _placement(batch: int):
+  """(batch rounded up to a multiple of the local device count, `place(x)`): `place` shards a batch's
+  arrays along axis 0 over the local devices (data parallel, like training; the model stays replicated)
+  and is the identity on one device."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return batch, lambda x: x
+  from cryojax_denoise.training import sharding as sh
+
+  spec = sh.batch_sharding(sh.data_mesh(devices))
+  return -(-batch // len(devices)) * len(devices), lambda x: jax.device_put(x, spec)
+
+
+def _batch_sum(fn, size, *arrays, place=lambda x: x):
   """Σ over batches of `size` of fn(*batch_arrays, w) (a pytree); the last batch is padded, w masks it."""
   total = None
   for s, e in _batches(arrays[0].shape[0], size):
     parts = [_padded(a[s:e], size) for a in arrays]
-    out = fn(*[x for x, _ in parts], parts[0][1])
+    out = fn(*[place(x) for x, _ in parts], place(parts[0][1]))
     total = out if total is None else jax.tree.map(jnp.add, total, out)
   return total
 
@@ -169,11 +182,12 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   basis = st.fb_basis(H, n_rho)
   noise_var = float(np.mean(_noise_var(images, noise_std)))
   pmax = basis.pmax
-  batch = min(int(batch_size), n)
+  batch, place = _placement(min(int(batch_size), n))
   h_all = _profiles(basis, ctf, n)
-  coefs = jnp.concatenate([_coefs(basis, _padded(images[s:e], batch)[0])[: e - s] for s, e in _batches(n, batch)])
+  coefs = jnp.concatenate([_coefs(basis, place(_padded(images[s:e], batch)[0]))[: e - s]
+                           for s, e in _batches(n, batch)])
 
-  r0, hh = _batch_sum(functools.partial(_mean_stats, basis), batch, coefs, h_all)
+  r0, hh = _batch_sum(functools.partial(_mean_stats, basis), batch, coefs, h_all, place=place)
   a0 = np.asarray(st.square_sum_blocks(basis, hh)[0], np.float64)
   p0 = int(basis.sizes[0])
   mean = np.zeros(pmax)
@@ -183,7 +197,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   groups = _groups(np.asarray(h_all), n_groups) if ctf is not None else np.zeros(n, int)
   g = int(groups.max()) + 1
   stats = functools.partial(_cov_stats, basis, mean, n_groups=g)
-  rhs, hh_groups = _batch_sum(stats, batch, coefs, h_all, jnp.asarray(groups))
+  rhs, hh_groups = _batch_sum(stats, batch, coefs, h_all, jnp.asarray(groups), place=place)
   counts = np.bincount(groups, minlength=g).astype(np.float32)
   p_groups = st.square_sum_blocks(basis, hh_groups / jnp.asarray(counts)[:, None, None])  # mean M_i² per group
   pbar = jnp.einsum("g,gkpq->kpq", jnp.asarray(counts / n), p_groups)
@@ -279,14 +293,14 @@ def _apply(model, images, coefs, noise_std, ctf, modulate, batch_size, h_all=Non
   var = jnp.broadcast_to(jnp.asarray(_noise_var(images, noise_std), jnp.float32), (n,))
   h_all = _profiles(model.basis, ctf, n) if h_all is None else h_all
   ctf_out = None if (ctf is None or not modulate) else jnp.asarray(ctf, jnp.float32)
-  batch = min(int(batch_size), n)
+  batch, place = _placement(min(int(batch_size), n))
   outs = []
   for s, e in _batches(n, batch):
-    b = _coefs(model.basis, _padded(images[s:e], batch)[0]) if coefs is None else _padded(coefs[s:e], batch)[0]
+    b = _coefs(model.basis, place(_padded(images[s:e], batch)[0])) if coefs is None else _padded(coefs[s:e], batch)[0]
     h, _ = _padded(h_all[s:e], batch)
     v, _ = _padded(var[s:e], batch)
-    c = None if ctf_out is None else _padded(ctf_out[s:e], batch)[0]
-    outs.append(_apply_batch(model, b, h, v, c)[: e - s])
+    c = None if ctf_out is None else place(_padded(ctf_out[s:e], batch)[0])
+    outs.append(_apply_batch(model, place(b), place(h), place(v), c)[: e - s])
   return jnp.concatenate(outs) if len(outs) > 1 else outs[0]
 
 
