@@ -92,10 +92,10 @@ def method(name: str) -> Method:
   return REGISTRY[name]
 
 
-def check_params(name: str, params: dict) -> None:
-  """InputError when `params` holds a name that is not a parameter of method `name`."""
+def check_params(name: str, params: dict, also=()) -> None:
+  """InputError when `params` holds a name that is not a parameter of method `name` (or in `also`)."""
   valid = method(name).params
-  bad = sorted(set(params) - set(valid))
+  bad = sorted(set(params) - set(valid) - set(also))
   if bad:
     raise InputError(f"unknown parameter(s) {bad} for denoiser {name!r}; valid: {', '.join(valid)}")
 
@@ -143,9 +143,7 @@ def fit(name: str, images, noise_std=None, ctf=None, **params) -> Callable:
 
     denoise.__name__ = den.__name__
     return denoise
-  bad = sorted(set(params) - set(m.params) - set(keyword_params(m.fit)))
-  if bad:
-    raise InputError(f"unknown parameter(s) {bad} for denoiser {name!r}; valid: {', '.join(m.params)}")
+  check_params(name, params, also=keyword_params(m.fit))
   return m.fit(images, noise_std, ctf, **params)
 
 
