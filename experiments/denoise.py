@@ -242,12 +242,13 @@ def _sure_subset(config, table, reader, n_images=None):
   return ((images - mean) / scale).astype(np.float32), noise_std, scale
 
 
-def _summary(n_images, sure_mse, relative, gain, sigma, scale) -> dict:
-  """The SURE part of the record, in the input's units; logged."""
-  logging.info("SURE on %d images: estimated MSE %.4g (%.3g of the signal power), MSE reduction %.2f dB "
-               "(σ %.4g)", n_images, sure_mse * scale ** 2, relative, gain, sigma * scale)
-  return {"n_images": n_images, "noise_std": sigma * scale, "mse": sure_mse * scale ** 2,
-          "relative_mse": relative, "gain_db": gain}
+def _summary(est: dict, sigma, scale) -> dict:
+  """The SURE part of the record (from `SureEstimate.record()`), in the input's units; logged."""
+  mse, se = est["sure_mse"] * scale ** 2, est["sure_se"] * scale ** 2
+  logging.info("SURE on %d images: estimated MSE %.4g ± %.2g (%.3g of the signal power), MSE reduction %.2f dB "
+               "(σ %.4g)", est["n_images"], mse, se, est["sure_relative"], est["gain_db"], sigma * scale)
+  return {"n_images": est["n_images"], "noise_std": sigma * scale, "mse": mse, "mse_standard_error": se,
+          "relative_mse": est["sure_relative"], "gain_db": est["gain_db"]}
 
 
 def _choose_params(config, table, reader) -> dict:
@@ -255,9 +256,10 @@ def _choose_params(config, table, reader) -> dict:
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers import sure
 
-  # The knob is chosen on `sure_images`; its MSE is then estimated on up to N_ESTIMATE (on 32 images SURE's
-  # error is those images' realised noise, 10-25% of the MSE at SNR <= 0.1).
-  images, noise_std, scale = _sure_subset(config, table, reader, max(config.sure_images, sure.N_ESTIMATE))
+  # The knob is chosen on `sure_images`; its MSE is then estimated on N_ESTIMATE, up to N_ESTIMATE_MAX while its
+  # standard error is above SE_TARGET (on 32 images SURE's error is those images' realised noise, 10-25% of the
+  # MSE at SNR <= 0.1).
+  images, noise_std, scale = _sure_subset(config, table, reader, max(config.sure_images, sure.N_ESTIMATE_MAX))
   fixed = parse_params(params_mode(config)[1])
   knob = denoisers.REGISTRY[config.method].knob
   try:
@@ -270,10 +272,8 @@ def _choose_params(config, table, reader) -> dict:
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
   logging.info("params=auto: %s=%s (grid %s, SURE MSE %s)", knob, params[knob], [r[knob] for r in rows],
                [round(r["sure_mse"] * scale ** 2, 4) for r in rows])
-  est = best.get("estimate") or {"n_images": min(len(images), config.sure_images), **best}
   return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
-          "sure": _summary(est["n_images"], est["sure_mse"], est["sure_relative"], est["gain_db"], sigma,
-                           scale),
+          "sure": _summary(best["estimate"], sigma, scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"]} for r in rows]}
 
 
@@ -285,8 +285,7 @@ def _quality(config, table, reader, denoiser) -> dict:
   est = sure.sure(denoiser, images, noise_std, eps=sure.eps_for(config.method))
   params = parse_params(params_mode(config)[1])
   return {"method": config.method, "params": params, "auto": False,
-          "sure": _summary(len(images), est.mean, est.relative, est.gain_db, float(est.sigma.mean()),
-                           scale)}
+          "sure": _summary(est.record(), float(est.sigma.mean()), scale)}
 
 
 def _write_record(record: dict, outputs) -> None:
@@ -303,6 +302,6 @@ def _write_record(record: dict, outputs) -> None:
       text = f.read()
     comment = (f"# cryojax-denoise: method {record['method']}, params {record['params']}"
                f"{' (params=auto, chosen by SURE)' if record['auto'] else ''}; SURE on {s['n_images']} images: "
-               f"MSE {s['mse']:.5g}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
+               f"MSE {s['mse']:.5g} ± {s['mse_standard_error']:.2g}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
     io.atomic_write_text(outputs.star, comment + text)
   logging.info("wrote %s", path)

@@ -181,13 +181,16 @@ def _sure_rows(config, methods) -> list[str]:
 
 
 def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
-  """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE) and warning."""
+  """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE), its standard error
+  and warning."""
   from cryojax_denoise.denoisers import sure
 
   params, table = sure.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
   knob = denoisers.REGISTRY[name].knob
   best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
-  return params, {"sure_mse": (best.get("estimate") or best)["sure_relative"], "sure_warning": best["warning"]}
+  est = best.get("estimate") or best
+  return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est.get("relative_se", float("nan")),
+                  "sure_warning": best["warning"]}
 
 
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:

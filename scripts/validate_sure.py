@@ -3,8 +3,9 @@
 usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] [N_ESTIMATE]
   e.g. ... out.jsonl gaussian,wiener,ddtf 16 1,0.5,0.2,0.1,0.05 phantom,ribosome 1,0 128
 σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed. Simulates
-max(N, N_ESTIMATE) images (default 128): the knob is tuned on N random ones, SURE's estimate of the
-chosen knob's MSE is made on N_ESTIMATE random ones (`sure.estimate_chosen`), as `params=auto` does.
+max(N, N_ESTIMATE_MAX) images (default 512): the knob is tuned on N random ones, SURE's estimate of the
+chosen knob's MSE is made on N_ESTIMATE random ones, more while its standard error is above
+`sure.SE_TARGET` (`sure.estimate_chosen`), as `params=auto` does.
 """
 import json
 import sys
@@ -42,6 +43,8 @@ def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
           "estimate_images": chosen["estimate"]["n_images"], "estimate_sure_mse": chosen["estimate"]["sure_mse"],
           "estimate_mse": chosen["estimate"]["mse"],
           "estimate_ratio": chosen["estimate"]["sure_mse"] / chosen["estimate"]["mse"],
+          "estimate_relative_se": chosen["estimate"]["relative_se"],
+          "estimate_z": (chosen["estimate"]["sure_mse"] - chosen["estimate"]["mse"]) / chosen["estimate"]["sure_se"],
           "seconds": sum(r["seconds"] for r in table), "table": table}
 
 
@@ -51,12 +54,13 @@ def main():
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
   n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
+  n_sim = max(n, n_est, sure.N_ESTIMATE_MAX)
   for name in sets:
     src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
         volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
     for ctf in ctfs:
       for snr in snrs:
-        ds = simulate.simulate_dataset(src, max(n, n_est), 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
+        ds = simulate.simulate_dataset(src, n_sim, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
         for m in methods:
           t = time.time()
           r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est)
@@ -64,7 +68,8 @@ def main():
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")
           print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} clean {r['clean_choice']} "
-                f"choice {r['choice_ratio']:.3f} est {r['estimate_ratio']:.3f} default/best "
+                f"choice {r['choice_ratio']:.3f} est {r['estimate_ratio']:.3f} on {r['estimate_images']} "
+                f"(SE {r['estimate_relative_se']:.3f}, z {r['estimate_z']:+.2f}) default/best "
                 f"{r['mse_default'] / r['mse_clean_choice']:.3f} est on {n} {r['grid_estimate_ratio']:.3f} "
                 f"({r['wall']:.0f}s)", flush=True)
 

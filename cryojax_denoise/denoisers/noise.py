@@ -61,12 +61,20 @@ def band_noise_std(images: jax.Array, cutoff: float = BAND_CUTOFF) -> jax.Array:
   falls with the SNR. The mean over those modes of all images is then σ² to that bias plus a
   statistical error ~1/sqrt(number of modes): 0.1-0.3% in σ for 32 images of 64².
   """
+  return jnp.sqrt(jnp.mean(band_power(images, cutoff)))
+
+
+@functools.partial(jax.jit, static_argnames=("cutoff",))
+def band_power(images: jax.Array, cutoff: float = BAND_CUTOFF) -> jax.Array:
+  """Per-image mean power |FFT|²/(H·W) beyond `cutoff` cycles/pixel, (B,) for (B, H, W): σ² plus the
+  little signal there. Its mean is `band_noise_std`²; its spread over images is the realised noise
+  that SURE's standard error removes (`sure.standard_error`)."""
   x = jnp.asarray(images, jnp.float32)
   _, H, W = x.shape
   r2 = np.fft.fftfreq(H)[:, None] ** 2 + np.fft.fftfreq(W)[None, :] ** 2
   band = jnp.asarray(r2 > cutoff ** 2)
   power = jnp.abs(jnp.fft.fft2(x)) ** 2 / (H * W)
-  return jnp.sqrt(jnp.sum(jnp.where(band, power, 0.0)) / (x.shape[0] * jnp.sum(band)))
+  return jnp.sum(jnp.where(band, power, 0.0), axis=(-2, -1)) / jnp.sum(band)
 
 
 

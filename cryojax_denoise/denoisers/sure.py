@@ -32,7 +32,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers.noise import noise_std_or_estimate, tail_corrected_noise_std
+from cryojax_denoise.denoisers.noise import band_power, noise_std_or_estimate, tail_corrected_noise_std
 from cryojax_denoise.denoisers.sure_grid import (  # noqa: F401 (divergence, is_jittable, rademacher: API)
     divergence, grid_stats, is_jittable, rademacher, sure_from_stats)
 from cryojax_denoise.denoisers.sure_grid import rademacher_probes as _probes
@@ -54,7 +54,12 @@ N_PROBES = 4       # Rademacher probes per estimate
 # grids, where a parabola misfits: raw argmin 20/20 and 14/15 (README, SURE section).
 FIT_CHOICE = ("ddtf",)
 N_IMAGES = 32      # images drawn from a stack to tune on
-N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estimate_chosen`)
+N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estimate_chosen`), at least
+# ... and more, a batch at a time, while its standard error is above SE_TARGET of the estimate, up to N_ESTIMATE_MAX:
+# the estimate's error is mostly the images' realised noise, ~σ²·sqrt(2/pixels) against an MSE that falls with
+# the SNR (SE 4-7% of the MSE on 128 images of 64² at SNR 0.05, below 3% at SNR >= 0.2; notes/final6/sure.md).
+N_ESTIMATE_MAX = 512
+SE_TARGET = 0.03
 # The estimate's new images (beyond the tuned subset) go in batches of up to ESTIMATE_BATCH: one call of 96
 # rather than three of 32, since DDTF and K-SVD learn once per call (DDTF: 0.65 CPU-s per call on 96 images,
 # 0.57 on 32, 5 calls instead of 15 with 4 probes); its Monte-Carlo noise is no larger (notes/final5/sure.md).
@@ -64,11 +69,15 @@ ESTIMATE_BATCH = 96
 @dataclasses.dataclass
 class SureEstimate:
   """SURE of one denoiser on a batch: `mse` (B,) per image in image units, `sigma` (B,) used,
-  `power` the estimated signal power of the batch, `output` f(y) (B, H, W) (None if not kept)."""
+  `power` the estimated signal power of the batch, `output` f(y) (B, H, W) (None if not kept),
+  `band` (B,) each image's high-band power (`noise.band_power`) and `div` (B,) its divergence per
+  pixel, for `standard_error` (None: not known)."""
   mse: np.ndarray
   sigma: np.ndarray
   power: float
   output: np.ndarray | None = None
+  band: np.ndarray | None = None
+  div: np.ndarray | None = None
 
   @property
   def mean(self) -> float:
@@ -84,6 +93,35 @@ class SureEstimate:
   def gain_db(self) -> float:
     """Estimated MSE reduction 10·log10(σ² / SURE) in dB (the noisy input has MSE σ²)."""
     return gain_db(self.mse, self.sigma)
+
+  @property
+  def standard_error(self) -> float:
+    """Standard error of `mean`, image units (`standard_error`)."""
+    return standard_error(self.mse, self.band, self.div)
+
+  def record(self) -> dict:
+    """The numbers to report: {"n_images", "sure_mse", "sure_relative", "gain_db", "sure_se" (image units),
+    "relative_se" (standard error / estimate)}."""
+    se = self.standard_error
+    return {"n_images": len(self.mse), "sure_mse": self.mean, "sure_relative": self.relative, "gain_db": self.gain_db,
+            "sure_se": se, "relative_se": se / self.mean if self.mean > 0 else float("nan")}
+
+
+def standard_error(sure_mse, band=None, div=None) -> float:
+  """Standard error of the mean of per-image SURE values (B,) over independent images, image units.
+
+  SURE's σ² is the mean high-band power of the same images (`noise.band_power`, `band` (B,)), so
+  the mean's error is that of mean_i ψ_i with ψ_i = SURE_i − (1 − 2·mean div)·band_i (its influence
+  values; `div` (B,) per pixel, 0 if None): the sample sd of ψ over sqrt(B). Without `band`, that
+  of the SURE values. Conservative: the spread of the true per-image MSEs counts too. NaN with
+  fewer than 3 images.
+  """
+  s = np.asarray(sure_mse, np.float64)
+  if len(s) < 3:
+    return float("nan")
+  if band is not None:
+    s = s - (1.0 - 2.0 * (0.0 if div is None else float(np.mean(div)))) * np.asarray(band, np.float64)
+  return float(np.std(s, ddof=1) / np.sqrt(len(s)))
 
 
 def signal_power(images, sigma) -> float:
@@ -137,7 +175,8 @@ def sure(den: Callable, images, noise_std=None, *, sure_std=None, eps: float = E
   probes = _probes(seed, n_probes, images.shape)
   resid, div, _ = grid_stats(_fixed_knob(den), images, den_sigma, [0.0], probes, eps * sigma)
   output = np.asarray(den(images, den_sigma), np.float32) if keep_output else None
-  return SureEstimate(sure_from_stats(resid[0], div[0], sigma), sigma, signal_power(images, sigma), output)
+  return SureEstimate(sure_from_stats(resid[0], div[0], sigma), sigma, signal_power(images, sigma), output,
+                      np.asarray(band_power(images)), div[0])
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,9 +216,9 @@ def check_tunable(name: str) -> None:
 
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
-              n_estimate: int = N_ESTIMATE, seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES,
-              clean=None, grid_batch: int | None = None, estimate_batch: int = ESTIMATE_BATCH,
-              **fixed) -> tuple[dict, list[dict]]:
+              n_estimate: int = N_ESTIMATE, n_estimate_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET,
+              seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
+              grid_batch: int | None = None, estimate_batch: int = ESTIMATE_BATCH, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it).
 
@@ -189,9 +228,10 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
   only), the true "mse" of the same outputs. The chosen row also holds "estimate": SURE of the
-  chosen knob alone on up to `n_estimate` random images when the stack has at least twice the
-  tuning subset (`estimate_chosen`, new images in batches of up to `estimate_batch`; the grid's own
-  numbers otherwise), the number to report.
+  chosen knob alone on `n_estimate` random images, grown to at most `n_estimate_max` while its
+  standard error is above `se_target` of it, when the stack has at least twice the tuning subset
+  (`estimate_chosen`, new images in batches of up to `estimate_batch`; the grid's own numbers
+  otherwise), the number to report, with its standard error.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -212,10 +252,11 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   resid, div, mse = grid_stats(fn, images, den_sigma, values, probes, eps * sigma,
                                None if clean is None else np.asarray(clean, np.float32)[rows], grid_batch)
   seconds = (time.perf_counter() - t0) / len(values)
-  power = signal_power(images, sigma)
-  table = []
+  power, band = signal_power(images, sigma), np.asarray(band_power(images))
+  table, ests = [], []
   for g, v in enumerate(values):
-    est = SureEstimate(sure_from_stats(resid[g], div[g], sigma), sigma, power)
+    est = SureEstimate(sure_from_stats(resid[g], div[g], sigma), sigma, power, band=band, div=div[g])
+    ests.append(est)
     row = {knob: v, "sure_mse": est.mean, "sure_relative": est.relative, "gain_db": est.gain_db,
            "seconds": seconds}
     if clean is not None:
@@ -226,49 +267,64 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   note = reliability(den_sigma, sigma, best["sure_mse"], power)
   for row in table:
     row["warning"] = note
-  best["estimate"] = {"n_images": len(rows), **{k: best[k] for k in ("sure_mse", "sure_relative", "gain_db")},
-                      **({"mse": best["mse"]} if clean is not None else {})}
+  best["estimate"] = {**ests[g].record(), **({"mse": best["mse"]} if clean is not None else {})}
   if min(n_estimate, len(noisy)) >= 2 * len(rows):
     done = (rows, resid[g], div[g], None if mse is None else mse[g])
     best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
-                                       seed=seed, sure_std=sure_std, eps=eps, n_probes=n_probes, clean=clean,
-                                       done=done)
+                                       n_max=n_estimate_max, se_target=se_target, seed=seed, sure_std=sure_std,
+                                       eps=eps, n_probes=n_probes, clean=clean, done=done)
   return {knob: best[knob], **fixed}, table
 
 
 def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_estimate: int = N_ESTIMATE,
-                    seed: int = 0, sure_std=None, eps: float = EPS, n_probes: int = N_PROBES, clean=None,
-                    done=None) -> dict:
-  """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W), up to
-  `n_estimate`, the new ones in equal batches of at most `chunk` (the remainder left out: one compiled
-  shape; batch methods learn once per batch, so fewer, larger calls cost less); `done` = (rows, resid,
-  div, mse) of images already probed at this value (`grid_stats`' terms) are counted, not rerun.
-  Returns {"n_images", "sure_mse", "sure_relative", "gain_db"} (+ the true "mse" with `clean`).
+                    n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, seed: int = 0, sure_std=None,
+                    eps: float = EPS, n_probes: int = N_PROBES, clean=None, done=None) -> dict:
+  """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W): first
+  `n_estimate`, then one more batch at a time while the standard error exceeds `se_target` of the
+  estimate, up to `n_max` (or the stack). New images go in equal batches of at most `chunk` (one
+  compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
+  is left out); `done` = (rows, resid, div, mse) of images already probed at this value
+  (`grid_stats`' terms) are counted, not rerun. Returns `SureEstimate.record()` (+ the true "mse"
+  of the same images with `clean`).
 
   The estimate's error is mostly the realised noise in what the denoiser keeps (its energy differs
   from σ² by ~sqrt(2/(B·H·W)) relative), not σ's: on 20 settings (64², gaussian) SURE on 32 images
   was within 10% of the same images' true MSE in 18/20 with the estimated σ and 18/20 with the exact
-  one, on 128 in 20/20 (notes/final4/sure.md).
+  one, on 128 in 20/20 (notes/final4/sure.md); `standard_error` measures it on the images used.
   """
   noisy = np.asarray(noisy, np.float32)
   rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
   n_done = len(rows)
   rest = np.setdiff1d(np.arange(len(noisy)), rows)
+  rest = rest[np.random.default_rng(seed + 1).permutation(len(rest))]
   n_new = max(0, min(n_estimate, len(noisy)) - n_done)
-  chunk = n_new // -(-n_new // chunk) if n_new else 1  # as many equal batches of at most `chunk` as fit
-  rows = np.concatenate([rows, rest[subset(len(rest), n_new // chunk * chunk, seed + 1)]])
-  ns = None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows]
-  den_sigma, sigma = sigmas(noisy[rows], ns, sure_std)  # SURE's σ pooled over all the images
-  for c in range(n_done, len(rows), chunk):
-    part = slice(c, c + chunk)
-    probes = _probes(seed + 1 + c, n_probes, (chunk, *noisy.shape[1:]))
-    resid, div, mse = grid_stats(fn, noisy[rows[part]], den_sigma[part], [value], probes, eps * sigma[part],
-                                 None if clean is None else np.asarray(clean, np.float32)[rows[part]])
+  chunk = n_new // -(-n_new // chunk) if n_new else chunk  # as many equal batches of at most `chunk` as fit
+  n_first, n_stop = n_done + n_new // chunk * chunk, min(max(n_max, n_estimate), len(noisy))
+
+  def estimate(rows, stats):
+    _, sigma = sigmas(noisy[rows], None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows],
+                      sure_std)  # SURE's σ pooled over all the images
+    resid, div = (np.concatenate([st[i] for st in stats]) for i in (0, 1))
+    return SureEstimate(sure_from_stats(resid, div, sigma), sigma, signal_power(noisy[rows], sigma),
+                        band=np.asarray(band_power(noisy[rows])), div=div)
+
+  while True:
+    est = estimate(rows, stats) if stats else None
+    grow = len(rows) < n_first or (est.standard_error > se_target * est.mean and len(rows) + chunk <= n_stop)
+    if not grow or len(rows) - n_done + chunk > len(rest):
+      break
+    new = rest[len(rows) - n_done:len(rows) - n_done + chunk]
+    ns = None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[new]
+    den_sigma = np.asarray(noise_std_or_estimate(jnp.asarray(noisy[new]), ns), np.float32)
+    sigma = est.sigma if est is not None else sigmas(noisy[new], ns, sure_std)[1]  # probe step: σ so far
+    eps_abs = np.full(chunk, eps * float(np.mean(sigma)), np.float32)
+    probes = _probes(seed + 1 + len(rows), n_probes, (chunk, *noisy.shape[1:]))
+    resid, div, mse = grid_stats(fn, noisy[new], den_sigma, [value], probes, eps_abs,
+                                 None if clean is None else np.asarray(clean, np.float32)[new])
     stats.append((resid[0], div[0], None if mse is None else mse[0]))
-  resid, div = (np.concatenate([st[i] for st in stats]) for i in (0, 1))
-  est = SureEstimate(sure_from_stats(resid, div, sigma), sigma, signal_power(noisy[rows], sigma))
-  return {"n_images": len(rows), "sure_mse": est.mean, "sure_relative": est.relative, "gain_db": est.gain_db,
-          **({"mse": float(np.mean(np.concatenate([st[2] for st in stats])))} if clean is not None else {})}
+    rows = np.concatenate([rows, new])
+  return {**est.record(), **({"mse": float(np.mean(np.concatenate([st[2] for st in stats])))}
+                             if clean is not None else {})}
 
 
 def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:

@@ -136,8 +136,11 @@ def _table(rows: list[dict], key: str, fmt: str) -> list[str]:
 
 
 def _sure_table(rows: list[dict]) -> list[str]:
-  """'SURE / true' MSE per SURE-tuned method and SNR, then where SURE failed (off by > 10%, or warned)."""
-  cells = [dict(r, sure_vs_true=f"{r['sure_mse']:.4f} / {r['mse']:.4f}") for r in rows if r.get("sure_mse") is not None]
+  """'SURE ± its standard error / true' MSE per SURE-tuned method and SNR, then where SURE failed (off by
+  > 10%, or warned)."""
+  se = lambda r: f" ± {r['sure_se']:.4f}" if r.get("sure_se") is not None and r["sure_se"] == r["sure_se"] else ""  # noqa: E731
+  cells = [dict(r, sure_vs_true=f"{r['sure_mse']:.4f}{se(r)} / {r['mse']:.4f}") for r in rows
+           if r.get("sure_mse") is not None]
   lines = _table(cells, "sure_vs_true", "s")
   bad = [f"{r['method']} at SNR {r['snr']:g} ({r['sure_mse'] / r['mse']:.2f}× the true MSE"
          + (f"; {r['sure_warning']}" if r.get("sure_warning") else "") + ")" for r in cells
