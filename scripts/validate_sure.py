@@ -3,9 +3,10 @@
 usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] [N_ESTIMATE]
   e.g. ... out.jsonl gaussian,wiener,ddtf 16 1,0.5,0.2,0.1,0.05 phantom,ribosome 1,0 128
 σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed. Simulates
-max(N, N_ESTIMATE_MAX) images (default 512): the knob is tuned on N random ones, SURE's estimate of the
-chosen knob's MSE is made on N_ESTIMATE random ones, more while its standard error is above
-`sure.SE_TARGET` (`sure.estimate_chosen`), as `params=auto` does.
+max(N, N_ESTIMATE, 2,560) images (room for the estimate's 512 within `sure.ESTIMATE_BUDGET`): the
+knob is tuned on N random ones, SURE's estimate of the chosen knob's MSE is made on N_ESTIMATE
+random ones, more while its standard error is above `sure.SE_TARGET` (`sure.estimate_chosen`), as
+`params=auto` does.
 """
 import json
 import sys
@@ -54,7 +55,7 @@ def main():
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
   n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
-  n_sim = max(n, n_est, sure.N_ESTIMATE_MAX)
+  n_sim = max(n, n_est, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / sure.ESTIMATE_BUDGET))  # room for 512
   for name in sets:
     src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
         volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)

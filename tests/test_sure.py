@@ -121,9 +121,10 @@ def test_estimate_of_the_chosen_knob_on_more_images():
       "n_images": 32, "sure_mse": row["sure_mse"], "sure_relative": row["sure_relative"], "gain_db": row["gain_db"],
       "mse": row["mse"]}
   assert 0 < row["estimate"]["relative_se"] < 0.2
-  grown = [S.estimate_chosen(_gauss, y, None, 1.5, chunk=16, n_estimate=32, n_max=96, se_target=t, clean=x)
-           for t in (1.0, 1e-6)]
-  assert [g["n_images"] for g in grown] == [32, 96]  # grows a batch at a time while SE > target, to n_max
+  grown = [S.estimate_chosen(_gauss, y, None, 1.5, chunk=16, n_estimate=32, n_max=96, se_target=t, budget=b, clean=x)
+           for t, b in ((1.0, 10.0), (1e-6, 10.0), (1e-6, 2.0))]
+  # grows a batch at a time while SE > target, to n_max or as far as the budget goes (2 × 100 / 5 calls: 40 -> 32)
+  assert [g["n_images"] for g in grown] == [32, 96, 32]
   assert grown[1]["relative_se"] < grown[0]["relative_se"]
 
 

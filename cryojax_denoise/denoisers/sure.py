@@ -60,6 +60,9 @@ N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estim
 # the SNR (SE 4-7% of the MSE on 128 images of 64² at SNR 0.05, below 3% at SNR >= 0.2; notes/final6/sure.md).
 N_ESTIMATE_MAX = 512
 SE_TARGET = 0.03
+# ... and while its new images cost at most ESTIMATE_BUDGET × the stack's images in denoiser calls (1 + probes
+# each): auto then costs at most ~3× plain denoising on 1,000 images; the stack needs 2,560 for the full 512.
+ESTIMATE_BUDGET = 1.0
 # The estimate's new images (beyond the tuned subset) go in batches of up to ESTIMATE_BATCH: one call of 96
 # rather than three of 32, since DDTF and K-SVD learn once per call (DDTF: 0.65 CPU-s per call on 96 images,
 # 0.57 on 32, 5 calls instead of 15 with 4 probes); its Monte-Carlo noise is no larger (notes/final5/sure.md).
@@ -217,7 +220,7 @@ def check_tunable(name: str) -> None:
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
               n_estimate: int = N_ESTIMATE, n_estimate_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET,
-              seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
+              estimate_budget: float = ESTIMATE_BUDGET, seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
               grid_batch: int | None = None, estimate_batch: int = ESTIMATE_BATCH, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it).
@@ -229,7 +232,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
   only), the true "mse" of the same outputs. The chosen row also holds "estimate": SURE of the
   chosen knob alone on `n_estimate` random images, grown to at most `n_estimate_max` while its
-  standard error is above `se_target` of it, when the stack has at least twice the tuning subset
+  standard error is above `se_target` of it (within `estimate_budget`), when the stack has at least twice the tuning subset
   (`estimate_chosen`, new images in batches of up to `estimate_batch`; the grid's own numbers
   otherwise), the number to report, with its standard error.
   """
@@ -271,17 +274,20 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   if min(n_estimate, len(noisy)) >= 2 * len(rows):
     done = (rows, resid[g], div[g], None if mse is None else mse[g])
     best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
-                                       n_max=n_estimate_max, se_target=se_target, seed=seed, sure_std=sure_std,
+                                       n_max=n_estimate_max, se_target=se_target, budget=estimate_budget,
+                                       seed=seed, sure_std=sure_std,
                                        eps=eps, n_probes=n_probes, clean=clean, done=done)
   return {knob: best[knob], **fixed}, table
 
 
 def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_estimate: int = N_ESTIMATE,
-                    n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, seed: int = 0, sure_std=None,
+                    n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, budget: float = ESTIMATE_BUDGET,
+                    seed: int = 0, sure_std=None,
                     eps: float = EPS, n_probes: int = N_PROBES, clean=None, done=None) -> dict:
   """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W): first
   `n_estimate`, then one more batch at a time while the standard error exceeds `se_target` of the
-  estimate, up to `n_max` (or the stack). New images go in equal batches of at most `chunk` (one
+  estimate, up to `n_max`, the stack, and new images whose (1 + `n_probes`) calls each add up to at
+  most `budget` × the stack's images. New images go in equal batches of at most `chunk` (one
   compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
   is left out); `done` = (rows, resid, div, mse) of images already probed at this value
   (`grid_stats`' terms) are counted, not rerun. Returns `SureEstimate.record()` (+ the true "mse"
@@ -299,7 +305,8 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   rest = rest[np.random.default_rng(seed + 1).permutation(len(rest))]
   n_new = max(0, min(n_estimate, len(noisy)) - n_done)
   chunk = n_new // -(-n_new // chunk) if n_new else chunk  # as many equal batches of at most `chunk` as fit
-  n_first, n_stop = n_done + n_new // chunk * chunk, min(max(n_max, n_estimate), len(noisy))
+  n_first = n_done + n_new // chunk * chunk
+  n_stop = min(max(n_max, n_estimate), len(noisy), max(n_first, n_done + int(budget * len(noisy) / (1 + n_probes))))
 
   def estimate(rows, stats):
     _, sigma = sigmas(noisy[rows], None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows],
