@@ -3,10 +3,10 @@
 usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] [N_ESTIMATE]
   e.g. ... out.jsonl gaussian,wiener,ddtf 16 1,0.5,0.2,0.1,0.05 phantom,ribosome 1,0 128
 σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed. Simulates
-max(N, N_ESTIMATE, 2,560) images (room for the estimate's 512 within `sure.ESTIMATE_BUDGET`): the
-knob is tuned on N random ones, SURE's estimate of the chosen knob's MSE is made on N_ESTIMATE
-random ones, more while its standard error is above `sure.SE_TARGET` (`sure.estimate_chosen`), as
-`params=auto` does.
+max(N, N_ESTIMATE, 2,560) images: the knob is tuned on N random ones, SURE's estimate of the
+chosen knob's MSE is made on N_ESTIMATE random ones, more while its standard error is above
+`sure.SE_TARGET` (`sure.estimate_chosen`), as `params=auto` does, up to the 512 of
+`sure.N_ESTIMATE_MAX` (an estimate budget of 1: the cap a stack of 5,120 reaches by default).
 """
 import json
 import sys
@@ -16,6 +16,8 @@ import numpy as np
 
 from cryojax_denoise.data import simulate
 from cryojax_denoise.denoisers import sure
+
+BUDGET = 1.0  # the estimate's budget (`sure.ESTIMATE_BUDGET`) on the simulated stacks: room for its 512 images
 
 
 def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
@@ -55,7 +57,7 @@ def main():
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
   n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
-  n_sim = max(n, n_est, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / sure.ESTIMATE_BUDGET))  # room for 512
+  n_sim = max(n, n_est, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / BUDGET))  # room for 512
   for name in sets:
     src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
         volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
@@ -64,7 +66,7 @@ def main():
         ds = simulate.simulate_dataset(src, n_sim, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
         for m in methods:
           t = time.time()
-          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est)
+          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est, estimate_budget=BUDGET)
           r.update(set=name, ctf=ctf, snr=snr, n=n, noise_std_true=float(ds.noise_std), wall=time.time() - t)
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")

@@ -82,6 +82,12 @@ FIT_SHELLS = (0.25, 0.3, 0.35, 0.4)  # edges of the shells below the band whose 
 FIT_Z = 3.0  # a shell's excess power over σ² counts as signal above this many standard errors
 
 
+@jax.jit
+def _mean_power(images: jax.Array) -> jax.Array:
+  """Mean |FFT|²/(H·W) over a (B, H, W) batch, (H, W)."""
+  return jnp.mean(jnp.abs(jnp.fft.fft2(images)) ** 2, axis=0) / (images.shape[-2] * images.shape[-1])
+
+
 def tail_corrected_noise_std(images, cutoff: float = BAND_CUTOFF, shells: tuple = FIT_SHELLS,
                              z: float = FIT_Z, n_iter: int = 1) -> float:
   """`band_noise_std` less the signal power extrapolated into the band, for (B, H, W), image units.
@@ -94,10 +100,9 @@ def tail_corrected_noise_std(images, cutoff: float = BAND_CUTOFF, shells: tuple 
   fall, nothing is subtracted: then it is `band_noise_std` itself (low SNR). Phantom with CTF rings at
   SNR 1, 64²: the band r > 0.4 holds 1.2% of σ² of signal, the shells below 7.7-50%.
   """
-  x = np.asarray(images, np.float64)
-  b, h, w = x.shape
+  b, h, w = np.shape(images)
   r = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2)
-  power = np.mean(np.abs(np.fft.fft2(x)) ** 2, axis=0) / (h * w)
+  power = np.asarray(_mean_power(jnp.asarray(images, jnp.float32)), np.float64)
   band = r > cutoff
   p_band = power[band].mean()
   masks = [(r > lo) & (r <= hi) for lo, hi in zip(shells[:-1], shells[1:])]

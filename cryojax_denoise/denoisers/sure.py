@@ -61,8 +61,9 @@ N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estim
 N_ESTIMATE_MAX = 512
 SE_TARGET = 0.03
 # ... and while its new images cost at most ESTIMATE_BUDGET × the stack's images in denoiser calls (1 + probes
-# each): auto then costs at most ~3× plain denoising on 1,000 images; the stack needs 2,560 for the full 512.
-ESTIMATE_BUDGET = 1.0
+# each): a stack of 1,000 keeps the 128 (DDTF's auto then costs 2.6× plain denoising in batches of 64, 3.05× at a
+# budget of 1, which grew it to 224); the full 512 needs 5,120 images.
+ESTIMATE_BUDGET = 0.5
 # The estimate's new images (beyond the tuned subset) go in batches of up to ESTIMATE_BATCH: one call of 96
 # rather than three of 32, since DDTF and K-SVD learn once per call (DDTF: 0.65 CPU-s per call on 96 images,
 # 0.57 on 32, 5 calls instead of 15 with 4 probes); its Monte-Carlo noise is no larger (notes/final5/sure.md).
@@ -282,8 +283,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
 
 def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_estimate: int = N_ESTIMATE,
                     n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, budget: float = ESTIMATE_BUDGET,
-                    seed: int = 0, sure_std=None,
-                    eps: float = EPS, n_probes: int = N_PROBES, clean=None, done=None) -> dict:
+                    seed: int = 0, sure_std=None, eps: float = EPS, n_probes: int = N_PROBES, clean=None,
+                    done=None) -> dict:
   """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W): first
   `n_estimate`, then one more batch at a time while the standard error exceeds `se_target` of the
   estimate, up to `n_max`, the stack, and new images whose (1 + `n_probes`) calls each add up to at
@@ -299,39 +300,46 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   one, on 128 in 20/20 (notes/final4/sure.md); `standard_error` measures it on the images used.
   """
   noisy = np.asarray(noisy, np.float32)
-  rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
-  n_done = len(rows)
-  rest = np.setdiff1d(np.arange(len(noisy)), rows)
-  rest = rest[np.random.default_rng(seed + 1).permutation(len(rest))]
+  stack_std = None if noise_std is None else np.broadcast_to(np.asarray(noise_std, np.float32), len(noisy))
+  done_rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
+  n_done = n = len(done_rows)
+  rest = np.setdiff1d(np.arange(len(noisy)), done_rows)
+  order = np.concatenate([done_rows, rest[np.random.default_rng(seed + 1).permutation(len(rest))]])  # as taken
   n_new = max(0, min(n_estimate, len(noisy)) - n_done)
   chunk = n_new // -(-n_new // chunk) if n_new else chunk  # as many equal batches of at most `chunk` as fit
   n_first = n_done + n_new // chunk * chunk
   n_stop = min(max(n_max, n_estimate), len(noisy), max(n_first, n_done + int(budget * len(noisy) / (1 + n_probes))))
+  bands = [np.asarray(band_power(noisy[done_rows]))] if n_done else []
+  terms = lambda i: np.concatenate([st[i] for st in stats])  # noqa: E731 (per-image resid, div, mse so far)
 
-  def estimate(rows, stats):
-    _, sigma = sigmas(noisy[rows], None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows],
-                      sure_std)  # SURE's σ pooled over all the images
-    resid, div = (np.concatenate([st[i] for st in stats]) for i in (0, 1))
-    return SureEstimate(sure_from_stats(resid, div, sigma), sigma, signal_power(noisy[rows], sigma),
-                        band=np.asarray(band_power(noisy[rows])), div=div)
+  @functools.lru_cache(maxsize=None)
+  def pooled(k):  # SURE's σ pooled over the first k images (given: per image)
+    r = order[:k]
+    if stack_std is not None:
+      return stack_std[r]
+    return np.full(k, tail_corrected_noise_std(noisy[r]) if sure_std is None else sure_std, np.float32)
 
-  while True:
-    est = estimate(rows, stats) if stats else None
-    grow = len(rows) < n_first or (est.standard_error > se_target * est.mean and len(rows) + chunk <= n_stop)
-    if not grow or len(rows) - n_done + chunk > len(rest):
-      break
-    new = rest[len(rows) - n_done:len(rows) - n_done + chunk]
-    ns = None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[new]
-    den_sigma = np.asarray(noise_std_or_estimate(jnp.asarray(noisy[new]), ns), np.float32)
-    sigma = est.sigma if est is not None else sigmas(noisy[new], ns, sure_std)[1]  # probe step: σ so far
-    eps_abs = np.full(chunk, eps * float(np.mean(sigma)), np.float32)
-    probes = _probes(seed + 1 + len(rows), n_probes, (chunk, *noisy.shape[1:]))
-    resid, div, mse = grid_stats(fn, noisy[new], den_sigma, [value], probes, eps_abs,
+  def sure_sigma(k):  # while growing, σ of the first n_first images (probe step and growth test); at the end all k
+    return pooled(k) if stack_std is not None or k <= n_first else np.resize(pooled(n_first), k)
+
+  while n < n_first or (n + chunk <= n_stop and n + chunk <= len(order)):
+    if n >= n_first:  # grow only while the standard error is above its target
+      values = sure_from_stats(terms(0), terms(1), sure_sigma(n))
+      if not standard_error(values, np.concatenate(bands), terms(1)) > se_target * values.mean():
+        break
+    new = order[n:n + chunk]
+    den_sigma = np.asarray(noise_std_or_estimate(jnp.asarray(noisy[new]), None if stack_std is None else stack_std[new]))
+    probes = _probes(seed + 1 + n, n_probes, (chunk, *noisy.shape[1:]))
+    step = eps * (stack_std[new] if stack_std is not None else np.full(chunk, sure_sigma(n_first)[0], np.float32))
+    resid, div, mse = grid_stats(fn, noisy[new], den_sigma, [value], probes, step,
                                  None if clean is None else np.asarray(clean, np.float32)[new])
     stats.append((resid[0], div[0], None if mse is None else mse[0]))
-    rows = np.concatenate([rows, new])
-  return {**est.record(), **({"mse": float(np.mean(np.concatenate([st[2] for st in stats])))}
-                             if clean is not None else {})}
+    bands.append(np.asarray(band_power(noisy[new])))
+    n += chunk
+  sigma = pooled(n)
+  est = SureEstimate(sure_from_stats(terms(0), terms(1), sigma), sigma, signal_power(noisy[order[:n]], sigma),
+                     band=np.concatenate(bands), div=terms(1))
+  return {**est.record(), **({"mse": float(np.mean(terms(2)))} if clean is not None else {})}
 
 
 def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:
