@@ -233,7 +233,8 @@ def write_report(rows: list[dict], workdir: str, *, config_json: str, device: st
       lines += ["", f"{h} 3D reconstruction: half-map FSC 0.143 resolution (Å)", ""]
       lines += _table(subset, "fsc_resolution_A", ".1f")
     if any(r.get("sure_mse") is not None for r in subset):
-      lines += ["", f"{h} SURE's estimate of the MSE (noisy images alone) / true MSE", ""] + _sure_table(subset)
+      lines += ["", f"{h} SURE's estimate of the MSE (noisy images alone) ± its standard error / true MSE", ""]
+      lines += _sure_table(subset)
     lines += ["", f"{h} Seconds per image", ""] + _table(subset, "seconds_per_image", ".4f")
     lines += ["", f"{h} Findings", ""] + findings(subset, classical, learned) + [""]
   if chosen:
