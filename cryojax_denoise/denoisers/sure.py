@@ -57,7 +57,7 @@ N_IMAGES = 32      # images drawn from a stack to tune on
 N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estimate_chosen`), at least
 # ... and more, a batch at a time, while its standard error is above SE_TARGET of the estimate, up to N_ESTIMATE_MAX:
 # the estimate's error is mostly the images' realised noise, ~σ²·sqrt(2/pixels) against an MSE that falls with
-# the SNR (SE 4-7% of the MSE on 128 images of 64² at SNR 0.05, below 3% at SNR >= 0.2; notes/final6/sure.md).
+# the SNR (its SE on 128 images of 64²: 4-14% of the MSE at SNR 0.05, 1-6% at SNR 0.2; README, SURE section).
 N_ESTIMATE_MAX = 512
 SE_TARGET = 0.03
 # ... and while its new images cost at most ESTIMATE_BUDGET × the stack's images in denoiser calls (1 + probes
