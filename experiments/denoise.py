@@ -247,7 +247,8 @@ def _summary(est: dict, sigma, scale) -> dict:
   mse, se = est["sure_mse"] * scale ** 2, est["sure_se"] * scale ** 2
   logging.info("SURE on %d images: estimated MSE %.4g ± %.2g (%.3g of the signal power), MSE reduction %.2f dB "
                "(σ %.4g)", est["n_images"], mse, se, est["sure_relative"], est["gain_db"], sigma * scale)
-  return {"n_images": est["n_images"], "noise_std": sigma * scale, "mse": mse, "mse_standard_error": se,
+  return {"n_images": est["n_images"], "noise_std": sigma * scale, "mse": mse,
+          "mse_standard_error": se if se == se else None,  # NaN (under 3 images) is not JSON
           "relative_mse": est["sure_relative"], "gain_db": est["gain_db"]}
 
 
@@ -300,8 +301,9 @@ def _write_record(record: dict, outputs) -> None:
     s = record["sure"]
     with open(outputs.star) as f:
       text = f.read()
+    se = "" if s["mse_standard_error"] is None else f" ± {s['mse_standard_error']:.2g}"
     comment = (f"# cryojax-denoise: method {record['method']}, params {record['params']}"
                f"{' (params=auto, chosen by SURE)' if record['auto'] else ''}; SURE on {s['n_images']} images: "
-               f"MSE {s['mse']:.5g} ± {s['mse_standard_error']:.2g}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
+               f"MSE {s['mse']:.5g}{se}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
     io.atomic_write_text(outputs.star, comment + text)
   logging.info("wrote %s", path)
