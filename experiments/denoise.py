@@ -283,8 +283,9 @@ def _quality(config, table, reader, denoiser) -> dict:
   from cryojax_denoise.denoisers import sure
 
   images, noise_std, scale = _sure_subset(config, table, reader)
-  est = sure.sure(denoiser, images, noise_std, eps=sure.eps_for(config.method))
   params = parse_params(params_mode(config)[1])
+  est = sure.sure(denoiser, images, noise_std, eps=sure.eps_for(config.method),
+                  div=sure.known_divergence(config.method, images.shape, **params))
   return {"method": config.method, "params": params, "auto": False,
           "sure": _summary(est.record(), float(est.sigma.mean()), scale)}
 

@@ -21,8 +21,15 @@ def _freq2(h: int, w: int) -> np.ndarray:
   return (fy ** 2 + fx ** 2).astype(np.float32)
 
 
+def gaussian_divergence(h: int, w: int, *, width: float = 1.5) -> float:
+  """Divergence per pixel of `gaussian_denoise` on h × w images: its transfer function averaged over
+  the full DFT grid (a circular convolution has that on its matrix's diagonal). Exact, for SURE."""
+  f2 = np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2
+  return float(np.mean(np.exp(-2.0 * (np.pi * float(width)) ** 2 * f2)))
+
+
 @register("gaussian", knob="width", grid=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0), needs_sigma=False,
-          description="Gaussian low-pass, kernel std `width` pixels")
+          divergence=gaussian_divergence, description="Gaussian low-pass, kernel std `width` pixels")
 @jax.jit
 def gaussian_denoise(images: jax.Array, noise_std=None, *, width: float = 1.5) -> jax.Array:
   """Gaussian low-pass of (B, H, W) with kernel std `width` pixels (periodic boundary); σ unused."""

@@ -25,7 +25,10 @@ class Method:
 
   `needs_sigma`: `get` passes a (B,) noise std (estimated when None); `learned`: `fn` loads a
   trained model from `checkpoint=`; `uses_ctf`: the method takes per-particle CTFs; `fit`: an
-  optional `fit(images, noise_std, **params) -> state` for methods fitted to a whole stack.
+  optional `fit(images, noise_std, **params) -> state` for methods fitted to a whole stack;
+  `divergence`: for a linear shift-invariant method, `divergence(h, w, **params) -> float`, its
+  exact divergence per pixel on h × w images (the trace of its matrix over h·w), which SURE then
+  uses instead of probing (`sure.py`).
   """
   name: str
   fn: Callable
@@ -37,6 +40,7 @@ class Method:
   learned: bool = False
   uses_ctf: bool = False
   fit: Callable | None = None
+  divergence: Callable | None = None
 
   @property
   def params(self) -> list[str]:
@@ -60,7 +64,7 @@ def keyword_params(fn: Callable) -> list[str]:
 
 def register(name: str, *, knob: str | None = None, grid: tuple = (), description: str = "",
              needs_sigma: bool = True, learned: bool = False, uses_ctf: bool = False,
-             fit: Callable | None = None) -> Callable:
+             fit: Callable | None = None, divergence: Callable | None = None) -> Callable:
   """Decorator adding `fn` to `REGISTRY` as `name`; returns `fn` unchanged.
 
   `knob` must be a keyword-only argument of `fn` with a default (the method's default value);
@@ -74,7 +78,8 @@ def register(name: str, *, knob: str | None = None, grid: tuple = (), descriptio
         raise TypeError(f"register({name!r}): knob {knob!r} is not a keyword-only argument with a default")
       default = param.default
     desc = description or (inspect.getdoc(fn) or name).splitlines()[0]
-    REGISTRY[name] = Method(name, fn, knob, tuple(grid), default, desc, needs_sigma, learned, uses_ctf, fit)
+    REGISTRY[name] = Method(name, fn, knob, tuple(grid), default, desc, needs_sigma, learned, uses_ctf, fit,
+                            divergence)
     return fn
 
   return decorate

@@ -7,8 +7,9 @@ denoiser f (weakly differentiable), Stein's unbiased risk estimate of the per-im
     SURE(y) = ‖y − f(y)‖²/N − σ² + 2σ²·div f(y)/N,   div f(y) ≈ bᵀ(f(y + εb) − f(y))/ε,
 
 with b a Rademacher probe (entries ±1, one per pixel of the batch), averaged over `n_probes`
-probes, and ε = `eps`·σ per image. Our patch methods threshold (DDTF, OMP) and are not smooth:
-a tiny ε measures only the local Jacobian and misses the jumps, so ε is a fraction of σ (see
+probes, and ε = `eps`·σ per image; a linear shift-invariant method (gaussian) registers its exact
+divergence (`Method.divergence`, `known_divergence`) and is not probed. Our patch methods
+threshold (DDTF, OMP) and are not smooth: a tiny ε measures only the local Jacobian and misses the jumps, so ε is a fraction of σ (see
 `EPS`). Everything is in image units; `relative_mse` divides by the signal power estimated from
 the noisy images, var(y) − σ² (the sweep's MSE is relative to signal power).
 
@@ -36,6 +37,7 @@ from cryojax_denoise.denoisers.noise import band_power, noise_std_or_estimate, t
 from cryojax_denoise.denoisers.sure_grid import (  # noqa: F401 (divergence, is_jittable, rademacher: API)
     divergence, grid_stats, is_jittable, rademacher, sure_from_stats)
 from cryojax_denoise.denoisers.sure_grid import rademacher_probes as _probes
+from cryojax_denoise.denoisers.registry import keyword_params
 from cryojax_denoise.errors import InputError
 
 # Probe step as a fraction of σ. Thresholding methods (ddtf, ksvd, bm3d) need a step that is not
@@ -167,20 +169,35 @@ def _fixed_knob(den: Callable) -> Callable:
 
 
 def sure(den: Callable, images, noise_std=None, *, sure_std=None, eps: float = EPS,
-         n_probes: int = N_PROBES, seed: int = 0, keep_output: bool = False) -> SureEstimate:
+         n_probes: int = N_PROBES, seed: int = 0, keep_output: bool = False, div: float | None = None) -> SureEstimate:
   """MC-SURE of `den(images (B, H, W), noise_std (B,)) -> (B, H, W)` on `images`, in image units.
 
   `noise_std` scalar or (B,) (None: estimated, see `sigmas`; `sure_std` then overrides SURE's σ);
-  `eps` the probe step as a fraction of σ; `n_probes` Rademacher probes from `seed`.
-  Costs 1 + n_probes calls of `den` on the batch.
+  `eps` the probe step as a fraction of σ; `n_probes` Rademacher probes from `seed`, or none when
+  `div`, the exact divergence per pixel, is known (`known_divergence`).
+  Costs 1 + n_probes calls of `den` on the batch (1 with `div`).
   """
   images = np.asarray(images, np.float32)
   den_sigma, sigma = sigmas(images, noise_std, sure_std)
-  probes = _probes(seed, n_probes, images.shape)
-  resid, div, _ = grid_stats(_fixed_knob(den), images, den_sigma, [0.0], probes, eps * sigma)
+  probes = _probes(seed, 0 if div is not None else n_probes, images.shape)
+  resid, mc_div, _ = grid_stats(_fixed_knob(den), images, den_sigma, [0.0], probes, eps * sigma)
+  div = mc_div[0] if div is None else np.full(len(images), div, np.float32)
   output = np.asarray(den(images, den_sigma), np.float32) if keep_output else None
-  return SureEstimate(sure_from_stats(resid[0], div[0], sigma), sigma, signal_power(images, sigma), output,
-                      np.asarray(band_power(images)), div[0])
+  return SureEstimate(sure_from_stats(resid[0], div, sigma), sigma, signal_power(images, sigma), output,
+                      np.asarray(band_power(images)), div)
+
+
+def known_divergence(name: str, shape: tuple, **params) -> float | None:
+  """Exact divergence per pixel of registry method `name` with `params` (its defaults for the rest)
+  on images of `shape` (..., H, W), when it registers one (`Method.divergence`: linear shift-invariant
+  methods); None otherwise."""
+  from cryojax_denoise import denoisers
+
+  method = denoisers.REGISTRY.get(name)
+  if method is None or method.divergence is None:
+    return None
+  takes = keyword_params(method.divergence)
+  return float(method.divergence(*shape[-2:], **{k: v for k, v in {**method.defaults, **params}.items() if k in takes}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -221,21 +238,23 @@ def check_tunable(name: str) -> None:
 
 def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_images: int = N_IMAGES,
               n_estimate: int = N_ESTIMATE, n_estimate_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET,
-              estimate_budget: float = ESTIMATE_BUDGET, seed: int = 0, eps: float | None = None, n_probes: int = N_PROBES, clean=None,
-              grid_batch: int | None = None, estimate_batch: int = ESTIMATE_BATCH, **fixed) -> tuple[dict, list[dict]]:
+              estimate_budget: float = ESTIMATE_BUDGET, seed: int = 0, eps: float | None = None,
+              n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
+              estimate_batch: int = ESTIMATE_BATCH, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it).
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
-  `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`. Like
+  `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`; a method
+  with a `known_divergence` is not probed (`n_probes` ignored). Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
-  only), the true "mse" of the same outputs. The chosen row also holds "estimate": SURE of the
-  chosen knob alone on `n_estimate` random images, grown to at most `n_estimate_max` while its
-  standard error is above `se_target` of it (within `estimate_budget`), when the stack has at least twice the tuning subset
-  (`estimate_chosen`, new images in batches of up to `estimate_batch`; the grid's own numbers
-  otherwise), the number to report, with its standard error.
+  only), the true "mse" of the same outputs. The chosen row also holds "estimate", the number to
+  report, with its standard error: SURE of the chosen knob alone on `n_estimate` random images,
+  grown to at most `n_estimate_max` while its standard error is above `se_target` of it (within
+  `estimate_budget`; `estimate_chosen`, new images in batches of up to `estimate_batch`) when the
+  stack has at least twice the tuning subset, the grid's own numbers otherwise.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
@@ -250,11 +269,15 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   images = noisy[rows]
   den_sigma, sigma = sigmas(images, None if noise_std is None else np.broadcast_to(noise_std, len(noisy))[rows],
                             sure_std)
+  exact = [known_divergence(name, images.shape, **{knob: v}, **fixed) for v in values]
+  n_probes = 0 if exact[0] is not None else n_probes
   probes = _probes(seed, n_probes, images.shape)
   fn = knob_function(name, tuple(sorted(fixed.items())))
   t0 = time.perf_counter()
   resid, div, mse = grid_stats(fn, images, den_sigma, values, probes, eps * sigma,
                                None if clean is None else np.asarray(clean, np.float32)[rows], grid_batch)
+  if n_probes == 0:
+    div = np.repeat(np.asarray(exact, np.float32)[:, None], len(rows), axis=1)
   seconds = (time.perf_counter() - t0) / len(values)
   power, band = signal_power(images, sigma), np.asarray(band_power(images))
   table, ests = [], []
@@ -276,22 +299,23 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     done = (rows, resid[g], div[g], None if mse is None else mse[g])
     best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
                                        n_max=n_estimate_max, se_target=se_target, budget=estimate_budget,
-                                       seed=seed, sure_std=sure_std,
-                                       eps=eps, n_probes=n_probes, clean=clean, done=done)
+                                       seed=seed, sure_std=sure_std, eps=eps, n_probes=n_probes, clean=clean,
+                                       done=done, div=exact[g])
   return {knob: best[knob], **fixed}, table
 
 
 def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_estimate: int = N_ESTIMATE,
                     n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, budget: float = ESTIMATE_BUDGET,
                     seed: int = 0, sure_std=None, eps: float = EPS, n_probes: int = N_PROBES, clean=None,
-                    done=None) -> dict:
+                    done=None, div: float | None = None) -> dict:
   """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W): first
   `n_estimate`, then one more batch at a time while the standard error exceeds `se_target` of the
   estimate, up to `n_max`, the stack, and new images whose (1 + `n_probes`) calls each add up to at
   most `budget` × the stack's images. New images go in equal batches of at most `chunk` (one
   compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
   is left out); `done` = (rows, resid, div, mse) of images already probed at this value
-  (`grid_stats`' terms) are counted, not rerun. Returns `SureEstimate.record()` (+ the true "mse"
+  (`grid_stats`' terms) are counted, not rerun; `div` the exact divergence per pixel, when known (no
+  probes: `n_probes` is then 0). Returns `SureEstimate.record()` (+ the true "mse"
   of the same images with `clean`).
 
   The estimate's error is mostly the realised noise in what the denoiser keeps (its energy differs
@@ -300,6 +324,7 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   one, on 128 in 20/20 (notes/final4/sure.md); `standard_error` measures it on the images used.
   """
   noisy = np.asarray(noisy, np.float32)
+  n_probes = 0 if div is not None else n_probes
   stack_std = None if noise_std is None else np.broadcast_to(np.asarray(noise_std, np.float32), len(noisy))
   done_rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
   n_done = n = len(done_rows)
@@ -328,12 +353,14 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
       if not standard_error(values, np.concatenate(bands), terms(1)) > se_target * values.mean():
         break
     new = order[n:n + chunk]
-    den_sigma = np.asarray(noise_std_or_estimate(jnp.asarray(noisy[new]), None if stack_std is None else stack_std[new]))
+    given = None if stack_std is None else stack_std[new]
+    den_sigma = np.asarray(noise_std_or_estimate(jnp.asarray(noisy[new]), given))
     probes = _probes(seed + 1 + n, n_probes, (chunk, *noisy.shape[1:]))
     step = eps * (stack_std[new] if stack_std is not None else np.full(chunk, sure_sigma(n_first)[0], np.float32))
-    resid, div, mse = grid_stats(fn, noisy[new], den_sigma, [value], probes, step,
-                                 None if clean is None else np.asarray(clean, np.float32)[new])
-    stats.append((resid[0], div[0], None if mse is None else mse[0]))
+    resid, mc_div, mse = grid_stats(fn, noisy[new], den_sigma, [value], probes, step,
+                                    None if clean is None else np.asarray(clean, np.float32)[new])
+    stats.append((resid[0], mc_div[0] if div is None else np.full(chunk, div, np.float32),
+                  None if mse is None else mse[0]))
     bands.append(np.asarray(band_power(noisy[new])))
     n += chunk
   sigma = pooled(n)

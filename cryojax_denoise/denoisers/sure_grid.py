@@ -23,9 +23,11 @@ def divergence(out, probed, probes, eps):
   """Per-image MC divergence (B,): mean over k of b_kᵀ(f(y + ε·b_k) − f(y))/ε over each image.
 
   `out` f(y) (B, H, W), `probed` f(y + ε·b_k) (K, B, H, W), `probes` the ±1 b_k (K, B, H, W),
-  `eps` (B,) the absolute steps. NumPy or JAX arrays.
+  `eps` (B,) the absolute steps. NumPy or JAX arrays. Zeros when K = 0 (no probes: a known divergence).
   """
   xp = jnp if isinstance(out, jax.Array) else np
+  if probes.shape[0] == 0:
+    return xp.zeros(out.shape[:1], out.dtype)
   return xp.mean(xp.sum(probes * (probed - out[None]) / eps[None, :, None, None], axis=(-2, -1)), axis=0)
 
 
@@ -96,7 +98,8 @@ def grid_stats(fn: Callable, images, sigma, values, probes, eps, clean=None, gri
   n, stats = images.shape[-2] * images.shape[-1], []
   for v in values:  # not jit-able (bm3d): one batch at a time
     out = np.asarray(fn(images, sigma, float(v)), np.float32)
-    probed = np.stack([np.asarray(fn(images + eps[:, None, None] * b, sigma, float(v)), np.float32) for b in probes])
+    probed = np.asarray([np.asarray(fn(images + eps[:, None, None] * b, sigma, float(v))) for b in probes],
+                        np.float32).reshape(len(probes), *images.shape)
     stats.append((np.sum((images - out) ** 2, axis=(-2, -1)) / n, divergence(out, probed, probes, eps) / n,
                   np.zeros(len(images)) if clean is None else np.sum((out - clean) ** 2, axis=(-2, -1)) / n))
   resid, div, mse = (np.stack(a) for a in zip(*stats))
