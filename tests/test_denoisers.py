@@ -102,3 +102,16 @@ def test_tune_times_the_first_value_without_its_compilation():
     assert table[0]["seconds"] < 0.25 and [row["k"] for row in table] == [1.0, 2.0]
   finally:
     denoisers.REGISTRY.pop("_slow_first_call")
+
+
+def test_bm3d_workers_report_their_cpu_time():
+  """bm3d in 2 worker processes = bm3d in this process, and the workers' CPU seconds (which
+  `time.process_time` leaves out) add up in `worker_cpu_seconds` for the benchmark's auto cost."""
+  from cryojax_denoise.denoisers import bm3d
+
+  noisy, _, sigma = _noisy(0.5)
+  before = bm3d.worker_cpu_seconds()
+  out, cpu = bm3d.bm3d_denoise_cpu(noisy, sigma, workers=2)
+  assert cpu > 0 and bm3d.worker_cpu_seconds() == pytest.approx(before + cpu)
+  np.testing.assert_allclose(out, bm3d.bm3d_denoise(noisy, sigma, workers=1), atol=1e-5)
+  bm3d.shutdown_pool()
