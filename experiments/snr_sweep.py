@@ -188,8 +188,8 @@ def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
   params, table = sure.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
   knob = denoisers.REGISTRY[name].knob
   best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
-  est = best.get("estimate") or best
-  return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est.get("relative_se", float("nan")),
+  est = best["estimate"]
+  return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est["relative_se"],
                   "sure_warning": best["warning"]}
 
 

@@ -77,7 +77,6 @@ def band_power(images: jax.Array, cutoff: float = BAND_CUTOFF) -> jax.Array:
   return jnp.sum(jnp.where(band, power, 0.0), axis=(-2, -1)) / jnp.sum(band)
 
 
-
 FIT_SHELLS = (0.25, 0.3, 0.35, 0.4)  # edges of the shells below the band whose excess power is extrapolated
 FIT_Z = 3.0  # a shell's excess power over σ² counts as signal above this many standard errors
 
