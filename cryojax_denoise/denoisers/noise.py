@@ -73,8 +73,12 @@ def band_power(images: jax.Array, cutoff: float = BAND_CUTOFF) -> jax.Array:
   _, H, W = x.shape
   r2 = np.fft.fftfreq(H)[:, None] ** 2 + np.fft.fftfreq(W)[None, :] ** 2
   band = jnp.asarray(r2 > cutoff ** 2)
-  power = jnp.abs(jnp.fft.fft2(x)) ** 2 / (H * W)
-  return jnp.sum(jnp.where(band, power, 0.0), axis=(-2, -1)) / jnp.sum(band)
+  return jnp.sum(jnp.where(band, power_spectrum(x), 0.0), axis=(-2, -1)) / jnp.sum(band)
+
+
+def power_spectrum(images: jax.Array) -> jax.Array:
+  """|FFT|²/(H·W) of each image of (B, H, W), (B, H, W): white noise of std σ has σ² in every mode."""
+  return jnp.abs(jnp.fft.fft2(images)) ** 2 / (images.shape[-2] * images.shape[-1])
 
 
 FIT_SHELLS = (0.25, 0.3, 0.35, 0.4)  # edges of the shells below the band whose excess power is extrapolated
@@ -83,8 +87,8 @@ FIT_Z = 3.0  # a shell's excess power over σ² counts as signal above this many
 
 @jax.jit
 def _mean_power(images: jax.Array) -> jax.Array:
-  """Mean |FFT|²/(H·W) over a (B, H, W) batch, (H, W)."""
-  return jnp.mean(jnp.abs(jnp.fft.fft2(images)) ** 2, axis=0) / (images.shape[-2] * images.shape[-1])
+  """`power_spectrum` averaged over a (B, H, W) batch, (H, W)."""
+  return jnp.mean(power_spectrum(images), axis=0)
 
 
 def tail_corrected_noise_std(images, cutoff: float = BAND_CUTOFF, shells: tuple = FIT_SHELLS,

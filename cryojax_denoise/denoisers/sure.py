@@ -296,7 +296,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     row["warning"] = note
   best["estimate"] = {**ests[g].record(), **({"mse": best["mse"]} if clean is not None else {})}
   if min(n_estimate, len(noisy)) >= 2 * len(rows):
-    done = (rows, resid[g], div[g], None if mse is None else mse[g])
+    done = (rows, resid[g], div[g], None if mse is None else mse[g], band)
     best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
                                        n_max=n_estimate_max, se_target=se_target, budget=estimate_budget,
                                        seed=seed, sure_std=sure_std, eps=eps, n_probes=n_probes, clean=clean,
@@ -313,8 +313,8 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   estimate, up to `n_max`, the stack, and new images whose (1 + `n_probes`) calls each add up to at
   most `budget` × the stack's images. New images go in equal batches of at most `chunk` (one
   compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
-  is left out); `done` = (rows, resid, div, mse) of images already probed at this value
-  (`grid_stats`' terms) are counted, not rerun; `div` the exact divergence per pixel, when known (no
+  is left out); `done` = (rows, resid, div, mse, band) of images already probed at this value
+  (`grid_stats`' terms and `noise.band_power`) are counted, not rerun; `div` the exact divergence per pixel, when known (no
   probes: `n_probes` is then 0). Returns `SureEstimate.record()` (+ the true "mse"
   of the same images with `clean`).
 
@@ -326,7 +326,7 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   noisy = np.asarray(noisy, np.float32)
   n_probes = 0 if div is not None else n_probes
   stack_std = None if noise_std is None else np.broadcast_to(np.asarray(noise_std, np.float32), len(noisy))
-  done_rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:])])
+  done_rows, stats = (np.zeros(0, int), []) if done is None else (np.asarray(done[0]), [tuple(done[1:4])])
   n_done = n = len(done_rows)
   rest = np.setdiff1d(np.arange(len(noisy)), done_rows)
   order = np.concatenate([done_rows, rest[np.random.default_rng(seed + 1).permutation(len(rest))]])  # as taken
@@ -334,7 +334,7 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   chunk = n_new // -(-n_new // chunk) if n_new else chunk  # as many equal batches of at most `chunk` as fit
   n_first = n_done + n_new // chunk * chunk
   n_stop = min(max(n_max, n_estimate), len(noisy), max(n_first, n_done + int(budget * len(noisy) / (1 + n_probes))))
-  bands = [np.asarray(band_power(noisy[done_rows]))] if n_done else []
+  bands = [np.asarray(done[4])] if n_done else []
   terms = lambda i: np.concatenate([st[i] for st in stats])  # noqa: E731 (per-image resid, div, mse so far)
 
   @functools.lru_cache(maxsize=None)
