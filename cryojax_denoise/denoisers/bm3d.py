@@ -50,7 +50,8 @@ def _bm3d_chunk(images: np.ndarray, sigmas: np.ndarray, one_thread: bool = False
       pass
   t0 = time.process_time()
   with limit:
-    out = np.stack([np.asarray(bm3d.bm3d(im, sigma_psd=float(s), profile=profile), np.float32) for im, s in zip(images, sigmas)])
+    out = np.stack([np.asarray(bm3d.bm3d(im, sigma_psd=float(s), profile=profile), np.float32)
+                    for im, s in zip(images, sigmas)])
   return out, time.process_time() - t0
 
 

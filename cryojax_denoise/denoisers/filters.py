@@ -21,11 +21,17 @@ def _freq2(h: int, w: int) -> np.ndarray:
   return (fy ** 2 + fx ** 2).astype(np.float32)
 
 
+def _gaussian_gain(f2, width, xp=jnp):
+  """Transfer function of a Gaussian kernel of std `width` pixels at |k|² = `f2` (cycles/pixel)²
+  (`xp`: jnp, or np for float64 on the host)."""
+  return xp.exp(-2.0 * (xp.pi * width) ** 2 * f2)
+
+
 def gaussian_divergence(h: int, w: int, *, width: float = 1.5) -> float:
   """Divergence per pixel of `gaussian_denoise` on h × w images: its transfer function averaged over
   the full DFT grid (a circular convolution has that on its matrix's diagonal). Exact, for SURE."""
   f2 = np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2
-  return float(np.mean(np.exp(-2.0 * (np.pi * float(width)) ** 2 * f2)))
+  return float(np.mean(_gaussian_gain(f2, float(width), np)))
 
 
 @register("gaussian", knob="width", grid=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0), needs_sigma=False,
@@ -36,7 +42,7 @@ def gaussian_denoise(images: jax.Array, noise_std=None, *, width: float = 1.5) -
   del noise_std
   x = jnp.asarray(images, jnp.float32)
   B, H, W = x.shape
-  gain = jnp.exp(-2.0 * (jnp.pi * width) ** 2 * jnp.asarray(_freq2(H, W)))
+  gain = _gaussian_gain(jnp.asarray(_freq2(H, W)), width)
   return jnp.fft.irfft2(jnp.fft.rfft2(x) * gain, s=(H, W))
 
 

@@ -9,9 +9,10 @@ denoiser f (weakly differentiable), Stein's unbiased risk estimate of the per-im
 with b a Rademacher probe (entries ±1, one per pixel of the batch), averaged over `n_probes`
 probes, and ε = `eps`·σ per image; a linear shift-invariant method (gaussian) registers its exact
 divergence (`Method.divergence`, `known_divergence`) and is not probed. Our patch methods
-threshold (DDTF, OMP) and are not smooth: a tiny ε measures only the local Jacobian and misses the jumps, so ε is a fraction of σ (see
-`EPS`). Everything is in image units; `relative_mse` divides by the signal power estimated from
-the noisy images, var(y) − σ² (the sweep's MSE is relative to signal power).
+threshold (DDTF, OMP) and are not smooth: a tiny ε measures only the local Jacobian and misses
+the jumps, so ε is a fraction of σ (see `EPS`). Everything is in image units; `relative_mse`
+divides by the signal power estimated from the noisy images, var(y) − σ² (the sweep's MSE is
+relative to signal power).
 
     est = sure(denoisers.get("wiener"), noisy, sigma)    # SureEstimate: mse (B,), relative, gain_db
     params, table = sure_tune("ddtf", noisy)             # knob with the lowest SURE on the grid
@@ -314,9 +315,9 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   most `budget` × the stack's images. New images go in equal batches of at most `chunk` (one
   compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
   is left out); `done` = (rows, resid, div, mse, band) of images already probed at this value
-  (`grid_stats`' terms and `noise.band_power`) are counted, not rerun; `div` the exact divergence per pixel, when known (no
-  probes: `n_probes` is then 0). Returns `SureEstimate.record()` (+ the true "mse"
-  of the same images with `clean`).
+  (`grid_stats`' terms and `noise.band_power`) are counted, not rerun; `div` the exact divergence
+  per pixel, when known (no probes: `n_probes` is then 0). Returns `SureEstimate.record()` (+ the
+  true "mse" of the same images with `clean`).
 
   The estimate's error is mostly the realised noise in what the denoiser keeps (its energy differs
   from σ² by ~sqrt(2/(B·H·W)) relative), not σ's: on 20 settings (64², gaussian) SURE on 32 images
