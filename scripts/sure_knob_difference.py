@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 
-from cryojax_denoise.data import simulate
+import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise.denoisers import sure, sure_grid
 
 
@@ -18,9 +18,8 @@ def main():
   method, name, ctf, snr, v1, v2 = sys.argv[1], sys.argv[2], bool(int(sys.argv[3])), *map(float, sys.argv[4:7])
   n_images = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_IMAGES
   n_probes = int(sys.argv[8]) if len(sys.argv) > 8 else sure.N_PROBES
-  src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
-      volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
-  ds = simulate.simulate_dataset(src, 2560, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)  # as validate_sure
+  ds = validate_sure.simulate_setting(validate_sure.load_set(name), snr, ctf,
+                                      validate_sure.n_simulated(n_images, sure.N_ESTIMATE))
   rows = sure.subset(len(ds.noisy), n_images, 0)
   images, clean = np.asarray(ds.noisy, np.float32)[rows], np.asarray(ds.clean, np.float32)[rows]
   den_sigma, sigma = sure.sigmas(images)

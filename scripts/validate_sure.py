@@ -20,6 +20,23 @@ from cryojax_denoise.denoisers import sure
 BUDGET = 1.0  # the estimate's budget (`sure.ESTIMATE_BUDGET`) on the simulated stacks: room for its 512 images
 
 
+def n_simulated(n: int, n_estimate: int) -> int:
+  """Images simulated per setting: the tuning and estimate subsets, and room for a 512-image estimate."""
+  return max(n, n_estimate, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / BUDGET))
+
+
+def load_set(name: str):
+  """The validation's 64² source: the built-in phantom, or the unseen 70S ribosome from ../shared/data."""
+  if name == "phantom":
+    return simulate.load_source(image_size=64)
+  return simulate.load_source(volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
+
+
+def simulate_setting(src, snr: float, ctf: bool, n_sim: int):
+  """One setting's stack (seeded by its SNR, so every script sees the same images)."""
+  return simulate.simulate_dataset(src, n_sim, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
+
+
 def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
   """SURE against ground truth on one simulated batch (issue 13's validation).
 
@@ -57,13 +74,12 @@ def main():
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
   n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
-  n_sim = max(n, n_est, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / BUDGET))  # room for 512
+  n_sim = n_simulated(n, n_est)
   for name in sets:
-    src = simulate.load_source(image_size=64) if name == "phantom" else simulate.load_source(
-        volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
+    src = load_set(name)
     for ctf in ctfs:
       for snr in snrs:
-        ds = simulate.simulate_dataset(src, n_sim, 64, snr, seed=1000 + int(1000 * snr), ctf=ctf)
+        ds = simulate_setting(src, snr, ctf, n_sim)
         for m in methods:
           t = time.time()
           r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est, estimate_budget=BUDGET)
