@@ -56,6 +56,11 @@ N_PROBES = 4       # Rademacher probes per estimate
 # the parabola of `choose` in 20/20, 19/20 and 20/20. K-SVD and BM3D do not jitter at their coarser
 # grids, where a parabola misfits: raw argmin 20/20 and 14/15 (README, SURE section).
 FIT_CHOICE = ("ddtf",)
+# A grid value replaces the method's registered default only when its SURE is below the default's by more than
+# SIGNIFICANCE paired standard errors over the tuning images (`choose`, `difference_se`): on 32 images × 4 probes a
+# near-tie is a coin flip (bm3d, phantom, SNR 0.1: SURE(1.25) − SURE(1.0) = −0.0017 ± 0.0080 against a true
+# +0.0151, so SURE chose a knob 1.09× the best MSE), and the default is the better bet when the data cannot tell.
+SIGNIFICANCE = 2.0
 N_IMAGES = 32      # images drawn from a stack to tune on
 N_ESTIMATE = 128   # images for SURE's estimate of the chosen knob's MSE (`estimate_chosen`), at least
 # ... and more, a batch at a time, while its standard error is above SE_TARGET of the estimate, up to N_ESTIMATE_MAX:
@@ -129,6 +134,20 @@ def standard_error(sure_mse, band=None, div=None) -> float:
   if band is not None:
     s = s - (1.0 - 2.0 * (0.0 if div is None else float(np.mean(div)))) * np.asarray(band, np.float64)
   return float(np.std(s, ddof=1) / np.sqrt(len(s)))
+
+
+def difference_se(a: SureEstimate, b: SureEstimate) -> float:
+  """Standard error of mean(a.mse − b.mse), SURE's difference between two knob values on the same
+  images (B,), image units: the sample spread of the paired differences over sqrt(B), each with its
+  influence on the shared σ² (2·(mean a.div − mean b.div)·band, cf. `standard_error`). NaN with
+  fewer than 3 images."""
+  d = np.asarray(a.mse, np.float64) - np.asarray(b.mse, np.float64)
+  if len(d) < 3:
+    return float("nan")
+  if a.band is not None:
+    mean_div = lambda e: 0.0 if e.div is None else float(np.mean(e.div))  # noqa: E731
+    d = d + 2.0 * (mean_div(a) - mean_div(b)) * np.asarray(a.band, np.float64)
+  return float(np.std(d, ddof=1) / np.sqrt(len(d)))
 
 
 def signal_power(images, sigma) -> float:
@@ -243,14 +262,17 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
               n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
               estimate_batch: int = ESTIMATE_BATCH, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
-  or for `FIT_CHOICE` methods the minimum of a parabola through it).
+  or for `FIT_CHOICE` methods the minimum of a parabola through it, unless the registered default is
+  on the grid and that lowest SURE is not below the default's by `SIGNIFICANCE` paired standard errors:
+  then the default).
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
   `sigmas`); a random subset of `n_images` is used (seeded); `eps` None: `eps_for(name)`; a method
   with a `known_divergence` is not probed (`n_probes` ignored). Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
-  "warning": `reliability` note or ""}, and, when `clean` (B, H, W) is given (for validation
+  "warning": `reliability` note or "", "z_below_default": paired standard errors below the default's
+  SURE (when the default is on the grid)}, and, when `clean` (B, H, W) is given (for validation
   only), the true "mse" of the same outputs. The chosen row also holds "estimate", the number to
   report, with its standard error: SURE of the chosen knob alone on `n_estimate` random images,
   grown to at most `n_estimate_max` while its standard error is above `se_target` of it (within
@@ -290,7 +312,12 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     if clean is not None:
       row["mse"] = float(np.mean(mse[g]))
     table.append(row)
-  g = choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE)
+  default = next((i for i, v in enumerate(values) if np.isclose(v, denoisers.REGISTRY[name].default)), None)
+  se = None if default is None else [difference_se(e, ests[default]) for e in ests]
+  for g, row in enumerate(table):
+    if se is not None:  # how many paired standard errors below the default's SURE (the rule of `choose`)
+      row["z_below_default"] = 0.0 if g == default else (table[default]["sure_mse"] - row["sure_mse"]) / se[g]
+  g = choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE, default=default, difference_se=se)
   best = table[g]
   note = reliability(den_sigma, sigma, best["sure_mse"], power)
   for row in table:
@@ -370,14 +397,21 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   return {**est.record(), **({"mse": float(np.mean(terms(2)))} if clean is not None else {})}
 
 
-def choose(values, sure_mse, fit: bool = False, width: int = 5) -> int:
+def choose(values, sure_mse, fit: bool = False, width: int = 5, *, default: int | None = None,
+           difference_se=None, z: float = SIGNIFICANCE) -> int:
   """Index of the chosen grid value: SURE's argmin, or with `fit` the grid value nearest the minimum
   of a parabola in log(value) least-squares fitted to the `width` values around that argmin (the
   argmin itself when the parabola does not open upwards or its minimum lies outside those values:
   DDTF at SNR 0.05 had a near-flat jittered window whose parabola bottomed out two values below it,
-  1.84× the best MSE, where the argmin is 1.11×)."""
+  1.84× the best MSE, where the argmin is 1.11×).
+
+  With `default` (the registered default's index) and `difference_se` (G,) (standard error of
+  SURE(value) − SURE(default), `difference_se`), the default is kept unless the argmin's SURE is
+  below it by more than `z` of those standard errors (`SIGNIFICANCE`; NaN, under 3 images: kept)."""
   s = np.asarray(sure_mse, np.float64)
   i = int(np.argmin(s))
+  if default is not None and difference_se is not None and not s[default] - s[i] > z * difference_se[i]:
+    return default
   if not fit or len(s) < 3:
     return i
   x = np.log(np.asarray(values, np.float64))
