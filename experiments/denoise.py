@@ -271,11 +271,14 @@ def _choose_params(config, table, reader) -> dict:
   if best["warning"]:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
-  logging.info("params=auto: %s=%s (grid %s, SURE MSE %s)", knob, params[knob], [r[knob] for r in rows],
-               [round(r["sure_mse"] * scale ** 2, 4) for r in rows])
+  logging.info("params=auto: %s=%s (grid %s, SURE MSE %s, standard errors below the default's %s; the default "
+               "is kept unless one is over %g)", knob, params[knob], [r[knob] for r in rows],
+               [round(r["sure_mse"] * scale ** 2, 4) for r in rows],
+               [round(r.get("z_below_default", float("nan")), 1) for r in rows], sure.SIGNIFICANCE)
   return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
           "sure": _summary(best["estimate"], sigma, scale),
-          "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"]} for r in rows]}
+          "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],
+                    **({"z_below_default": r["z_below_default"]} if "z_below_default" in r else {})} for r in rows]}
 
 
 def _quality(config, table, reader, denoiser) -> dict:

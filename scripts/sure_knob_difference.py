@@ -4,7 +4,7 @@ usage: python scripts/sure_knob_difference.py METHOD SET CTF SNR V1 V2 [N_IMAGES
   e.g. ... bm3d phantom 0 0.1 1.0 1.25 32 4
 Simulates the stack `validate_sure.py` makes for that setting, takes the same random tuning subset
 `sure_tune` does and prints SURE and the true MSE at V1 and V2, SURE's paired difference with its
-standard error over the images, the true difference, and the divergence term's share of it.
+standard error over the images (`sure.difference_se`, the one `sure.choose` tests against), the true difference, and the divergence term's share of it.
 """
 import sys
 
@@ -26,13 +26,15 @@ def main():
   probes = sure_grid.rademacher_probes(0, n_probes, images.shape)
   resid, div, mse = sure_grid.grid_stats(sure.knob_function(method), images, den_sigma, (v1, v2), probes,
                                          sure.eps_for(method) * sigma, clean)
-  s = [np.asarray(sure.sure_from_stats(resid[g], div[g], sigma)) for g in range(2)]
+  band = np.asarray(sure.band_power(images))
+  est = [sure.SureEstimate(np.asarray(sure.sure_from_stats(resid[g], div[g], sigma)), sigma, 0.0, band=band,
+                           div=div[g]) for g in range(2)]
   se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
-  d, dt, ddiv = s[1] - s[0], np.asarray(mse[1] - mse[0]), 2 * sigma ** 2 * np.asarray(div[1] - div[0])
-  print(f"{method} {name} ctf={ctf} snr={snr:g}, {n_images} images x {n_probes} probes: SURE {s[0].mean():.4f} "
-        f"{s[1].mean():.4f}, true {np.mean(mse[0]):.4f} {np.mean(mse[1]):.4f}; SURE({v2:g}) - SURE({v1:g}) "
-        f"{d.mean():+.4f} ± {se(d):.4f}, true {dt.mean():+.4f}; divergence term's difference {ddiv.mean():+.4f} "
-        f"± {se(ddiv):.4f}")
+  d, dt, ddiv = est[1].mse - est[0].mse, np.asarray(mse[1] - mse[0]), 2 * sigma ** 2 * np.asarray(div[1] - div[0])
+  print(f"{method} {name} ctf={ctf} snr={snr:g}, {n_images} images x {n_probes} probes: SURE {est[0].mean:.4f} "
+        f"{est[1].mean:.4f}, true {np.mean(mse[0]):.4f} {np.mean(mse[1]):.4f}; SURE({v2:g}) - SURE({v1:g}) "
+        f"{d.mean():+.4f} ± {sure.difference_se(est[1], est[0]):.4f} (sure.difference_se), true {dt.mean():+.4f}; "
+        f"divergence term's difference {ddiv.mean():+.4f} ± {se(ddiv):.4f}")
 
 
 if __name__ == "__main__":  # bm3d starts worker processes with spawn

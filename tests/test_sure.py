@@ -185,6 +185,43 @@ def test_choose_reads_the_knob_off_a_parabola():
   assert "ddtf" in S.FIT_CHOICE and "ksvd" not in S.FIT_CHOICE
 
 
+def test_choose_keeps_the_default_unless_significantly_beaten():
+  """With the default's index and the paired standard errors, `choose` keeps the default when the
+  argmin is within `SIGNIFICANCE` of them (bm3d, phantom, SNR 0.1: −0.0017 ± 0.0080), takes the
+  argmin (or with `fit` the parabola's value) when it is beyond; without them, the plain argmin."""
+  values = (0.75, 1.0, 1.25, 1.5, 2.0)
+  sure_mse = [0.20, 0.1468, 0.1451, 0.16, 0.21]
+  se = [0.01, 0.0, 0.0080, 0.01, 0.01]
+  assert S.choose(values, sure_mse) == 2
+  assert S.choose(values, sure_mse, default=1, difference_se=se) == 1
+  assert S.choose(values, sure_mse, default=1, difference_se=[0.01, 0.0, 0.0005, 0.01, 0.01]) == 2
+  assert S.choose(values, sure_mse, default=1, difference_se=[0.01, 0.0, float("nan"), 0.01, 0.01]) == 1
+  x = np.log((0.7, 0.85, 1.0, 1.1, 1.2, 1.35, 1.5))
+  jitter = (x - np.log(1.2)) ** 2 + 1.0 + np.array([0, 0, 0, -0.02, 0.015, 0, 0])  # raw argmin 1.1, parabola 1.2
+  assert S.choose(tuple(np.exp(x)), jitter, fit=True, default=2, difference_se=np.full(7, 1e-3)) == 4
+  assert S.choose(tuple(np.exp(x)), jitter, fit=True, default=2, difference_se=np.full(7, 0.1)) == 2
+
+
+def test_difference_se_matches_the_spread_over_noise_draws():
+  """`difference_se` of SURE(width 1) − SURE(width 1.5) on the same 48 images matches the sd of
+  that difference's error (− the true MSE difference) over 40 noise draws within the ±25% they resolve;
+  `sure_tune` reports each row's distance below the default's SURE in those standard errors."""
+  x = _smooth_images(48, 32, seed=12)
+  rng = np.random.default_rng(13)
+  errors, ses = [], []
+  dens = [denoisers.get("gaussian", width=w) for w in (1.0, 1.5)]  # one object each: compiled once
+  for r in range(40):
+    y = (x + 2.0 * rng.normal(size=x.shape)).astype(np.float32)
+    a, b = (S.sure(den, y, None, eps=S.eps_for("gaussian"), keep_output=True, seed=r) for den in dens)
+    true = np.mean((a.output - x) ** 2) - np.mean((b.output - x) ** 2)
+    errors.append(np.mean(a.mse - b.mse) - true)
+    ses.append(S.difference_se(a, b))
+  assert 0.75 < np.mean(ses) / np.std(errors) < 1.25, (np.std(errors), np.mean(ses))  # measured 0.88
+  _, table = S.sure_tune("gaussian", y, n_images=32)
+  d = [row["width"] for row in table].index(denoisers.REGISTRY["gaussian"].default)
+  assert table[d]["z_below_default"] == 0.0 and all(np.isfinite(row["z_below_default"]) for row in table)
+
+
 def test_reliability_notes():
   assert S.reliability(np.full(4, 1.0), np.full(4, 1.01), 0.1, 1.0) == ""
   assert "disagree" in S.reliability(np.full(4, 1.2), np.full(4, 1.0), 0.1, 1.0)
@@ -216,7 +253,12 @@ def test_denoise_params_auto_writes_choice(tmp_path):
   width = record["params"]["width"]
   assert record["auto"] and width in denoisers.REGISTRY["gaussian"].grid and len(record["grid"]) == 7
   assert record["sure"]["n_images"] == 8 and record["sure"]["gain_db"] > 0
-  assert min(r["sure_mse"] for r in record["grid"]) == record["sure"]["mse"]
+  chosen = next(r for r in record["grid"] if r["width"] == width)
+  lowest = min(record["grid"], key=lambda r: r["sure_mse"])
+  assert chosen["sure_mse"] == record["sure"]["mse"]
+  # SURE's lowest, or the default when that is not SIGNIFICANCE paired standard errors below it
+  assert chosen is lowest and lowest["z_below_default"] > S.SIGNIFICANCE or (
+      width == denoisers.REGISTRY["gaussian"].default and not lowest["z_below_default"] > S.SIGNIFICANCE)
   stack = io.read_stack(str(tmp_path / "out.mrcs"), mmap=False)
   np.testing.assert_allclose(np.asarray(stack.data), np.asarray(gaussian_denoise(y - y.mean(), width=width)) + y.mean(),
                              atol=1e-3)

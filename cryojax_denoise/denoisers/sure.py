@@ -184,7 +184,9 @@ def eps_for(name: str) -> float:
   return EPS_BY_METHOD.get(name, EPS)
 
 
+@functools.lru_cache(maxsize=64)
 def _fixed_knob(den: Callable) -> Callable:
+  """`den` as a grid function of no knob; one object per `den`, so repeated `sure` calls hit the compile cache."""
   return lambda images, sigma, value: den(images, sigma)
 
 
