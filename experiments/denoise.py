@@ -271,14 +271,13 @@ def _choose_params(config, table, reader) -> dict:
   if best["warning"]:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
-  logging.info("params=auto: %s=%s (grid %s, SURE MSE %s, standard errors below the default's %s; the default "
-               "is kept unless one is over %g)", knob, params[knob], [r[knob] for r in rows],
-               [round(r["sure_mse"] * scale ** 2, 4) for r in rows],
-               [round(r.get("z_below_default", float("nan")), 1) for r in rows], sure.SIGNIFICANCE)
+  logging.info("params=auto: %s=%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
+               params[knob], [r[knob] for r in rows], best["n_images"], [round(r["sure_mse"] * scale ** 2, 4) for r in rows],
+               [round(r["z_above_best"], 1) for r in rows])
   return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
           "sure": _summary(best["estimate"], sigma, scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],
-                    **({"z_below_default": r["z_below_default"]} if "z_below_default" in r else {})} for r in rows]}
+                    "z_above_best": r["z_above_best"]} for r in rows], "sure_tuning_images": best["n_images"]}
 
 
 def _quality(config, table, reader, denoiser) -> dict:

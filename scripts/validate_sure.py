@@ -6,7 +6,8 @@ usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] 
 max(N, N_ESTIMATE, 2,560) images: the knob is tuned on N random ones, SURE's estimate of the
 chosen knob's MSE is made on N_ESTIMATE random ones, more while its standard error is above
 `sure.SE_TARGET` (`sure.estimate_chosen`), as `params=auto` does, up to the 512 of
-`sure.N_ESTIMATE_MAX` (an estimate budget of 1: the cap a stack of 5,120 reaches by default).
+`sure.N_ESTIMATE_MAX`; the tuning subset grows as `sure_tune` grows it. Both within the budgets a stack
+of 5,120 gets (`EMULATED`): the estimate can then reach its 512 images, the tuning its 128.
 """
 import json
 import sys
@@ -17,12 +18,13 @@ import numpy as np
 from cryojax_denoise.data import simulate
 from cryojax_denoise.denoisers import sure
 
-BUDGET = 1.0  # the estimate's budget (`sure.ESTIMATE_BUDGET`) on the simulated stacks: room for its 512 images
+SIMULATED = 2560  # images per setting: a 512-image estimate × (1 + 4 probes) calls fits in a budget of 1 × these
+EMULATED = 5120  # the simulated stacks get the tuning and estimate budgets of a stack of this many images
 
 
 def n_simulated(n: int, n_estimate: int) -> int:
   """Images simulated per setting: the tuning and estimate subsets, and room for a 512-image estimate."""
-  return max(n, n_estimate, int(sure.N_ESTIMATE_MAX * (1 + sure.N_PROBES) / BUDGET))
+  return max(n, n_estimate, SIMULATED)
 
 
 def load_set(name: str):
@@ -60,7 +62,7 @@ def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
           "mse_sure_choice": chosen["mse"], "mse_clean_choice": best["mse"], "sure_mse": chosen["sure_mse"],
           "mse_sure_choice_relative": chosen["mse"] / power, "sure_mse_relative": chosen["sure_mse"] / power,
           "choice_ratio": chosen["mse"] / best["mse"], "grid_estimate_ratio": chosen["sure_mse"] / chosen["mse"],
-          "estimate_images": chosen["estimate"]["n_images"], "estimate_sure_mse": chosen["estimate"]["sure_mse"],
+          "tune_images": chosen["n_images"], "estimate_images": chosen["estimate"]["n_images"], "estimate_sure_mse": chosen["estimate"]["sure_mse"],
           "estimate_mse": chosen["estimate"]["mse"],
           "estimate_ratio": chosen["estimate"]["sure_mse"] / chosen["estimate"]["mse"],
           "estimate_relative_se": chosen["estimate"]["relative_se"],
@@ -82,11 +84,13 @@ def main():
         ds = simulate_setting(src, snr, ctf, n_sim)
         for m in methods:
           t = time.time()
-          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est, estimate_budget=BUDGET)
+          scale = EMULATED / len(ds.noisy)
+          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est,
+                                 estimate_budget=sure.ESTIMATE_BUDGET * scale, tune_budget=sure.TUNE_BUDGET * scale)
           r.update(set=name, ctf=ctf, snr=snr, n=n, noise_std_true=float(ds.noise_std), wall=time.time() - t)
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")
-          print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} clean {r['clean_choice']} "
+          print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} (tuned on {r['tune_images']}) clean {r['clean_choice']} "
                 f"choice {r['choice_ratio']:.3f} est {r['estimate_ratio']:.3f} on {r['estimate_images']} "
                 f"(SE {r['estimate_relative_se']:.3f}, z {r['estimate_z']:+.2f}) default/best "
                 f"{r['mse_default'] / r['mse_clean_choice']:.3f} est on {n} {r['grid_estimate_ratio']:.3f} "
