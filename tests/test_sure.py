@@ -185,19 +185,19 @@ def test_choose_reads_the_knob_off_a_parabola():
   assert "ddtf" in S.FIT_CHOICE and "ksvd" not in S.FIT_CHOICE
 
 
-def test_tuning_subset_grows_while_the_runner_up_is_within_two_standard_errors():
-  """`sure_tune` adds `n_images` at a time while the runner-up's SURE is within `SIGNIFICANCE` paired
-  standard errors of the lowest (widths 1 and 1.25 here, 0.8 standard errors apart on 16 images), up to `n_tune_max` and the call budget; two
-  clearly different widths stop at the first subset."""
+def test_tuning_subset_grows_while_another_value_is_within_two_standard_errors():
+  """`sure_tune` adds `n_images` at a time while another value's SURE is within `SIGNIFICANCE` paired
+  standard errors of the lowest (widths 1 and 1.25 here, 0.8 of them apart on 16 images), up to
+  `n_tune_max` and the call budget; two clearly different widths stop at the first subset."""
   x = _smooth_images(96, 32, seed=14)
   y = x + 1.0 * np.random.default_rng(15).normal(size=x.shape).astype(np.float32)
   kw = dict(n_images=16, n_estimate=16, clean=x)
   _, near = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, **kw)
   _, far = S.sure_tune("gaussian", y, grid=(0.5, 4.0), n_tune_max=64, **kw)
-  _, capped = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, **kw)  # 96·0.3/2 < 16
+  _, capped = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, **kw)  # 96·0.3/2 = 14 < 16: the first subset only
   _, first = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=16, **kw)
   assert [t[0]["n_images"] for t in (near, far, capped, first)] == [32, 16, 16, 16]
-  z = lambda t: max(r["z_above_best"] for r in t)  # noqa: E731 (the runner-up's, of two values)
+  z = lambda t: max(r["z_above_best"] for r in t)  # noqa: E731 (the other value's, of two)
   assert z(first) < S.SIGNIFICANCE < z(near) and z(far) > S.SIGNIFICANCE
   lowest = min(near, key=lambda r: r["sure_mse"])
   assert lowest["z_above_best"] == 0.0 and max(r["z_above_best"] for r in near) > 0
