@@ -290,7 +290,8 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
     _, batched_first, _ = _timed(run_batched, 1, warmup=False)  # compiles for batches of b, like auto's first call
     _, batched, batched_cpu = _timed(run_batched, int(config.repeats), warmup=False)
   knob = denoisers.REGISTRY[name].knob
-  estimate = next(r for r in table if r[knob] == chosen[knob])["estimate"]
+  tuned = next(r for r in table if r[knob] == chosen[knob])
+  estimate = tuned["estimate"]
   logging.info("benchmark: %s params=auto %s in %.2f s (first call %.2f s) = %.2f× denoising %d images in one "
                "batch, %.2f× in batches of %d (CPU time %.2f×; first calls, compiles included, %.2f×)", name, chosen,
                secs[i], secs[0], secs[i] / plain_seconds, len(noisy), secs[i] / batched, b, cpus[i] / batched_cpu,
@@ -299,7 +300,7 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
               batched_seconds=batched, batch=b, ratio_to_batched=secs[i] / batched,
               cpu_seconds=cpus[i], batched_cpu_seconds=batched_cpu, cpu_ratio_to_batched=cpus[i] / batched_cpu,
               batched_first_call_seconds=batched_first, first_call_ratio_to_batched=secs[0] / batched_first,
-              n_images=min(len(noisy), int(config.auto_images)), estimate_images=estimate["n_images"], grid=len(table))
+              n_images=tuned["n_images"], estimate_images=estimate["n_images"], grid=len(table))
 
 
 def _jsonable(v):
@@ -345,14 +346,14 @@ def _markdown(res: dict) -> str:
               ", ".join(f"{m}: {p}" for m, p in res["tuning"]["chosen"].items())]
   auto = [r for r in res["rows"] if "auto" in r]
   if auto:
-    lines += ["", f"params=auto (SURE on {auto[0]['auto']['n_images']} random images, its estimate on "
-              f"{auto[0]['auto'].get('estimate_images', '?')}; steady state; first call "
+    lines += ["", "params=auto (SURE's tuning and estimate images per method; steady state; first call "
               f"with compile in brackets) against denoising all {n} images: " +
               "; ".join(f"{r['method']} {r['auto']['seconds']:.2f} s = {r['auto']['ratio_to_denoising']:.2f}× "
                         f"({r['auto']['ratio_to_batched']:.2f}× denoising in batches of {r['auto']['batch']}, "
                         f"CPU time {r['auto'].get('cpu_ratio_to_batched', float('nan')):.2f}×, first calls "
                         f"{r['auto'].get('first_call_ratio_to_batched', float('nan')):.2f}×; "
-                        f"first call {r['auto']['first_call_seconds']:.1f} s; chose {r['auto']['params']})"
+                        f"first call {r['auto']['first_call_seconds']:.1f} s; chose {r['auto']['params']} on "
+                        f"{r['auto']['n_images']} images, estimate on {r['auto'].get('estimate_images', '?')})"
                         for r in auto)]
   lines += ["", "Parameters: " + "; ".join(f"{r['method']} {r['params'] or 'defaults'}" for r in res["rows"]), ""]
   return "\n".join(lines)
