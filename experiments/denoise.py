@@ -264,7 +264,8 @@ def _choose_params(config, table, reader) -> dict:
   fixed = parse_params(params_mode(config)[1])
   knob = denoisers.REGISTRY[config.method].knob
   try:
-    params, rows = sure.sure_tune(config.method, images, noise_std, n_images=config.sure_images, **fixed)
+    params, rows = sure.sure_tune(config.method, images, noise_std, n_images=config.sure_images,
+                                  stack_size=len(table), **fixed)
   except TypeError as e:
     raise InputError(f"params: {e} (method {config.method})") from None
   best = next(r for r in rows if r[knob] == params[knob])

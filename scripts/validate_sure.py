@@ -84,9 +84,7 @@ def main():
         ds = simulate_setting(src, snr, ctf, n_sim)
         for m in methods:
           t = time.time()
-          scale = EMULATED / len(ds.noisy)
-          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est,
-                                 estimate_budget=sure.ESTIMATE_BUDGET * scale, tune_budget=sure.TUNE_BUDGET * scale)
+          r = compare_with_clean(m, ds.noisy, ds.clean, None, n_images=n, n_estimate=n_est, stack_size=EMULATED)
           r.update(set=name, ctf=ctf, snr=snr, n=n, noise_std_true=float(ds.noise_std), wall=time.time() - t)
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")

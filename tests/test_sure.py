@@ -196,7 +196,8 @@ def test_tuning_subset_grows_while_another_value_is_within_two_standard_errors()
   _, far = S.sure_tune("gaussian", y, grid=(0.5, 4.0), n_tune_max=64, **kw)
   _, capped = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, **kw)  # 96·0.3/2 = 14 < 16: the first subset only
   _, first = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=16, **kw)
-  assert [t[0]["n_images"] for t in (near, far, capped, first)] == [32, 16, 16, 16]
+  _, big = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, stack_size=960, **kw)
+  assert [t[0]["n_images"] for t in (near, far, capped, first, big)] == [32, 16, 16, 16, 32]  # big: budget of 960
   z = lambda t: max(r["z_above_best"] for r in t)  # noqa: E731 (the other value's, of two)
   assert z(first) < S.SIGNIFICANCE < z(near) and z(far) > S.SIGNIFICANCE
   lowest = min(near, key=lambda r: r["sure_mse"])

@@ -278,14 +278,15 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
               estimate_budget: float = ESTIMATE_BUDGET, seed: int = 0, eps: float | None = None,
               n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
               estimate_batch: int = ESTIMATE_BATCH, n_tune_max: int = N_TUNE_MAX, tune_budget: float = TUNE_BUDGET,
-              significance: float = SIGNIFICANCE, **fixed) -> tuple[dict, list[dict]]:
+              significance: float = SIGNIFICANCE, stack_size: int | None = None, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it).
 
   The grid is run on `n_images` random images (seeded), then on `n_images` more at a time while the
   SURE of any other value is within `significance` paired standard errors of the lowest (`above_best`), up to
   `n_tune_max` images and while all of them cost at most `tune_budget` × the stack's images in calls
-  (the first `n_images` always run).
+  (the first `n_images` always run). `stack_size`: the images of the stack `noisy` was drawn from, for
+  both budgets (None: `noisy` is the stack).
 
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
   `sigmas`); `eps` None: `eps_for(name)`; a method
@@ -317,7 +318,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   rest = np.setdiff1d(np.arange(len(noisy)), rows)
   order = np.concatenate([rows, rest[np.random.default_rng(seed + 2).permutation(len(rest))]])  # growth draws
   calls = len(values) * (1 + n_probes)  # per new image
-  n_stop = min(max(n_tune_max, len(rows)), len(noisy), max(len(rows), int(tune_budget * len(noisy) / calls)))
+  stack = len(noisy) if stack_size is None else stack_size
+  n_stop = min(max(n_tune_max, len(rows)), len(noisy), max(len(rows), int(tune_budget * stack / calls)))
   t0, stats, n = time.perf_counter(), [], 0
   while True:
     batch = order[n:n + len(rows)]
@@ -358,14 +360,14 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     best["estimate"] = estimate_chosen(fn, noisy, noise_std, best[knob], chunk=estimate_batch, n_estimate=n_estimate,
                                        n_max=n_estimate_max, se_target=se_target, budget=estimate_budget,
                                        seed=seed, sure_std=sure_std, eps=eps, n_probes=n_probes, clean=clean,
-                                       done=done, div=exact[g])
+                                       done=done, div=exact[g], stack_size=stack)
   return {knob: best[knob], **fixed}, table
 
 
 def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_estimate: int = N_ESTIMATE,
                     n_max: int = N_ESTIMATE_MAX, se_target: float = SE_TARGET, budget: float = ESTIMATE_BUDGET,
                     seed: int = 0, sure_std=None, eps: float = EPS, n_probes: int = N_PROBES, clean=None,
-                    done=None, div: float | None = None) -> dict:
+                    done=None, div: float | None = None, stack_size: int | None = None) -> dict:
   """SURE of `fn(images, sigma, value)` (one knob value) on random images of `noisy` (B, H, W): first
   `n_estimate`, then one more batch at a time while the standard error exceeds `se_target` of the
   estimate, up to `n_max`, the stack, and new images whose (1 + `n_probes`) calls each add up to at
@@ -373,7 +375,8 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   compiled shape; batch methods learn once per batch, so fewer, larger calls cost less; a remainder
   is left out); `done` = (rows, resid, div, mse, band) of images already probed at this value
   (`grid_stats`' terms and `noise.band_power`) are counted, not rerun; `div` the exact divergence
-  per pixel, when known (no probes: `n_probes` is then 0). Returns `SureEstimate.record()` (+ the
+  per pixel, when known (no probes: `n_probes` is then 0); `stack_size` the budget's stack (None:
+  `noisy`). Returns `SureEstimate.record()` (+ the
   true "mse" of the same images with `clean`).
 
   The estimate's error is mostly the realised noise in what the denoiser keeps (its energy differs
@@ -391,7 +394,8 @@ def estimate_chosen(fn: Callable, noisy, noise_std, value, *, chunk: int, n_esti
   n_new = max(0, min(n_estimate, len(noisy)) - n_done)
   chunk = n_new // -(-n_new // chunk) if n_new else chunk  # as many equal batches of at most `chunk` as fit
   n_first = n_done + n_new // chunk * chunk
-  n_stop = min(max(n_max, n_estimate), len(noisy), max(n_first, n_done + int(budget * len(noisy) / (1 + n_probes))))
+  stack = len(noisy) if stack_size is None else stack_size
+  n_stop = min(max(n_max, n_estimate), len(noisy), max(n_first, n_done + int(budget * stack / (1 + n_probes))))
   bands = [np.asarray(done[4])] if n_done else []
   terms = lambda i: np.concatenate([st[i] for st in stats])  # noqa: E731 (per-image resid, div, mse so far)
 
