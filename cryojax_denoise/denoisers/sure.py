@@ -317,7 +317,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   fn = knob_function(name, tuple(sorted(fixed.items())))
   rest = np.setdiff1d(np.arange(len(noisy)), rows)
   order = np.concatenate([rows, rest[np.random.default_rng(seed + 2).permutation(len(rest))]])  # growth draws
-  calls = len(values) * (1 + n_probes)  # per new image
+  calls = len(values) * (1 + n_probes)  # denoiser calls per tuning image
   stack = len(noisy) if stack_size is None else stack_size
   n_stop = min(max(n_tune_max, len(rows)), len(noisy), max(len(rows), int(tune_budget * stack / calls)))
   t0, stats, n = time.perf_counter(), [], 0
