@@ -273,8 +273,8 @@ def _choose_params(config, table, reader) -> dict:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
   logging.info("params=auto: %s=%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
-               params[knob], [r[knob] for r in rows], best["n_images"], [round(r["sure_mse"] * scale ** 2, 4) for r in rows],
-               [round(r["z_above_best"], 1) for r in rows])
+               params[knob], [r[knob] for r in rows], best["n_images"],
+               [round(r["sure_mse"] * scale ** 2, 4) for r in rows], [round(r["z_above_best"], 1) for r in rows])
   return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
           "sure": _summary(best["estimate"], sigma, scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],

@@ -12,19 +12,19 @@ import json
 import sys
 
 import validate_sure  # this folder: the validation's stacks
+from cryojax_denoise import denoisers
 from cryojax_denoise.denoisers import sure
 
 
 def main():
   method = sys.argv[1]
-  knob = None
+  knob = denoisers.REGISTRY[method].knob
   for arg in sys.argv[2:]:
     name, ctf, snr = arg.split(":")
     ds = validate_sure.simulate_setting(validate_sure.load_set(name), float(snr), bool(int(ctf)),
                                         validate_sure.n_simulated(sure.N_IMAGES, sure.N_ESTIMATE))
     _, table = sure.sure_tune(method, ds.noisy, None, n_images=sure.N_IMAGES, n_tune_max=sure.N_IMAGES,
                               n_estimate=0, clean=ds.clean, stack_size=validate_sure.EMULATED)
-    knob = knob or next(iter(table[0]))
     z = sorted(r["z_above_best"] for r in table)[1]
     print(json.dumps({"method": method, "set": name, "ctf": bool(int(ctf)), "snr": float(snr), "min_z_other": z,
                       "grows": bool(z < sure.SIGNIFICANCE),

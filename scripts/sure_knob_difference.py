@@ -4,7 +4,8 @@ usage: python scripts/sure_knob_difference.py METHOD SET CTF SNR V1 V2 [N_IMAGES
   e.g. ... bm3d phantom 0 0.1 1.0 1.25 32 4
 Simulates the stack `validate_sure.py` makes for that setting, takes the same random tuning subset
 `sure_tune` does and prints SURE and the true MSE at V1 and V2, SURE's paired difference with its
-standard error over the images (`sure.difference_se`, the one `sure.choose` tests against), the true difference, and the divergence term's share of it.
+standard error over the images (`sure.difference_se`, the one `sure_tune`'s growth tests), the true
+difference, and the divergence term's share of it.
 """
 import sys
 

@@ -62,7 +62,8 @@ def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
           "mse_sure_choice": chosen["mse"], "mse_clean_choice": best["mse"], "sure_mse": chosen["sure_mse"],
           "mse_sure_choice_relative": chosen["mse"] / power, "sure_mse_relative": chosen["sure_mse"] / power,
           "choice_ratio": chosen["mse"] / best["mse"], "grid_estimate_ratio": chosen["sure_mse"] / chosen["mse"],
-          "tune_images": chosen["n_images"], "estimate_images": chosen["estimate"]["n_images"], "estimate_sure_mse": chosen["estimate"]["sure_mse"],
+          "tune_images": chosen["n_images"], "estimate_images": chosen["estimate"]["n_images"],
+          "estimate_sure_mse": chosen["estimate"]["sure_mse"],
           "estimate_mse": chosen["estimate"]["mse"],
           "estimate_ratio": chosen["estimate"]["sure_mse"] / chosen["estimate"]["mse"],
           "estimate_relative_se": chosen["estimate"]["relative_se"],
@@ -88,7 +89,8 @@ def main():
           r.update(set=name, ctf=ctf, snr=snr, n=n, noise_std_true=float(ds.noise_std), wall=time.time() - t)
           with open(out, "a") as f:
             f.write(json.dumps(r) + "\n")
-          print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} (tuned on {r['tune_images']}) clean {r['clean_choice']} "
+          print(f"{name} ctf={ctf} snr={snr} {m}: sure {r['sure_choice']} (tuned on {r['tune_images']}) "
+                f"clean {r['clean_choice']} "
                 f"choice {r['choice_ratio']:.3f} est {r['estimate_ratio']:.3f} on {r['estimate_images']} "
                 f"(SE {r['estimate_relative_se']:.3f}, z {r['estimate_z']:+.2f}) default/best "
                 f"{r['mse_default'] / r['mse_clean_choice']:.3f} est on {n} {r['grid_estimate_ratio']:.3f} "
