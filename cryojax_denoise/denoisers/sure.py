@@ -56,6 +56,14 @@ N_PROBES = 4       # Rademacher probes per estimate
 # the parabola of `choose` in 20/20, 19/20 and 20/20. K-SVD and BM3D do not jitter at their coarser
 # grids, where a parabola misfits: raw argmin 20/20 and 14/15 (README, SURE section).
 FIT_CHOICE = ("ddtf",)
+# Methods whose registered default is their design value, kept unless SURE puts it `significance` paired
+# standard errors above the lowest after the subset has grown: BM3D's sigma_scale=1 gives it the noise σ its
+# thresholds were designed for, and at low SNR its SURE difference between neighbouring values is the small
+# remainder of two large terms (phantom, no CTF, SNR 0.05, 32 images: Δ divergence term −0.65, Δ MSE +0.024), so
+# grid values 1.0 and 1.25 can trade places: there, after growing to 128 images, SURE's lowest was 1.25
+# (1.077× the best MSE) with 1.0 1.86 standard errors above it. Not for DDTF, whose default is no design
+# value: kept this way it would have been 1.087× the best at ribosome, CTF, SNR 0.05 (README, SURE section).
+KEEP_DEFAULT = ("bm3d",)
 # The tuning subset grows, N_IMAGES at a time, while any other grid value's SURE is within SIGNIFICANCE paired
 # standard errors of its lowest (`difference_se`), up to N_TUNE_MAX images and while all tuning images cost at most
 # TUNE_BUDGET × the stack's images in denoiser calls (grid values × (1 + probes) each; with the plain pass and the
@@ -280,7 +288,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
               estimate_batch: int = ESTIMATE_BATCH, n_tune_max: int = N_TUNE_MAX, tune_budget: float = TUNE_BUDGET,
               significance: float = SIGNIFICANCE, stack_size: int | None = None, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
-  or for `FIT_CHOICE` methods the minimum of a parabola through it).
+  or for `FIT_CHOICE` methods the minimum of a parabola through it; for `KEEP_DEFAULT` methods the
+  registered default while its SURE is within `significance` paired standard errors of the lowest).
 
   The grid is run on `n_images` random images (seeded), then on `n_images` more at a time while the
   SURE of any other value is within `significance` paired standard errors of the lowest (`above_best`), up to
@@ -350,6 +359,9 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
       row["mse"] = float(np.mean(mse[g]))
     table.append(row)
   g = choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE)
+  default = denoisers.REGISTRY[name].default
+  if name in KEEP_DEFAULT and default in values and z[values.index(default)] < significance:
+    g = values.index(default)
   best = table[g]
   note = reliability(den_sigma, sigma, best["sure_mse"], power)
   for row in table:
