@@ -272,13 +272,15 @@ def _choose_params(config, table, reader) -> dict:
   if best["warning"]:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
-  logging.info("params=auto: %s=%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
-               params[knob], [r[knob] for r in rows], best["n_images"],
+  kept = config.method in sure.KEEP_DEFAULT and best["z_above_best"] > 0  # the default, SURE's lowest not resolved
+  logging.info("params=auto: %s=%s%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
+               params[knob], " (default kept)" if kept else "", [r[knob] for r in rows], best["n_images"],
                [round(r["sure_mse"] * scale ** 2, 4) for r in rows], [round(r["z_above_best"], 1) for r in rows])
   return {"method": config.method, "params": params, "auto": True, "warning": best["warning"],
           "sure": _summary(best["estimate"], sigma, scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],
-                    "z_above_best": r["z_above_best"]} for r in rows], "sure_tuning_images": best["n_images"]}
+                    "z_above_best": r["z_above_best"]} for r in rows], "sure_tuning_images": best["n_images"],
+          "default_kept": bool(kept)}
 
 
 def _quality(config, table, reader, denoiser) -> dict:

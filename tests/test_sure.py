@@ -205,6 +205,23 @@ def test_tuning_subset_grows_while_another_value_is_within_two_standard_errors()
   assert abs(near[0]["sure_mse"] / near[0]["mse"] - 1) < 0.1
 
 
+def test_keep_default_methods_leave_their_default_only_when_sure_resolves_it(monkeypatch):
+  """A `KEEP_DEFAULT` method keeps its registered default (gaussian: width 1.5 here) while that value's
+  SURE is within `significance` paired standard errors of the lowest (width 1.0's, 3.96 of them below it
+  on these 16 images), and takes SURE's lowest beyond; bm3d keeps its sigma_scale=1 this way."""
+  assert "bm3d" in S.KEEP_DEFAULT and "ddtf" not in S.KEEP_DEFAULT
+  x = _smooth_images(96, 32, seed=14)
+  y = x + 1.0 * np.random.default_rng(15).normal(size=x.shape).astype(np.float32)
+  kw = dict(grid=(1.0, 1.5), n_images=16, n_estimate=16, n_tune_max=16)
+  assert S.sure_tune("gaussian", y, significance=5.0, **kw)[0]["width"] == 1.0  # not a KEEP_DEFAULT method
+  monkeypatch.setattr(S, "KEEP_DEFAULT", ("gaussian",))
+  assert denoisers.REGISTRY["gaussian"].default == 1.5
+  params, table = S.sure_tune("gaussian", y, **kw)
+  assert params["width"] == 1.0 and 2.0 < table[1]["z_above_best"] < 5.0
+  params, table = S.sure_tune("gaussian", y, significance=5.0, **kw)
+  assert params["width"] == 1.5 and "estimate" in table[1] and "estimate" not in table[0]
+
+
 def test_difference_se_matches_the_spread_over_noise_draws():
   """`difference_se` of SURE(width 1) − SURE(width 1.5) on the same 48 images matches the sd of
   that difference's error (− the true MSE difference) over 40 noise draws within the ±25% they resolve."""
@@ -254,6 +271,7 @@ def test_denoise_params_auto_writes_choice(tmp_path):
   assert record["sure"]["n_images"] == 8 and record["sure"]["gain_db"] > 0
   assert min(r["sure_mse"] for r in record["grid"]) == record["sure"]["mse"]
   assert min(r["z_above_best"] for r in record["grid"]) == 0.0 and record["sure_tuning_images"] == 8
+  assert record["default_kept"] is False  # gaussian is not a KEEP_DEFAULT method
   stack = io.read_stack(str(tmp_path / "out.mrcs"), mmap=False)
   np.testing.assert_allclose(np.asarray(stack.data), np.asarray(gaussian_denoise(y - y.mean(), width=width)) + y.mean(),
                              atol=1e-3)
