@@ -272,7 +272,7 @@ def _choose_params(config, table, reader) -> dict:
   if best["warning"]:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
   sigma = float(sure.sigmas(images, noise_std)[1].mean())
-  kept = config.method in sure.KEEP_DEFAULT and best["z_above_best"] > 0  # the default, SURE's lowest not resolved
+  kept = best["default_kept"]
   logging.info("params=auto: %s=%s%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
                params[knob], " (default kept)" if kept else "", [r[knob] for r in rows], best["n_images"],
                [round(r["sure_mse"] * scale ** 2, 4) for r in rows], [round(r["z_above_best"], 1) for r in rows])
@@ -280,7 +280,7 @@ def _choose_params(config, table, reader) -> dict:
           "sure": _summary(best["estimate"], sigma, scale),
           "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],
                     "z_above_best": r["z_above_best"]} for r in rows], "sure_tuning_images": best["n_images"],
-          "default_kept": bool(kept)}
+          "default_kept": kept}
 
 
 def _quality(config, table, reader, denoiser) -> dict:

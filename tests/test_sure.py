@@ -217,9 +217,10 @@ def test_keep_default_methods_leave_their_default_only_when_sure_resolves_it(mon
   monkeypatch.setattr(S, "KEEP_DEFAULT", ("gaussian",))
   assert denoisers.REGISTRY["gaussian"].default == 1.5
   params, table = S.sure_tune("gaussian", y, **kw)
-  assert params["width"] == 1.0 and 2.0 < table[1]["z_above_best"] < 5.0
+  assert params["width"] == 1.0 and 2.0 < table[1]["z_above_best"] < 5.0 and table[0]["default_kept"] is False
   params, table = S.sure_tune("gaussian", y, significance=5.0, **kw)
   assert params["width"] == 1.5 and "estimate" in table[1] and "estimate" not in table[0]
+  assert table[1]["default_kept"] is True
 
 
 def test_difference_se_matches_the_spread_over_noise_draws():

@@ -304,9 +304,9 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or "", "n_images" tuned on, "z_above_best": paired standard errors
   above the lowest SURE}, and, when `clean` (B, H, W) is given (for validation
-  only), the true "mse" of the same outputs. The chosen row also holds "estimate", the number to
-  report, with its standard error: SURE of the chosen knob alone on `n_estimate` random images,
-  grown to at most `n_estimate_max` while its standard error is above `se_target` of it (within
+  only), the true "mse" of the same outputs. The chosen row also holds "default_kept" (`KEEP_DEFAULT`
+  overrode `choose`) and "estimate", the number to report, with its standard error: SURE of the
+  chosen knob alone on `n_estimate` random images, grown to at most `n_estimate_max` while its standard error is above `se_target` of it (within
   `estimate_budget`; `estimate_chosen`, new images in batches of up to `estimate_batch`) when the
   stack has at least twice the tuning subset, the grid's own numbers otherwise.
   """
@@ -358,11 +358,12 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     if clean is not None:
       row["mse"] = float(np.mean(mse[g]))
     table.append(row)
-  g = choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE)
+  g = lowest = choose(values, [r["sure_mse"] for r in table], name in FIT_CHOICE)
   default = denoisers.REGISTRY[name].default
   if name in KEEP_DEFAULT and default in values and z[values.index(default)] < significance:
     g = values.index(default)
   best = table[g]
+  best["default_kept"] = g != lowest
   note = reliability(den_sigma, sigma, best["sure_mse"], power)
   for row in table:
     row["warning"] = note
