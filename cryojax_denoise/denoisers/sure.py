@@ -47,8 +47,8 @@ from cryojax_denoise.errors import InputError
 # 0.1). Smooth methods take a small step: the Wiener gain depends on the power of y, and ε = 0.1σ
 # already overestimates its MSE by 12-20%, ε = 0.01σ is unbiased. BM3D takes 0.04σ: against Stein's
 # target <n, f(y)>/σ² (noise known), its divergence term at 0.07σ read +11.6 ± 3.9% of the MSE at phantom,
-# no CTF, SNR 0.05 (256 images; 0.14σ: +28.5 ± 3.1%), at 0.04σ −0.1 ± 5.0%; in 3 other settings
-# 0.03-0.07σ were within 2 standard errors of 0 (README, SURE section).
+# no CTF, SNR 0.05 (256 images; 0.14σ: +28.5 ± 3.1%), at 0.04σ −0.1 ± 5.0%; in 4 other settings
+# 0.03-0.07σ were within 2 standard errors of 0 (README, SURE section; `scripts/sure_probe_step.py`).
 EPS = 0.07
 EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01, "bm3d": 0.04}
 N_PROBES = 4       # Rademacher probes per estimate
