@@ -4,8 +4,8 @@ usage: python scripts/sure_probe_step.py OUT.jsonl METHOD SET CTF SNR N EPSES [N
   e.g. ... out.jsonl bm3d phantom 0 0.05 256 0.02,0.04,0.07,0.14 2 1.0
 On N random images of the stack `validate_sure.py` makes for that setting, with the method's knob at
 VALUE (its default when left out) and σ estimated as `denoise` does: for white noise n of std σ,
-E⟨n, f(y)⟩ = σ²·E[div f(y)], so ⟨n, f(y) − x⟩/σ² per pixel (the same expectation, less ⟨n, x⟩'s spread)
-is an unbiased divergence with no probe step. SURE − true MSE = (‖n‖²/N − σ̂²) + 2⟨n, x⟩/N +
+E⟨n, f(y)⟩ = σ²·E[div f(y)], so ⟨n, f(y) − x⟩/σ² per pixel (the same expectation, less ⟨n, x⟩'s
+spread) is an unbiased divergence with no probe step. SURE − true MSE = (‖n‖²/N − σ̂²) + 2⟨n, x⟩/N +
 2(σ̂²·div − ⟨n, f⟩)/N: this prints the last term, the divergence's error, relative to the true MSE,
 with its standard error over the images, at each ε (fraction of σ̂; the same probes at every ε), and
 SURE / true MSE with σ̂ and with the true σ.
@@ -43,8 +43,8 @@ def main():
          "eps": {}}
   for e in epses:
     step = e * s_hat
-    div = np.mean([np.sum(b * (np.asarray(fn(y + step[:, None, None] * b, den_sigma, value)) - f), axis=(1, 2))
-                   for b in probes], axis=0) / step / pixels
+    probed = np.stack([np.asarray(fn(y + step[:, None, None] * b, den_sigma, value), np.float32) for b in probes])
+    div = sure_grid.divergence(f, probed, probes, step) / pixels
     err = 2 * s_true ** 2 * (div - stein) / mse.mean()  # the divergence term's error per image, / true MSE
     row["eps"][str(e)] = {
         "div": float(div.mean()), "div_error_relative": float(err.mean()),
