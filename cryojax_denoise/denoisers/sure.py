@@ -310,9 +310,9 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   only), the true "mse" of the same outputs. The chosen row also holds "default_kept" (`KEEP_DEFAULT`
   overrode `choose`) and "estimate", the number to report, with its standard error: SURE of the
   chosen knob alone on `n_estimate` random images, grown to at most `n_estimate_max` while its
-  standard error is above `se_target` of it (within
-  `estimate_budget`; `estimate_chosen`, new images in batches of up to `estimate_batch`) when the
-  stack has at least twice the tuning subset, the grid's own numbers otherwise.
+  standard error is above `se_target` of it (within `estimate_budget`; `estimate_chosen`, new images
+  in batches of up to `estimate_batch`) when the stack has at least twice the tuning subset, the
+  grid's own numbers otherwise.
   """
   check_tunable(name)
   from cryojax_denoise import denoisers
