@@ -44,7 +44,7 @@ def fit_scale_offset(model, images):
 class RowProjector:
   """Projections of one map at the poses and CTFs of RELION rows, for streaming `make_pairs`.
 
-  Like `data.simulate.project`, but the map is resampled to each optics group's pixel size and
+  Like `data.projector.project`, but the map is resampled to each optics group's pixel size and
   its jitted projector built once (lazily), not per call, so batch after batch of a 10⁶-particle
   set reuses one compiled function; the CTF is applied when `ctf` (the table has rlnDefocusU).
   `__call__(particles)` -> (B, H, W) float32 in cryojax's units
@@ -57,7 +57,7 @@ class RowProjector:
     self._projectors: dict = {}
 
   def _projector(self, group):
-    from cryojax_denoise.data.relion import group_projector
+    from cryojax_denoise.data.projector import group_projector
 
     if group not in self._projectors:
       self._projectors[group] = group_projector(self.source, self.optics, group, self.image_size, self.ctf)

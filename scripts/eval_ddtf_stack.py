@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers import ddtf, patches as pt
 from cryojax_denoise.denoisers.noise import estimate_noise_std
 
@@ -55,8 +56,8 @@ def main(argv):
   snrs = [float(s) for s in argv[1].split(",")]
   volume, pixel_size = (argv[2], float(argv[3])) if len(argv) > 3 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   n = int(argv[4]) if len(argv) > 4 else 1024
-  src = (simulate.load_source(image_size=64) if volume == "phantom"
-         else simulate.load_source(volume=volume, pixel_size=pixel_size, image_size=64))
+  src = (load_source(image_size=64) if volume == "phantom"
+         else load_source(volume=volume, pixel_size=pixel_size, image_size=64))
   for snr in snrs:
     ds = simulate.simulate_dataset(src, n, 64, snr=snr, seed=40000, ctf=True)
     noisy = np.asarray(ds.noisy, np.float32)

@@ -14,6 +14,7 @@ import numpy as np
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_lib, simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.noise import estimate_noise_std
 from cryojax_denoise.training import restore, self_supervised as ss
 
@@ -23,9 +24,9 @@ def main(argv):
   volume, pixel_size = (argv[3], float(argv[4])) if len(argv) > 4 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   model = volume.endswith((".cif", ".pdb", ".mmcif"))
   if volume == "phantom":  # the built-in phantom (the sweep's in-distribution set)
-    src = simulate.load_source(image_size=64)
+    src = load_source(image_size=64)
   else:
-    src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
+    src = load_source(volume=None if model else volume, structure=volume if model else None,
                                pixel_size=pixel_size, image_size=64)
   bundled = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
   for snr in snrs:

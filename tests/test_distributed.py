@@ -275,11 +275,12 @@ def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(
 def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
   """24 simulated particles of 32²: shares of 8-row batches projected per process, assembled on 0."""
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
   from experiments import make_pairs
   from test_make_pairs import _blob_map
 
   io.write_volume(str(tmp_path / "map.mrc"), _blob_map(), 4.0)
-  source = simulate.load_source(volume=str(tmp_path / "map.mrc"), image_size=32)
+  source = load_source(volume=str(tmp_path / "map.mrc"), image_size=32)
   ds = simulate.simulate_dataset(source, n_images=24, image_size=32, snr=1.0, seed=1, max_shift_A=6.0, batch_size=24)
   simulate.write_dataset(ds, str(tmp_path / "sim"))
 

@@ -59,9 +59,10 @@ class SimulatedPairs:
 
   def __init__(self, config, sharding=None):
     from cryojax_denoise.data import simulate
+    from cryojax_denoise.data.maps import load_source
 
     check_snr_config(config)
-    source = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+    source = load_source(volume=config.volume or None, structure=config.structure or None,
                                   pixel_size=config.pixel_size or None, image_size=config.image_size,
                                   seed=config.seed)
     self.simulator = simulate.Simulator(source, config.image_size, ctf=bool(config.ctf))
