@@ -16,7 +16,7 @@ from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_lib, simulate
 from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.noise import estimate_noise_std
-from cryojax_denoise.training import restore, self_supervised as ss
+from cryojax_denoise.training import restore, self_supervised as ss, train
 
 
 def main(argv):
@@ -37,7 +37,7 @@ def main(argv):
     cwf = denoisers.fit("cwf", fit.noisy, sig_fit, ctf_fit)
     inputs = ss.cwf_sure_inputs(fit.noisy, cwf, sig_fit, ctf_fit)
     with tempfile.TemporaryDirectory() as work:
-      tuned = restore.load_denoiser(ss.finetune(inputs, work, init=restore.bundled_dir("autoencoder_cwf"),
+      tuned = restore.load_denoiser(train.finetune(inputs, work, init=restore.bundled_dir("autoencoder_cwf"),
                                                 loss="sure", steps=steps, lr_g=1e-4, val_size=64,
                                                 eval_every=max(steps // 4, 1), checkpoint_every=steps))
       prior = np.asarray(cwf(test.noisy, sig_test, ctf_test))

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.data import cwf_corpus, simulate
+from cryojax_denoise.data import simulate
+from cryojax_denoise.training import cwf_corpus
 from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.models import Generator, host_init
@@ -172,3 +173,28 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
   np.testing.assert_allclose(np.asarray(shared(ds.noisy[:8], None, ctf[:8])), out, atol=1e-5)
   with pytest.raises(InputError, match="unknown parameter"):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_step=0)
+
+
+def test_get_autoencoder_cwf_fits_once_then_reuses(monkeypatch):
+  """`get("autoencoder_cwf")` used to refit CWF (and fine-tune) on every batch call: now the first
+  batch of a size fits, later batches reuse that fit (same output for the same images)."""
+  from cryojax_denoise.training import learned
+
+  calls = []
+  real = learned.fit_autoencoder_cwf
+
+  def counting(*args, **kwargs):
+    calls.append(np.shape(args[0]))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(learned, "fit_autoencoder_cwf", counting)
+  src = load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 64, 32, snr=0.2, seed=6, ctf=False)
+  den = denoisers.get("autoencoder_cwf", finetune_steps=0)
+  first = np.asarray(den(ds.noisy[:48]))
+  second = np.asarray(den(ds.noisy[48:]))
+  again = np.asarray(den(ds.noisy[:48]))
+  assert calls == [(48, 32, 32)]  # one fit, on the first batch
+  assert first.shape == (48, 32, 32) and second.shape == (16, 32, 32) and np.isfinite(second).all()
+  np.testing.assert_allclose(again, first, atol=1e-5)
+  assert len(calls) == 1

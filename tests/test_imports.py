@@ -164,3 +164,25 @@ def test_no_import_cycles():
   found = cycles(graph)
   assert not found, "import cycles among cryojax_denoise modules:\n" + "\n".join(
       " -> ".join(_path_in(c, graph)) + f"   ({len(c)} modules)" for c in found)
+
+
+def test_denoisers_import_no_training_code():
+  """`import cryojax_denoise.denoisers` loads no `cryojax_denoise.training` module (learned methods load
+  theirs when called); run in a fresh interpreter so other tests' imports do not count."""
+  import subprocess
+  import sys
+
+  code = ("import sys; from cryojax_denoise import denoisers; assert 'gan' in denoisers.names(); "
+          "print(sorted(m for m in sys.modules if m.startswith('cryojax_denoise.training')))")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parent, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_learned_registry_stubs_have_the_loaders_signatures():
+  import inspect
+
+  from cryojax_denoise.denoisers import learned_registry as stubs
+  from cryojax_denoise.training import learned
+
+  for name in ("load_autoencoder", "load_gan", "load_autoencoder_cwf", "fit_autoencoder_cwf"):
+    assert str(inspect.signature(getattr(stubs, name))) == str(inspect.signature(getattr(learned, name))), name
