@@ -166,17 +166,29 @@ def write_output_star(table: ParticleTable, outputs: Outputs, particles) -> None
 
 
 def normalization(table: ParticleTable, reader: io.ImageReader, normalize: str) -> tuple[float, float]:
-  """(mean, scale) that `denoise` removes before denoising (see its `normalize`)."""
+  """(mean, scale) that `denoise` removes before denoising (see its `normalize`), from the stack's
+  `sample_stats`."""
   if normalize not in ("none", "mean", "std"):
     raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
-  mean, scale = 0.0, 1.0
-  if normalize != "none":
-    mean, std = sample_stats(table, reader)
-    if normalize == "std":
-      if std <= 0:
-        raise InputError(f"{table.source}: images are constant, cannot standardise (normalize=std)")
-      scale = std
-  return mean, scale
+  if normalize == "none":
+    return 0.0, 1.0
+  return mean_and_scale(*sample_stats(table, reader), normalize, table.source)
+
+
+def mean_and_scale(mean: float, std: float, normalize: str, where: str) -> tuple[float, float]:
+  """The one normalisation rule, (mean, scale) with images mapped to (x - mean) / scale: "none" (0, 1),
+  "mean" (mean, 1), "std" (mean, std). A constant stack (std 0) under "std" is an InputError rather than
+  a silent scale of 1: its images carry no signal, and the σ given in the input's units would no
+  longer match the denoiser's."""
+  if normalize == "none":
+    return 0.0, 1.0
+  if normalize == "mean":
+    return float(mean), 1.0
+  if normalize != "std":
+    raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
+  if not std > 0:
+    raise InputError(f"{where}: images are constant, cannot standardise (normalize=std)")
+  return float(mean), float(std)
 
 
 def ctf_rows(table: ParticleTable) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -168,15 +168,23 @@ def _simulated_truth(workdir: str):
   return np.asarray(source.volume, np.float32), float(source.pixel_size)
 
 
+def _denoiser(config):
+  """The configured denoiser (`pipeline.make_denoiser`): params given by value, no SURE here."""
+  from cryojax_denoise.pipeline import Settings, make_denoiser
+
+  return make_denoiser(Settings(method=config.method, params=config.params, checkpoint=config.checkpoint,
+                                noise_std=config.noise_std or None, sure_images=0))
+
+
 def _transform(config, images):
   """The denoiser as a batch transform in the images' units, or None."""
   if not config.method:
     return None
-  from experiments.denoise import _denoiser
+  from cryojax_denoise import denoise_stack
 
   denoiser = _denoiser(config)
   sample = images[0:min(len(images), 1024)]
-  mean, scale = float(sample.mean()), float(sample.std()) or 1.0
+  mean, scale = denoise_stack.mean_and_scale(float(sample.mean()), float(sample.std()), "std", config.input)
   std = config.noise_std / scale if config.noise_std > 0 else None
 
   def fn(batch):
@@ -200,7 +208,6 @@ def validate(config) -> None:
   fourier.particle_params(particles, star.optics, pixel_size, None if config.ctf else False)
   _reference(config, images.shape[-1], pixel_size)
   if config.method:
-    from experiments.denoise import _denoiser
     _denoiser(config)
 
 
