@@ -16,12 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise import denoisers
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers import ddtf, patches as pt
 from cryojax_denoise.denoisers.noise import estimate_noise_std
+from cryojax_denoise.pipeline import Settings
 
-BATCH, R, N_ITER, N_PATCHES, STRIDE, LAM1, LAM2 = 64, 8, 30, 40000, 2, 3.4, 2.7
+# DDTF's defaults and `denoise`'s batch size, read from the package (never copied: they would drift).
+_D = denoisers.REGISTRY["ddtf"].defaults
+BATCH = Settings().batch_size
+R, N_ITER, N_PATCHES, STRIDE = _D["r"], _D["n_iter"], _D["n_patches"], _D["stride"]
+LAM1, LAM2 = _D["lam_scale"] * _D["lam1"], _D["lam_scale"] * _D["lam2"]
 
 
 @jax.jit
