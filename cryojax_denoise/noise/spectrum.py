@@ -163,8 +163,8 @@ def band_means(radial: np.ndarray) -> np.ndarray:
 
 
 def estimate_mask_radius(images: np.ndarray, margin_px: float | None = None) -> float:
-  """Particle radius (px) from the mean image's radial profile, plus a margin (default 5% of the box):
-  the last 1-px shell whose mean departs from the corners' level by more than max(5% of the peak,
+  """Particle radius (px) from the mean image's radial profile, plus a margin (default 8% of the box):
+  XX
   4 standard errors), capped at half the box less one pixel."""
   x = np.asarray(images, np.float64)
   n, h, w = x.shape
@@ -177,9 +177,9 @@ def estimate_mask_radius(images: np.ndarray, margin_px: float | None = None) -> 
   rmax = min(h, w) // 2
   prof = np.array([mean[shell == i].mean() - base for i in range(rmax)])
   se = sd / np.sqrt(np.array([max((shell == i).sum(), 1) for i in range(rmax)]))
-  above = np.abs(prof) > np.maximum(0.05 * np.abs(prof).max(), 4 * se)
+  above = np.abs(prof) > np.maximum(0.02 * np.abs(prof).max(), 4 * se)
   r_particle = float(np.flatnonzero(above).max(initial=0)) + 1.0
-  margin = 0.05 * min(h, w) if margin_px is None else float(margin_px)
+  margin = 0.08 * min(h, w) if margin_px is None else float(margin_px)
   return float(min(r_particle + margin, min(h, w) / 2 - 1))
 
 
