@@ -126,3 +126,4 @@ def test_whitened_classical_and_bm3d_psd_path():
   had = hasattr(np, "trapz")
   out = methods.bm3d_psd_denoise(y[:2], psd, sigma, workers=1)
   assert out.shape == (2, L, L) and np.all(np.isfinite(out)) and hasattr(np, "trapz") == had
+
