@@ -50,6 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.normalize = "mean"       # none | mean | std: what is removed before denoising and restored after
   c.sure_images = 32         # random images for params=auto and the SURE quality score (0: neither)
   c.fit_size = 10000         # dataset-level methods (cwf): pass 1 fits on this many random particles
+  c.noise = "white"          # auto | white | coloured: whiten with the background noise spectrum (noise/pipeline.py)
+  c.noise_psd = ""           # a known spectrum (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating
   distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id
   return c
 
@@ -120,7 +122,7 @@ def _denoiser(config, params=None):
     raise InputError(f"params: {e} (method {config.method})") from None
 
 
-def _fitted_denoiser(config, table, reader, params=None):
+def _fitted_denoiser(config, table, reader, params=None, psd=None):
   """Dataset-level methods (a registry `fit` hook, e.g. cwf): pass 1 reads `fit_size` random
   particles (and their CTFs from the STAR file) and fits; returns (den(images, σ, ctf), ctf_of)."""
   import numpy as np
@@ -142,7 +144,8 @@ def _fitted_denoiser(config, table, reader, params=None):
   logging.info("%s: fitting on %d of %d particles%s", config.method, len(rows), n,
                " with their CTFs" if ctf_of else "")
   try:
-    den = denoisers.fit(config.method, images, std, None if ctf_of is None else ctf_of(rows), **params)
+    from cryojax_denoise.noise.methods import fit_coloured  # psd None: denoisers.fit itself
+    den = fit_coloured(config.method, images, std, None if ctf_of is None else ctf_of(rows), psd, **params)
   except TypeError as e:
     raise InputError(f"params: {e} (method {config.method})") from None
   if ctf_of is None:
@@ -166,6 +169,11 @@ def validate(config) -> None:
     raise InputError(f"noise_std: must be >= 0 (0 = estimate), got {config.noise_std}")
   if config.normalize not in ("none", "mean", "std"):
     raise InputError(f"normalize: {config.normalize!r} is not one of none, mean, std")
+  if config.get("noise", "white") not in ("auto", "white", "coloured"):
+    raise InputError(f"noise: {config.noise!r} is not one of auto, white, coloured")
+  if config.get("noise_psd", ""):
+    from cryojax_denoise.noise.decide import load_psd_file
+    load_psd_file(config.noise_psd)
   distributed.check_config(config)
   if config.output:
     io.check_not_input(config.output, config.input)
@@ -204,10 +212,13 @@ def run(config, workdir: str) -> None:
   auto, _ = params_mode(config)
   record = distributed.share(_choose_params, config, table, reader) if auto else None  # process 0's
   ctf_of = None
+  from cryojax_denoise.noise import pipeline as noise_pipeline
+  psd, noise_record = noise_pipeline.stack_noise(table, reader, config.noise, config.noise_psd, config.fit_size,
+                                                 config.normalize)
   if denoisers_fit_hook(config.method):
-    denoiser, ctf_of = _fitted_denoiser(config, table, reader, record["params"] if auto else None)
+    denoiser, ctf_of = _fitted_denoiser(config, table, reader, record["params"] if auto else None, psd)
   else:
-    denoiser = _denoiser(config, record["params"] if auto else None)
+    denoiser = noise_pipeline.wrap(_denoiser(config, record["params"] if auto else None), psd)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
@@ -220,7 +231,9 @@ def run(config, workdir: str) -> None:
       logging.warning("no SURE quality score for %s: %s", config.method, e)
   distributed.denoise(config, table, denoiser, outputs, reader, ctf_of)  # one process: denoise_stack.denoise
   if auto and distributed.is_main():  # the record of the choice; without auto the score is only logged
-    _write_record(record, outputs)
+    _write_record(noise_pipeline.add_record(record, noise_record, outputs.stack), outputs)
+  elif (config.noise != "white" or config.noise_psd) and distributed.is_main():
+    noise_pipeline.add_record(None, noise_record, outputs.stack)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
 
 

@@ -9,6 +9,7 @@ from cryojax_denoise.noise import whiten as wh
 
 L = 32
 
+
 def test_simulate_noise_psd_keeps_snr():
   """simulate(noise_psd=issue:relion31): SNR exact (total variances), noise spectrum relion31's shape."""
   from cryojax_denoise.data import simulate

@@ -87,7 +87,7 @@ def test_correlogram_matches_numpy_reference():
   mask = sp.background_mask(h, w, 2.5)
   a = np.asarray(sp.pair_sums(jnp.asarray(img), jnp.asarray(mask), jnp.ones(1)))
   c = sp.pair_counts(mask)
-  z = mask * (img[0] - (img[0] * mask).sum() / mask.sum())
+  z = mask * img[0]
   for lx in range(-h + 1, h):
     for ly in range(-w + 1, w):
       ref = cnt = 0.0

@@ -84,13 +84,17 @@ def estimate_by_group(images, particles=None, radius_px=None, *, min_per_microgr
   return keys, spectra
 
 
-def choose(mode: str, images, particles=None, *, psd_file: str | None = None, radius_px=None) -> tuple:
+def choose(mode: str, images, particles=None, *, psd_file: str | None = None, radius_px=None,
+           anisotropic: bool = False) -> tuple:
   """The noise model of a particle set: (keys (N,), {key: PSD (H, W)}) or None for white, and the record.
 
   `mode`: 'white' (no estimate), 'coloured' (whiten with the measured or given spectrum), 'auto'
   (measure; whiten when any group's spectrum is not flat within its tolerance). `psd_file` gives a
   known spectrum instead of measuring (then 'auto' means 'coloured' unless it is flat to 1%).
-  The record (JSON-ready) holds the decision, flatness, tolerance and the radial spectra."""
+  The record (JSON-ready) holds the decision, flatness, tolerance and the radial spectra. The PSDs are
+  the radial profiles on the grid (isotropic: per-mode noise of the 2D estimate is ~26% with a
+  corners-only mask on 1,000 images of 64², the radial one's under 1% per band), the 2D estimates when
+  `anisotropic`."""
   if mode not in MODES:
     raise InputError(f"config.noise: {mode!r} is not one of {', '.join(MODES)}")
   x = np.asarray(images, np.float32)
@@ -120,7 +124,7 @@ def choose(mode: str, images, particles=None, *, psd_file: str | None = None, ra
            ", ".join(f"{k} {g['flatness']:.2f} vs tol {g['tolerance']:.2f}" for k, g in groups.items()))
   if not coloured:
     return None, record
-  return (keys, {k: s.psd2d for k, s in spectra.items()}), record
+  return (keys, {k: s.psd2d if anisotropic else wh.psd_grid(s.radial, (h, w)) for k, s in spectra.items()}), record
 
 
 def apply_by_group(fn, images, model, *args, **kw):

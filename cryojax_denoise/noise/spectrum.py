@@ -6,19 +6,19 @@ total variance. A radial PSD is S values on shells k_i = i / (2(S-1)), i.e. 0 �
 (S = H//2 + 1 for the estimator's output; files may use any S >= 2).
 
 Estimator (a correlogram, as ASPIRE's noise estimators; RELION's σ²(k) is instead the mean
-|y − reprojection|² per shell, which needs a refined map). For each image the background mean is
-removed, z = m·(y − ȳ_bg) with m the 0/1 background mask; zero-padded to 2H×2W, the sums of lagged
+|y − reprojection|² per shell, which needs a refined map). For each image z = m·y with m the 0/1
+background mask; zero-padded to 2H×2W, the sums of lagged
 products A(l) = Σ_p z(p) z(p+l) and the pair counts C(l) = Σ_p m(p) m(p+l) give the unbiased
 autocovariance c(l) = Σ_i A_i(l) / (n·C(l)) for every lag |l_x| < H, |l_y| < W (each lag has pairs
 as long as the mask leaves background at the box's edges). Then
     P(k) = Σ_l c(l) (1 − |l_x|/H)(1 − |l_y|/W) e^{−2πi k·l}
 is exactly E|FFT(n)|²/(H·W) of a noise-only full box (the Bartlett weights are the box's own
 pair counts): the mask is divided out in lag space, so it neither smooths nor biases the spectrum,
-unlike a periodogram of the masked image (whose mean is P convolved with |FFT(m)|²). A mask that
-leaves only the corners has lags with very few pairs: those are tapered (`lag_taper`). Removing the
-mean shifts c(l) by a near-constant, which after the Bartlett sum lands on k = 0 alone: P(0) is
-therefore not measured and is set to the mean of its four neighbours.
-
+unlike a periodogram of the masked image (whose mean is P convolved with |FFT(m)|²). The mean is not
+removed (removing it takes power from the lowest shells: -5% in the first band under relion31's
+spectrum): an image's offset d adds d² to c(l) at every lag, which after the Bartlett sum lands on
+k = 0 alone. P(0) is therefore not measured and is set to the mean of its four neighbours. A mask that
+leaves only the corners, or few images, make far lags noisy: they are then tapered (`lag_taper`). 
 Robustness: each image's windowed periodogram in 0.05-cycle bands is compared with the median over
 images (log power, MAD z-score); images with any |z| > `REJECT_Z` (bad images, neighbours, ice,
 carbon edges) are left out of the sums. The spread of those band powers over the kept images gives
@@ -41,7 +41,7 @@ REJECT_Z = 5.0             # robust z (log band power vs the median image) above
 MIN_PARTICLES = 2          # fewer images: no estimate
 MIN_REJECT = 8             # outlier rejection needs at least this many images
 MIN_BACKGROUND = 0.05      # minimum fraction of the box outside the mask
-RHO_MIN = 0.02             # lags with fewer pairs than this fraction of a full box's are tapered away
+SE_MODE_MAX = 0.3          # per-mode relative standard error above which the lag window is tapered
 PSD_FLOOR = 0.05           # estimates below this fraction of the median (sampling noise) are raised to it
 
 
@@ -84,43 +84,57 @@ def n_bands() -> int:
   return int(round(0.5 / BAND_WIDTH))
 
 
-@jax.jit
-def _masked_fft(images, mask):
-  """FFT (B, 2H, 2W) of each image's background, mean removed, zero-padded to twice the box."""
+def _masked_fft(images, mask, centre: bool):
+  """FFT (B, 2H, 2W) of each image's background (its mean removed when `centre`), zero-padded to twice
+  the box."""
   x = jnp.asarray(images, jnp.float32)
   _, h, w = x.shape
-  mean = jnp.sum(x * mask, axis=(1, 2), keepdims=True) / jnp.sum(mask)
-  return jnp.fft.fft2(mask * (x - mean), s=(2 * h, 2 * w))
+  if centre:
+    x = x - jnp.sum(x * mask, axis=(1, 2), keepdims=True) / jnp.sum(mask)
+  return jnp.fft.fft2(mask * x, s=(2 * h, 2 * w))
 
 
 @functools.partial(jax.jit, static_argnames=("nb",))
 def band_powers(images, mask, band_idx, *, nb: int):
   """Windowed periodogram of each image's background averaged in bands: (B, nb), image units²."""
-  p = jnp.abs(_masked_fft(images, mask)) ** 2 / jnp.sum(mask ** 2)
+  p = jnp.abs(_masked_fft(images, mask, True)) ** 2 / jnp.sum(mask ** 2)
   onehot = (band_idx[..., None] == jnp.arange(nb)).astype(jnp.float32)  # (2H, 2W, nb)
   return jnp.einsum("bhw,hwn->bn", p, onehot) / jnp.sum(onehot, axis=(0, 1))
 
 
 @jax.jit
 def pair_sums(images, mask, weights):
-  """Σ_i w_i A_i(l) (2H, 2W): weighted sums over images of the background's lagged products."""
-  p = jnp.abs(_masked_fft(images, mask)) ** 2
+  """Σ_i w_i A_i(l) (2H, 2W): weighted sums over images of the background's lagged products (mean not
+  removed: an image's offset d adds d² at every lag, i.e. to k = 0 alone after the Bartlett sum)."""
+  p = jnp.abs(_masked_fft(images, mask, False)) ** 2
   return jnp.fft.ifft2(jnp.einsum("b,bhw->hw", weights, p)).real
 
 
-def lag_taper(counts: np.ndarray, rho_min: float = RHO_MIN) -> np.ndarray:
-  """Lag window (2H, 2W): 1 (no taper: the estimate is exact) when every lag inside the box has at least
-  `rho_min` of the full box's pairs; else a Hann taper to 0 at the shortest such lag L (few pairs: a
-  corners-only mask), trading resolution 1/L cycles/px for variance."""
+def lag_taper(counts: np.ndarray, n_images: int, se_max: float | None = None) -> np.ndarray:
+  """Lag window (2H, 2W): 1 (no taper: the estimate is exact) when the per-mode relative standard error
+  of white noise, sqrt(Σ_l b(l)² / (n·C(l))) with b the Bartlett weights, is at most `se_max`; else the
+  widest Hann taper (to 0 at lag radius L) that brings it there: few images or a corners-only mask
+  trade resolution 1/L cycles/px for variance (relion31's 5 images of 256²: L ≈ 20 px)."""
+  se_max = SE_MODE_MAX if se_max is None else se_max
   h, w = counts.shape[0] // 2, counts.shape[1] // 2
   lx, ly = np.fft.fftfreq(2 * h) * 2 * h, np.fft.fftfreq(2 * w) * 2 * w
-  full = np.clip(h - np.abs(lx), 0, None)[:, None] * np.clip(w - np.abs(ly), 0, None)[None, :]
+  bart = np.clip(1 - np.abs(lx) / h, 0, None)[:, None] * np.clip(1 - np.abs(ly) / w, 0, None)[None, :]
   rad = np.hypot(lx[:, None], ly[None, :])
-  sparse = (full > 0) & (counts < rho_min * full)
-  if not sparse.any():
-    return np.ones_like(counts)
-  lmax = rad[sparse].min()
-  return 0.5 * (1 + np.cos(np.pi * np.minimum(rad / lmax, 1.0)))
+  use = (bart > 0) & (counts > 0)
+  inv = np.where(use, 1.0 / (n_images * np.maximum(counts, 1)), 0.0)
+
+  def se(taper):
+    return float(np.sqrt(np.sum((bart * taper) ** 2 * inv)))
+
+  ones = np.ones_like(bart)
+  if se(ones) <= se_max:
+    return ones
+  lmax = float(rad[use].max())
+  for radius in lmax * 0.92 ** np.arange(80):
+    taper = 0.5 * (1 + np.cos(np.pi * np.minimum(rad / max(radius, 1.0), 1.0)))
+    if se(taper) <= se_max or radius <= 2:
+      return taper
+  return taper
 
 
 def pair_counts(mask: np.ndarray) -> np.ndarray:
@@ -236,7 +250,7 @@ def estimate_spectrum(images, radius_px: float | None = None, *, batch_size: int
     wts[: e - s] = keep[s:e]
     total += np.asarray(pair_sums(padded(s, e), m, jnp.asarray(wts)), np.float64)
   k = int(keep.sum())
-  cov = np.where(counts > 0, total / np.maximum(k * counts, 1), 0.0) * lag_taper(counts)
+  cov = np.where(counts > 0, total / np.maximum(k * counts, 1), 0.0) * lag_taper(counts, k)
   psd = np.asarray(psd_from_autocovariance(jnp.asarray(cov, jnp.float32)), np.float64)
   psd = np.maximum(psd, PSD_FLOOR * np.median(psd))
   psd[0, 0] = np.mean([psd[1 % h, 0], psd[-1, 0], psd[0, 1 % w], psd[0, -1]])
