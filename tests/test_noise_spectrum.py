@@ -142,3 +142,30 @@ def test_inestimable_spectrum_one_line(kwargs, n, msg):
 def test_mask_radius_from_mean_image(clean):
   r = sp.estimate_mask_radius(clean[:200] + np.random.default_rng(8).standard_normal((200, L, L)))
   assert 18 <= r <= 31
+
+
+def test_pipeline_stack_noise(tmp_path):
+  """denoise's noise step on an MRC stack: auto -> coloured with a record; wrap whitens and colours
+  back; auto on an inestimable stack stays white with the reason, coloured raises one line."""
+  from cryojax_denoise import io
+  from cryojax_denoise.noise import pipeline
+  from cryojax_denoise.streaming import open_particles
+
+  path = str(tmp_path / "noisy.mrcs")
+  x = np.asarray(wh.coloured_noise(jax.random.PRNGKey(9), (200, 32, 32), issue_profile("relion31", n_shells=17)))
+  io.write_stack(path, x, 2.0)
+  reader = io.ImageReader()
+  table = open_particles(path, reader)
+  psd, record = pipeline.stack_noise(table, reader, "auto", normalize="none")
+  assert record["decision"] == "coloured" and psd.shape == (32, 32) and record["n_images"] == 200
+  den = pipeline.wrap(lambda im, s: im, psd)
+  assert np.allclose(den(x[:4], None), x[:4], atol=1e-5)
+  one = str(tmp_path / "one.mrcs")
+  io.write_stack(one, x[:1], 2.0)
+  table1 = open_particles(one, reader)
+  psd1, rec1 = pipeline.stack_noise(table1, reader, "auto", normalize="none")
+  assert psd1 is None and rec1["decision"] == "white" and "at least" in rec1["reason"]
+  with pytest.raises(InputError):
+    pipeline.stack_noise(table1, reader, "coloured", normalize="none")
+  out = pipeline.add_record(None, record, str(tmp_path / "den.mrcs"))
+  assert out is None and (tmp_path / "den.params.json").exists()

@@ -41,7 +41,7 @@ REJECT_Z = 5.0             # robust z (log band power vs the median image) above
 MIN_PARTICLES = 2          # fewer images: no estimate
 MIN_REJECT = 8             # outlier rejection needs at least this many images
 MIN_BACKGROUND = 0.05      # minimum fraction of the box outside the mask
-SE_MODE_MAX = 0.3          # per-mode relative standard error above which the lag window is tapered
+SE_MODE_MAX = 1.0          # per-mode relative SE above which the lag window is tapered (radial shells pool >= 4 modes)
 PSD_FLOOR = 0.05           # estimates below this fraction of the median (sampling noise) are raised to it
 
 
