@@ -81,6 +81,7 @@ def _band_index(h: int, w: int) -> np.ndarray:
 
 
 def n_bands() -> int:
+  """Number of 0.05-cycle bands in 0 … 0.5 cycles/px (10)."""
   return int(round(0.5 / BAND_WIDTH))
 
 

@@ -14,8 +14,10 @@ Parametric families (ratio = P(0) / P(∞), the low-frequency excess over the hi
 only the shape matters, the total variance is set separately):
   exp:      P(k) = 1 + (ratio − 1) exp(−k / k0)
   plateau:  P(k) = 1 + (ratio − 1) / (1 + (k / kc)^n)
-Fitted to the measured bands of issue 29 (`fit_family`, tests/test_whiten.py checks the fits): relion31
-is a plateau (ratio ≈ 6, kc ≈ 0.13, steep n); the third row a milder plateau (ratio ≈ 2.3, kc ≈ 0.21).
+Fitted to the measured bands of issue 29 (`fit_family`, n <= 12; tests/test_whiten.py checks the fits),
+rms error of log band power: relion31 plateau ratio 7.0, kc 0.117, n 3.2 (0.12; exp: ratio 10.2, k0 0.10,
+0.15); the 320² corners row plateau 3.2, 0.051, 12 (0.045); the reprojection row plateau 2.15, 0.215, 12
+(0.076). `plateau:ratio=2.2,kc=0.21,n=12` is the issue's "milder" spectrum, `issue:relion31` its table row.
 """
 
 from __future__ import annotations
