@@ -218,7 +218,8 @@ def run(config, workdir: str) -> None:
   if denoisers_fit_hook(config.method):
     denoiser, ctf_of = _fitted_denoiser(config, table, reader, record["params"] if auto else None, psd)
   else:
-    denoiser = noise_pipeline.wrap(_denoiser(config, record["params"] if auto else None), psd)
+    params = record["params"] if auto else parse_params(params_mode(config)[1])
+    denoiser = noise_pipeline.wrap(_denoiser(config, params), psd, config.method, params)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", config.input, len(table),
                *table.shape, table.pixel_size, config.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")

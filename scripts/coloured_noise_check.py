@@ -55,7 +55,8 @@ def main():
           np.round(eb / tb / ds.noise_std ** 2, 3).tolist(), "radius", est.radius_px, flush=True)
     for name in args.methods.split(","):
       sel = slice(0, args.n_bm3d) if name == "bm3d" else slice(None)
-      variants = {"white": (None, {}), "true": (g_true, {}), "est": (g_est, {})}
+      wkw = {"bm3d_psd": False} if name == "bm3d" else {}  # whiten/colour (fit_coloured's bm3d default is native)
+      variants = {"white": (None, {}), "true": (g_true, wkw), "est": (g_est, wkw)}
       if name == "bm3d":
         variants.update(native_true=(g_true, {"bm3d_psd": True}), native_est=(g_est, {"bm3d_psd": True}))
       for tag, (psd, kw) in variants.items():

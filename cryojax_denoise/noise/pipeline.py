@@ -54,10 +54,18 @@ def stack_noise(table, reader, mode: str, psd_file: str | None = None, fit_size:
   return next(iter(model[1].values())), record
 
 
-def wrap(denoiser, psd):
-  """`denoiser(images, noise_std, ...)` whitened for `psd` (None: unchanged); extra args pass through."""
+def wrap(denoiser, psd, method: str | None = None, params: dict | None = None):
+  """`denoiser(images, noise_std, ...)` whitened for `psd` (None: unchanged); extra args pass through.
+  `method` 'bm3d' uses the bm3d package's PSD input instead, with `params` (noise/methods.py: lower MSE)."""
   if psd is None:
     return denoiser
+  if method == "bm3d":
+    from cryojax_denoise.noise.methods import bm3d_psd_denoise
+
+    def run_bm3d(images, noise_std=None):
+      return bm3d_psd_denoise(images, psd, noise_std, **(params or {}))
+
+    return run_bm3d
   filt = wh.whitening_filter(psd, np.shape(psd))
   inv = 1.0 / filt
 
