@@ -36,12 +36,19 @@ def main():
   ap.add_argument("--n_bm3d", type=int, default=24)
   ap.add_argument("--methods", default="cwf,wiener,bm3d")
   ap.add_argument("--data", default=DATA)
+  ap.add_argument("--spectrum", default="relion31", help="relion31 (measured) or a noise_psd spec (noise/spec.py)")
+  ap.add_argument("--white_baseline", action="store_true", help="also each method on white noise (white model)")
   args = ap.parse_args()
-  real = np.asarray(read_stack(f"{args.data}/relion31.mrcs").data, np.float32)
-  measured = sp.estimate_spectrum(real)
-  true_psd = measured.radial
+  if args.spectrum == "relion31":
+    real = np.asarray(read_stack(f"{args.data}/relion31.mrcs").data, np.float32)
+    measured = sp.estimate_spectrum(real)
+    true_psd = measured.radial
+    print("relion31 radius", measured.radius_px, flush=True)
+  else:
+    from cryojax_denoise.noise import spec
+    true_psd = spec.resolve(args.spectrum)
   b = sp.band_means(true_psd)
-  print("relion31 bands (rel. 0.35-0.5):", np.round(b / b[7:].mean(), 2).tolist(), "radius", measured.radius_px,
+  print(f"{args.spectrum} bands (rel. 0.35-0.5):", np.round(b / b[7:].mean(), 2).tolist(),
         "flatness", round(wh.psd_flatness(true_psd), 2), flush=True)
   src = simulate.load_source(volume=f"{args.data}/ribosome70S_65.mrc", pixel_size=5.0, image_size=64, seed=0)
   rows = []
@@ -53,8 +60,15 @@ def main():
     eb, tb = sp.band_means(sp.radial_average(g_est)), sp.band_means(sp.radial_average(g_true / g_true.mean()))
     print(f"SNR {snr}: estimated spectrum / true per band (scaled by σ²):",
           np.round(eb / tb / ds.noise_std ** 2, 3).tolist(), "radius", est.radius_px, flush=True)
+    wds = simulate.simulate_dataset(src, args.n, 64, snr, seed=20_000, ctf=True) if args.white_baseline else None
     for name in args.methods.split(","):
       sel = slice(0, args.n_bm3d) if name == "bm3d" else slice(None)
+      if wds is not None:
+        out = np.asarray(nm.fit_coloured(name, wds.noisy, None, ctf, None)(wds.noisy[sel], None, ctf[sel]))
+        row = {"snr": snr, "method": name, "noise_model": "white_noise", "mse": round(float(np.mean(
+            (out - wds.clean[sel]) ** 2)), 4), "n": int(out.shape[0])}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
       wkw = {"bm3d_psd": False} if name == "bm3d" else {}  # whiten/colour (fit_coloured's bm3d default is native)
       variants = {"white": (None, {}), "true": (g_true, wkw), "est": (g_est, wkw)}
       if name == "bm3d":
@@ -68,11 +82,12 @@ def main():
                "seconds": round(time.time() - t0, 1)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-  print("\n| SNR | method | " + " | ".join(["white", "true", "est", "native_true", "native_est"]) + " | est/true |")
+  cols = ["white", "true", "est", "native_true", "native_est", "white_noise"]
+  print("\n| SNR | method | " + " | ".join(cols) + " | est/true |")
   for snr in sorted({r["snr"] for r in rows}, reverse=True):
     for name in args.methods.split(","):
       v = {r["noise_model"]: r["mse"] for r in rows if r["snr"] == snr and r["method"] == name}
-      cells = [f"{v[k]:.4f}" if k in v else "" for k in ("white", "true", "est", "native_true", "native_est")]
+      cells = [f"{v[k]:.4f}" if k in v else "" for k in cols]
       print(f"| {snr:g} | {name} | " + " | ".join(cells) + f" | {v['est'] / v['true']:.3f} |")
   from cryojax_denoise.denoisers import bm3d as bm3d_mod
   bm3d_mod.shutdown_pool()
