@@ -21,8 +21,9 @@ k = 0 alone. P(0) is therefore not measured and is set to the mean of its four n
 leaves only the corners, or few images, make far lags noisy: they are then tapered (`lag_taper`). 
 Robustness: each image's windowed periodogram in 0.05-cycle bands is compared with the median over
 images (log power, MAD z-score); images with any |z| > `REJECT_Z` (bad images, neighbours, ice,
-carbon edges) are left out of the sums. The spread of those band powers over the kept images gives
-the band standard errors (`band_se`) that set the flatness tolerance (`decide.py`).
+carbon edges) are left out of the sums. The kept images are dealt into `N_SPLIT` groups; the spread of
+the groups' band means gives the estimate's band standard errors (`band_se`), which set the flatness
+tolerance (`decide.py`): it includes the correlogram's extra variance with a corners-only mask.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ MIN_PARTICLES = 2          # fewer images: no estimate
 MIN_REJECT = 8             # outlier rejection needs at least this many images
 MIN_BACKGROUND = 0.05      # minimum fraction of the box outside the mask
 SE_MODE_MAX = 1.0          # per-mode relative SE above which the lag window is tapered (radial shells pool >= 4 modes)
+N_SPLIT = 8                # groups of images whose spectra's spread gives the band standard errors
 PSD_FLOOR = 0.05           # estimates below this fraction of the median (sampling noise) are raised to it
 
 
@@ -105,10 +107,11 @@ def band_powers(images, mask, band_idx, *, nb: int):
 
 @jax.jit
 def pair_sums(images, mask, weights):
-  """Σ_i w_i A_i(l) (2H, 2W): weighted sums over images of the background's lagged products (mean not
-  removed: an image's offset d adds d² at every lag, i.e. to k = 0 alone after the Bartlett sum)."""
+  """Σ_i w_i A_i(l): weighted sums over images of the background's lagged products, (2H, 2W) for
+  weights (B,), (G, 2H, 2W) for weights (B, G) (one sum per group of images). The mean is not removed:
+  an image's offset d adds d² at every lag, i.e. to k = 0 alone after the Bartlett sum."""
   p = jnp.abs(_masked_fft(images, mask, False)) ** 2
-  return jnp.fft.ifft2(jnp.einsum("b,bhw->hw", weights, p)).real
+  return jnp.fft.ifft2(jnp.einsum("b...,bhw->...hw", weights, p)).real
 
 
 def lag_taper(counts: np.ndarray, n_images: int, se_max: float | None = None) -> np.ndarray:
@@ -245,16 +248,24 @@ def estimate_spectrum(images, radius_px: float | None = None, *, batch_size: int
     keep = np.all(np.abs(lp - med) / mad <= reject_z, axis=1)
     if keep.sum() < MIN_PARTICLES:
       keep[:] = True
-  total = np.zeros((2 * h, 2 * w))
-  for s, e in chunks:
-    wts = np.zeros(bs, np.float32)
-    wts[: e - s] = keep[s:e]
-    total += np.asarray(pair_sums(padded(s, e), m, jnp.asarray(wts)), np.float64)
   k = int(keep.sum())
-  cov = np.where(counts > 0, total / np.maximum(k * counts, 1), 0.0) * lag_taper(counts, k)
-  psd = np.asarray(psd_from_autocovariance(jnp.asarray(cov, jnp.float32)), np.float64)
+  n_groups = min(N_SPLIT, k)  # kept images dealt into groups: the spread of their spectra gives band_se
+  group = np.where(keep, np.cumsum(keep) - 1, -1) % n_groups
+  sums = np.zeros((n_groups, 2 * h, 2 * w))
+  for s, e in chunks:
+    wts = np.zeros((bs, n_groups), np.float32)
+    wts[np.arange(e - s), group[s:e]] = keep[s:e]
+    sums += np.asarray(pair_sums(padded(s, e), m, jnp.asarray(wts)), np.float64)
+  taper, sizes = lag_taper(counts, k), np.bincount(group[keep], minlength=n_groups)
+
+  def spectrum(total, count):
+    cov = np.where(counts > 0, total / np.maximum(count * counts, 1), 0.0) * taper
+    return np.asarray(psd_from_autocovariance(jnp.asarray(cov, jnp.float32)), np.float64)
+
+  psd = spectrum(sums.sum(0), k)
   psd = np.maximum(psd, PSD_FLOOR * np.median(psd))
   psd[0, 0] = np.mean([psd[1 % h, 0], psd[-1, 0], psd[0, 1 % w], psd[0, -1]])
-  kept = bp[keep]
-  se = kept.std(0, ddof=1) / np.maximum(kept.mean(0), 1e-30) / np.sqrt(k) if k > 1 else np.full(nb, np.inf)
+  bands = np.array([band_means(radial_average(spectrum(t, c))) for t, c in zip(sums, sizes)])
+  se = (bands.std(0, ddof=1) / np.sqrt(n_groups) / np.maximum(np.abs(band_means(radial_average(psd))), 1e-30)
+        if n_groups > 1 else np.full(nb, np.inf))
   return NoiseSpectrum(radial_average(psd), psd, se, radius, k, int(n - k))
