@@ -7,8 +7,8 @@ total variance. A radial PSD is S values on shells k_i = i / (2(S-1)), i.e. 0 �
 
 Estimator (a correlogram, as ASPIRE's noise estimators; RELION's σ²(k) is instead the mean
 |y − reprojection|² per shell, which needs a refined map). For each image z = m·y with m the 0/1
-background mask; zero-padded to 2H×2W, the sums of lagged
-products A(l) = Σ_p z(p) z(p+l) and the pair counts C(l) = Σ_p m(p) m(p+l) give the unbiased
+background mask; zero-padded to 2H×2W, the sums of lagged products A(l) = Σ_p z(p) z(p+l) and the
+pair counts C(l) = Σ_p m(p) m(p+l) give the unbiased
 autocovariance c(l) = Σ_i A_i(l) / (n·C(l)) for every lag |l_x| < H, |l_y| < W (each lag has pairs
 as long as the mask leaves background at the box's edges). Then
     P(k) = Σ_l c(l) (1 − |l_x|/H)(1 − |l_y|/W) e^{−2πi k·l}
@@ -18,12 +18,18 @@ unlike a periodogram of the masked image (whose mean is P convolved with |FFT(m)
 removed (removing it takes power from the lowest shells: -5% in the first band under relion31's
 spectrum): an image's offset d adds d² to c(l) at every lag, which after the Bartlett sum lands on
 k = 0 alone. P(0) is therefore not measured and is set to the mean of its four neighbours. A mask that
-leaves only the corners, or few images, make far lags noisy: they are then tapered (`lag_taper`). 
+leaves only the corners, or few images, make far lags noisy: they are then tapered (`lag_taper`).
+
 Robustness: each image's windowed periodogram in 0.05-cycle bands is compared with the median over
 images (log power, MAD z-score); images with any |z| > `REJECT_Z` (bad images, neighbours, ice,
 carbon edges) are left out of the sums. The kept images are dealt into `N_SPLIT` groups; the spread of
 the groups' band means gives the estimate's band standard errors (`band_se`), which set the flatness
 tolerance (`decide.py`): it includes the correlogram's extra variance with a corners-only mask.
+
+Measured (tests/test_noise_spectrum.py, scripts/coloured_noise_check.py): 1,000 CTF-modulated blob
+particles of 64² at SNR 0.1 under issue 29's relion31 spectrum and one twice as steep: every 0.05-cycle
+band within 0.9%; the unseen ribosome (fills the box: corners only, CTF signal leaks into them),
+1,000 of 64²: within 6% (0.94-1.06) under relion31's measured spectrum, 3% under the milder one.
 """
 
 from __future__ import annotations
