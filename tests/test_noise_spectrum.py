@@ -169,3 +169,16 @@ def test_pipeline_stack_noise(tmp_path):
     pipeline.stack_noise(table1, reader, "coloured", normalize="none")
   out = pipeline.add_record(None, record, str(tmp_path / "den.mrcs"))
   assert out is None and (tmp_path / "den.params.json").exists()
+
+
+def test_per_micrograph_spectra():
+  """Two micrographs with different noise levels get their own spectra; a small one falls back to its
+  optics group's (all of the group's particles)."""
+  x = np.random.default_rng(10).standard_normal((60, 32, 32)).astype(np.float32)
+  x[:30] *= 2.0
+  parts = pd.DataFrame({"rlnOpticsGroup": [1] * 60, "rlnMicrographName": ["a"] * 30 + ["b"] * 25 + ["c"] * 5})
+  keys, spectra = decide.estimate_by_group(x, parts, 12, min_per_micrograph=20)
+  mean = {k: s.psd2d.mean() for k, s in spectra.items()}
+  assert np.isclose(mean["group:1/micrograph:a"], 4.0, rtol=0.05)
+  assert np.isclose(mean["group:1/micrograph:b"], 1.0, rtol=0.05)
+  assert np.isclose(mean["group:1"], 2.5, rtol=0.05) and spectra["group:1"].n_used == 60

@@ -81,7 +81,10 @@ def estimate_by_group(images, particles=None, radius_px=None, *, min_per_microgr
   if keys is None:
     keys = np.full(len(x), "all", dtype=object)
   radius = sp.estimate_mask_radius(x) if radius_px is None else float(radius_px)
-  spectra = {k: sp.estimate_spectrum(x[keys == k], radius, where=f"{where} ({k})") for k in np.unique(keys)}
+  spectra = {}
+  for k in np.unique(keys):  # a group's spectrum pools all its particles, its micrographs' too
+    sel = keys == k if "/" in k else np.array([kk == k or kk.startswith(k + "/") for kk in keys])
+    spectra[k] = sp.estimate_spectrum(x[sel], radius, where=f"{where} ({k})")
   return keys, spectra
 
 
