@@ -15,10 +15,10 @@ mildest measured real spectrum (issue 29, 320² corners row) has max/min 3.4 and
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
+from absl import logging as log
 
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.noise import spectrum as sp
@@ -28,7 +28,6 @@ FLAT_FLOOR = 0.1
 FLAT_Z = 5.0
 MIN_PER_MICROGRAPH = 200   # fewer particles on a micrograph: it uses its optics group's spectrum
 MODES = ("auto", "white", "coloured")
-log = logging.getLogger(__name__)
 
 
 def flat_tolerance(spec: sp.NoiseSpectrum) -> float:
