@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.normalize = "mean"       # none | mean | std: what is removed before denoising and restored after
   c.sure_images = 32         # random images for params=auto and the SURE quality score (0: neither)
   c.fit_size = 10000         # dataset-level methods (cwf): pass 1 fits on this many random particles
+  c.noise = "white"          # auto | white | coloured: whiten with the background noise spectrum (noise/stack.py)
+  c.noise_psd = ""           # a known spectrum (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating
   distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id, collective_timeout_s
   return c
 

@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.structure = ""  # PDB/mmCIF model rendered with cryojax
   config.pixel_size = 0.0  # Å; 0 = from the MRC header, or sized to fill ~60% of the box
   config.batch_size = 64  # images projected per jitted call
+  config.noise_psd = "flat"  # flat | exp:ratio=4,k0=0.08 | plateau:… | issue:relion31 | FILE.txt/.npy | from:STACK
   return config
 
 
@@ -63,6 +64,8 @@ def validate(config) -> None:
   for key in ("volume", "structure"):
     if config[key]:
       io.check_input_file(config[key], f"{key} file")
+  from cryojax_denoise.noise import spec as noise_spec
+  noise_spec.resolve(config.get("noise_psd", "flat"))  # checks the spec (and reads a file) before writing
 
 
 def run(config, workdir: str) -> None:
@@ -73,8 +76,15 @@ def run(config, workdir: str) -> None:
   dataset = simulate.simulate_dataset(
       source, int(config.n_images), int(config.image_size), float(config.snr), seed=int(config.seed),
       ctf=bool(config.ctf), defocus_range_A=tuple(config.defocus_range_A), max_shift_A=float(config.max_shift_A),
-      astigmatism_A=float(config.astigmatism_A), batch_size=int(config.batch_size), log_progress=True)
+      astigmatism_A=float(config.astigmatism_A), batch_size=int(config.batch_size), log_progress=True,
+      noise_psd=_noise_psd(config))
   paths = simulate.write_dataset(dataset, workdir)
   logging.info("wrote %s: %d images %dx%d at %.4g Å/px, measured SNR %.4g (target %.4g)",
                ", ".join(sorted(paths.values())), len(dataset.noisy), *dataset.noisy.shape[1:], dataset.pixel_size,
                simulate.measured_snr(dataset.noisy, dataset.clean), dataset.snr)
+
+
+def _noise_psd(config):
+  """The `noise_psd` spectrum (None: white), from `noise.spec.resolve`."""
+  from cryojax_denoise.noise import spec as noise_spec
+  return noise_spec.resolve(config.get("noise_psd", "flat"))

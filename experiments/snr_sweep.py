@@ -72,6 +72,9 @@ def get_config() -> ml_collections.ConfigDict:
   # σ given to the classical methods: "estimated" per image as `denoise` does (Haar MAD), or "true"
   # (the realised noise level, known in simulation).
   c.sigma = "estimated"
+  # Noise spectrum of every test set (noise/spec.py): flat | exp:… | plateau:… | issue:relion31 | FILE | from:STACK.
+  # The SNR stays total signal variance / total noise variance.
+  c.noise_psd = "flat"
   # Preset-controlled sizes (None = take the preset's value).
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
@@ -132,6 +135,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def validate(config) -> None:
   resolve(config)
+  from cryojax_denoise.noise import spec as noise_spec
+  noise_spec.resolve(config.get("noise_psd", "flat"))  # a bad noise_psd: one error line before any work
 
 
 def bundled_model(kind: str) -> str:
@@ -289,10 +294,12 @@ def run(config, workdir: str) -> None:
   ex_clean, ex_noisy, ex_den = {}, {}, {m: {} for m in methods}
   bar = Progress(total=len(sets) * len(snrs) * (len(methods) + 1), desc="snr_sweep", unit="evals", every_s=1.0)
   batch = config.n_tune
+  from cryojax_denoise.noise import spec as noise_spec
+  noise_psd = noise_spec.resolve(config.get("noise_psd", "flat"))
   for set_name, source in sets:
     def dataset(n, snr, seed, source=source):
       return simulate.simulate_dataset(source, n_images=n, image_size=config.image_size, snr=snr, seed=seed,
-                                       ctf=config.ctf)
+                                       ctf=config.ctf, noise_psd=noise_psd)
 
     for snr in snrs:
       tune_ds, test_ds = dataset(config.n_tune, snr, tune_seed), dataset(config.n_test, snr, test_seed)

@@ -216,12 +216,14 @@ class Dataset:
 
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,
                      defocus_range_A: tuple[float, float] = DEFOCUS_RANGE_A, max_shift_A: float = 0.0, *,
-                     batch_size: int = 64, log_progress: bool = False, **simulator_options) -> Dataset:
+                     batch_size: int = 64, log_progress: bool = False, noise_psd=None, **simulator_options) -> Dataset:
   """A stack of `n_images` (noisy, clean) pairs at `snr` (INTERFACE definition, exact for the stack).
 
   The clean stack is standardised over itself, then white Gaussian noise of variance
   mean_i(var(clean_i)) / snr is added. Same seed -> same images, whatever `batch_size` (image i
   uses fold_in(key, i)). `simulator_options` go to `Simulator` (astigmatism_A, voltage_kv, ...).
+  `noise_psd` (radial (S,) or (H, W), `noise.spec.resolve`): coloured noise of that spectrum's shape at
+  the same total variance (the SNR keeps its meaning); None: white.
   """
   n_images, snr = int(n_images), float(snr)
   if n_images < 1:
@@ -251,6 +253,11 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   _standardize_inplace(clean)
   signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
   noise_std = math.sqrt(signal_var / snr)
+  if noise_psd is not None:  # unit white -> unit-variance coloured noise (noise/whiten.py)
+    from cryojax_denoise.noise import whiten as wh
+    amp = 1.0 / wh.whitening_filter(noise_psd, sim.shape)
+    for start in range(0, n_images, 1024):
+      noisy[start:start + 1024] = np.asarray(wh.apply_filter(noisy[start:start + 1024], amp))
   noisy *= np.float32(noise_std)
   noisy += clean
   return Dataset(noisy=noisy, clean=clean, pixel_size=sim.pixel_size, particles=particles_table(params, ctf),

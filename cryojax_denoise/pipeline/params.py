@@ -28,7 +28,9 @@ class Settings:
   or 0: estimated per image); checkpoint: a learned method's model ("": the bundled one); batch_size:
   images per call; normalize: none | mean | std, what is removed before denoising and restored after;
   sure_images: random images for params=auto and the SURE quality score (0: neither); fit_size: a
-  dataset-level method (cwf) is fitted on this many random particles.
+  dataset-level method (cwf) is fitted on this many random particles; noise: auto | white | coloured,
+  whether to whiten with the stack's background noise spectrum (`noise/stack.py`); noise_psd: a known
+  spectrum file (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating it.
   """
   method: str = "ddtf"
   params: object = ""
@@ -38,6 +40,8 @@ class Settings:
   normalize: str = "mean"
   sure_images: int = 32
   fit_size: int = 10000
+  noise: str = "white"
+  noise_psd: str = ""
 
   @classmethod
   def from_config(cls, config) -> "Settings":

@@ -33,6 +33,12 @@ def check_settings(settings: Settings) -> None:
     raise InputError(f"noise_std: must be >= 0 (0 = estimate), got {settings.noise_std}")
   if settings.normalize not in NORMALIZE:
     raise InputError(f"normalize: {settings.normalize!r} is not one of none, mean, std")
+  if settings.noise not in ("auto", "white", "coloured"):
+    raise InputError(f"noise: {settings.noise!r} is not one of auto, white, coloured")
+  if settings.noise_psd:
+    from cryojax_denoise.noise.decide import load_psd_file
+
+    load_psd_file(settings.noise_psd)
   auto, _ = settings.mode()  # parses params: InputError on bad text
   if auto:
     from cryojax_denoise.denoisers.sure import check_tunable
@@ -77,24 +83,31 @@ def check_stack_size(method: str, n: int, where: str) -> None:
                     where, n, method, 2 * need)
 
 
-def make_denoiser(settings: Settings, params: dict | None = None) -> Callable:
+def make_denoiser(settings: Settings, params: dict | None = None, psd=None) -> Callable:
   """`den(images (B, H, W), noise_std=None)` of `settings.method` with `params` (default: those given by
-  value), for methods without a fit hook."""
+  value), for methods without a fit hook; whitened for noise of spectrum `psd` ((H, W); None: white)."""
   from cryojax_denoise import denoisers
 
   params = dict(settings.mode()[1] if params is None else params)
   if is_learned(settings.method):
     params["checkpoint"] = settings.checkpoint
   try:
-    return denoisers.get(settings.method, **params)
+    den = denoisers.get(settings.method, **params)
   except TypeError as e:
     raise InputError(f"params: {e} (method {settings.method})") from None
+  if psd is None:
+    return den
+  from cryojax_denoise.noise.stack import wrap
+
+  return wrap(den, psd, settings.method, {k: v for k, v in params.items() if k != "checkpoint"})
 
 
-def fit_denoiser(settings: Settings, table, reader, params: dict | None = None):
+def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, psd=None):
   """Dataset-level methods (a registry `fit` hook, e.g. cwf): reads `fit_size` random particles (and their
-  CTFs from the STAR file) and fits; returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
+  CTFs from the STAR file) and fits, on whitened particles when `psd` (noise spectrum (H, W)) is given;
+  returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
   from cryojax_denoise import denoisers
+  from cryojax_denoise.noise.methods import fit_coloured
 
   params = dict(settings.mode()[1] if params is None else params)
   if is_learned(settings.method):
@@ -111,12 +124,23 @@ def fit_denoiser(settings: Settings, table, reader, params: dict | None = None):
   logging.info("%s: fitting on %d of %d particles%s", settings.method, len(rows), n,
                " with their CTFs" if ctf_of else "")
   try:
-    den = denoisers.fit(settings.method, images, std, None if ctf_of is None else ctf_of(rows), **params)
+    den = fit_coloured(settings.method, images, std, None if ctf_of is None else ctf_of(rows), psd, **params)
   except TypeError as e:
     raise InputError(f"params: {e} (method {settings.method})") from None
   if ctf_of is None:
     return (lambda x, s, ctf=None: den(x, s)), None
   return den, ctf_of
+
+
+def noise_step(settings: Settings, table, reader):
+  """(noise PSD (H, W) in the denoiser's units, or None for white; the JSON record of the decision and
+  spectra): `noise=white` without `noise_psd` reads nothing."""
+  from cryojax_denoise.noise.stack import stack_noise
+
+  psd, record = stack_noise(table, reader, settings.noise, settings.noise_psd or None, settings.fit_size,
+                            settings.normalize)
+  logging.info("noise model: %s%s", record["decision"], f" ({record['reason']})" if record.get("reason") else "")
+  return psd, record
 
 
 def run(settings: Settings, input_path: str, output: str = "", default_dir: str = ".") -> dict:
@@ -132,12 +156,13 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
     check_stack_size(settings.method, len(table), input_path)
   auto, _ = settings.mode()
   choose = auto and not scored_only(settings.method)
+  psd, noise_record = noise_step(settings, table, reader)
   record = distributed.share(sure_step.choose_params, settings, table, reader) if choose else None  # process 0's
   ctf_of = None
   if has_fit_hook(settings.method):
-    denoiser, ctf_of = fit_denoiser(settings, table, reader, record["params"] if choose else None)
+    denoiser, ctf_of = fit_denoiser(settings, table, reader, record["params"] if choose else None, psd)
   else:
-    denoiser = make_denoiser(settings, record["params"] if choose else None)
+    denoiser = make_denoiser(settings, record["params"] if choose else None, psd)
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", input_path, len(table),
                *table.shape, table.pixel_size, settings.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
@@ -158,7 +183,10 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
   distributed.denoise(table, denoiser, outputs, reader, ctf_of, batch_size=settings.batch_size,
                       noise_std=settings.sigma, normalize=settings.normalize, facts=settings.facts())
   params_json = None
-  if auto and distributed.is_main():  # the record of the choice; without auto the score is only logged
+  coloured = settings.noise != "white" or bool(settings.noise_psd)
+  if distributed.is_main() and (auto or coloured):  # the record of the choice and of the noise model
+    if coloured:
+      record["noise"] = noise_record
     params_json = sure_step.write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
   return {**record, "outputs": {"stack": outputs.stack, "star": outputs.star, "params_json": params_json}}

@@ -92,13 +92,17 @@ def write_record(record: dict, outputs) -> str:
   path = os.path.splitext(outputs.stack)[0] + ".params.json"
   io.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
   if outputs.star:
-    s = record["sure"]
+    s = record.get("sure")
     with open(outputs.star) as f:
       text = f.read()
-    se = "" if s["mse_standard_error"] is None else f" ± {s['mse_standard_error']:.2g}"
-    comment = (f"# cryojax-denoise: method {record['method']}, params {record['params']}"
-               f"{auto_note(record)}; SURE on {s['n_images']} images: "
-               f"MSE {s['mse']:.5g}{se}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
+    comment = f"# cryojax-denoise: method {record['method']}, params {record['params']}{auto_note(record)}"
+    if "noise" in record:
+      comment += f"; noise model {record['noise']['decision']}"
+    if s:
+      se = "" if s["mse_standard_error"] is None else f" ± {s['mse_standard_error']:.2g}"
+      comment += (f"; SURE on {s['n_images']} images: MSE {s['mse']:.5g}{se}, relative {s['relative_mse']:.4g}, "
+                  f"MSE reduction {s['gain_db']:.2f} dB")
+    comment += "\n"
     io.atomic_write_text(outputs.star, comment + text)
   logging.info("wrote %s", path)
   return path
