@@ -176,7 +176,7 @@ def validate(config) -> None:
   auto, rest = params_mode(config)
   parse_params(rest)
   if auto:
-    from cryojax_denoise.denoisers.sure import check_tunable
+    from cryojax_denoise.denoisers.sure_policy import check_tunable
 
     check_tunable(config.method)
     if config.sure_images < 1:
@@ -230,9 +230,9 @@ def _sure_subset(config, table, reader, n_images=None):
   import numpy as np
 
   from cryojax_denoise import denoise_stack
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure_policy
 
-  rows = sure.subset(len(table), config.sure_images if n_images is None else n_images)
+  rows = sure_policy.subset(len(table), config.sure_images if n_images is None else n_images)
   images = np.concatenate([denoise_stack.read_batch(table, reader, int(r), int(r) + 1) for r in rows])
   mean, scale = 0.0, 1.0
   if config.normalize != "none":
@@ -253,19 +253,19 @@ def _summary(est: dict, sigma, scale) -> dict:
 
 
 def _choose_params(config, table, reader) -> dict:
-  """params=auto: SURE's choice of the knob on the subset (`sure.choose`); the record for the JSON."""
+  """params=auto: SURE's choice of the knob on the subset (`sure_policy.choose`); the record for the JSON."""
   from cryojax_denoise import denoisers
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure, sure_policy
 
   # The knob is chosen on `sure_images`; its MSE is then estimated on N_ESTIMATE, up to N_ESTIMATE_MAX while its
   # standard error is above SE_TARGET (on 32 images SURE's error is those images' realised noise, 10-25% of the
   # MSE at SNR <= 0.1).
-  images, noise_std, scale = _sure_subset(config, table, reader, max(config.sure_images, sure.N_ESTIMATE_MAX))
+  images, noise_std, scale = _sure_subset(config, table, reader, max(config.sure_images, sure_policy.N_ESTIMATE_MAX))
   fixed = parse_params(params_mode(config)[1])
   knob = denoisers.REGISTRY[config.method].knob
   try:
-    params, rows = sure.sure_tune(config.method, images, noise_std, n_images=config.sure_images,
-                                  stack_size=len(table), **fixed)
+    params, rows = sure_policy.sure_tune(config.method, images, noise_std, n_images=config.sure_images,
+                                         stack_size=len(table), **fixed)
   except TypeError as e:
     raise InputError(f"params: {e} (method {config.method})") from None
   best = next(r for r in rows if r[knob] == params[knob])
