@@ -213,7 +213,7 @@ def run(config, workdir: str) -> None:
                f" + {outputs.star}" if outputs.star else "")
   if record is None and config.sure_images > 0 and distributed.is_main():
     try:  # only a logged score: a method SURE cannot call this way (e.g. one needing CTFs) still denoises
-      _quality(config, table, reader, denoiser)
+      _quality(config, table, reader, denoiser, ctf_of)
     except InputError:
       raise
     except Exception as e:  # noqa: BLE001
@@ -283,14 +283,19 @@ def _choose_params(config, table, reader) -> dict:
           "default_kept": kept}
 
 
-def _quality(config, table, reader, denoiser) -> dict:
-  """SURE's estimate for the given parameters (any method, learned ones too)."""
-  from cryojax_denoise.denoisers import sure
+def _quality(config, table, reader, denoiser, ctf_of=None) -> dict:
+  """SURE's estimate for the given parameters (any method, learned ones too); a fitted method (registry `fit`
+  hook) is probed with its model fixed and each scored particle's CTF in every call (`sure_policy.method_sure`)."""
+  from cryojax_denoise.denoisers import sure_policy
 
   images, noise_std, scale = _sure_subset(config, table, reader)
+  rows = sure_policy.subset(len(table), config.sure_images)  # the rows `_sure_subset` read
   params = parse_params(params_mode(config)[1])
-  est = sure.sure(denoiser, images, noise_std, eps=sure.eps_for(config.method),
-                  div=sure.known_divergence(config.method, images.shape, **params))
+  est = sure_policy.method_sure(config.method, denoiser, images, noise_std, ctf=None if ctf_of is None else ctf_of(rows),
+                                fitted=denoisers_fit_hook(config.method), **params)
+  if isinstance(est, str):
+    logging.warning("no SURE quality score for %s: %s", config.method, est)
+    return {"method": config.method, "params": params, "auto": False, "sure": None, "sure_reason": est}
   return {"method": config.method, "params": params, "auto": False,
           "sure": _summary(est.record(), float(est.sigma.mean()), scale)}
 

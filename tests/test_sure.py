@@ -296,3 +296,4 @@ def test_auto_for_learned_method_is_one_error_line(tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error:") and "auto" in lines[0], proc.stderr
   assert not out.exists()
+

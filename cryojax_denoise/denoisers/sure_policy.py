@@ -24,7 +24,8 @@ import numpy as np
 
 from cryojax_denoise.denoisers.sure import (EPS, N_PROBES, SureEstimate, above_best, band_power, eps_for, grid_stats,
                                             known_divergence, noise_std_or_estimate, probes, psd_std, sigmas,
-                                            signal_power, standard_error, sure_from_stats, tail_corrected_noise_std)
+                                            signal_power, standard_error, sure, sure_from_stats,
+                                            tail_corrected_noise_std)
 from cryojax_denoise.errors import InputError
 
 FIT_CHOICE = ("ddtf",)  # `choose` fits a parabola: SURE jitters along the grid (docs/sure_notes.md, "Parabola choice")
@@ -281,3 +282,34 @@ def reliability(den_sigma, sigma, sure_mse: float, power: float) -> str:
   if not power > 0:
     notes.append("no signal power above the noise in the subset")
   return "; ".join(notes)
+
+
+def sure_reason(name: str, fitted: bool = False) -> str:
+  """Why SURE cannot score registry method `name` as called ("" when it can): `fitted` is the
+  registry `fit` form (model held fixed, each particle's CTF in the call), else the `get` form."""
+  from cryojax_denoise import denoisers
+
+  method = denoisers.registry.method(name)  # InputError for an unknown name
+  if method.learned and method.fit is not None and not fitted:
+    return (f"{name}'s per-batch form refits and fine-tunes on every call, so each SURE probe would retrain; "
+            "score its fitted form (denoisers.fit)")
+  return ""
+
+
+def method_sure(name: str, den: Callable, images, noise_std=None, *, ctf=None, noise_psd=None, fitted: bool = False,
+                seed: int = 0, **params) -> SureEstimate | str:
+  """SURE of registry method `name` as `den` runs it on `images` (B, H, W), or a one-line reason
+  (`sure_reason`) when SURE cannot be applied.
+
+  `den`: the `get` form `den(y, σ)`, or with `fitted` the registry `fit` form `den(y, σ, ctf)`,
+  probed with its fitted model held fixed and `ctf` (B, H, W) (the images' own CTFs, None = identity)
+  in every call: the function SURE scores is then the one applied to the stack (probing it with
+  ctf=None scored a CTF-free CWF instead, 3.1× the true MSE; docs/sure_notes.md, "Dataset-level methods").
+  `noise_std`, `noise_psd` as in `sure`; `params` the method's parameters (for `known_divergence`).
+  """
+  reason = sure_reason(name, fitted)
+  if reason:
+    return reason
+  call = (lambda y, s: den(y, s, ctf)) if fitted else den
+  div = known_divergence(name, np.shape(images), **params)
+  return sure(call, images, noise_std, noise_psd=noise_psd, eps=eps_for(name), div=div, seed=seed)
