@@ -291,7 +291,8 @@ def _quality(config, table, reader, denoiser, ctf_of=None) -> dict:
   images, noise_std, scale = _sure_subset(config, table, reader)
   rows = sure_policy.subset(len(table), config.sure_images)  # the rows `_sure_subset` read
   params = parse_params(params_mode(config)[1])
-  est = sure_policy.method_sure(config.method, denoiser, images, noise_std, ctf=None if ctf_of is None else ctf_of(rows),
+  ctf = None if ctf_of is None else ctf_of(rows)
+  est = sure_policy.method_sure(config.method, denoiser, images, noise_std, ctf=ctf,
                                 fitted=denoisers_fit_hook(config.method), **params)
   if isinstance(est, str):
     logging.warning("no SURE quality score for %s: %s", config.method, est)

@@ -1,8 +1,9 @@
 """SURE under stationary coloured noise (issue 29): SURE/true MSE with the true PSD given, and SURE as today
 (white formula, band σ̂), for registered methods at their defaults on the unseen ribosome.
 
-usage: python scripts/sure_coloured.py SNR N_SCORE METHODS [CTF 1|0] [N_FIT]
+usage: python scripts/sure_coloured.py SNR N_SCORE METHODS [CTF 1|0] [N_FIT] [coloured|white]
   e.g. ... 0.1 256 gaussian,wiener,ddtf,bm3d,cwf 1 1000
+`white` keeps the white noise: "SURE with PSD" is then SURE given the true σ (a flat PSD).
 Simulates `validate_sure.py`'s stack (64², 5 Å/px) and replaces its white noise by the same unit draws
 coloured with `PSD` (radial, 1 + 5·exp(−(r/0.1)²): ~6× the high band below 0.1 cycles/px, like relion31's
 measured spectrum, issue 29 table row 1), scaled to the white noise's total variance (SNR unchanged).
@@ -29,12 +30,13 @@ def main():
   snr, n_score, methods = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
   use_ctf = bool(int(sys.argv[4])) if len(sys.argv) > 4 else True
   n_fit = int(sys.argv[5]) if len(sys.argv) > 5 else 1000
-  n = n_score + (n_fit if "cwf" in methods else 0)
+  white_noise = len(sys.argv) > 6 and sys.argv[6] == "white"
+  n = n_score + (n_fit if any(denoisers.REGISTRY[m].fit for m in methods) else 0)
   ds = validate_sure.simulate_setting(validate_sure.load_set("ribosome"), snr, use_ctf, n)
-  psd = sure.psd_grid(profile(), (64, 64))
+  psd = sure.psd_grid(np.ones(2) if white_noise else profile(), (64, 64))
   psd *= float(ds.noise_std) ** 2 / psd.mean()  # the white noise's total variance
   unit = (ds.noisy - ds.clean) / np.float32(ds.noise_std)
-  noisy = (ds.clean + sure._colour(unit, psd)).astype(np.float32)
+  noisy = ds.noisy if white_noise else (ds.clean + sure._colour(unit, psd)).astype(np.float32)
   ctf = ctf_mod.ctf_grid(ds.particles, ds.optics, 64, float(ds.pixel_size)) if use_ctf else None
   y, x = noisy[:n_score], ds.clean[:n_score]
   c = None if ctf is None else ctf[:n_score]

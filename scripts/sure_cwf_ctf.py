@@ -3,10 +3,10 @@
 usage: python scripts/sure_cwf_ctf.py SNR N_FIT N_SCORE [held|inside|refit] [CTF 1|0]
 Simulates the unseen ribosome (64², 5 Å/px, `validate_sure.load_set`), fits cwf on N_FIT particles
 and scores N_SCORE: `held` ones outside the fit, `inside` the first N_SCORE of the fit (as `denoise`
-does when the stack is under `fit_size`; `refit`: inside, and also SURE of the whole procedure, the fit
-redone on every probed stack, which is what the fixed model leaves out). Prints, in image units, the true MSE of cwf applied with
-each particle's CTF, SURE with the CTF in the probed call (the fix), SURE as `denoise` called it
-before (the fitted model probed with ctf=None), and the MSE of that CTF-free call.
+does when the stack is under `fit_size`), `refit` as inside and also SURE of the whole procedure (the
+fit redone on every probed stack: what the fixed model leaves out). Prints, in image units, the true
+MSE of cwf applied with each particle's CTF, SURE with the CTF in the probed call (the fix), SURE as
+`denoise` called it before (the fitted model probed with ctf=None), and the MSE of that CTF-free call.
 """
 import sys
 import time

@@ -74,7 +74,8 @@ def _per_draw(values, n_draws):
   return np.asarray(values, np.float64).reshape(n_draws, -1).mean(axis=1)
 
 
-@pytest.mark.parametrize("name,params,psd_scale", [("gaussian", {"width": 1.5}, 0.5), ("wiener", {"strength": 1.0}, 0.5)])
+@pytest.mark.parametrize("name,params,psd_scale", [("gaussian", {"width": 1.5}, 0.5),
+                                                    ("wiener", {"strength": 1.0}, 0.5)])
 def test_coloured_sure_is_unbiased_over_noise_draws(name, params, psd_scale):
   """Over 192 coloured noise draws (4 images each), mean SURE = mean true MSE within 3 standard errors
   of the per-draw differences (and 3%), white and coloured; the white formula with the same total

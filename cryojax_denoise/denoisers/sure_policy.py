@@ -87,7 +87,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
               estimate_budget: float = ESTIMATE_BUDGET, seed: int = 0, eps: float | None = None,
               n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
               estimate_batch: int = ESTIMATE_BATCH, n_tune_max: int = N_TUNE_MAX, tune_budget: float = TUNE_BUDGET,
-              significance: float = SIGNIFICANCE, stack_size: int | None = None, noise_psd=None, **fixed) -> tuple[dict, list[dict]]:
+              significance: float = SIGNIFICANCE, stack_size: int | None = None, noise_psd=None,
+              **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it; for `KEEP_DEFAULT` methods the
   registered default while its SURE is within `significance` paired standard errors of the lowest).
