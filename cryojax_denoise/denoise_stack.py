@@ -44,7 +44,7 @@ def fit_scale_offset(model, images):
 class RowProjector:
   """Projections of one map at the poses and CTFs of RELION rows, for streaming `make_pairs`.
 
-  Like `data.simulate.project`, but the map is resampled to each optics group's pixel size and
+  Like `data.projector.project`, but the map is resampled to each optics group's pixel size and
   its jitted projector built once (lazily), not per call, so batch after batch of a 10⁶-particle
   set reuses one compiled function; the CTF is applied when `ctf` (the table has rlnDefocusU).
   `__call__(particles)` -> (B, H, W) float32 in cryojax's units
@@ -57,7 +57,7 @@ class RowProjector:
     self._projectors: dict = {}
 
   def _projector(self, group):
-    from cryojax_denoise.data.relion import group_projector
+    from cryojax_denoise.data.projector import group_projector
 
     if group not in self._projectors:
       self._projectors[group] = group_projector(self.source, self.optics, group, self.image_size, self.ctf)
@@ -166,17 +166,29 @@ def write_output_star(table: ParticleTable, outputs: Outputs, particles) -> None
 
 
 def normalization(table: ParticleTable, reader: io.ImageReader, normalize: str) -> tuple[float, float]:
-  """(mean, scale) that `denoise` removes before denoising (see its `normalize`)."""
+  """(mean, scale) that `denoise` removes before denoising (see its `normalize`), from the stack's
+  `sample_stats`."""
   if normalize not in ("none", "mean", "std"):
     raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
-  mean, scale = 0.0, 1.0
-  if normalize != "none":
-    mean, std = sample_stats(table, reader)
-    if normalize == "std":
-      if std <= 0:
-        raise InputError(f"{table.source}: images are constant, cannot standardise (normalize=std)")
-      scale = std
-  return mean, scale
+  if normalize == "none":
+    return 0.0, 1.0
+  return mean_and_scale(*sample_stats(table, reader), normalize, table.source)
+
+
+def mean_and_scale(mean: float, std: float, normalize: str, where: str) -> tuple[float, float]:
+  """The one normalisation rule, (mean, scale) with images mapped to (x - mean) / scale: "none" (0, 1),
+  "mean" (mean, 1), "std" (mean, std). A constant stack (std 0) under "std" is an InputError rather than
+  a silent scale of 1: its images carry no signal, and the σ given in the input's units would no
+  longer match the denoiser's."""
+  if normalize == "none":
+    return 0.0, 1.0
+  if normalize == "mean":
+    return float(mean), 1.0
+  if normalize != "std":
+    raise InputError(f"normalize: {normalize!r} is not one of none, mean, std")
+  if not std > 0:
+    raise InputError(f"{where}: images are constant, cannot standardise (normalize=std)")
+  return float(mean), float(std)
 
 
 def ctf_rows(table: ParticleTable) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -1,6 +1,6 @@
 """Several processes, one result: `jax.distributed` from config keys, `denoise` and `make_pairs` split
 by rows (`by_parts`), `reconstruct`'s sums reduced (`all_sum`); training's loop reports a dead peer
-through `peers_alive` (its data placement is `training.sharding`'s).
+through `peers_alive` (its data placement is `cryojax_denoise.sharding`'s).
 
     python launch.py --experiment=denoise ... --config.distributed=True        # SLURM / Open MPI / TPU
     python launch.py --experiment=denoise ... --config.distributed=True \\
@@ -33,6 +33,11 @@ from absl import logging
 from cryojax_denoise.errors import InputError
 
 BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000  # a share may take days; a dead process ends the wait sooner
+# How long a process waits to join the job and for a result that process 0 computes and shares (e.g.
+# the SURE choice of params=auto, minutes on a busy machine): generous, since a slow peer is not a dead
+# one (a dead one is caught sooner by the heartbeat). `collective_timeout_s` in the config.
+COLLECTIVE_TIMEOUT_S = 3600
+_STATE = {"coordinator": "", "timeout_s": COLLECTIVE_TIMEOUT_S, "shares": 0}
 
 
 def add_config(c) -> None:
@@ -44,6 +49,7 @@ def add_config(c) -> None:
   c.num_processes = ml_collections.config_dict.placeholder(int)
   c.process_id = ml_collections.config_dict.placeholder(int)
   c.heartbeat_timeout_s = 100  # a process silent this long counts as dead, and the job fails
+  c.collective_timeout_s = COLLECTIVE_TIMEOUT_S  # joining the job, and waiting for a result process 0 shares
 
 
 def check_config(config) -> None:
@@ -58,6 +64,8 @@ def check_config(config) -> None:
     return
   if (config.get("heartbeat_timeout_s") or 100) < 1:
     raise InputError(f"heartbeat_timeout_s: must be at least 1, got {config.get('heartbeat_timeout_s')}")
+  if (config.get("collective_timeout_s") or COLLECTIVE_TIMEOUT_S) < 1:
+    raise InputError(f"collective_timeout_s: must be at least 1, got {config.get('collective_timeout_s')}")
   if given and len(given) < 3:
     missing = [key for key in manual if key not in given]
     raise InputError(f"{', '.join(given)} given without {', '.join(missing)}: a manual launch needs "
@@ -88,7 +96,9 @@ def initialize(config) -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, ValueError) as e:  # an option a future jax may drop: CPU-only loss
     logging.warning("no gloo CPU collectives: %s", e)
-  kwargs = {"heartbeat_timeout_seconds": int(config.get("heartbeat_timeout_s") or 100)}
+  _STATE["timeout_s"] = int(config.get("collective_timeout_s") or COLLECTIVE_TIMEOUT_S)
+  kwargs = {"heartbeat_timeout_seconds": int(config.get("heartbeat_timeout_s") or 100),
+            "initialization_timeout": _STATE["timeout_s"]}
   if config.get("coordinator_address"):
     kwargs.update(coordinator_address=config.coordinator_address, num_processes=int(config.num_processes),
                   process_id=int(config.process_id))
@@ -97,6 +107,10 @@ def initialize(config) -> None:
   except (ValueError, RuntimeError) as e:
     raise InputError(f"distributed: cannot join the job ({str(e).splitlines()[0]}); on a cluster without "
                      "auto-detection give coordinator_address, num_processes and process_id") from None
+  from jax._src import distributed as jax_distributed
+
+  _STATE["coordinator"] = str(getattr(jax_distributed.global_state, "coordinator_address", "") or
+                              config.get("coordinator_address") or "")
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
   info("distributed: %d processes, %d devices (%d here)", jax.process_count(), jax.device_count(),
@@ -144,7 +158,7 @@ def peers_alive(what: str):
     k, n = process()
     if n == 1 or not any(word in str(e).lower() for word in PEER_DIED):
       raise
-    fail(f"distributed: process {k} of {n}: {what} failed, another process has died or left "
+    fail(f"distributed: {where()}: {what} failed, another process has died or left "
          f"({str(e).splitlines()[0][:200]}); rerun the same command to resume")
 
 
@@ -158,22 +172,40 @@ def barrier(name: str) -> None:
   try:
     jax_distributed.global_state.client.wait_at_barrier(name, BARRIER_TIMEOUT_MS)
   except Exception as e:  # noqa: BLE001  (JaxRuntimeError: a peer died or left)
-    fail(f"distributed: process {k} of {n}: barrier {name!r} failed, another process has died or left "
+    fail(f"distributed: {where()}: barrier {name!r} failed, another process has died or left "
          f"({str(e).splitlines()[0][:200]}); rerun the same command to redo only the missing parts")
 
 
+def where() -> str:
+  """"process K of N (coordinator HOST:PORT)": for error lines."""
+  k, n = process()
+  return f"process {k} of {n} (coordinator {_STATE['coordinator'] or 'auto-detected'})"
+
+
 def share(fn, *args):
-  """`fn(*args)` (a JSON-able result) computed on process 0 and broadcast to every process."""
+  """`fn(*args)` (a JSON-able result) computed on process 0 and sent to every process.
+
+  Through the coordination service's key-value store, not a device collective: the others wait up
+  to `collective_timeout_s` while process 0 computes (a gloo broadcast timed out in its connect on
+  a busy machine). A timeout is one `error:` line naming the process and the coordinator."""
   k, n = process()
   if n == 1:
     return fn(*args)
-  from jax.experimental import multihost_utils
+  from jax._src import distributed as jax_distributed
 
-  data = json.dumps(fn(*args), default=str).encode() if k == 0 else b""
-  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(data))))
-  buf = np.zeros(size, np.uint8)
-  buf[:len(data)] = np.frombuffer(data, np.uint8)
-  return json.loads(bytes(np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)).decode())
+  client = jax_distributed.global_state.client
+  key = f"cryojax_denoise/share/{_STATE['shares']}"  # every process calls share in the same order
+  _STATE["shares"] += 1
+  if k == 0:
+    result = fn(*args)
+    client.key_value_set(key, json.dumps(result, default=str))
+    return json.loads(json.dumps(result, default=str))  # the same value every process gets
+  try:
+    return json.loads(client.blocking_key_value_get(key, int(_STATE["timeout_s"]) * 1000))
+  except Exception as e:  # noqa: BLE001  (JaxRuntimeError: deadline exceeded, or the service is gone)
+    fail(f"distributed: {where()}: waited {_STATE['timeout_s']} s for process 0's result ({fn.__name__}) "
+         f"and got none ({str(e).splitlines()[0][:160]}); raise --config.collective_timeout_s on a busy "
+         "machine; finished parts are kept, rerun the same command to resume")
 
 
 # ---------------------------------------------------------------------------- denoising by parts
@@ -197,10 +229,7 @@ def _part_paths(outputs, k: int, n: int) -> tuple[str, str]:
   return stem + ".mrcs", stem + ".json"
 
 
-DENOISE_KEYS = ("method", "params", "noise_std", "checkpoint", "batch_size", "normalize", "fit_size", "sure_images")
-
-
-def _fingerprint(config, table, start: int, stop: int, keys=DENOISE_KEYS) -> str:
+def _fingerprint(config, table, start: int, stop: int, keys) -> str:
   """What a part's images depend on: the input files and the config `keys` (denoising's by default)."""
   source = os.stat(table.source)
   facts = {"input": os.path.abspath(table.source), "size": source.st_size, "mtime": source.st_mtime_ns,
@@ -208,10 +237,10 @@ def _fingerprint(config, table, start: int, stop: int, keys=DENOISE_KEYS) -> str
   return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def part_done(config, table, outputs, keys=DENOISE_KEYS) -> bool:
+def part_done(config, table, outputs, keys) -> bool:
   """Whether this process's part is already written by an earlier run of the same job."""
   k, n = process()
-  start, stop = shares(len(table), n, config.batch_size)[k]
+  start, stop = shares(len(table), n, config["batch_size"])[k]
   stack, marker = _part_paths(outputs, k, n)
   if not (os.path.exists(stack) and os.path.exists(marker)):
     return False
@@ -222,20 +251,25 @@ def part_done(config, table, outputs, keys=DENOISE_KEYS) -> bool:
     return False
 
 
-def denoise(config, table, denoiser, outputs, reader, ctf_of=None):
-  """`denoise_stack.denoise` over every process: this process's part, a barrier, assembly on 0."""
+def denoise(table, denoiser, outputs, reader, ctf_of=None, *, batch_size: int = 64, noise_std: float | None = None,
+            normalize: str = "mean", facts: dict | None = None):
+  """`denoise_stack.denoise` over every process: this process's part, a barrier, assembly on 0.
+
+  `facts`: what the images depend on besides the input (the run's settings, e.g. `Settings.facts()`): a
+  part written by an earlier run with the same facts is kept (resume)."""
   from cryojax_denoise import denoise_stack
 
-  noise_std = config.noise_std or None
+  noise_std = noise_std or None
   if process()[1] == 1:
-    return denoise_stack.denoise(table, denoiser, outputs, batch_size=config.batch_size, noise_std=noise_std,
-                                 normalize=config.normalize, reader=reader, ctf_of=ctf_of)
+    return denoise_stack.denoise(table, denoiser, outputs, batch_size=batch_size, noise_std=noise_std,
+                                 normalize=normalize, reader=reader, ctf_of=ctf_of)
 
   def make_fn():
-    mean, scale = denoise_stack.normalization(table, reader, config.normalize)  # the whole table's
+    mean, scale = denoise_stack.normalization(table, reader, normalize)  # the whole table's
     return denoise_stack.denoise_batches(denoiser, noise_std, mean, scale, ctf_of)
 
-  return by_parts(config, table, outputs, make_fn, reader, "denoising", DENOISE_KEYS)
+  facts = {**(facts or {}), "batch_size": int(batch_size)}
+  return by_parts(facts, table, outputs, make_fn, reader, "denoising", tuple(sorted(facts)))
 
 
 def by_parts(config, table, outputs, make_fn, reader, verb: str, keys) -> object:
@@ -245,7 +279,7 @@ def by_parts(config, table, outputs, make_fn, reader, verb: str, keys) -> object
   from cryojax_denoise import denoise_stack, io
 
   k, n = process()
-  start, stop = shares(len(table), n, config.batch_size)[k]
+  start, stop = shares(len(table), n, config["batch_size"])[k]
   stack, marker = _part_paths(outputs, k, n)
   if part_done(config, table, outputs, keys):
     logging.warning("process %d: part %s (rows %d-%d) already written: kept", k, stack, start + 1, stop)
@@ -255,13 +289,13 @@ def by_parts(config, table, outputs, make_fn, reader, verb: str, keys) -> object
                                        table.indices[start:stop], table.shape, table.pixel_size)
     logging.warning("process %d of %d: %s rows %d-%d into %s", k, n, verb, start + 1, stop, stack)
     denoise_stack.stream(part, lambda rows, images: fn(rows + start, images), stack,
-                         batch_size=config.batch_size, desc=f"{verb} part {k}", reader=reader)
+                         batch_size=config["batch_size"], desc=f"{verb} part {k}", reader=reader)
   if stop > start and not part_done(config, table, outputs, keys):
     io.atomic_write_text(marker, json.dumps({"rows": [start, stop],
                                              "fingerprint": _fingerprint(config, table, start, stop, keys)}) + "\n")
   barrier(f"{verb} {outputs.stack}: parts written")
   if k == 0:
-    assemble(table, outputs, n, config.batch_size)
+    assemble(table, outputs, n, config["batch_size"])
   barrier(f"{verb} {outputs.stack}: assembled")
   return outputs
 

@@ -80,8 +80,10 @@ def write_config(config, workdir: str) -> None:
   atomic_write_text(os.path.join(workdir, "config.json"), json.dumps(to_jsonable(config), indent=2) + "\n")
 
 
-class Stopped(Exception):
-  """SIGTERM received: unwinds the run like Ctrl-C (SIGINT) does, so worker processes are ended."""
+class Stopped(BaseException):
+  """SIGTERM received: unwinds the run like Ctrl-C (SIGINT) does, so worker processes are ended. A
+  BaseException (like KeyboardInterrupt), so no `except Exception` on the way (e.g. around the SURE
+  quality score) can swallow it."""
 
 
 def _raise_stopped(signum, frame):

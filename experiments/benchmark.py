@@ -78,8 +78,9 @@ def validate(config) -> None:
 
 def _simulate(config, n: int, seed: int):
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
 
-  source = simulate.load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed,
+  source = load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed,
                                 pixel_size=config.pixel_size or None)
   ds = simulate.simulate_dataset(source, n, config.image_size, config.snr, seed, ctf=config.ctf)
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)

@@ -166,11 +166,13 @@ def _sets(maps, pixel_size, config):
   import jax
 
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import MapSource
+  from cryojax_denoise.data.relion import optics_table, particles_table
   from cryojax_denoise.data.ctf import ctf_grid
   from cryojax_denoise.evaluation import conformations as cf
 
   size, seed = config.image_size, config.seed
-  src = simulate.MapSource(np.asarray(maps[0], np.float32), pixel_size, "state0")
+  src = MapSource(np.asarray(maps[0], np.float32), pixel_size, "state0")
   k = len(maps)
   out, view = {}, None
   for name, n in (("main", config.n_images), ("cluster", config.n_cluster)):
@@ -186,7 +188,7 @@ def _sets(maps, pixel_size, config):
       best = cf.most_different_pose(raw)
       view = tuple(float(angle[best]) for angle in (params.rot_in_degrees, params.tilt_in_degrees,
                                                     params.psi_in_degrees))
-    table, optics = simulate.particles_table(params, config.ctf), simulate.optics_table(pixel_size, size)
+    table, optics = particles_table(params, config.ctf), optics_table(pixel_size, size)
     out[name] = dict(raw=raw, ctf=ctf_grid(table, optics, size, pixel_size) if config.ctf else None,
                      labels=cf.balanced_labels(n, k, seed + (2 if name == "main" else 10_002)),
                      unit=rng.standard_normal((n, size, size), dtype=np.float32),
@@ -229,7 +231,7 @@ def _classify(main, clus, images, cimages, k: int, config):
 def run(config, workdir: str) -> None:
   import jax
 
-  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import fit_volume
   from cryojax_denoise.evaluation import conformations as cf, conformations_report as report
   from cryojax_denoise.io import atomic_write_text
   from cryojax_denoise.progress import Progress
@@ -246,7 +248,7 @@ def run(config, workdir: str) -> None:
   for fields, maps in pairs:
     sets, view = _sets(maps, pixel_size, config)
     k = len(maps)
-    truth = [simulate.fit_volume(np.asarray(m, np.float32), pixel_size, config.image_size)[0] for m in maps]
+    truth = [fit_volume(np.asarray(m, np.float32), pixel_size, config.image_size)[0] for m in maps]
     for snr, raw_only in snrs:
       main = cf.make_particles(sets["main"]["raw"], sets["main"]["labels"], sets["main"]["unit"], snr)
       clus = cf.make_particles(sets["cluster"]["raw"], sets["cluster"]["labels"], sets["cluster"]["unit"], snr)

@@ -75,10 +75,10 @@ def run(config, workdir: str) -> None:
   io.check_not_input(output, config.input, config.volume, *table.stacks)
   if config.noisy_copy:
     io.check_not_input(os.path.join(os.path.dirname(os.path.abspath(output)), "noisy.mrcs"), *table.stacks)
-  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
 
   size = table.shape[0]
-  source = simulate.load_source(volume=config.volume, pixel_size=config.pixel_size or None, image_size=size)
+  source = load_source(volume=config.volume, pixel_size=config.pixel_size or None, image_size=size)
   particles = table.star.particles
   project = denoise_stack.RowProjector(source, table.star.optics, size, ctf="rlnDefocusU" in particles.columns)
   logging.info("make_pairs: %d particles of %dx%d (%.4g Å/px) from %s, map %s (%.4g Å/px) -> %s", len(table),

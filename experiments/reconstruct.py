@@ -136,11 +136,11 @@ def _reference(config, box: int, pixel_size: float):
       raise InputError(f"{config.reference}: header voxel size is 0; pass --config.reference_pixel_size=Å")
     vol, size = io.read_volume(config.reference, config.reference_pixel_size or None)
     if vol.shape[0] != box or abs(size - pixel_size) > 1e-3 * pixel_size:
-      from cryojax_denoise.data import simulate
+      from cryojax_denoise.data.maps import resample_volume
 
       logging.info("reference %s: %d³ at %.4g Å resampled to the particles' %d³ at %.4g Å", config.reference,
                    vol.shape[0], size, box, pixel_size)
-      vol = simulate.resample_volume(vol, size, pixel_size, box)[:box, :box, :box]
+      vol = resample_volume(vol, size, pixel_size, box)[:box, :box, :box]
     return vol
   if not config.simulate_dir:
     return None
@@ -158,25 +158,33 @@ def _reference(config, box: int, pixel_size: float):
 
 def _simulated_truth(workdir: str):
   """(map, pixel size) that a `simulate` workdir projected, rebuilt from its config.json."""
-  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
 
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = json.load(f)
   keys = ("volume", "structure", "pixel_size", "image_size", "seed")
   kwargs = {k: cfg[k] for k in keys if cfg.get(k) not in (None, "", 0, 0.0)}
-  source = simulate.load_source(**kwargs)
+  source = load_source(**kwargs)
   return np.asarray(source.volume, np.float32), float(source.pixel_size)
+
+
+def _denoiser(config):
+  """The configured denoiser (`pipeline.make_denoiser`): params given by value, no SURE here."""
+  from cryojax_denoise.pipeline import Settings, make_denoiser
+
+  return make_denoiser(Settings(method=config.method, params=config.params, checkpoint=config.checkpoint,
+                                noise_std=config.noise_std or None, sure_images=0))
 
 
 def _transform(config, images):
   """The denoiser as a batch transform in the images' units, or None."""
   if not config.method:
     return None
-  from experiments.denoise import _denoiser
+  from cryojax_denoise import denoise_stack
 
   denoiser = _denoiser(config)
   sample = images[0:min(len(images), 1024)]
-  mean, scale = float(sample.mean()), float(sample.std()) or 1.0
+  mean, scale = denoise_stack.mean_and_scale(float(sample.mean()), float(sample.std()), "std", config.input)
   std = config.noise_std / scale if config.noise_std > 0 else None
 
   def fn(batch):
@@ -200,7 +208,6 @@ def validate(config) -> None:
   fourier.particle_params(particles, star.optics, pixel_size, None if config.ctf else False)
   _reference(config, images.shape[-1], pixel_size)
   if config.method:
-    from experiments.denoise import _denoiser
     _denoiser(config)
 
 

@@ -16,6 +16,7 @@ from absl import logging
 
 from cryojax_denoise import io
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.errors import InputError
 
 
@@ -65,7 +66,7 @@ def validate(config) -> None:
 
 
 def run(config, workdir: str) -> None:
-  source = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+  source = load_source(volume=config.volume or None, structure=config.structure or None,
                                 pixel_size=float(config.pixel_size) or None, image_size=int(config.image_size),
                                 seed=int(config.seed))
   logging.info("map %s, %d^3 voxels at %.4g Å", source.name, source.volume.shape[0], source.pixel_size)

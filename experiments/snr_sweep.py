@@ -25,6 +25,7 @@ from ml_collections.config_dict import placeholder
 from cryojax_denoise import denoisers
 from cryojax_denoise.denoisers import tuning
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import MapSource, load_source
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.evaluation import evaluate, report
 from cryojax_denoise.io import atomic_write_text
@@ -140,10 +141,10 @@ def bundled_model(kind: str) -> str:
   return restore.bundled_dir(kind)
 
 
-def test_sets(config) -> list[tuple[str, simulate.MapSource]]:
+def test_sets(config) -> list[tuple[str, MapSource]]:
   """[(name, map)]: the in-distribution set ("phantom", or the file's stem) and the unseen molecule."""
   size = config.image_size
-  main = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+  main = load_source(volume=config.volume or None, structure=config.structure or None,
                               pixel_size=config.pixel_size or None, image_size=size, seed=config.seed)
   given = config.volume or config.structure
   sets = [(_stem(given) if given else "phantom", main)]
@@ -155,7 +156,7 @@ def test_sets(config) -> list[tuple[str, simulate.MapSource]]:
       logging.warning("no unseen test molecule: %s is missing (give test_volume= or test_structure=)",
                       SHARED_RIBOSOME)
   if volume or config.test_structure:
-    unseen = simulate.load_source(volume=volume or None, structure=config.test_structure or None,
+    unseen = load_source(volume=volume or None, structure=config.test_structure or None,
                                   pixel_size=pixel_size or None, image_size=size, seed=config.seed)
     sets.append((_stem(volume or config.test_structure), unseen))
   return sets

@@ -28,7 +28,8 @@ learned() {  # learned SIZE -> JSON {denoise_images_per_s, train_images_per_s} o
 import json, sys, time
 import jax, numpy as np
 from flax import nnx
-from cryojax_denoise.training import restore, sharding as sh, train
+from cryojax_denoise import sharding as sh
+from cryojax_denoise.training import restore, train
 
 size, n, batch = (int(v) for v in sys.argv[1:4])
 

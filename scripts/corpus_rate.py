@@ -10,7 +10,8 @@ import jax
 from flax import nnx
 
 from cryojax_denoise.data.corpus import CorpusPairs
-from cryojax_denoise.training import sharding, train
+from cryojax_denoise import sharding
+from cryojax_denoise.training import train
 
 
 def main(argv):

@@ -16,11 +16,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise import denoisers
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers import ddtf, patches as pt
 from cryojax_denoise.denoisers.noise import estimate_noise_std
+from cryojax_denoise.pipeline import Settings
 
-BATCH, R, N_ITER, N_PATCHES, STRIDE, LAM1, LAM2 = 64, 8, 30, 40000, 2, 3.4, 2.7
+# DDTF's defaults and `denoise`'s batch size, read from the package (never copied: they would drift).
+_D = denoisers.REGISTRY["ddtf"].defaults
+BATCH = Settings().batch_size
+R, N_ITER, N_PATCHES, STRIDE = _D["r"], _D["n_iter"], _D["n_patches"], _D["stride"]
+LAM1, LAM2 = _D["lam_scale"] * _D["lam1"], _D["lam_scale"] * _D["lam2"]
 
 
 @jax.jit
@@ -55,8 +62,8 @@ def main(argv):
   snrs = [float(s) for s in argv[1].split(",")]
   volume, pixel_size = (argv[2], float(argv[3])) if len(argv) > 3 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   n = int(argv[4]) if len(argv) > 4 else 1024
-  src = (simulate.load_source(image_size=64) if volume == "phantom"
-         else simulate.load_source(volume=volume, pixel_size=pixel_size, image_size=64))
+  src = (load_source(image_size=64) if volume == "phantom"
+         else load_source(volume=volume, pixel_size=pixel_size, image_size=64))
   for snr in snrs:
     ds = simulate.simulate_dataset(src, n, 64, snr=snr, seed=40000, ctf=True)
     noisy = np.asarray(ds.noisy, np.float32)

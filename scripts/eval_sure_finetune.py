@@ -14,8 +14,9 @@ import numpy as np
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_lib, simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.noise import estimate_noise_std
-from cryojax_denoise.training import restore, self_supervised as ss
+from cryojax_denoise.training import restore, self_supervised as ss, train
 
 
 def main(argv):
@@ -23,9 +24,9 @@ def main(argv):
   volume, pixel_size = (argv[3], float(argv[4])) if len(argv) > 4 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   model = volume.endswith((".cif", ".pdb", ".mmcif"))
   if volume == "phantom":  # the built-in phantom (the sweep's in-distribution set)
-    src = simulate.load_source(image_size=64)
+    src = load_source(image_size=64)
   else:
-    src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
+    src = load_source(volume=None if model else volume, structure=volume if model else None,
                                pixel_size=pixel_size, image_size=64)
   bundled = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
   for snr in snrs:
@@ -36,7 +37,7 @@ def main(argv):
     cwf = denoisers.fit("cwf", fit.noisy, sig_fit, ctf_fit)
     inputs = ss.cwf_sure_inputs(fit.noisy, cwf, sig_fit, ctf_fit)
     with tempfile.TemporaryDirectory() as work:
-      tuned = restore.load_denoiser(ss.finetune(inputs, work, init=restore.bundled_dir("autoencoder_cwf"),
+      tuned = restore.load_denoiser(train.finetune(inputs, work, init=restore.bundled_dir("autoencoder_cwf"),
                                                 loss="sure", steps=steps, lr_g=1e-4, val_size=64,
                                                 eval_every=max(steps // 4, 1), checkpoint_every=steps))
       prior = np.asarray(cwf(test.noisy, sig_test, ctf_test))

@@ -14,6 +14,7 @@ import numpy as np
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_lib
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.noise import estimate_noise_std
 from cryojax_denoise.training.restore import load_denoiser
 
@@ -22,7 +23,7 @@ def main(argv):
   ckpts, snrs, classical = argv[1].split(","), [float(s) for s in argv[2].split(",")], argv[3].split(",")
   volume, pixel_size = (argv[4], float(argv[5])) if len(argv) > 5 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   model = volume.endswith((".cif", ".pdb", ".mmcif"))
-  src = simulate.load_source(volume=None if model else volume, structure=volume if model else None,
+  src = load_source(volume=None if model else volume, structure=volume if model else None,
                              pixel_size=pixel_size, image_size=64)
   bundled = {"general": ("autoencoder", None), "gan": ("gan", None)}
   learned = {c.rstrip("/").split("/")[-1]: (load_denoiser(None, kind=bundled[c][0]) if c in bundled

@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers import sure_policy
 
 SIMULATED = 2560  # images per setting: a 512-image estimate × (1 + 4 probes) calls fits in a budget of 1 × these
@@ -30,8 +31,8 @@ def n_simulated(n: int, n_estimate: int) -> int:
 def load_set(name: str):
   """The validation's 64² source: the built-in phantom, or the unseen 70S ribosome from ../shared/data."""
   if name == "phantom":
-    return simulate.load_source(image_size=64)
-  return simulate.load_source(volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
+    return load_source(image_size=64)
+  return load_source(volume="../shared/data/ribosome70S_65.mrc", pixel_size=5.0, image_size=64)
 
 
 def simulate_setting(src, snr: float, ctf: bool, n_sim: int):

@@ -17,7 +17,8 @@ import pytest
 
 import cryojax.simulator as cxs
 from cryojax.constants import wavelength_from_kilovolts
-from cryojax_denoise.data import simulate
+from cryojax_denoise.data.projector import Projector
+from cryojax_denoise.data.relion import ParticleParams, RELION_CTF_SIGN, relion_to_cryojax_ctf
 from cryojax_denoise.reconstruction import fourier
 
 U, V, CS, KV, AC = 21000.0, 16000.0, 2.7, 300.0, 0.1
@@ -58,9 +59,9 @@ def test_helper_gives_relion_ctf(angle):
   n, px = 64, 1.5
   ky, kx = _grid(n, px)
   freqs = jnp.asarray(np.stack([kx, ky], -1), jnp.float32)
-  defocus, astig, cangle = simulate.relion_to_cryojax_ctf(U, V, angle)
+  defocus, astig, cangle = relion_to_cryojax_ctf(U, V, angle)
   for phase in (0.0, 40.0):
-    ours = simulate.RELION_CTF_SIGN * np.asarray(cxs.AstigmaticCTF(defocus, astig, cangle, CS)(
+    ours = RELION_CTF_SIGN * np.asarray(cxs.AstigmaticCTF(defocus, astig, cangle, CS)(
         freqs, LAMBDA, amplitude_contrast_ratio=AC, phase_shift=phase))
     ref = _relion_ctf(kx, ky, U, V, angle, phase_deg=phase)
     np.testing.assert_allclose(ours, ref, atol=2e-3)
@@ -118,14 +119,14 @@ def test_simulated_images_carry_relion_ctf():
   rng = np.random.default_rng(0)
   volume = rng.normal(size=(n, n, n)).astype(np.float32)
   k = len(ANGLES)
-  params = simulate.ParticleParams.zeros(k)._replace(
+  params = ParticleParams.zeros(k)._replace(
       rot_in_degrees=np.array([10.0, 50.0, 120.0, 200.0], np.float32),
       tilt_in_degrees=np.array([20.0, 80.0, 100.0, 150.0], np.float32),
       defocus_u_in_angstroms=np.full(k, U, np.float32), defocus_v_in_angstroms=np.full(k, V, np.float32),
       defocus_angle_in_degrees=np.array(ANGLES, np.float32))
   opts = dict(voltage_kv=KV, cs_mm=CS, amplitude_contrast=AC)
-  with_ctf = np.asarray(simulate.Projector(volume, n, px, ctf=True, **opts)(params), np.float64)
-  without = np.asarray(simulate.Projector(volume, n, px, ctf=False, **opts)(params), np.float64)
+  with_ctf = np.asarray(Projector(volume, n, px, ctf=True, **opts)(params), np.float64)
+  without = np.asarray(Projector(volume, n, px, ctf=False, **opts)(params), np.float64)
   ky, kx = _grid(n, px)
   inside = np.hypot(kx, ky) < 0.8 * 0.5 / px  # away from the Nyquist row/column
   for i, angle in enumerate(ANGLES):

@@ -240,7 +240,7 @@ def test_denoise_star_uses_each_particles_ctf(tmp_path, basis):
   from experiments import denoise
 
   rng = np.random.default_rng(5)
-  n = 40
+  n = 60  # at least denoisers.cwf.MIN_STACK particles
   noisy = (_low_rank_set(rng, n, basis) + 0.5 * rng.standard_normal((n, L, L))).astype(np.float32)
   with mrcfile.new(tmp_path / "p.mrcs", noisy) as m:
     m.voxel_size = 4.0

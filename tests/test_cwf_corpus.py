@@ -7,7 +7,9 @@ import pytest
 from flax import nnx
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.data import cwf_corpus, simulate
+from cryojax_denoise.data import simulate
+from cryojax_denoise.training import cwf_corpus
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.models import Generator, host_init
 from cryojax_denoise.training import restore, train
@@ -35,7 +37,7 @@ def test_triplets_hold_a_cwf_estimate_better_than_the_noisy_particles():
 
 def test_sign_flip_of_a_triplet_is_a_triplet_of_the_flipped_dataset():
   # The augmentation's claim: CWF fitted on −D maps −y to −CWF_D(y) (the fitted mean flips with the data).
-  src = simulate.load_source(image_size=32)
+  src = load_source(image_size=32)
   ds = simulate.simulate_dataset(src, 200, 32, snr=0.2, seed=1, ctf=False)
   sigma = np.full(200, float(np.std(ds.noisy - ds.clean)), np.float32)
   y = ds.noisy[:4]
@@ -90,7 +92,7 @@ def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
   from cryojax_denoise.data import ctf as ctf_lib
 
   _, workdir = cwf_run
-  src = simulate.load_source(image_size=32)
+  src = load_source(image_size=32)
   ds = simulate.simulate_dataset(src, 120, 32, snr=0.2, seed=4, ctf=True)
   ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
   noise = np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
@@ -159,7 +161,7 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
 
   den = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
   assert den.config.data == "cwf_corpus" and den.config.model.prior == "cwf" and den.config.model.odd
-  src = simulate.load_source(image_size=32)
+  src = load_source(image_size=32)
   ds = simulate.simulate_dataset(src, 100, 32, snr=0.2, seed=5, ctf=True)
   ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
   out = np.asarray(denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0)(ds.noisy[:8], None, ctf[:8]))
@@ -171,3 +173,28 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
   np.testing.assert_allclose(np.asarray(shared(ds.noisy[:8], None, ctf[:8])), out, atol=1e-5)
   with pytest.raises(InputError, match="unknown parameter"):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_step=0)
+
+
+def test_get_autoencoder_cwf_fits_once_then_reuses(monkeypatch):
+  """`get("autoencoder_cwf")` used to refit CWF (and fine-tune) on every batch call: now the first
+  batch of a size fits, later batches reuse that fit (same output for the same images)."""
+  from cryojax_denoise.training import learned
+
+  calls = []
+  real = learned.fit_autoencoder_cwf
+
+  def counting(*args, **kwargs):
+    calls.append(np.shape(args[0]))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(learned, "fit_autoencoder_cwf", counting)
+  src = load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 64, 32, snr=0.2, seed=6, ctf=False)
+  den = denoisers.get("autoencoder_cwf", finetune_steps=0)
+  first = np.asarray(den(ds.noisy[:48]))
+  second = np.asarray(den(ds.noisy[48:]))
+  again = np.asarray(den(ds.noisy[:48]))
+  assert calls == [(48, 32, 32)]  # one fit, on the first batch
+  assert first.shape == (48, 32, 32) and second.shape == (16, 32, 32) and np.isfinite(second).all()
+  np.testing.assert_allclose(again, first, atol=1e-5)
+  assert len(calls) == 1

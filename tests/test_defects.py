@@ -31,7 +31,9 @@ def _relion30_star(tmp_path):
 
 
 def test_defect1_relion30_pixel_size_from_detector_and_magnification(tmp_path):
-  from cryojax_denoise.data import relion, simulate
+  from cryojax_denoise.data.maps import load_source
+  from cryojax_denoise.data.projector import group_projector
+  from cryojax_denoise.io.star import pixel_size_of
 
   path = _relion30_star(tmp_path)
   expected = 5.0e4 / 38168
@@ -39,11 +41,11 @@ def test_defect1_relion30_pixel_size_from_detector_and_magnification(tmp_path):
   assert star.pixel_size() == pytest.approx(expected)
   table = denoise_stack.open_particles(path)
   assert table.pixel_size == pytest.approx(expected)  # the denoised stack's header
-  source = simulate.load_source(image_size=32)
-  _, pixel = relion.group_projector(source, star.optics, 1, 32)  # make_pairs' and project's CTF grid
+  source = load_source(image_size=32)
+  _, pixel = group_projector(source, star.optics, 1, 32)  # make_pairs' and project's CTF grid
   assert pixel == pytest.approx(expected)
   with pytest.raises(InputError, match="rlnMagnification"):
-    relion.pixel_size_of({"rlnDetectorPixelSize": 5.0}, "x.star")
+    pixel_size_of({"rlnDetectorPixelSize": 5.0}, "x.star")
 
 
 def test_defect4_bm3d_pool_exits_without_traceback(tmp_path):
@@ -123,12 +125,13 @@ def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
 
 def test_defect8_reconstruction_reports_denoising_progress_and_costed_eta(caplog):
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
   from experiments import snr_sweep
 
   config = snr_sweep.resolve(snr_sweep.get_config())
   with config.unlocked():
     config.n_reconstruct, config.n_tune, config.image_size = 24, 8, 32
-  source = simulate.load_source(image_size=32)
+  source = load_source(image_size=32)
 
   def dataset(n, snr, seed):
     return simulate.simulate_dataset(source, n_images=n, image_size=32, snr=snr, seed=seed)

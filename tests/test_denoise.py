@@ -212,7 +212,7 @@ def test_star_stacks_of_different_sizes_are_refused(tmp_path):
 
 
 def test_parse_params():
-  from experiments.denoise import parse_params
+  from cryojax_denoise.pipeline import parse_params
 
   assert parse_params("") == {}
   assert parse_params("width=2.5") == {"width": 2.5}

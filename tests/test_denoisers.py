@@ -17,8 +17,9 @@ CLASSICAL = ("gaussian", "wiener", "bm3d", "ddtf", "ksvd", "tv")
 def _clean():
   """N clean, standardised projections of the built-in phantom (with CTF)."""
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
 
-  src = simulate.load_source(image_size=SIZE)
+  src = load_source(image_size=SIZE)
   return np.asarray(simulate.simulate_dataset(src, N, SIZE, 1.0, seed=3).clean, np.float32)
 
 

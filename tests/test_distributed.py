@@ -275,11 +275,12 @@ def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(
 def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
   """24 simulated particles of 32²: shares of 8-row batches projected per process, assembled on 0."""
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
   from experiments import make_pairs
   from test_make_pairs import _blob_map
 
   io.write_volume(str(tmp_path / "map.mrc"), _blob_map(), 4.0)
-  source = simulate.load_source(volume=str(tmp_path / "map.mrc"), image_size=32)
+  source = load_source(volume=str(tmp_path / "map.mrc"), image_size=32)
   ds = simulate.simulate_dataset(source, n_images=24, image_size=32, snr=1.0, seed=1, max_shift_A=6.0, batch_size=24)
   simulate.write_dataset(ds, str(tmp_path / "sim"))
 
@@ -303,3 +304,40 @@ def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
   for name in ("clean.mrcs", "noisy.mrcs"):
     np.testing.assert_array_equal(_read(str(tmp_path / "two" / name)), _read(str(tmp_path / "one" / name)))
   assert sorted(os.listdir(tmp_path / "two")) == ["clean.mrcs", "config.json", "noisy.mrcs"]  # parts removed
+
+
+SHARE_SCRIPT = r"""
+import sys, time
+from ml_collections import ConfigDict
+from cryojax_denoise import distributed
+port, k = sys.argv[1], int(sys.argv[2])
+distributed.initialize(ConfigDict(dict(distributed=True, coordinator_address=f"127.0.0.1:{port}", num_processes=2,
+                                       process_id=k, heartbeat_timeout_s=30, collective_timeout_s=600)))
+def choose():
+  return {"params": {"lam": 0.5}}
+print("shared", distributed.share(choose), flush=True)
+distributed._STATE["timeout_s"] = 3  # process 0 now computes for longer than process 1 waits
+def slow():
+  time.sleep(10)
+  return 1
+print("shared", distributed.share(slow), flush=True)
+"""
+
+
+def test_share_waits_for_process_0_and_a_timeout_is_one_error_line(tmp_path):
+  """`share` goes through the coordination service (no gloo connect to time out while process 0 computes);
+  a wait past `collective_timeout_s` ends with one `error:` line naming the process and the coordinator."""
+  port = _free_port()
+  procs = [subprocess.Popen([sys.executable, "-c", SHARE_SCRIPT, str(port), str(k)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+  try:
+    out1, err1 = procs[1].communicate(timeout=240)
+    assert "shared {'params': {'lam': 0.5}}" in out1, err1[-2000:]
+    assert procs[1].returncode == 1
+    lines = [line for line in err1.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err1, err1[-2000:]
+    assert "process 1 of 2" in lines[0] and f"127.0.0.1:{port}" in lines[0] and "collective_timeout_s" in lines[0]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()

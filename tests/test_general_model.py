@@ -10,13 +10,14 @@ from flax import nnx
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.models import Generator, host_init
 from cryojax_denoise.training import restore, train
 
 
 @pytest.fixture(scope="module")
 def phantom_set():
-  source = simulate.load_source(image_size=32)
+  source = load_source(image_size=32)
   return simulate.simulate_dataset(source, 8, 32, snr=0.5, seed=3, ctf=True)
 
 

@@ -28,10 +28,11 @@ def _blob_map(size=32, n_blobs=40, seed=0):
 def simulated(tmp_path_factory):
   """12 noisy 32² particles with CTF and shifts (SNR 1) simulated from a map, their STAR file."""
   from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
 
   d = tmp_path_factory.mktemp("pairs")
   io.write_volume(str(d / "map.mrc"), _blob_map(), 4.0)
-  source = simulate.load_source(volume=str(d / "map.mrc"), image_size=32)
+  source = load_source(volume=str(d / "map.mrc"), image_size=32)
   ds = simulate.simulate_dataset(source, n_images=12, image_size=32, snr=1.0, seed=1, max_shift_A=6.0,
                                  batch_size=12)
   simulate.write_dataset(ds, str(d / "sim"))

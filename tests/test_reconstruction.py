@@ -12,6 +12,7 @@ from scipy.ndimage import gaussian_filter
 
 from cryojax_denoise import io
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.reconstruction import fourier, fsc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def _worst_to_half_nyquist(vol, truth, label: str | None = None) -> float:
 
 @pytest.fixture(scope="module")
 def source():
-  return simulate.MapSource(_blobs(32), APIX, "blobs")
+  return MapSource(_blobs(32), APIX, "blobs")
 
 
 @pytest.fixture(scope="module")

@@ -136,7 +136,7 @@ def finetuned(stacks, tmp_path_factory):
   """A from-scratch noise2self fine-tune of 30 steps on the in-memory noisy stack (no clean image)."""
   wd = str(tmp_path_factory.mktemp("ft") / "run")
   noisy = io.read_stack(stacks[0]).data
-  out = ss.finetune(np.asarray(noisy), wd, init="none", loss="noise2self", steps=30, batch_size=8, seed=0,
+  out = train.finetune(np.asarray(noisy), wd, init="none", loss="noise2self", steps=30, batch_size=8, seed=0,
                     lr_g=3e-3, eval_every=1, log_every=1, val_size=8, checkpoint_every=10,
                     model=dict(widths=TINY["widths"], blocks=TINY["blocks"], output="linear"))
   return wd, out
@@ -195,7 +195,7 @@ def test_bad_noisy_stacks_write_nothing(stacks, tmp_path):
       train.train(_ss_config(**over), str(wd))
     assert not wd.exists(), over
   with pytest.raises(InputError, match="NaN"):
-    ss.finetune(bad, str(tmp_path / "out"), init="none")
+    train.finetune(bad, str(tmp_path / "out"), init="none")
   assert not (tmp_path / "out").exists()
 
 

@@ -12,6 +12,9 @@ from scipy import stats
 
 from cryojax_denoise import io
 from cryojax_denoise.data import phantom, simulate
+from cryojax_denoise.data.maps import fit_volume, load_source, resample_volume
+from cryojax_denoise.data.projector import Projector, project
+from cryojax_denoise.data.relion import ParticleParams, relion_angles_from_matrix, relion_matrix
 from cryojax_denoise.errors import InputError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -21,7 +24,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def source():
-  return simulate.load_source(image_size=SIZE, seed=0)
+  return load_source(image_size=SIZE, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +90,7 @@ def test_poses_are_uniform_on_so3(source):
   assert stats.kstest(rot, stats.uniform(-180, 360).cdf).pvalue > 1e-3
   assert stats.kstest(psi, stats.uniform(-180, 360).cdf).pvalue > 1e-3
   # Haar measure: the mean rotation matrix vanishes (each entry has sd 1/sqrt(3 n)).
-  mats = simulate.relion_matrix(rot, tilt, psi)
+  mats = relion_matrix(rot, tilt, psi)
   assert np.abs(mats.mean(axis=0)).max() < 5 / np.sqrt(3 * 4000)
   lo, hi = simulate.DEFOCUS_RANGE_A
   du, dv = p.defocus_u_in_angstroms, p.defocus_v_in_angstroms
@@ -98,9 +101,9 @@ def test_poses_are_uniform_on_so3(source):
 def test_angles_roundtrip_through_the_relion_matrix():
   rng = np.random.default_rng(0)
   rot, tilt, psi = rng.uniform(-180, 180, 50), rng.uniform(1, 179, 50), rng.uniform(-180, 180, 50)
-  mats = simulate.relion_matrix(rot, tilt, psi)
-  back = jax.jit(jax.vmap(simulate.relion_angles_from_matrix))(mats.astype(np.float32))
-  np.testing.assert_allclose(simulate.relion_matrix(*[np.asarray(b) for b in back]), mats, atol=1e-4)
+  mats = relion_matrix(rot, tilt, psi)
+  back = jax.jit(jax.vmap(relion_angles_from_matrix))(mats.astype(np.float32))
+  np.testing.assert_allclose(relion_matrix(*[np.asarray(b) for b in back]), mats, atol=1e-4)
 
 
 def test_projection_follows_relion_conventions():
@@ -110,10 +113,10 @@ def test_projection_follows_relion_conventions():
   blobs = np.array([[20.0, 0.0, 0.0], [0.0, 12.0, -6.0], [-8.0, -14.0, 16.0]])
   weights = np.array([1.0, 2.0, 3.0])
   vol = phantom.render_atoms(blobs, weights, np.full(3, sigma**2), size, px)
-  projector = simulate.Projector(vol, size, px, ctf=False)
+  projector = Projector(vol, size, px, ctf=False)
   rng = np.random.default_rng(1)
   n = 24  # the batch shape of test_project_reproduces_the_clean_images: one compile for both
-  params = simulate.ParticleParams.zeros(n)._replace(
+  params = ParticleParams.zeros(n)._replace(
       rot_in_degrees=rng.uniform(-180, 180, n), tilt_in_degrees=rng.uniform(0, 180, n),
       psi_in_degrees=rng.uniform(-180, 180, n), origin_x_in_angstroms=rng.uniform(-6, 6, n),
       origin_y_in_angstroms=rng.uniform(-6, 6, n)).astype(np.float32)
@@ -121,7 +124,7 @@ def test_projection_follows_relion_conventions():
   coords = (np.arange(size) - size // 2) * px
   for i in range(0, n, 3):
     p = params.take(i)
-    a = simulate.relion_matrix(p.rot_in_degrees, p.tilt_in_degrees, p.psi_in_degrees)
+    a = relion_matrix(p.rot_in_degrees, p.tilt_in_degrees, p.psi_in_degrees)
     xy = blobs @ a.T
     x = xy[:, 0] - p.origin_x_in_angstroms
     y = xy[:, 1] - p.origin_y_in_angstroms
@@ -140,12 +143,12 @@ def test_same_seed_same_images(source, dataset):
 
 
 def test_project_reproduces_the_clean_images(source, dataset):
-  images = simulate.project(source, dataset.particles, dataset.optics, SIZE)
+  images = project(source, dataset.particles, dataset.optics, SIZE)
   assert images.shape == dataset.clean.shape
   for a, b in zip(images, dataset.clean):
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] >= 0.99
   # Without CTF columns the projections are plain (and different).
-  plain = simulate.project(source, dataset.particles.drop(columns=["rlnDefocusU", "rlnDefocusV"]), dataset.optics, SIZE)
+  plain = project(source, dataset.particles.drop(columns=["rlnDefocusU", "rlnDefocusV"]), dataset.optics, SIZE)
   assert np.corrcoef(plain[0].ravel(), images[0].ravel())[0, 1] < 0.9
 
 
@@ -195,7 +198,7 @@ def test_simulate_experiment_rejects_bad_input_before_writing(tmp_path):
     experiment.validate(config)
   with pytest.raises(InputError, match="not a readable PDB/mmCIF"):
     (tmp_path / "junk.cif").write_text("this is not a model\n")
-    simulate.load_source(structure=str(tmp_path / "junk.cif"), image_size=32)
+    load_source(structure=str(tmp_path / "junk.cif"), image_size=32)
   assert not (tmp_path / "w").exists()
 
 
@@ -226,10 +229,10 @@ def test_structure_route_with_an_mmcif_model(tmp_path):
 def test_fit_volume_keeps_pixel_size_or_resamples_whole_map():
   vol = np.zeros((65, 65, 65), np.float32)
   vol[12:52, 12:52, 12:52] = 1.0
-  fitted, px = simulate.fit_volume(vol, 5.0, 64)  # only an empty slice is cut
+  fitted, px = fit_volume(vol, 5.0, 64)  # only an empty slice is cut
   assert fitted.shape == (64, 64, 64) and px == 5.0 and fitted.sum() == vol.sum()
-  small, px_small = simulate.fit_volume(vol, 5.0, 32)  # cropping would cut density: resample
+  small, px_small = fit_volume(vol, 5.0, 32)  # cropping would cut density: resample
   assert small.shape == (32, 32, 32) and px_small == pytest.approx(5.0 * 66 / 32)
   assert small.sum() * px_small**3 == pytest.approx(vol.sum() * 5.0**3, rel=1e-3)
-  fine = simulate.resample_volume(vol, 5.0, 2.5, 96)
+  fine = resample_volume(vol, 5.0, 2.5, 96)
   assert fine.shape == (96, 96, 96) and fine.sum() * 2.5**3 == pytest.approx(vol.sum() * 5.0**3, rel=1e-3)

@@ -67,13 +67,16 @@ def test_sure_reason_for_methods_it_cannot_score():
 
 
 def test_denoise_quality_probes_a_fitted_method_with_each_particles_ctf(tmp_path, monkeypatch):
-  """`denoise`'s SURE quality score of cwf on a STAR file passes the scored particles' own CTFs to every
-  probed call (before: ctf=None, the score of a CTF-free CWF: 3.1× the true MSE at SNR 0.1)."""
+  """`denoise`'s SURE quality score of cwf on a STAR file (`pipeline.sure_step.quality`) passes the scored
+  particles' own CTFs to every probed call of the fitted model (probed with ctf=None, the score is that of a
+  CTF-free CWF: 3.1× the true MSE at SNR 0.1, docs/sure_notes.md); a reason from `sure_reason` is an error."""
   import mrcfile
 
-  from cryojax_denoise import io
+  from cryojax_denoise import denoise_stack, io
   from cryojax_denoise.data import relion
-  from experiments import denoise
+  from cryojax_denoise.pipeline import sure_step
+  from cryojax_denoise.pipeline.params import Settings
+  from cryojax_denoise.pipeline.run import fit_denoiser
 
   rng = np.random.default_rng(5)
   n, size = 40, 16
@@ -85,17 +88,15 @@ def test_denoise_quality_probes_a_fitted_method_with_each_particles_ctf(tmp_path
                                                                defocus_v_in_angstroms=du - 100)
   io.write_star(str(tmp_path / "p.star"), relion.optics_table(4.0, size),
                 relion.particles_table(params, True, "p.mrcs"))
-  config = denoise.get_config()
-  config.method, config.input, config.sure_images, config.fit_size, config.noise_std = "cwf", str(
-      tmp_path / "p.star"), 8, 40, 0.5
+  settings = Settings(method="cwf", noise_std=0.5, sure_images=8, fit_size=40)
   reader = io.ImageReader()
-  from cryojax_denoise import denoise_stack
-
-  table = denoise_stack.open_particles(config.input, reader)
-  den, ctf_of = denoise._fitted_denoiser(config, table, reader)
+  table = denoise_stack.open_particles(str(tmp_path / "p.star"), reader)
+  den, ctf_of = fit_denoiser(settings, table, reader)
   seen = []
   monkeypatch.setattr(P, "method_sure", lambda name, d, images, std, *, ctf, fitted, **k: seen.append(
       (ctf, fitted)) or S.sure(lambda y, s: d(y, s, ctf), images, std))
-  record = denoise._quality(config, table, reader, den, ctf_of)
-  rows = P.subset(n, 8)
-  assert seen[0][1] and np.array_equal(seen[0][0], ctf_of(rows)) and record["sure"]["n_images"] == 8
+  record = sure_step.quality(settings, table, reader, den, ctf_of)
+  assert seen[0][1] and np.array_equal(seen[0][0], ctf_of(P.subset(n, 8))) and record["sure"]["n_images"] == 8
+  monkeypatch.setattr(P, "method_sure", lambda *a, **k: "a reason")
+  with pytest.raises(ValueError, match="a reason"):
+    sure_step.quality(settings, table, reader, den, ctf_of)

@@ -19,7 +19,8 @@ from flax import nnx
 
 from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.training import checkpoints, restore, sharding as sh, train
+from cryojax_denoise import sharding as sh
+from cryojax_denoise.training import checkpoints, restore, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"model.widths": "(8,16)", "model.blocks": "(1,0)", "disc.widths": "(8,16)", "disc.blocks": "(1,1)",
@@ -186,7 +187,8 @@ def test_star_file_as_noisy_input():
 SHARD_SCRIPT = r"""
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from cryojax_denoise.training import train, sharding as sh
+from cryojax_denoise import sharding as sh
+from cryojax_denoise.training import train
 assert jax.device_count() == 4, jax.devices()
 c = train.default_config("gan")
 c.model.widths, c.model.blocks, c.disc.widths, c.disc.blocks = (8, 16), (1, 0), (8, 16), (0, 0)

@@ -5,15 +5,19 @@ Conventions (poses, origins, CTF sign and angle) are RELION's; see `data/relion.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
+from cryojax_denoise.data.maps import resample_volume
 from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, RELION_CTF_SIGN, SPHERICAL_ABERRATION_MM, VOLTAGE_KV,
-                                         ParticleParams, group_projector, optics_row, params_from_table,
+                                         ParticleParams, optics_row, params_from_table,
                                          particle_groups, relion_to_cryojax_ctf)
 from cryojax_denoise.errors import InputError
+from cryojax_denoise.io.star import pixel_size_of
 
 
 def _project_one(fvol, p: ParticleParams, optics: dict, *, shape: tuple[int, int], ctf: bool) -> jax.Array:
@@ -120,8 +124,6 @@ def project(source, particles: pd.DataFrame, optics: pd.DataFrame, image_size: i
       raise InputError(f"optics group {group}: image size {size} differs from other groups {out.shape[1]}")
     out[rows] = images
   if standardized:
-    from cryojax_denoise.data.simulate import standardize
-
     return standardize(out)
   return out
 
@@ -129,3 +131,41 @@ def project(source, particles: pd.DataFrame, optics: pd.DataFrame, image_size: i
 def optics_size(optics: pd.DataFrame, group) -> int:
   """rlnImageSize of an optics group (0 when absent)."""
   return int(optics_row(optics, group).get("rlnImageSize", 0))
+
+
+def group_projector(source, optics: pd.DataFrame, group, image_size: int, ctf: bool = True):
+  """(Projector, pixel size Å) of `source` imaged with optics group `group`: the map resampled to
+  the group's pixel size on an `image_size` grid, the group's voltage, Cs and amplitude contrast.
+  Used by `project`, `denoise_stack.RowProjector` (make_pairs) and the reconstruction."""
+  opt = optics_row(optics, group)
+  pixel_size = pixel_size_of(opt, f"optics group {group}")
+  volume = resample_volume(source.volume, source.pixel_size, pixel_size, image_size)
+  projector = Projector(volume, image_size, pixel_size, ctf=ctf,
+                        voltage_kv=float(opt.get("rlnVoltage", VOLTAGE_KV)),
+                        cs_mm=float(opt.get("rlnSphericalAberration", SPHERICAL_ABERRATION_MM)),
+                        amplitude_contrast=float(opt.get("rlnAmplitudeContrast", AMPLITUDE_CONTRAST)))
+  return projector, pixel_size
+
+
+def _standardize_inplace(stack: np.ndarray, chunk: int = 1024) -> None:
+  """stack <- (stack - mean) / std over the whole float32 stack, with float64 statistics
+  accumulated in chunks (no float64 copy of the stack)."""
+  total = total2 = 0.0
+  for start in range(0, len(stack), chunk):
+    block = stack[start:start + chunk].astype(np.float64)
+    total += block.sum()
+    total2 += np.square(block).sum()
+  mean = total / stack.size
+  var = total2 / stack.size - mean**2
+  if not var > 0:
+    raise InputError("clean projections are constant (is the map empty or outside the box?)")
+  for start in range(0, len(stack), chunk):
+    block = stack[start:start + chunk].astype(np.float64)
+    stack[start:start + chunk] = (block - mean) / math.sqrt(var)
+
+
+def standardize(stack: np.ndarray) -> np.ndarray:
+  """(stack - mean) / std over the whole stack (float64 statistics), as a new float32 array."""
+  out = np.array(stack, dtype=np.float32)
+  _standardize_inplace(out)
+  return out

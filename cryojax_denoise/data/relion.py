@@ -20,8 +20,8 @@ Conventions (RELION 3.1, so a STAR file we write means to RELION what we simulat
   maps (U, V, angle) to cryojax's (defocus, astigmatism, 90 deg - angle) and images with CTF are
   multiplied by RELION_CTF_SIGN = -1, so the simulated CTF is RELION's exactly (same values,
 
-Pixel size of an optics group (or of a RELION 3.0 particle row): rlnImagePixelSize, else
-rlnPixelSize, else rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification (RELION 3.0).
+The pixel size of an optics group is read by `io.star.pixel_size_of` (io owns STAR columns); the
+projector of an optics group is `data.projector.group_projector`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from cryojax_denoise.errors import InputError
 
 VOLTAGE_KV = 300.0
 SPHERICAL_ABERRATION_MM = 2.7
@@ -114,21 +113,6 @@ def relion_to_cryojax_ctf(defocus_u, defocus_v, angle_deg):
 # ---------------------------------------------------------------------------- optics groups
 
 
-def pixel_size_of(row, where: str = "STAR file") -> float:
-  """Pixel size (Å) of an optics row (a pandas Series or dict): rlnImagePixelSize, rlnPixelSize, or
-  RELION 3.0's rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification. InputError when none is usable."""
-  get = row.get
-  for key in ("rlnImagePixelSize", "rlnPixelSize"):
-    if get(key) is not None and float(get(key)) > 0:
-      return float(get(key))
-  detector, mag = get("rlnDetectorPixelSize"), get("rlnMagnification")
-  if detector is not None and mag is not None and float(detector) > 0 and float(mag) > 0:
-    return float(detector) * 1e4 / float(mag)
-  if detector is not None:
-    raise InputError(f"{where}: rlnDetectorPixelSize without rlnMagnification: no pixel size")
-  raise InputError(f"{where}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification)")
-
-
 def optics_row(optics: pd.DataFrame, group) -> pd.Series:
   """The optics row of `group` (the first row when the table has no such group)."""
   if "rlnOpticsGroup" in optics.columns and (optics["rlnOpticsGroup"] == group).any():
@@ -141,23 +125,6 @@ def particle_groups(particles: pd.DataFrame, optics: pd.DataFrame) -> np.ndarray
   if "rlnOpticsGroup" in particles.columns:
     return particles["rlnOpticsGroup"].to_numpy()
   return np.full(len(particles), optics["rlnOpticsGroup"].iloc[0] if "rlnOpticsGroup" in optics.columns else 1)
-
-
-def group_projector(source, optics: pd.DataFrame, group, image_size: int, ctf: bool = True):
-  """(Projector, pixel size Å) of `source` imaged with optics group `group`: the map resampled to
-  the group's pixel size on an `image_size` grid, the group's voltage, Cs and amplitude contrast.
-  Used by `project`, `denoise_stack.RowProjector` (make_pairs) and the reconstruction."""
-  from cryojax_denoise.data.maps import resample_volume
-  from cryojax_denoise.data.projector import Projector
-
-  opt = optics_row(optics, group)
-  pixel_size = pixel_size_of(opt, f"optics group {group}")
-  volume = resample_volume(source.volume, source.pixel_size, pixel_size, image_size)
-  projector = Projector(volume, image_size, pixel_size, ctf=ctf,
-                        voltage_kv=float(opt.get("rlnVoltage", VOLTAGE_KV)),
-                        cs_mm=float(opt.get("rlnSphericalAberration", SPHERICAL_ABERRATION_MM)),
-                        amplitude_contrast=float(opt.get("rlnAmplitudeContrast", AMPLITUDE_CONTRAST)))
-  return projector, pixel_size
 
 
 # ---------------------------------------------------------------------------- tables

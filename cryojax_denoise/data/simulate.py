@@ -2,8 +2,8 @@
 
 Poses are uniform on SO(3) (Shoemake's uniform unit quaternion); poses, origins and CTF follow
 RELION 3.1 (see `data/relion.py`), so a STAR file we write means to RELION what we simulated.
-Maps live in `data/maps.py`, the projector in `data/projector.py`; this module re-exports their
-names, so `data.simulate` still offers everything it did.
+Maps live in `data/maps.py`, the projector (and the stack standardisation) in `data/projector.py`,
+RELION conventions in `data/relion.py`: import them from there.
 
 * SNR (INTERFACE): the clean stack is standardised (mean 0, variance 1 over the whole stack),
   then white Gaussian noise of variance mean_i(var(clean_i)) / snr is added; no clipping.
@@ -26,14 +26,10 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from cryojax_denoise.data.maps import (FIT_MASS_TOLERANCE, MapSource, _crop_or_pad, _fourier_resize,  # noqa: F401
-                                       _structure_atoms, fit_volume, load_source, resample_volume)
-from cryojax_denoise.data.projector import (Projector, _fourier_volume, _optics, _project_in_batches,  # noqa: F401
-                                            _project_jit, _project_many, _project_one, project)
-from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, RELION_CTF_SIGN, ParticleParams,  # noqa: F401
-                                         SPHERICAL_ABERRATION_MM, VOLTAGE_KV, _column, optics_table,
-                                         params_from_table, particles_table, relion_angles_from_matrix,
-                                         relion_matrix, relion_to_cryojax_ctf)
+from cryojax_denoise.data.maps import MapSource, fit_volume
+from cryojax_denoise.data.projector import Projector, _project_many, _standardize_inplace
+from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, SPHERICAL_ABERRATION_MM, VOLTAGE_KV, ParticleParams,
+                                         optics_table, particles_table, relion_angles_from_matrix)
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.io import write_stack, write_star
 from cryojax_denoise.progress import Progress
@@ -216,30 +212,6 @@ class Dataset:
   snr: float
   noise_std: float
   source: str
-
-
-def _standardize_inplace(stack: np.ndarray, chunk: int = 1024) -> None:
-  """stack <- (stack - mean) / std over the whole float32 stack, with float64 statistics
-  accumulated in chunks (no float64 copy of the stack)."""
-  total = total2 = 0.0
-  for start in range(0, len(stack), chunk):
-    block = stack[start:start + chunk].astype(np.float64)
-    total += block.sum()
-    total2 += np.square(block).sum()
-  mean = total / stack.size
-  var = total2 / stack.size - mean**2
-  if not var > 0:
-    raise InputError("clean projections are constant (is the map empty or outside the box?)")
-  for start in range(0, len(stack), chunk):
-    block = stack[start:start + chunk].astype(np.float64)
-    stack[start:start + chunk] = (block - mean) / math.sqrt(var)
-
-
-def standardize(stack: np.ndarray) -> np.ndarray:
-  """(stack - mean) / std over the whole stack (float64 statistics), as a new float32 array."""
-  out = np.array(stack, dtype=np.float32)
-  _standardize_inplace(out)
-  return out
 
 
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,

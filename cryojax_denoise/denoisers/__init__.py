@@ -8,12 +8,13 @@
 `noise.estimate_noise_std` (median absolute deviation of the finest diagonal Haar coefficients).
 Each method registers itself next to its function (`registry.register`); `REGISTRY[name]` records
 its tuned knob, the grid searched by `tuning.tune`, and its default (read from the signature).
-Learned methods need a checkpoint: `get("gan", checkpoint=DIR)`. The modules imported below
+Learned methods need a checkpoint: `get("gan", checkpoint=DIR)`; their code is `training/learned.py`,
+imported only when one is called (`learned_registry.py`), so this package imports no training code. The modules imported below
 register on import; they import JAX but create no arrays (no backend is started).
 """
 
 from cryojax_denoise.denoisers.registry import (REGISTRY, Method, check_params, classical_names, fit, get,
                                                 learned_names, names, register)
-from cryojax_denoise.denoisers import filters, bm3d, ksvd, ddtf, tv, cwf, learned  # noqa: E402,F401  (self-registering)
+from cryojax_denoise.denoisers import filters, bm3d, ksvd, ddtf, tv, cwf, learned_registry  # noqa: E402,F401  (self-registering)
 
 __all__ = ["REGISTRY", "Method", "check_params", "classical_names", "fit", "get", "learned_names", "names", "register"]

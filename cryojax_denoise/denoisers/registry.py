@@ -28,7 +28,8 @@ class Method:
   optional `fit(images, noise_std, **params) -> state` for methods fitted to a whole stack;
   `divergence`: for a linear shift-invariant method, `divergence(h, w, **params) -> float`, its
   exact divergence per pixel on h × w images (the trace of its matrix over h·w), which SURE then
-  uses instead of probing (`sure.py`).
+  uses instead of probing (`sure.py`); `min_stack`: for a dataset-level method, the fewest
+  particles its fit needs (the pipeline refuses fewer, and warns below twice that).
   """
   name: str
   fn: Callable
@@ -41,6 +42,7 @@ class Method:
   uses_ctf: bool = False
   fit: Callable | None = None
   divergence: Callable | None = None
+  min_stack: int = 0
 
   @property
   def params(self) -> list[str]:
@@ -64,7 +66,7 @@ def keyword_params(fn: Callable) -> list[str]:
 
 def register(name: str, *, knob: str | None = None, grid: tuple = (), description: str = "",
              needs_sigma: bool = True, learned: bool = False, uses_ctf: bool = False,
-             fit: Callable | None = None, divergence: Callable | None = None) -> Callable:
+             fit: Callable | None = None, divergence: Callable | None = None, min_stack: int = 0) -> Callable:
   """Decorator adding `fn` to `REGISTRY` as `name`; returns `fn` unchanged.
 
   `knob` must be a keyword-only argument of `fn` with a default (the method's default value);
@@ -79,7 +81,7 @@ def register(name: str, *, knob: str | None = None, grid: tuple = (), descriptio
       default = param.default
     desc = description or (inspect.getdoc(fn) or name).splitlines()[0]
     REGISTRY[name] = Method(name, fn, knob, tuple(grid), default, desc, needs_sigma, learned, uses_ctf, fit,
-                            divergence)
+                            divergence, int(min_stack))
     return fn
 
   return decorate

@@ -26,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from cryojax_denoise.data import phantom, simulate
+from cryojax_denoise.data import phantom
+from cryojax_denoise.data.maps import fit_volume, load_source
+from cryojax_denoise.data.projector import Projector
+from cryojax_denoise.data.relion import relion_angles_from_matrix, relion_matrix
 from cryojax_denoise.data.relion import ParticleParams
 from cryojax_denoise.errors import InputError
 
@@ -104,14 +107,14 @@ def phantom_states(image_size: int, amounts, *, motion: str = "translate", domai
 
 
 def load_states(image_size: int, volumes=(), structures=(), pixel_size: float | None = None):
-  """User states: MRC maps or PDB/mmCIF models, each loaded like `simulate.load_source` on one
+  """User states: MRC maps or PDB/mmCIF models, each loaded like `load_source` on one
   grid (models at the first one's pixel size). Returns (list of (D, D, D) maps, pixel size)."""
   volumes, structures = tuple(v for v in volumes if v), tuple(s for s in structures if s)
   if bool(volumes) == bool(structures) or len(volumes or structures) < 2:
     raise InputError("give two or more states as volumes=(a.mrc,b.mrc) or structures=(a.cif,b.cif), not both")
   sources, size = [], pixel_size or None
   for path in volumes or structures:
-    src = simulate.load_source(volume=path if volumes else None, structure=path if structures else None,
+    src = load_source(volume=path if volumes else None, structure=path if structures else None,
                                pixel_size=size, image_size=image_size)
     if structures:  # models: render every state at the first one's pixel size (maps keep their headers')
       size = size or src.pixel_size
@@ -149,8 +152,8 @@ def narrow_poses(params: ParticleParams, view: tuple[float, float, float], sprea
   k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axes[:, 2], axes[:, 1], -axes[:, 0]
   k -= np.transpose(k, (0, 2, 1))
   r = np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * k @ k
-  a = r @ simulate.relion_matrix(*view)
-  rot, tilt, psi = jax.vmap(simulate.relion_angles_from_matrix)(jnp.asarray(a, jnp.float32))
+  a = r @ relion_matrix(*view)
+  rot, tilt, psi = jax.vmap(relion_angles_from_matrix)(jnp.asarray(a, jnp.float32))
   zeros = np.zeros(n, np.float32)
   return params.astype(np.float32)._replace(
       rot_in_degrees=np.asarray(rot), tilt_in_degrees=np.asarray(tilt), psi_in_degrees=np.asarray(psi),
@@ -161,8 +164,8 @@ def project_states(maps, pixel_size: float, params: ParticleParams, image_size: 
   """Raw projections (K, N, H, W) float32 of each of K maps at every pose (and CTF) of `params`."""
   out = []
   for volume in maps:
-    fitted, size = simulate.fit_volume(np.asarray(volume, np.float32), pixel_size, image_size)
-    out.append(np.asarray(simulate.Projector(fitted, image_size, size, ctf=ctf)(params)))
+    fitted, size = fit_volume(np.asarray(volume, np.float32), pixel_size, image_size)
+    out.append(np.asarray(Projector(fitted, image_size, size, ctf=ctf)(params)))
   return np.stack(out)
 
 

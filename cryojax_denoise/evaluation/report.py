@@ -23,6 +23,24 @@ FIELDS = ("method", "snr", "mse", "psnr", "ssim", "frc_resolution_A", "seconds_p
 PANELS = (("mse", "MSE (relative to signal power)", True), ("psnr", "PSNR (dB)", False),
           ("ssim", "SSIM", False), ("frc_resolution_A", "FRC 0.5 resolution (Å)", False),
           ("fsc_resolution_A", "3D half-map FSC 0.143 resolution (Å)", False))
+# One fixed (colour, marker) per method, the same in every figure: the sweep draws 11 series and
+# matplotlib's 10-colour cycle gave two of them (noisy, autoencoder_cwf) the same blue. Colours from
+# tab20's dark halves plus black for the raw images; a method not listed gets the next unused pair.
+STYLES = {
+    "noisy": ("#000000", "x"), "gaussian": ("#1f77b4", "o"), "wiener": ("#ff7f0e", "s"),
+    "tv": ("#2ca02c", "^"), "bm3d": ("#d62728", "D"), "ksvd": ("#9467bd", "v"), "ddtf": ("#8c564b", "P"),
+    "cwf": ("#e377c2", "*"), "autoencoder": ("#7f7f7f", "h"), "gan": ("#bcbd22", "X"),
+    "autoencoder_cwf": ("#17becf", "d"),
+}
+_SPARE = [("#aec7e8", "o"), ("#ffbb78", "s"), ("#98df8a", "^"), ("#ff9896", "D"), ("#c5b0d5", "v"),
+          ("#c49c94", "P"), ("#f7b6d2", "*"), ("#c7c7c7", "h"), ("#dbdb8d", "X"), ("#9edae5", "d")]
+
+
+def styles_for(methods) -> dict[str, tuple[str, str]]:
+  """{method: (colour, marker)}, distinct for every method in `methods` (STYLES first, then spares)."""
+  used = {STYLES[m] for m in methods if m in STYLES}
+  spare = iter([s for s in _SPARE if s not in used] + [(f"C{i}", "o") for i in range(100)])
+  return {m: STYLES[m] if m in STYLES else next(spare) for m in methods}
 
 
 def ordered_values(rows, key: str) -> list:
@@ -74,13 +92,15 @@ def plot_metrics(rows: list[dict], path: str) -> None:
   panels = [p for p in PANELS if any(p[0] in r and r[p[0]] is not None for r in rows)]
   sets = test_sets_of(rows)
   fig, axes = plt.subplots(len(sets), len(panels), figsize=(4.2 * len(panels), 3.8 * len(sets)), squeeze=False)
+  styles = styles_for(methods_of(rows))
   for i, test_set in enumerate(sets):
     subset = rows_of(rows, test_set)
     for ax, (key, label, logy) in zip(axes[i], panels):
       for m in methods_of(subset):
         pts = sorted((r["snr"], r[key]) for r in subset if r["method"] == m and r.get(key) is not None)
         if pts:
-          ax.plot(*zip(*pts), marker="o", label=m, linestyle="--" if m == "noisy" else "-")
+          color, marker = styles[m]
+          ax.plot(*zip(*pts), marker=marker, color=color, label=m, linestyle="--" if m == "noisy" else "-")
       ax.set_xscale("log")
       if logy:
         ax.set_yscale("log")

@@ -41,9 +41,7 @@ class ParticleStar:
     return len(self.particles)
 
   def pixel_size(self) -> float:
-    """Pixel size (Å) of the first optics group (`data.relion.pixel_size_of`)."""
-    from cryojax_denoise.data.relion import pixel_size_of
-
+    """Pixel size (Å) of the first optics group (`pixel_size_of`)."""
     return pixel_size_of(self.optics.iloc[0], self.path)
 
   def optics_for_particles(self) -> pd.DataFrame:
@@ -90,8 +88,6 @@ def read_star(path: str, required: tuple[str, ...] = ("rlnImageName",), check_fi
     optics = particles[cols].iloc[[0]].reset_index(drop=True)
     optics.insert(0, "rlnOpticsGroup", 1)
     if "rlnImagePixelSize" not in optics.columns:  # RELION 3.0: from the detector pixel and magnification
-      from cryojax_denoise.data.relion import pixel_size_of
-
       try:
         optics["rlnImagePixelSize"] = pixel_size_of(optics.iloc[0], path)
       except InputError:
@@ -191,3 +187,18 @@ def write_star(path: str, optics: pd.DataFrame | None, particles: pd.DataFrame) 
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")
       starfile.write(blocks, tmp, float_format=_star_float, overwrite=True)
+
+
+def pixel_size_of(row, where: str = "STAR file") -> float:
+  """Pixel size (Å) of an optics row (a pandas Series or dict): rlnImagePixelSize, rlnPixelSize, or
+  RELION 3.0's rlnDetectorPixelSize (µm) × 10⁴ / rlnMagnification. InputError when none is usable."""
+  get = row.get
+  for key in ("rlnImagePixelSize", "rlnPixelSize"):
+    if get(key) is not None and float(get(key)) > 0:
+      return float(get(key))
+  detector, mag = get("rlnDetectorPixelSize"), get("rlnMagnification")
+  if detector is not None and mag is not None and float(detector) > 0 and float(mag) > 0:
+    return float(detector) * 1e4 / float(mag)
+  if detector is not None:
+    raise InputError(f"{where}: rlnDetectorPixelSize without rlnMagnification: no pixel size")
+  raise InputError(f"{where}: no pixel size (rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification)")

@@ -151,7 +151,7 @@ class Generator(nnx.Module):
       `denoisers.filters.wiener_denoise`) is a further input channel and the network predicts a
       correction to it (output = Wiener + network), so training starts from a sound linear estimate;
       "cwf": the same with a dataset-level estimate given by the caller (`prior=`, standardised like the
-      images; e.g. covariance Wiener filtering fitted on the whole stack, `data.cwf_corpus`).
+      images; e.g. covariance Wiener filtering fitted on the whole stack, `training.cwf_corpus`).
     odd: mark the model as trained for both contrast polarities; `training.train.apply_generator` then
       returns (g(x) − g(−x)) / 2, which is odd by construction: f(−x) = −f(x).
   """

@@ -10,7 +10,7 @@ CTF-free, centred image at the identity pose.
 
 Conventions (checked against `cryojax_denoise.data.simulate`, which simulates with cryojax):
 - Poses are RELION's: rlnAngleRot/Tilt/Psi (degrees, ZYZ) give RELION's matrix A
-  (Euler_angles2matrix, `data.simulate.relion_matrix`) that maps map coordinates to image
+  (Euler_angles2matrix, `data.relion.relion_matrix`) that maps map coordinates to image
   coordinates, so the image frequency (kx, ky) lies at Aᵀ (kx, ky, 0) in the map. It equals
   cryojax's `EulerAnglePose(phi=-rot, theta=-tilt, psi=-psi).rotation`. Volumes are indexed
   [z, y, x] and images [y, x], like cryojax and mrcfile.
@@ -18,8 +18,8 @@ Conventions (checked against `cryojax_denoise.data.simulate`, which simulates wi
   centred by a shift of +origin (RELION's convention; cryojax `offset = -origin`).
 - CTF: RELION's (rlnDefocusU/V, rlnDefocusAngle = angle of U from +kx towards +ky, image x =
   column, y = row), evaluated with cryojax's `AstigmaticCTF` at the parameters of
-  `data.simulate.relion_to_cryojax_ctf` (cryojax measures its angle from +ky, so it gets
-  90° − rlnDefocusAngle) times `data.simulate.RELION_CTF_SIGN` (cryojax's CTF is minus
+  `data.relion.relion_to_cryojax_ctf` (cryojax measures its angle from +ky, so it gets
+  90° − rlnDefocusAngle) times `data.relion.RELION_CTF_SIGN` (cryojax's CTF is minus
   RELION's), with `amplitude_contrast_ratio` and phase shift, at the padded grid's frequencies.
   The simulator uses the same mapping, so correction uses the simulator's CTF exactly, and
   real RELION data (astigmatic, RELION's contrast) are corrected with RELION's CTF
@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import cryojax.simulator as cxs
 
-from cryojax_denoise.data.simulate import RELION_CTF_SIGN
+from cryojax_denoise.data.relion import RELION_CTF_SIGN
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.progress import Progress
 from cryojax_denoise.reconstruction import fsc as fsc_lib

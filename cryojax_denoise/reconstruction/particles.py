@@ -14,7 +14,7 @@ import pandas as pd
 
 from cryojax.constants import wavelength_from_kilovolts
 
-from cryojax_denoise.data.simulate import relion_matrix, relion_to_cryojax_ctf
+from cryojax_denoise.data.relion import relion_matrix, relion_to_cryojax_ctf
 from cryojax_denoise.errors import InputError
 
 

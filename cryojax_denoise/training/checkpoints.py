@@ -106,7 +106,7 @@ class Checkpointer:
     """Restores `objects` in place from checkpoint `step` (shapes must match, else InputError), placed by
     `sharding` (default: replicated over this job's devices, whatever process count saved it)."""
     if sharding is None:
-      from cryojax_denoise.training import sharding as sh
+      from cryojax_denoise import sharding as sh
 
       sharding = sh.replicated(sh.data_mesh())
     states = {name: nnx.state(obj) for name, obj in objects.items()}
@@ -137,3 +137,19 @@ def saved_config(directory: str) -> tuple[int, dict]:
   if "config" not in meta:
     raise InputError(f"{path}: checkpoint has no saved config")
   return int(meta["step"]), json.loads(json.dumps(meta["config"]))
+
+
+def init_dir(init: str) -> str | None:
+  """The checkpoint folder named by `config.init` ("" / "none": None; "general": the bundled model)."""
+  init = str(init or "").strip()
+  if init.lower() in ("", "none"):
+    return None
+  if init == "general":
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
+                        "autoencoder_general")
+    if not os.path.isdir(path):
+      raise InputError(f"config.init=general: the bundled general model is not installed ({path})")
+    return path
+  if not os.path.isdir(init):
+    raise InputError(f"config.init: checkpoint folder {init} not found (use general, none or a training workdir)")
+  return init

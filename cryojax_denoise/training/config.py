@@ -15,6 +15,7 @@ import ml_collections
 from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss
+from cryojax_denoise.training.checkpoints import init_dir
 
 # The cianfrocco-lab model's sizes, used when `faithful=True`.
 FAITHFUL = {"model.widths": (64, 128, 256, 512, 512, 512), "model.blocks": (3, 3, 3, 3, 2, 0),
@@ -65,7 +66,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.data = "simulate"
   c.pool_size = 256
   c.pool_refresh = 4000
-  # "cwf_corpus" (`data.cwf_corpus`): `cwf_datasets` simulated datasets of corpus molecules, each fitted by
+  # "cwf_corpus" (`training.cwf_corpus`): `cwf_datasets` simulated datasets of corpus molecules, each fitted by
   # covariance Wiener filtering, `cwf_keep` (noisy, CWF estimate, clean) triplets kept from each, cached
   # per dataset in `cwf_cache` (a folder; "" keeps them in memory only); trains prior="cwf" models.
   c.cwf_datasets = 240
@@ -164,7 +165,7 @@ def resolve(config) -> ml_collections.ConfigDict:
   if c.noisy and c.clean:
     noisy, _ = data_lib.read_pairs(c.noisy, c.clean)
     c.image_size = int(noisy.data.shape[1])
-  from cryojax_denoise.training.model import build_generator  # model.py imports this module
+  from cryojax_denoise.training.model import build_generator  # the network: imported when resolving only
 
   stride = build_generator(c, abstract=True).stride
   if c.image_size % stride and c.kind != "self_supervised":
@@ -172,22 +173,6 @@ def resolve(config) -> ml_collections.ConfigDict:
                      f"{stride} (2**len(model.widths), 2**(len − 1) for the U-Net)")
   data_lib.check_snr_config(c)
   return c
-
-
-def init_dir(init: str) -> str | None:
-  """The checkpoint folder named by `config.init` ("" / "none": None; "general": the bundled model)."""
-  init = str(init or "").strip()
-  if init.lower() in ("", "none"):
-    return None
-  if init == "general":
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pretrained",
-                        "autoencoder_general")
-    if not os.path.isdir(path):
-      raise InputError(f"config.init=general: the bundled general model is not installed ({path})")
-    return path
-  if not os.path.isdir(init):
-    raise InputError(f"config.init: checkpoint folder {init} not found (use general, none or a training workdir)")
-  return init
 
 
 def apply_init_config(c) -> None:

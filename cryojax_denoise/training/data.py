@@ -18,7 +18,7 @@ import numpy as np
 
 from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.training.sharding import shard_host_rows
+from cryojax_denoise.sharding import shard_host_batch, shard_host_rows
 
 _VAL_TAG = 0x5EED  # folds the validation key away from every training step's key
 
@@ -59,9 +59,10 @@ class SimulatedPairs:
 
   def __init__(self, config, sharding=None):
     from cryojax_denoise.data import simulate
+    from cryojax_denoise.data.maps import load_source
 
     check_snr_config(config)
-    source = simulate.load_source(volume=config.volume or None, structure=config.structure or None,
+    source = load_source(volume=config.volume or None, structure=config.structure or None,
                                   pixel_size=config.pixel_size or None, image_size=config.image_size,
                                   seed=config.seed)
     self.simulator = simulate.Simulator(source, config.image_size, ctf=bool(config.ctf))
@@ -90,7 +91,7 @@ class SimulatedPairs:
     return np.asarray(noisy, np.float32), np.asarray(clean, np.float32)
 
 
-def _read_images(path: str) -> io.Stack:
+def read_images(path: str) -> io.Stack:
   """An MRC stack (memory-mapped), or the particles of a RELION STAR file in row order (in memory)."""
   if path.endswith(".star"):
     star = io.read_star(path)
@@ -101,8 +102,8 @@ def _read_images(path: str) -> io.Stack:
 def read_pairs(noisy_path: str, clean_path: str) -> tuple[io.Stack, io.Stack]:
   """Reads and checks a (noisy, clean) pair: MRC stacks or STAR files (e.g. particles.star and the
   make_pairs clean.mrcs in its row order); same shape, square, finite, ≥ 2 images."""
-  noisy = _read_images(noisy_path)
-  clean = _read_images(clean_path)
+  noisy = read_images(noisy_path)
+  clean = read_images(clean_path)
   if noisy.data.shape != clean.data.shape:
     raise InputError(f"{clean_path}: clean stack shape {clean.data.shape} differs from noisy stack "
                      f"{noisy_path} shape {noisy.data.shape}")
@@ -161,10 +162,9 @@ def check_pair_config(config) -> None:
 def make_data(config, sharding=None):
   """`StackPairs` when `config.noisy`/`config.clean` are given, else `SimulatedPairs` of one map
   (`data="simulate"`), the molecule corpus (`data="corpus"`, `data.corpus.CorpusPairs`) or its CWF triplets
-  (`data="cwf_corpus"`, `data.cwf_corpus.CwfCorpusPairs`: inputs (B, 2, H, W)); noisy particles
-  alone (`self_supervised.NoisyStack`) for kind="self_supervised"."""
+  (`data="cwf_corpus"`, `training.cwf_corpus.CwfCorpusPairs`: inputs (B, 2, H, W)); noisy particles
+  alone (`NoisyStack`) for kind="self_supervised"."""
   if config.kind == "self_supervised":
-    from cryojax_denoise.training.self_supervised import NoisyStack
     return NoisyStack(config, sharding)
   check_pair_config(config)
   if config.noisy:
@@ -173,6 +173,82 @@ def make_data(config, sharding=None):
     from cryojax_denoise.data.corpus import CorpusPairs
     return CorpusPairs(config, sharding)
   if config.data == "cwf_corpus":
-    from cryojax_denoise.data.cwf_corpus import CwfCorpusPairs
+    from cryojax_denoise.training.cwf_corpus import CwfCorpusPairs
     return CwfCorpusPairs(config, sharding)
   return SimulatedPairs(config, sharding)
+
+
+# ---------------------------------------------------------------------------- noisy particles alone (self-supervised)
+
+
+class NoisyStack:
+  """Random batches of noisy particles (and their second copies for noise2noise) for `train.train`.
+
+  `noisy=` (and `noisy2=`) an MRC stack (memory-mapped) or a STAR file, or `arrays=(noisy, noisy2)`
+  in memory; the last `val_size` images (at most a tenth) are held out for validation. Batch `step`
+  depends only on (seed, step); random 90° rotations and flips, the same for both copies, and a random
+  swap of the two copies. `batch` returns (noisy, target) with target = the second copy or noisy itself.
+  """
+
+  def __init__(self, config, sharding=None, arrays=None):
+    self.noisy, self.noisy2 = NoisyStack.read(config, arrays)
+    n = self.noisy.shape[0]
+    self.n_val = max(1, min(int(config.val_size), n // 10))
+    self.n_train = n - self.n_val
+    where = config.noisy or "noisy particles"
+    if self.n_train < int(config.batch_size):
+      raise InputError(f"{where}: {n} image(s), fewer than one batch of {config.batch_size} plus "
+                       f"{self.n_val} held out for validation (lower batch_size= or give more particles)")
+    self.image_size = self.noisy.shape[-1]
+    self.config, self.sharding = config, sharding
+
+  @staticmethod
+  def read(config, arrays=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(noisy (N, H, W), noisy2 or None), checked: 3D, square, finite, same shapes."""
+    if arrays is None:
+      if not config.noisy:
+        raise InputError("config.noisy: self-supervised training needs the noisy particles (an MRC stack or STAR file)")
+      stacks = [read_images(p).data if p else None for p in (config.noisy, config.noisy2)]
+      names = (config.noisy, config.noisy2)
+    else:
+      stacks = [None if a is None else np.asarray(a) for a in arrays]
+      names = ("noisy", "noisy2")
+      for a, name in zip(stacks, names):
+        if a is not None and (a.ndim not in (3, 4) or min(a.shape) < 1):
+          raise InputError(f"{name}: expected images (N, H, W) or channels (N, C, H, W), got shape {a.shape}")
+        if a is not None and not np.isfinite(a).all():
+          raise InputError(f"{name}: contains NaN or Inf values")
+    noisy, noisy2 = stacks
+    if (noisy2 is not None) != (config.loss == "noise2noise"):
+      raise InputError("config.noisy2: loss=noise2noise needs a second noisy copy of the particles (noisy2=)"
+                       if noisy2 is None else f"config.noisy2: only used by loss=noise2noise (loss is {config.loss})")
+    io.check_square(names[0], noisy.shape[:1] + noisy.shape[-2:])
+    if noisy2 is not None and noisy2.shape != noisy.shape:
+      raise InputError(f"{names[1]}: second copy has shape {noisy2.shape}, the noisy stack {noisy.shape}")
+    return noisy, noisy2
+
+  def _pair(self, idx):
+    noisy = np.asarray(self.noisy[idx], np.float32)
+    if noisy.ndim == 4:  # (noisy, prior, probe, W probe) channels: the target is the noisy channel
+      return noisy, noisy[:, 0]
+    return noisy, (noisy if self.noisy2 is None else np.asarray(self.noisy2[idx], np.float32))
+
+  def batch(self, step: int):
+    rng = np.random.default_rng([int(self.config.seed), int(step)])
+    idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
+    noisy, target = self._pair(idx)
+    rot, flip, swap = (rng.integers(0, k, len(idx)) for k in (4, 2, 2))
+    noisy, target = noisy.copy(), target.copy()
+    for i in range(len(idx)):
+      for a in (noisy, target):
+        a[i] = np.rot90(a[i], rot[i], axes=(-2, -1))
+        if flip[i]:
+          a[i] = a[i][..., ::-1]
+      if swap[i] and self.noisy2 is not None:
+        noisy[i], target[i] = target[i].copy(), noisy[i].copy()
+    if self.sharding is None:
+      return jnp.asarray(noisy), jnp.asarray(target)
+    return shard_host_batch(noisy, self.sharding), shard_host_batch(target, self.sharding)
+
+  def validation(self):
+    return self._pair(slice(self.n_train, self.n_train + self.n_val))

@@ -10,7 +10,7 @@ from flax import nnx
 
 from cryojax_denoise.models import ARCHITECTURES, Generator, PatchDiscriminator, UNet, host_init
 from cryojax_denoise.training import checkpoints, data as data_lib
-from cryojax_denoise.training.config import init_dir
+from cryojax_denoise.training.checkpoints import init_dir
 
 
 def build_generator(config, seed: int = 0, abstract: bool = False) -> Generator | UNet:

@@ -20,7 +20,8 @@ import numpy as np
 from flax import nnx
 
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.training import checkpoints, sharding as sh
+from cryojax_denoise import sharding as sh
+from cryojax_denoise.training import checkpoints
 from cryojax_denoise.training.train import build_generator, make_denoise_fn
 
 

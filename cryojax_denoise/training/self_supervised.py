@@ -26,7 +26,6 @@ generator's stride (the sub-sampled half-size images too) and cropped back.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 
 import jax
@@ -34,10 +33,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cryojax_denoise import io
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.training import data as data_lib
-from cryojax_denoise.training.sharding import shard_host_batch
 
 LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise", "sure")
 REPLACEMENTS = ("mean", "neighbor")
@@ -77,7 +74,7 @@ def check_config(c) -> None:
   if c.clean:
     raise InputError("config.clean: self-supervised training reads no clean images; leave clean= empty")
   if c.noisy:
-    c.image_size = int(NoisyStack.read(c)[0].shape[1])
+    c.image_size = int(data_lib.NoisyStack.read(c)[0].shape[1])
   if c.loss == "neighbor2neighbor" and int(c.image_size) % 2:
     raise InputError(f"config.noisy: neighbor2neighbor needs an even image size, got {c.image_size} px")
 
@@ -271,103 +268,3 @@ def make_validation(gen_graphdef, config):
 
   _VALIDATION[key] = evaluate
   return evaluate
-
-
-# ---------------------------------------------------------------------------- data
-
-
-class NoisyStack:
-  """Random batches of noisy particles (and their second copies for noise2noise) for `train.train`.
-
-  `noisy=` (and `noisy2=`) an MRC stack (memory-mapped) or a STAR file, or `arrays=(noisy, noisy2)`
-  in memory; the last `val_size` images (at most a tenth) are held out for validation. Batch `step`
-  depends only on (seed, step); random 90° rotations and flips, the same for both copies, and a random
-  swap of the two copies. `batch` returns (noisy, target) with target = the second copy or noisy itself.
-  """
-
-  def __init__(self, config, sharding=None, arrays=None):
-    self.noisy, self.noisy2 = NoisyStack.read(config, arrays)
-    n = self.noisy.shape[0]
-    self.n_val = max(1, min(int(config.val_size), n // 10))
-    self.n_train = n - self.n_val
-    where = config.noisy or "noisy particles"
-    if self.n_train < int(config.batch_size):
-      raise InputError(f"{where}: {n} image(s), fewer than one batch of {config.batch_size} plus "
-                       f"{self.n_val} held out for validation (lower batch_size= or give more particles)")
-    self.image_size = self.noisy.shape[-1]
-    self.config, self.sharding = config, sharding
-
-  @staticmethod
-  def read(config, arrays=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """(noisy (N, H, W), noisy2 or None), checked: 3D, square, finite, same shapes."""
-    if arrays is None:
-      if not config.noisy:
-        raise InputError("config.noisy: self-supervised training needs the noisy particles (an MRC stack or STAR file)")
-      stacks = [data_lib._read_images(p).data if p else None for p in (config.noisy, config.noisy2)]
-      names = (config.noisy, config.noisy2)
-    else:
-      stacks = [None if a is None else np.asarray(a) for a in arrays]
-      names = ("noisy", "noisy2")
-      for a, name in zip(stacks, names):
-        if a is not None and (a.ndim not in (3, 4) or min(a.shape) < 1):
-          raise InputError(f"{name}: expected images (N, H, W) or channels (N, C, H, W), got shape {a.shape}")
-        if a is not None and not np.isfinite(a).all():
-          raise InputError(f"{name}: contains NaN or Inf values")
-    noisy, noisy2 = stacks
-    if (noisy2 is not None) != (config.loss == "noise2noise"):
-      raise InputError("config.noisy2: loss=noise2noise needs a second noisy copy of the particles (noisy2=)"
-                       if noisy2 is None else f"config.noisy2: only used by loss=noise2noise (loss is {config.loss})")
-    io.check_square(names[0], noisy.shape[:1] + noisy.shape[-2:])
-    if noisy2 is not None and noisy2.shape != noisy.shape:
-      raise InputError(f"{names[1]}: second copy has shape {noisy2.shape}, the noisy stack {noisy.shape}")
-    return noisy, noisy2
-
-  def _pair(self, idx):
-    noisy = np.asarray(self.noisy[idx], np.float32)
-    if noisy.ndim == 4:  # (noisy, prior, probe, W probe) channels: the target is the noisy channel
-      return noisy, noisy[:, 0]
-    return noisy, (noisy if self.noisy2 is None else np.asarray(self.noisy2[idx], np.float32))
-
-  def batch(self, step: int):
-    rng = np.random.default_rng([int(self.config.seed), int(step)])
-    idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
-    noisy, target = self._pair(idx)
-    rot, flip, swap = (rng.integers(0, k, len(idx)) for k in (4, 2, 2))
-    noisy, target = noisy.copy(), target.copy()
-    for i in range(len(idx)):
-      for a in (noisy, target):
-        a[i] = np.rot90(a[i], rot[i], axes=(-2, -1))
-        if flip[i]:
-          a[i] = a[i][..., ::-1]
-      if swap[i] and self.noisy2 is not None:
-        noisy[i], target[i] = target[i].copy(), noisy[i].copy()
-    if self.sharding is None:
-      return jnp.asarray(noisy), jnp.asarray(target)
-    return shard_host_batch(noisy, self.sharding), shard_host_batch(target, self.sharding)
-
-  def validation(self):
-    return self._pair(slice(self.n_train, self.n_train + self.n_val))
-
-
-# ---------------------------------------------------------------------------- library entry point
-
-
-def finetune(noisy, workdir: str, *, init: str = "general", loss: str = "noise2self", steps: int = 1000,
-             batch_size: int = 16, seed: int = 0, noisy2=None, **overrides) -> str:
-  """Fits a generator to noisy particles alone; returns the checkpoint dir (for `restore.load_denoiser`).
-
-  noisy: (N, H, W) images in any units (standardised per image); noisy2: a second copy for noise2noise.
-  init: "general" (bundled model), "none" (fresh) or a checkpoint dir. `overrides`: other config keys
-  (e.g. lr_g=, time_limit_min=, model=). Rerunning on the same workdir resumes up to `steps`.
-  """
-  from cryojax_denoise.training import train
-
-  c = train.default_config("self_supervised")
-  c.init, c.loss, c.steps, c.batch_size, c.seed = str(init), str(loss), int(steps), int(batch_size), int(seed)
-  for key, value in overrides.items():
-    c[key] = value
-  data = NoisyStack(c, arrays=(noisy, noisy2))
-  c.image_size = int(data.image_size)
-  c.checkpoint_every = min(int(c.checkpoint_every), int(steps))
-  train.train(c, workdir, data=data)
-  return os.path.join(os.path.abspath(workdir), "checkpoints")

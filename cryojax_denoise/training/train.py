@@ -24,7 +24,8 @@ from flax import nnx
 
 from cryojax_denoise import distributed
 from cryojax_denoise.progress import Progress
-from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss, sharding as sh
+from cryojax_denoise import sharding as sh
+from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss
 from cryojax_denoise.training.config import (  # noqa: F401  (re-exported: callers use train.X)
     FAITHFUL, KIND_PRESETS, PRESETS, apply_init_config, apply_preset, check_workdir, config_dict,
     default_config, init_dir, launcher_workdir, resolve)
@@ -201,6 +202,25 @@ def train(config, workdir: str, data=None) -> dict:
         break
   ckpt.close()
   return row
+
+
+def finetune(noisy, workdir: str, *, init: str = "general", loss: str = "noise2self", steps: int = 1000,
+             batch_size: int = 16, seed: int = 0, noisy2=None, **overrides) -> str:
+  """Fits a generator to noisy particles alone; returns the checkpoint dir (for `restore.load_denoiser`).
+
+  noisy: (N, H, W) images in any units (standardised per image); noisy2: a second copy for noise2noise.
+  init: "general" (bundled model), "none" (fresh) or a checkpoint dir. `overrides`: other config keys
+  (e.g. lr_g=, time_limit_min=, model=). Rerunning on the same workdir resumes up to `steps`.
+  """
+  c = default_config("self_supervised")
+  c.init, c.loss, c.steps, c.batch_size, c.seed = str(init), str(loss), int(steps), int(batch_size), int(seed)
+  for key, value in overrides.items():
+    c[key] = value
+  data = data_lib.NoisyStack(c, arrays=(noisy, noisy2))
+  c.image_size = int(data.image_size)
+  c.checkpoint_every = min(int(c.checkpoint_every), int(steps))
+  train(c, workdir, data=data)
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
 def experiment(kind: str):

@@ -1,14 +1,16 @@
-"""Learned denoisers in the registry: each loads a trained model from `checkpoint=DIR`.
+"""The learned denoisers' loaders: each loads a trained model from `checkpoint=DIR`.
 
-The models and their training live in `cryojax_denoise.models` / `cryojax_denoise.training`;
-here they are only named, so `denoisers.get("gan", checkpoint=DIR)` works like any other method.
+The registry names them (`denoisers/learned_registry.py`) and imports this module only when one is
+called, so `denoisers.get("gan", checkpoint=DIR)` works like any other method while importing
+`cryojax_denoise.denoisers` imports no training code. The signatures here are the registry's
+(`tests/test_imports.py` checks that they agree).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-from cryojax_denoise.denoisers.registry import register
+import numpy as np
 
 
 def _load(checkpoint: str | None, kind: str) -> Callable:
@@ -17,15 +19,12 @@ def _load(checkpoint: str | None, kind: str) -> Callable:
   return load_denoiser(checkpoint or None, kind=kind)
 
 
-@register("autoencoder", needs_sigma=False, learned=True,
-          description="convolutional autoencoder (checkpoint=DIR; default: the bundled general model)")
 def load_autoencoder(*, checkpoint: str | None = None) -> Callable:
   """The autoencoder trained in `checkpoint` (None: the bundled general model) as
   `den(images (B, H, W), noise_std=None)`."""
   return _load(checkpoint, "autoencoder")
 
 
-@register("gan", needs_sigma=False, learned=True, description="GAN generator (checkpoint=DIR; default: the bundled general model)")
 def load_gan(*, checkpoint: str | None = None) -> Callable:
   """The GAN generator trained in `checkpoint` (None: the bundled general model) as
   `den(images (B, H, W), noise_std=None)`."""
@@ -48,8 +47,6 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   fitted on these `images`, σ and CTFs (the sweep fits it once for both rows); None fits it here."""
   import tempfile
 
-  import numpy as np
-
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
   from cryojax_denoise.denoisers.registry import fit
   from cryojax_denoise.errors import InputError
@@ -71,12 +68,12 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   if cwf is None:
     cwf = fit("cwf", images, noise_std, ctf)
   if int(finetune_steps) > 0:
-    from cryojax_denoise.training import restore, self_supervised as ss
+    from cryojax_denoise.training import restore, self_supervised as ss, train
 
     inputs = ss.cwf_sure_inputs(images, cwf, noise_std, ctf)
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
       init = checkpoint or restore.bundled_dir("autoencoder_cwf")
-      tuned = ss.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
+      tuned = train.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
                           val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps))
       net = restore.load_denoiser(tuned)
 
@@ -86,15 +83,18 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   return denoise
 
 
-@register("autoencoder_cwf", needs_sigma=False, learned=True, uses_ctf=True, fit=fit_autoencoder_cwf,
-          description="autoencoder correcting the stack's covariance Wiener filter estimate (fitted per dataset; "
-                      "checkpoint=DIR; default: the bundled general model)")
 def load_autoencoder_cwf(*, checkpoint: str | None = None, finetune_steps: int = 300) -> Callable:
-  """`den(images (B, H, W), noise_std=None)` that fits CWF on the images it is given (no CTF) and corrects
-  it; for a stack with CTFs use the fitted form, `denoisers.fit("autoencoder_cwf", stack, σ, ctf)`."""
+  """`den(images (B, H, W), noise_std=None)` that fits CWF (and fine-tunes the network) on the first
+  images it is given (no CTF) and reuses that fit for every later call on images of the same size
+  (a new size is fitted once on its first batch); for a stack with CTFs use the fitted form,
+  `denoisers.fit("autoencoder_cwf", stack, σ, ctf)`."""
+  fits: dict[tuple, Callable] = {}  # (H, W) -> the fitted denoiser
 
   def denoise(images, noise_std=None):
-    return fit_autoencoder_cwf(images, noise_std, None, checkpoint=checkpoint,
-                               finetune_steps=finetune_steps)(images, noise_std)
+    shape = tuple(np.shape(images)[-2:])
+    if shape not in fits:
+      fits[shape] = fit_autoencoder_cwf(images, noise_std, None, checkpoint=checkpoint,
+                                        finetune_steps=finetune_steps)
+    return fits[shape](images, noise_std)
 
   return denoise

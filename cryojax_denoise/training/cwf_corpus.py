@@ -162,7 +162,7 @@ class CwfCorpusPairs:
     inputs = np.stack([noisy, prior], axis=1)
     if self.sharding is None:
       return jnp.asarray(inputs), jnp.asarray(clean)
-    from cryojax_denoise.training.sharding import shard_host_batch
+    from cryojax_denoise.sharding import shard_host_batch
 
     return shard_host_batch(inputs, self.sharding), shard_host_batch(clean, self.sharding)
 

@@ -1,0 +1,183 @@
+"""The stack pipeline: open a particle set, make or fit the denoiser, choose params by SURE, score,
+denoise every image in batches, write the stack (+ STAR) and the record.
+
+`denoise_particles` is the whole run in one call (one process); `run` is the same with a `Settings`
+and the multi-process split of `distributed` (the `denoise` experiment calls it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import numpy as np
+from absl import logging
+
+from cryojax_denoise import denoise_stack, distributed, io
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.pipeline import sure_step
+from cryojax_denoise.pipeline.params import NORMALIZE, Settings, has_fit_hook, is_learned
+
+
+def check_settings(settings: Settings) -> None:
+  """InputError for a bad setting (cheap: no file is read, no JAX array made)."""
+  from cryojax_denoise import denoisers
+
+  if settings.method not in denoisers.names():
+    raise InputError(f"method: unknown method {settings.method!r}; valid methods: {', '.join(denoisers.names())}")
+  if int(settings.fit_size) < 1:
+    raise InputError(f"fit_size: must be at least 1, got {settings.fit_size}")
+  if int(settings.batch_size) < 1:
+    raise InputError(f"batch_size: must be at least 1, got {settings.batch_size}")
+  if settings.noise_std is not None and settings.noise_std < 0:
+    raise InputError(f"noise_std: must be >= 0 (0 = estimate), got {settings.noise_std}")
+  if settings.normalize not in NORMALIZE:
+    raise InputError(f"normalize: {settings.normalize!r} is not one of none, mean, std")
+  auto, _ = settings.mode()  # parses params: InputError on bad text
+  if auto:
+    from cryojax_denoise.denoisers.sure_policy import check_tunable
+
+    if not scored_only(settings.method):
+      check_tunable(settings.method)
+    if settings.sure_images < 1:
+      raise InputError(f"sure_images: params=auto needs at least 1 image, got {settings.sure_images}")
+  if is_learned(settings.method):
+    if not settings.checkpoint:
+      from cryojax_denoise.training.restore import bundled_dir
+
+      if not os.path.isdir(bundled_dir(settings.method)):
+        raise InputError(f"checkpoint: no bundled general {settings.method} model; give checkpoint=DIR")
+    elif not os.path.isdir(settings.checkpoint):
+      raise InputError(f"{settings.checkpoint}: checkpoint folder not found")
+  elif settings.checkpoint:
+    learned = [name for name in denoisers.names() if is_learned(name)]
+    raise InputError(f"checkpoint: method {settings.method} takes no checkpoint (only {', '.join(learned)})")
+
+
+def scored_only(method: str) -> bool:
+  """Whether params=auto has nothing to choose for `method` but is still meaningful: a classical
+  dataset-level method without a knob (cwf) is fitted as given and SURE's estimate is recorded."""
+  from cryojax_denoise import denoisers
+
+  m = denoisers.REGISTRY[method]
+  return m.fit is not None and m.knob is None and not m.learned
+
+
+def check_stack_size(method: str, n: int, where: str) -> None:
+  """InputError when a dataset-level method gets fewer particles than its registry `min_stack`; a warning
+  below twice that (see the number's justification where the method registers)."""
+  from cryojax_denoise import denoisers
+
+  need = denoisers.REGISTRY[method].min_stack
+  if need and n < need:
+    raise InputError(f"{where}: {n} particles, fewer than the {need} that {method} needs to fit its statistics "
+                     "(use a classical method, e.g. bm3d, for so few)")
+  if need and n < 2 * need:
+    logging.warning("%s: only %d particles; %s fits its statistics on the stack and gains little below ~%d",
+                    where, n, method, 2 * need)
+
+
+def make_denoiser(settings: Settings, params: dict | None = None) -> Callable:
+  """`den(images (B, H, W), noise_std=None)` of `settings.method` with `params` (default: those given by
+  value), for methods without a fit hook."""
+  from cryojax_denoise import denoisers
+
+  params = dict(settings.mode()[1] if params is None else params)
+  if is_learned(settings.method):
+    params["checkpoint"] = settings.checkpoint
+  try:
+    return denoisers.get(settings.method, **params)
+  except TypeError as e:
+    raise InputError(f"params: {e} (method {settings.method})") from None
+
+
+def fit_denoiser(settings: Settings, table, reader, params: dict | None = None):
+  """Dataset-level methods (a registry `fit` hook, e.g. cwf): reads `fit_size` random particles (and their
+  CTFs from the STAR file) and fits; returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
+  from cryojax_denoise import denoisers
+
+  params = dict(settings.mode()[1] if params is None else params)
+  if is_learned(settings.method):
+    params["checkpoint"] = settings.checkpoint
+  ctf_of = denoise_stack.ctf_rows(table)
+  if ctf_of is None and denoisers.REGISTRY[settings.method].uses_ctf:
+    logging.warning("%s: no CTF metadata (a bare MRC stack or no rlnDefocusU): %s runs with the identity CTF",
+                    table.source, settings.method)
+  n = len(table)
+  rows = np.sort(np.random.default_rng(0).choice(n, min(n, int(settings.fit_size)), replace=False))
+  mean, scale = denoise_stack.normalization(table, reader, settings.normalize)
+  images = (denoise_stack.read_rows(table, reader, rows) - np.float32(mean)) / np.float32(scale)
+  std = None if not settings.sigma else settings.sigma / scale
+  logging.info("%s: fitting on %d of %d particles%s", settings.method, len(rows), n,
+               " with their CTFs" if ctf_of else "")
+  try:
+    den = denoisers.fit(settings.method, images, std, None if ctf_of is None else ctf_of(rows), **params)
+  except TypeError as e:
+    raise InputError(f"params: {e} (method {settings.method})") from None
+  if ctf_of is None:
+    return (lambda x, s, ctf=None: den(x, s)), None
+  return den, ctf_of
+
+
+def run(settings: Settings, input_path: str, output: str = "", default_dir: str = ".") -> dict:
+  """Denoises `input_path` (MRC stack or STAR file) into `output` (default `default_dir/denoised.mrcs`);
+  over every process of a `distributed` job when one is joined. Returns the record: method, params,
+  auto, and "sure" (SURE's estimate for the params used; absent when `sure_images` is 0 or SURE cannot
+  call the method), "outputs" (stack, star, params_json)."""
+  check_settings(settings)
+  reader = io.ImageReader()
+  table = denoise_stack.open_particles(input_path, reader)  # file problems surface before JAX loads
+  outputs = denoise_stack.output_paths(table, output, default_dir)
+  if has_fit_hook(settings.method):
+    check_stack_size(settings.method, len(table), input_path)
+  auto, _ = settings.mode()
+  choose = auto and not scored_only(settings.method)
+  record = distributed.share(sure_step.choose_params, settings, table, reader) if choose else None  # process 0's
+  ctf_of = None
+  if has_fit_hook(settings.method):
+    denoiser, ctf_of = fit_denoiser(settings, table, reader, record["params"] if choose else None)
+  else:
+    denoiser = make_denoiser(settings, record["params"] if choose else None)
+  logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", input_path, len(table),
+               *table.shape, table.pixel_size, settings.method, outputs.stack,
+               f" + {outputs.star}" if outputs.star else "")
+  if record is None:
+    record = {"method": settings.method, "params": settings.mode()[1], "auto": auto}
+    if settings.sure_images > 0 and distributed.is_main():
+      try:  # only a score: a method SURE cannot call this way still denoises (unless auto asked for it)
+        record = {**sure_step.quality(settings, table, reader, denoiser, ctf_of), "auto": auto}
+      except InputError:
+        raise
+      except Exception as e:  # noqa: BLE001  (a stop is a BaseException: it is not caught here)
+        if auto:
+          raise
+        logging.warning("no SURE quality score for %s: %s: %s", settings.method, type(e).__name__, e)
+    if auto:
+      logging.info("params=auto: %s has no knob to choose; fitted as given, SURE's estimate recorded",
+                   settings.method)
+  distributed.denoise(table, denoiser, outputs, reader, ctf_of, batch_size=settings.batch_size,
+                      noise_std=settings.sigma, normalize=settings.normalize, facts=settings.facts())
+  params_json = None
+  if auto and distributed.is_main():  # the record of the choice; without auto the score is only logged
+    params_json = sure_step.write_record(record, outputs)
+  logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
+  return {**record, "outputs": {"stack": outputs.stack, "star": outputs.star, "params_json": params_json}}
+
+
+def denoise_particles(input_path: str, method: str = "ddtf", *, params="", output: str = "", **settings) -> dict:
+  """Denoises a particle set from Python; returns the run's record (see `run`).
+
+  >>> from cryojax_denoise import pipeline
+  >>> record = pipeline.denoise_particles("particles.star", method="cwf", params="auto",
+  ...                                     output="out/denoised.mrcs")
+  >>> record["sure"]["gain_db"], record["outputs"]["star"]
+
+  `params`: "key=value,...", a dict, "auto" (SURE picks the knob) or "" (see `pipeline.params`);
+  `settings`: the other `Settings` fields (noise_std, checkpoint, batch_size, normalize, sure_images,
+  fit_size). Writes `output` (default ./denoised.mrcs) and, for STAR input, a STAR file beside it.
+  """
+  known = set(Settings.__dataclass_fields__) - {"method", "params"}
+  bad = sorted(set(settings) - known)
+  if bad:
+    raise InputError(f"unknown setting(s) {bad}; valid: {', '.join(sorted(known))}")
+  return run(Settings(method=method, params=params, **settings), input_path, output)

@@ -1,0 +1,110 @@
+"""SURE in a denoising run: the knob chosen by SURE (params=auto), the quality score of the parameters
+used (no ground truth), and the record written beside the output (`<stack stem>.params.json`)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from absl import logging
+
+from cryojax_denoise import denoise_stack, io
+from cryojax_denoise.errors import InputError
+from cryojax_denoise.pipeline.params import Settings
+
+
+def sure_subset(settings: Settings, table, reader, n_images: int | None = None):
+  """(images, σ, scale, rows): `n_images` (default `sure_images`) random rows' images (float32) in the units
+  the denoiser sees, their σ (None: estimated) and the scale between those units and the input's."""
+  from cryojax_denoise.denoisers import sure_policy
+
+  rows = sure_policy.subset(len(table), settings.sure_images if n_images is None else n_images)
+  images = np.concatenate([denoise_stack.read_batch(table, reader, int(r), int(r) + 1) for r in rows])
+  mean, scale = denoise_stack.normalization(table, reader, settings.normalize)
+  noise_std = settings.sigma / scale if settings.sigma else None
+  return ((images - mean) / scale).astype(np.float32), noise_std, scale, rows
+
+
+def summary(est: dict, sigma, scale) -> dict:
+  """The SURE part of the record (from `SureEstimate.record()`), in the input's units; logged."""
+  mse, se = est["sure_mse"] * scale ** 2, est["sure_se"] * scale ** 2
+  logging.info("SURE on %d images: estimated MSE %.4g ± %.2g (%.3g of the signal power), MSE reduction %.2f dB "
+               "(σ %.4g)", est["n_images"], mse, se, est["sure_relative"], est["gain_db"], sigma * scale)
+  return {"n_images": est["n_images"], "noise_std": sigma * scale, "mse": mse,
+          "mse_standard_error": se if se == se else None,  # NaN (under 3 images) is not JSON
+          "relative_mse": est["sure_relative"], "gain_db": est["gain_db"]}
+
+
+def choose_params(settings: Settings, table, reader) -> dict:
+  """params=auto: SURE's choice of the knob on the subset (`sure_policy.sure_tune`); the record for the JSON."""
+  from cryojax_denoise import denoisers
+  from cryojax_denoise.denoisers import sure, sure_policy
+
+  # The knob is chosen on `sure_images`; its MSE is then estimated on N_ESTIMATE, up to N_ESTIMATE_MAX while its
+  # standard error is above SE_TARGET (on 32 images SURE's error is those images' realised noise, 10-25% of the
+  # MSE at SNR <= 0.1).
+  n_images = max(settings.sure_images, sure_policy.N_ESTIMATE_MAX)
+  images, noise_std, scale, _ = sure_subset(settings, table, reader, n_images)
+  fixed = settings.mode()[1]
+  knob = denoisers.REGISTRY[settings.method].knob
+  try:
+    params, rows = sure_policy.sure_tune(settings.method, images, noise_std, n_images=settings.sure_images,
+                                         stack_size=len(table), **fixed)
+  except TypeError as e:
+    raise InputError(f"params: {e} (method {settings.method})") from None
+  best = next(r for r in rows if r[knob] == params[knob])
+  if best["warning"]:
+    logging.warning("SURE may be unreliable here: %s", best["warning"])
+  sigma = float(sure.sigmas(images, noise_std)[1].mean())
+  kept = best["default_kept"]
+  logging.info("params=auto: %s=%s%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
+               params[knob], " (default kept)" if kept else "", [r[knob] for r in rows], best["n_images"],
+               [round(r["sure_mse"] * scale ** 2, 4) for r in rows], [round(r["z_above_best"], 1) for r in rows])
+  return {"method": settings.method, "params": params, "auto": True, "warning": best["warning"],
+          "sure": summary(best["estimate"], sigma, scale),
+          "grid": [{knob: r[knob], "sure_mse": r["sure_mse"] * scale ** 2, "gain_db": r["gain_db"],
+                    "z_above_best": r["z_above_best"]} for r in rows], "sure_tuning_images": best["n_images"],
+          "default_kept": kept}
+
+
+def quality(settings: Settings, table, reader, denoiser, ctf_of=None) -> dict:
+  """SURE's estimate of the MSE for the parameters used (any method, learned ones too): the record.
+  A fitted method (registry `fit` hook) is probed with its model held fixed and, with `ctf_of` (rows -> CTFs),
+  the subset's own CTFs in every call (`sure_policy.method_sure`). ValueError with the one-line reason where
+  SURE cannot be applied (`sure_policy.sure_reason`)."""
+  from cryojax_denoise import denoisers
+  from cryojax_denoise.denoisers import sure_policy
+
+  images, noise_std, scale, rows = sure_subset(settings, table, reader)
+  params = settings.mode()[1]
+  est = sure_policy.method_sure(settings.method, denoiser, images, noise_std,
+                                ctf=None if ctf_of is None else ctf_of(np.asarray(rows)),
+                                fitted=denoisers.REGISTRY[settings.method].fit is not None, **params)
+  if isinstance(est, str):
+    raise ValueError(est)
+  return {"method": settings.method, "params": params, "auto": False,
+          "sure": summary(est.record(), float(est.sigma.mean()), scale)}
+
+
+def auto_note(record: dict) -> str:
+  if not record["auto"]:
+    return ""
+  return " (params=auto, chosen by SURE)" if record.get("grid") else " (params=auto: no knob to choose)"
+
+
+def write_record(record: dict, outputs) -> str:
+  """`<stack stem>.params.json`, and the same facts as a comment at the top of the STAR file; its path."""
+  path = os.path.splitext(outputs.stack)[0] + ".params.json"
+  io.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+  if outputs.star:
+    s = record["sure"]
+    with open(outputs.star) as f:
+      text = f.read()
+    se = "" if s["mse_standard_error"] is None else f" ± {s['mse_standard_error']:.2g}"
+    comment = (f"# cryojax-denoise: method {record['method']}, params {record['params']}"
+               f"{auto_note(record)}; SURE on {s['n_images']} images: "
+               f"MSE {s['mse']:.5g}{se}, relative {s['relative_mse']:.4g}, MSE reduction {s['gain_db']:.2f} dB\n")
+    io.atomic_write_text(outputs.star, comment + text)
+  logging.info("wrote %s", path)
+  return path
