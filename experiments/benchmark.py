@@ -266,11 +266,11 @@ def run(config, workdir: str) -> None:
 
 
 def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float, plain_cpu: float, config) -> dict:
-  """Seconds of `sure.sure_tune` on `auto_images` of the batch (first call, compile included; then
+  """Seconds of `sure_policy.sure_tune` on `auto_images` of the batch (first call, compile included; then
   the fastest of `repeats` steady-state calls when the first took under 300 s) against denoising all
   images in one batch and in batches of `auto_batch` as `denoise` does (DDTF and K-SVD learn once per batch).
   CPU seconds include bm3d's worker processes."""
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure_policy
   from cryojax_denoise.denoisers.bm3d import worker_cpu_seconds
 
   cpu_now = lambda: time.process_time() + worker_cpu_seconds()  # noqa: E731
@@ -279,7 +279,7 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
   secs, cpus = [], []  # first call, then the fastest of `repeats` steady-state calls when the first took < 300 s
   while len(secs) < 1 + max(1, int(config.repeats)) and (not secs or secs[0] < 300):
     t0, c0 = time.perf_counter(), cpu_now()
-    chosen, table = sure.sure_tune(name, noisy, sigma, n_images=int(config.auto_images), **fixed)
+    chosen, table = sure_policy.sure_tune(name, noisy, sigma, n_images=int(config.auto_images), **fixed)
     secs.append(time.perf_counter() - t0)
     cpus.append(cpu_now() - c0)
   i = int(np.argmin(secs[1:])) + 1 if len(secs) > 1 else 0

@@ -189,9 +189,9 @@ def _sure_rows(config, methods) -> list[str]:
 def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
   """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE), its standard error
   and warning."""
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure_policy
 
-  params, table = sure.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
+  params, table = sure_policy.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
   knob = denoisers.REGISTRY[name].knob
   best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
   est = best["estimate"]

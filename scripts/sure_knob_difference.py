@@ -12,20 +12,20 @@ import sys
 import numpy as np
 
 import validate_sure  # this folder: the validation's stacks
-from cryojax_denoise.denoisers import sure, sure_grid
+from cryojax_denoise.denoisers import sure, sure_grid, sure_policy
 
 
 def main():
   method, name, ctf, snr, v1, v2 = sys.argv[1], sys.argv[2], bool(int(sys.argv[3])), *map(float, sys.argv[4:7])
-  n_images = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_IMAGES
+  n_images = int(sys.argv[7]) if len(sys.argv) > 7 else sure_policy.N_IMAGES
   n_probes = int(sys.argv[8]) if len(sys.argv) > 8 else sure.N_PROBES
   ds = validate_sure.simulate_setting(validate_sure.load_set(name), snr, ctf,
-                                      validate_sure.n_simulated(n_images, sure.N_ESTIMATE))
-  rows = sure.subset(len(ds.noisy), n_images, 0)
+                                      validate_sure.n_simulated(n_images, sure_policy.N_ESTIMATE))
+  rows = sure_policy.subset(len(ds.noisy), n_images, 0)
   images, clean = np.asarray(ds.noisy, np.float32)[rows], np.asarray(ds.clean, np.float32)[rows]
   den_sigma, sigma = sure.sigmas(images)
   probes = sure_grid.rademacher_probes(0, n_probes, images.shape)
-  resid, div, mse = sure_grid.grid_stats(sure.knob_function(method), images, den_sigma, (v1, v2), probes,
+  resid, div, mse = sure_grid.grid_stats(sure_policy.knob_function(method), images, den_sigma, (v1, v2), probes,
                                          sure.eps_for(method) * sigma, clean)
   band = np.asarray(sure.band_power(images))
   est = [sure.SureEstimate(np.asarray(sure.sure_from_stats(resid[g], div[g], sigma)), sigma, 0.0, band=band,

@@ -17,7 +17,7 @@ import numpy as np
 
 import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure, sure_grid
+from cryojax_denoise.denoisers import sure, sure_grid, sure_policy
 
 
 def main():
@@ -26,13 +26,13 @@ def main():
   epses = [float(e) for e in sys.argv[7].split(",")]
   n_probes = int(sys.argv[8]) if len(sys.argv) > 8 else 2
   value = float(sys.argv[9]) if len(sys.argv) > 9 else denoisers.REGISTRY[method].default
-  n_sim = validate_sure.n_simulated(n, sure.N_ESTIMATE)
+  n_sim = validate_sure.n_simulated(n, sure_policy.N_ESTIMATE)
   ds = validate_sure.simulate_setting(validate_sure.load_set(name), snr, ctf, n_sim)
   rows = np.random.default_rng(7).permutation(n_sim)[:n]
   y, x = np.asarray(ds.noisy, np.float32)[rows], np.asarray(ds.clean, np.float32)[rows]
   noise, s_true, pixels = y - x, float(ds.noise_std), y.shape[-2] * y.shape[-1]
   den_sigma, s_hat = sure.sigmas(y)
-  fn = sure.knob_function(method)
+  fn = sure_policy.knob_function(method)
   f = np.asarray(fn(y, den_sigma, value), np.float32)
   mse = np.sum((f - x) ** 2, axis=(1, 2)) / pixels
   resid = np.sum((y - f) ** 2, axis=(1, 2)) / pixels

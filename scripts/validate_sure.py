@@ -5,8 +5,8 @@ usage: python scripts/validate_sure.py OUT.jsonl METHODS N [SNRS] [SETS] [CTFS] 
 σ blind (denoiser: per-image MAD, SURE: high-band estimate), 64² images, seeds fixed. Simulates
 max(N, N_ESTIMATE, 2,560) images: the knob is tuned on N random ones, SURE's estimate of the
 chosen knob's MSE is made on N_ESTIMATE random ones, more while its standard error is above
-`sure.SE_TARGET` (`sure.estimate_chosen`), as `params=auto` does, up to the 512 of
-`sure.N_ESTIMATE_MAX`; the tuning subset grows as `sure_tune` grows it. Both within the budgets a stack
+`sure_policy.SE_TARGET` (`sure_policy.estimate_chosen`), as `params=auto` does, up to the 512 of
+`sure_policy.N_ESTIMATE_MAX`; the tuning subset grows as `sure_tune` grows it. Both within the budgets a stack
 of 5,120 gets (`EMULATED`): the estimate can then reach its 512 images, the tuning its 128.
 """
 import json
@@ -17,7 +17,7 @@ import numpy as np
 
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import load_source
-from cryojax_denoise.denoisers import sure
+from cryojax_denoise.denoisers import sure_policy
 
 SIMULATED = 2560  # images per setting: a 512-image estimate × (1 + 4 probes) calls fits in a budget of 1 × these
 EMULATED = 5120  # the simulated stacks get the tuning and estimate budgets of a stack of this many images
@@ -50,9 +50,9 @@ def compare_with_clean(name: str, noisy, clean, noise_std=None, **kw) -> dict:
   tuning subset) and the true MSE of the registered default (`mse_default`, NaN when not on the grid).
   MSEs are in image units and relative to the clean batch's power (`*_relative`).
   """
-  params, table = sure.sure_tune(name, noisy, noise_std, clean=clean, **kw)
+  params, table = sure_policy.sure_tune(name, noisy, noise_std, clean=clean, **kw)
   knob = next(iter(table[0]))
-  rows = sure.subset(len(noisy), kw.get("n_images", sure.N_IMAGES), kw.get("seed", 0))
+  rows = sure_policy.subset(len(noisy), kw.get("n_images", sure_policy.N_IMAGES), kw.get("seed", 0))
   power = float(np.mean(np.square(np.asarray(clean, np.float64)[rows])))
   chosen = next(r for r in table if r[knob] == params[knob])
   best = min(table, key=lambda r: r["mse"])
@@ -77,7 +77,7 @@ def main():
   snrs = [float(s) for s in (sys.argv[4] if len(sys.argv) > 4 else "1,0.5,0.2,0.1,0.05").split(",")]
   sets = (sys.argv[5] if len(sys.argv) > 5 else "phantom,ribosome").split(",")
   ctfs = [bool(int(c)) for c in (sys.argv[6] if len(sys.argv) > 6 else "1,0").split(",")]
-  n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure.N_ESTIMATE
+  n_est = int(sys.argv[7]) if len(sys.argv) > 7 else sure_policy.N_ESTIMATE
   n_sim = n_simulated(n, n_est)
   for name in sets:
     src = load_set(name)

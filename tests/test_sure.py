@@ -1,4 +1,4 @@
-"""Monte-Carlo SURE (denoisers/sure.py): divergence = exact trace for a linear filter, unbiased
+"""Monte-Carlo SURE (denoisers/sure.py, sure_policy.py): divergence = exact trace for a linear filter, unbiased
 over noise draws, NumPy reference, jitted grid = Python loop, knob choice, and `params=auto`."""
 
 import os
@@ -10,6 +10,7 @@ import pytest
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.denoisers import sure as S
+from cryojax_denoise.denoisers import sure_policy as P
 from cryojax_denoise.denoisers.filters import gaussian_denoise
 from test_io import ROOT
 
@@ -33,7 +34,7 @@ def test_divergence_of_gaussian_filter_is_its_trace():
   trace = float(np.trace(columns))  # exact: the filter matrix built column by column
   y = _smooth_images(32, size) + np.random.default_rng(1).normal(size=(32, size, size)).astype(np.float32)
   sigma = np.ones(32, np.float32)
-  probes = S._probes(0, 16, y.shape)
+  probes = S.probes(0, 16, y.shape)
   _, div, _ = S.grid_stats(_gauss, y, sigma, [width], probes, 0.1 * sigma)
   assert div.shape == (1, 32)
   assert abs(float(np.mean(div)) * size ** 2 / trace - 1) < 0.02, (float(np.mean(div)), trace)
@@ -57,9 +58,9 @@ def test_known_divergence_of_gaussian_is_its_trace_and_replaces_the_probes(monke
   assert np.all(exact.div == np.float32(S.known_divergence("gaussian", y.shape, width=1.0)))
   calls = []
   grid_stats = S.grid_stats
-  monkeypatch.setattr(S, "grid_stats", lambda fn, im, sg, v, probes, *a, **k: calls.append(len(probes)) or grid_stats(
+  monkeypatch.setattr(P, "grid_stats", lambda fn, im, sg, v, probes, *a, **k: calls.append(len(probes)) or grid_stats(
       fn, im, sg, v, probes, *a, **k))
-  params, table = S.sure_tune("gaussian", np.concatenate([y] * 8), n_images=16, n_estimate=64)
+  params, table = P.sure_tune("gaussian", np.concatenate([y] * 8), n_images=16, n_estimate=64)
   chosen = next(row for row in table if row["width"] == params["width"])
   assert calls and set(calls) == {0} and chosen["estimate"]["n_images"] == 64
 
@@ -81,7 +82,7 @@ def test_sure_matches_numpy_reference_and_loop_path():
   y = x + 0.5 * np.random.default_rng(2).normal(size=x.shape).astype(np.float32)
   den = denoisers.get("wiener", strength=1.0)
   est = S.sure(den, y, 0.5, eps=0.05, n_probes=2, seed=3)
-  probes = S._probes(3, 2, y.shape)
+  probes = S.probes(3, 2, y.shape)
   ref = _reference_sure(y, lambda im: den(im, 0.5), np.full(4, 0.5), probes, 0.05)
   np.testing.assert_allclose(est.mse, ref, rtol=2e-3, atol=2e-4)
   numpy_den = lambda im, s: np.asarray(den(np.asarray(im), s))  # np.asarray of a tracer: not jit-able
@@ -110,13 +111,13 @@ def test_band_noise_std_and_tuning_choice():
   sigma = 1.5
   y = x + sigma * np.random.default_rng(6).normal(size=x.shape).astype(np.float32)
   assert abs(S.tail_corrected_noise_std(y) / sigma - 1) < 0.01
-  params, table = S.sure_tune("gaussian", y, clean=x, n_images=32)
+  params, table = P.sure_tune("gaussian", y, clean=x, n_images=32)
   best = min(row["mse"] for row in table)
   chosen = next(row for row in table if row["width"] == params["width"])
   assert chosen["mse"] <= 1.05 * best
   assert abs(chosen["sure_mse"] / chosen["mse"] - 1) < 0.1
   assert [row["width"] for row in table] == list(denoisers.REGISTRY["gaussian"].grid)
-  assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
+  assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[P.subset(32)], sigma), rel=0.05)
 
 
 def test_estimate_of_the_chosen_knob_on_more_images():
@@ -126,27 +127,27 @@ def test_estimate_of_the_chosen_knob_on_more_images():
   under twice the tuning subset reports the grid's own numbers."""
   x = _smooth_images(100)
   y = x + 0.8 * np.random.default_rng(8).normal(size=x.shape).astype(np.float32)
-  params, table = S.sure_tune("gaussian", y, clean=x, n_images=32, n_estimate=128)
+  params, table = P.sure_tune("gaussian", y, clean=x, n_images=32, n_estimate=128)
   chosen = next(row for row in table if row["width"] == params["width"])
   est = chosen["estimate"]
   assert est["n_images"] == 100 and abs(est["sure_mse"] / est["mse"] - 1) < 0.1, est
   kw = dict(chunk=68, n_estimate=68, eps=S.eps_for("gaussian"), clean=x)
-  jitted = S.estimate_chosen(_gauss, y, None, params["width"], **kw)
+  jitted = P.estimate_chosen(_gauss, y, None, params["width"], **kw)
   loop_fn = lambda im, s, v: np.asarray(_gauss(np.asarray(im), s, v))  # noqa: E731 (NumPy: no compile)
-  loop = S.estimate_chosen(loop_fn, y, None, params["width"], **kw)
+  loop = P.estimate_chosen(loop_fn, y, None, params["width"], **kw)
   assert jitted["n_images"] == 68
-  sizes = [S.estimate_chosen(loop_fn, y, None, 1.0, chunk=c, n_estimate=n)["n_images"]
+  sizes = [P.estimate_chosen(loop_fn, y, None, 1.0, chunk=c, n_estimate=n)["n_images"]
            for c, n in ((32, 128), (30, 90))]
   assert sizes == [100, 90]
   for k in ("sure_mse", "mse", "gain_db"):
     assert loop[k] == pytest.approx(jitted[k], rel=1e-3), k
-  _, small = S.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)
+  _, small = P.sure_tune("gaussian", y[:48], clean=x[:48], n_images=32)
   row = min(small, key=lambda r: r["sure_mse"])
   assert {k: row["estimate"][k] for k in ("n_images", "sure_mse", "sure_relative", "gain_db", "mse")} == {
       "n_images": 32, "sure_mse": row["sure_mse"], "sure_relative": row["sure_relative"], "gain_db": row["gain_db"],
       "mse": row["mse"]}
   assert 0 < row["estimate"]["relative_se"] < 0.2
-  grown = [S.estimate_chosen(_gauss, y, None, 1.5, chunk=16, n_estimate=32, n_max=96, se_target=t, budget=b, clean=x)
+  grown = [P.estimate_chosen(_gauss, y, None, 1.5, chunk=16, n_estimate=32, n_max=96, se_target=t, budget=b, clean=x)
            for t, b in ((1.0, 10.0), (1e-6, 10.0), (1e-6, 2.0))]
   # grows a batch at a time while SE > target, to n_max or as far as the budget goes (2 × 100 / 5 calls: 40 -> 32)
   assert [g["n_images"] for g in grown] == [32, 96, 32]
@@ -176,13 +177,13 @@ def test_choose_reads_the_knob_off_a_parabola():
   x = np.log(values)
   smooth = (x - np.log(1.2)) ** 2 + 1.0
   jitter = smooth + np.array([0, 0, 0, -0.02, 0.015, 0, 0])  # noise makes 1.1 the raw argmin
-  assert S.choose(values, jitter) == 3 and S.choose(values, jitter, fit=True) == 4
-  assert S.choose(values, smooth, fit=True) == 4
+  assert P.choose(values, jitter) == 3 and P.choose(values, jitter, fit=True) == 4
+  assert P.choose(values, smooth, fit=True) == 4
   concave = -(x - np.log(1.0)) ** 2
-  assert S.choose(values, concave, fit=True) == int(np.argmin(concave))
+  assert P.choose(values, concave, fit=True) == int(np.argmin(concave))
   outside = [2.985, 1.244, 0.645, 0.676, 0.705, 0.637, 0.727]  # DDTF, SNR 0.05: the window's parabola bottoms at 0.85
-  assert S.choose(values, outside, fit=True) == 5
-  assert "ddtf" in S.FIT_CHOICE and "ksvd" not in S.FIT_CHOICE
+  assert P.choose(values, outside, fit=True) == 5
+  assert "ddtf" in P.FIT_CHOICE and "ksvd" not in P.FIT_CHOICE
 
 
 def test_tuning_subset_grows_while_another_value_is_within_two_standard_errors():
@@ -192,14 +193,14 @@ def test_tuning_subset_grows_while_another_value_is_within_two_standard_errors()
   x = _smooth_images(96, 32, seed=14)
   y = x + 1.0 * np.random.default_rng(15).normal(size=x.shape).astype(np.float32)
   kw = dict(n_images=16, n_estimate=16, clean=x)
-  _, near = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, **kw)
-  _, far = S.sure_tune("gaussian", y, grid=(0.5, 4.0), n_tune_max=64, **kw)
-  _, capped = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, **kw)  # 96·0.3/2 = 14 < 16: the first subset only
-  _, first = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=16, **kw)
-  _, big = S.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, stack_size=960, **kw)
+  _, near = P.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, **kw)
+  _, far = P.sure_tune("gaussian", y, grid=(0.5, 4.0), n_tune_max=64, **kw)
+  _, capped = P.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, **kw)  # 96·0.3/2 = 14 < 16: the first subset only
+  _, first = P.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=16, **kw)
+  _, big = P.sure_tune("gaussian", y, grid=(1.0, 1.25), n_tune_max=64, tune_budget=0.3, stack_size=960, **kw)
   assert [t[0]["n_images"] for t in (near, far, capped, first, big)] == [32, 16, 16, 16, 32]  # big: budget of 960
   z = lambda t: max(r["z_above_best"] for r in t)  # noqa: E731 (the other value's, of two)
-  assert z(first) < S.SIGNIFICANCE < z(near) and z(far) > S.SIGNIFICANCE
+  assert z(first) < P.SIGNIFICANCE < z(near) and z(far) > P.SIGNIFICANCE
   lowest = min(near, key=lambda r: r["sure_mse"])
   assert lowest["z_above_best"] == 0.0 and max(r["z_above_best"] for r in near) > 0
   assert abs(near[0]["sure_mse"] / near[0]["mse"] - 1) < 0.1
@@ -209,16 +210,16 @@ def test_keep_default_methods_leave_their_default_only_when_sure_resolves_it(mon
   """A `KEEP_DEFAULT` method keeps its registered default (gaussian: width 1.5 here) while that value's
   SURE is within `significance` paired standard errors of the lowest (width 1.0's, 3.96 of them below it
   on these 16 images), and takes SURE's lowest beyond; bm3d keeps its sigma_scale=1 this way."""
-  assert "bm3d" in S.KEEP_DEFAULT and "ddtf" not in S.KEEP_DEFAULT
+  assert "bm3d" in P.KEEP_DEFAULT and "ddtf" not in P.KEEP_DEFAULT
   x = _smooth_images(96, 32, seed=14)
   y = x + 1.0 * np.random.default_rng(15).normal(size=x.shape).astype(np.float32)
   kw = dict(grid=(1.0, 1.5), n_images=16, n_estimate=16, n_tune_max=16)
-  assert S.sure_tune("gaussian", y, significance=5.0, **kw)[0]["width"] == 1.0  # not a KEEP_DEFAULT method
-  monkeypatch.setattr(S, "KEEP_DEFAULT", ("gaussian",))
+  assert P.sure_tune("gaussian", y, significance=5.0, **kw)[0]["width"] == 1.0  # not a KEEP_DEFAULT method
+  monkeypatch.setattr(P, "KEEP_DEFAULT", ("gaussian",))
   assert denoisers.REGISTRY["gaussian"].default == 1.5
-  params, table = S.sure_tune("gaussian", y, **kw)
+  params, table = P.sure_tune("gaussian", y, **kw)
   assert params["width"] == 1.0 and 2.0 < table[1]["z_above_best"] < 5.0 and table[0]["default_kept"] is False
-  params, table = S.sure_tune("gaussian", y, significance=5.0, **kw)
+  params, table = P.sure_tune("gaussian", y, significance=5.0, **kw)
   assert params["width"] == 1.5 and "estimate" in table[1] and "estimate" not in table[0]
   assert table[1]["default_kept"] is True
 
@@ -240,9 +241,9 @@ def test_difference_se_matches_the_spread_over_noise_draws():
 
 
 def test_reliability_notes():
-  assert S.reliability(np.full(4, 1.0), np.full(4, 1.01), 0.1, 1.0) == ""
-  assert "disagree" in S.reliability(np.full(4, 1.2), np.full(4, 1.0), 0.1, 1.0)
-  assert "<= 0" in S.reliability(np.full(4, 1.0), np.full(4, 1.0), -0.1, 1.0)
+  assert P.reliability(np.full(4, 1.0), np.full(4, 1.01), 0.1, 1.0) == ""
+  assert "disagree" in P.reliability(np.full(4, 1.2), np.full(4, 1.0), 0.1, 1.0)
+  assert "<= 0" in P.reliability(np.full(4, 1.0), np.full(4, 1.0), -0.1, 1.0)
 
 
 def test_denoise_params_auto_writes_choice(tmp_path):
@@ -295,3 +296,4 @@ def test_auto_for_learned_method_is_one_error_line(tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith("error:") and "auto" in lines[0], proc.stderr
   assert not out.exists()
+

@@ -17,9 +17,9 @@ from cryojax_denoise.pipeline.params import Settings
 def sure_subset(settings: Settings, table, reader, n_images: int | None = None):
   """(images, σ, scale, rows): `n_images` (default `sure_images`) random rows' images (float32) in the units
   the denoiser sees, their σ (None: estimated) and the scale between those units and the input's."""
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure_policy
 
-  rows = sure.subset(len(table), settings.sure_images if n_images is None else n_images)
+  rows = sure_policy.subset(len(table), settings.sure_images if n_images is None else n_images)
   images = np.concatenate([denoise_stack.read_batch(table, reader, int(r), int(r) + 1) for r in rows])
   mean, scale = denoise_stack.normalization(table, reader, settings.normalize)
   noise_std = settings.sigma / scale if settings.sigma else None
@@ -37,19 +37,20 @@ def summary(est: dict, sigma, scale) -> dict:
 
 
 def choose_params(settings: Settings, table, reader) -> dict:
-  """params=auto: SURE's choice of the knob on the subset (`sure.sure_tune`); the record for the JSON."""
+  """params=auto: SURE's choice of the knob on the subset (`sure_policy.sure_tune`); the record for the JSON."""
   from cryojax_denoise import denoisers
-  from cryojax_denoise.denoisers import sure
+  from cryojax_denoise.denoisers import sure, sure_policy
 
   # The knob is chosen on `sure_images`; its MSE is then estimated on N_ESTIMATE, up to N_ESTIMATE_MAX while its
   # standard error is above SE_TARGET (on 32 images SURE's error is those images' realised noise, 10-25% of the
   # MSE at SNR <= 0.1).
-  images, noise_std, scale, _ = sure_subset(settings, table, reader, max(settings.sure_images, sure.N_ESTIMATE_MAX))
+  n_images = max(settings.sure_images, sure_policy.N_ESTIMATE_MAX)
+  images, noise_std, scale, _ = sure_subset(settings, table, reader, n_images)
   fixed = settings.mode()[1]
   knob = denoisers.REGISTRY[settings.method].knob
   try:
-    params, rows = sure.sure_tune(settings.method, images, noise_std, n_images=settings.sure_images,
-                                  stack_size=len(table), **fixed)
+    params, rows = sure_policy.sure_tune(settings.method, images, noise_std, n_images=settings.sure_images,
+                                         stack_size=len(table), **fixed)
   except TypeError as e:
     raise InputError(f"params: {e} (method {settings.method})") from None
   best = next(r for r in rows if r[knob] == params[knob])
@@ -69,14 +70,19 @@ def choose_params(settings: Settings, table, reader) -> dict:
 
 def quality(settings: Settings, table, reader, denoiser, ctf_of=None) -> dict:
   """SURE's estimate of the MSE for the parameters used (any method, learned ones too): the record.
-  `ctf_of` (rows -> CTFs): a fitted method's `den(images, σ, ctf)` gets the subset's CTFs."""
-  from cryojax_denoise.denoisers import sure
+  A fitted method (registry `fit` hook) is probed with its model held fixed and, with `ctf_of` (rows -> CTFs),
+  the subset's own CTFs in every call (`sure_policy.method_sure`). ValueError with the one-line reason where
+  SURE cannot be applied (`sure_policy.sure_reason`)."""
+  from cryojax_denoise import denoisers
+  from cryojax_denoise.denoisers import sure_policy
 
   images, noise_std, scale, rows = sure_subset(settings, table, reader)
   params = settings.mode()[1]
-  den = denoiser if ctf_of is None else (lambda x, s, _ctf=ctf_of(np.asarray(rows)): denoiser(x, s, _ctf))
-  est = sure.sure(den, images, noise_std, eps=sure.eps_for(settings.method),
-                  div=sure.known_divergence(settings.method, images.shape, **params))
+  est = sure_policy.method_sure(settings.method, denoiser, images, noise_std,
+                                ctf=None if ctf_of is None else ctf_of(np.asarray(rows)),
+                                fitted=denoisers.REGISTRY[settings.method].fit is not None, **params)
+  if isinstance(est, str):
+    raise ValueError(est)
   return {"method": settings.method, "params": params, "auto": False,
           "sure": summary(est.record(), float(est.sigma.mean()), scale)}
 
