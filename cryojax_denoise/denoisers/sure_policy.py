@@ -88,7 +88,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
               n_probes: int = N_PROBES, clean=None, grid_batch: int | None = None,
               estimate_batch: int = ESTIMATE_BATCH, n_tune_max: int = N_TUNE_MAX, tune_budget: float = TUNE_BUDGET,
               significance: float = SIGNIFICANCE, stack_size: int | None = None, noise_psd=None,
-              **fixed) -> tuple[dict, list[dict]]:
+              wrap: Callable | None = None, **fixed) -> tuple[dict, list[dict]]:
   """Chooses `REGISTRY[name].knob` on the grid by SURE on noisy images alone (`choose`: the lowest,
   or for `FIT_CHOICE` methods the minimum of a parabola through it; for `KEEP_DEFAULT` methods the
   registered default while its SURE is within `significance` paired standard errors of the lowest).
@@ -102,7 +102,8 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   `noisy` (B, H, W), `noise_std` scalar or (B,) (None: estimated, `sure_std` for SURE's σ, see
   `sigmas`); `noise_psd` the stationary noise's PSD (`sure.psd_grid`): coloured probes, σ from it
   (`sure.sigmas`); `eps` None: `eps_for(name)`; a method with a `known_divergence` is not probed
-  under white noise (`n_probes` ignored). Like
+  under white noise (`n_probes` ignored). `wrap(den, value)` -> the denoiser actually applied for knob
+  `value` (e.g. whitened for coloured noise, `noise.stack.wrap`): SURE scores that one. Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or "", "n_images" tuned on, "z_above_best": paired standard errors
@@ -127,10 +128,15 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
     noise_std = psd_std(noise_psd, noisy.shape)
   given = None if noise_std is None else np.broadcast_to(np.asarray(noise_std, np.float32), len(noisy))
   rows = subset(len(noisy), n_images, seed)
-  exact = [None if noise_psd is not None else known_divergence(name, noisy.shape, **{knob: v}, **fixed)
-           for v in values]
+  exact = [None if noise_psd is not None or wrap is not None else known_divergence(name, noisy.shape, **{knob: v},
+                                                                                   **fixed) for v in values]
   n_probes = 0 if exact[0] is not None else n_probes
   fn = knob_function(name, tuple(sorted(fixed.items())))
+  if wrap is not None:
+    base = fn
+
+    def fn(images, sigma, value):
+      return wrap(lambda x, s: base(x, s, value), value)(images, sigma)
   rest = np.setdiff1d(np.arange(len(noisy)), rows)
   order = np.concatenate([rows, rest[np.random.default_rng(seed + 2).permutation(len(rest))]])  # growth draws
   calls = len(values) * (1 + n_probes)  # denoiser calls per tuning image

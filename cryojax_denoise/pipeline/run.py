@@ -157,7 +157,7 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
   auto, _ = settings.mode()
   choose = auto and not scored_only(settings.method)
   psd, noise_record = noise_step(settings, table, reader)
-  record = distributed.share(sure_step.choose_params, settings, table, reader) if choose else None  # process 0's
+  record = distributed.share(sure_step.choose_params, settings, table, reader, psd) if choose else None  # process 0's
   ctf_of = None
   if has_fit_hook(settings.method):
     denoiser, ctf_of = fit_denoiser(settings, table, reader, record["params"] if choose else None, psd)
@@ -170,7 +170,7 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
     record = {"method": settings.method, "params": settings.mode()[1], "auto": auto}
     if settings.sure_images > 0 and distributed.is_main():
       try:  # only a score: a method SURE cannot call this way still denoises (unless auto asked for it)
-        record = {**sure_step.quality(settings, table, reader, denoiser, ctf_of), "auto": auto}
+        record = {**sure_step.quality(settings, table, reader, denoiser, ctf_of, psd), "auto": auto}
       except InputError:
         raise
       except Exception as e:  # noqa: BLE001  (a stop is a BaseException: it is not caught here)

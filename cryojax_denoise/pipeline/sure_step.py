@@ -36,8 +36,10 @@ def summary(est: dict, sigma, scale) -> dict:
           "relative_mse": est["sure_relative"], "gain_db": est["gain_db"]}
 
 
-def choose_params(settings: Settings, table, reader) -> dict:
-  """params=auto: SURE's choice of the knob on the subset (`sure_policy.sure_tune`); the record for the JSON."""
+def choose_params(settings: Settings, table, reader, psd=None) -> dict:
+  """params=auto: SURE's choice of the knob on the subset (`sure_policy.sure_tune`); the record for the JSON.
+  With a noise spectrum `psd` ((H, W), the denoiser's units) SURE is coloured (probes of that covariance) and
+  scores each knob's whitened denoiser (`noise.stack.wrap`), the one that is then applied."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers import sure, sure_policy
 
@@ -48,15 +50,19 @@ def choose_params(settings: Settings, table, reader) -> dict:
   images, noise_std, scale, _ = sure_subset(settings, table, reader, n_images)
   fixed = settings.mode()[1]
   knob = denoisers.REGISTRY[settings.method].knob
+  def wrap(den, value):
+    from cryojax_denoise.noise.stack import wrap as whitened
+
+    return whitened(den, psd, settings.method, {**fixed, knob: value})
   try:
     params, rows = sure_policy.sure_tune(settings.method, images, noise_std, n_images=settings.sure_images,
-                                         stack_size=len(table), **fixed)
+                                         stack_size=len(table), noise_psd=psd, wrap=None if psd is None else wrap, **fixed)
   except TypeError as e:
     raise InputError(f"params: {e} (method {settings.method})") from None
   best = next(r for r in rows if r[knob] == params[knob])
   if best["warning"]:
     logging.warning("SURE may be unreliable here: %s", best["warning"])
-  sigma = float(sure.sigmas(images, noise_std)[1].mean())
+  sigma = float(sure.sigmas(images, noise_std if psd is None else sure.psd_std(psd, images.shape))[1].mean())
   kept = best["default_kept"]
   logging.info("params=auto: %s=%s%s (grid %s on %d images, SURE MSE %s, standard errors above the lowest %s)", knob,
                params[knob], " (default kept)" if kept else "", [r[knob] for r in rows], best["n_images"],
@@ -68,18 +74,19 @@ def choose_params(settings: Settings, table, reader) -> dict:
           "default_kept": kept}
 
 
-def quality(settings: Settings, table, reader, denoiser, ctf_of=None) -> dict:
+def quality(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None) -> dict:
   """SURE's estimate of the MSE for the parameters used (any method, learned ones too): the record.
   A fitted method (registry `fit` hook) is probed with its model held fixed and, with `ctf_of` (rows -> CTFs),
   the subset's own CTFs in every call (`sure_policy.method_sure`). ValueError with the one-line reason where
-  SURE cannot be applied (`sure_policy.sure_reason`)."""
+  SURE cannot be applied (`sure_policy.sure_reason`). `psd`: the noise spectrum ((H, W), the denoiser's
+  units; None: white): SURE under that covariance."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers import sure_policy
 
   images, noise_std, scale, rows = sure_subset(settings, table, reader)
   params = settings.mode()[1]
   est = sure_policy.method_sure(settings.method, denoiser, images, noise_std,
-                                ctf=None if ctf_of is None else ctf_of(np.asarray(rows)),
+                                ctf=None if ctf_of is None else ctf_of(np.asarray(rows)), noise_psd=psd,
                                 fitted=denoisers.REGISTRY[settings.method].fit is not None, **params)
   if isinstance(est, str):
     raise ValueError(est)
