@@ -180,6 +180,7 @@ def _peak_rss(p) -> int:
   return usage.ru_maxrss * 1024  # kB on Linux
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "wait4") or sys.platform != "linux", reason="needs Linux wait4 rusage")
 def test_memory_stays_bounded_on_a_large_stack(tmp_path):
   """20,000 images of 64² (328 MB): `launch.py --experiment=denoise` peaks at about the same

@@ -170,3 +170,47 @@ def test_eval_sure_finetune(monkeypatch, capsys):
   _run(mod, monkeypatch, "0.5", 2, "phantom", 0)
   mse = _mses(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(mse) == {"cwf", "autoencoder_cwf", "sure_finetuned"} and all(np.isfinite(v) for v in mse.values())
+
+
+@pytest.mark.slow
+def test_corpus_rate(monkeypatch, capsys):
+  """`corpus_rate.py STEPS` with a pool of 4 maps instead of 256 (the preset's other settings kept)."""
+  mod = _script("corpus_rate", monkeypatch)
+  resolve = mod.train.resolve
+
+  def small_pool(config):
+    c = resolve(config)
+    c.pool_size = 4
+    return c
+
+  monkeypatch.setattr(mod.train, "resolve", small_pool)
+  _run(mod, monkeypatch, 2)
+  m = re.search(r"corpus ([\d.]+) batches/s, training ([\d.]+) steps/s", capsys.readouterr().out)
+  assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
+
+
+# ---- the shell scripts, run as users run them (docs/distributed.md, docs/general_models.md) -------------
+
+def _bash(script, *args, env=(), timeout=600):
+  env = dict(os.environ, PYTHON=sys.executable, JAX_PLATFORMS="cpu", **dict(env))
+  return subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_scale_denoise(tmp_path):
+  r = _bash("scale_denoise.sh", tmp_path / "w", env={"N": "512"})  # 2 batches of 256: one per process
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert re.search(r"one process: [\d.]+ s wall; two processes: [\d.]+ s wall", r.stdout), r.stdout
+  assert "identical: True" in r.stdout
+
+
+@pytest.mark.slow
+def test_accelerator_check(tmp_path):
+  r = _bash("accelerator_check.sh", tmp_path / "acc", env={"SIZES": "32", "N_IMAGES": "4", "BATCH": "2",
+                                                          "TRAIN_STEPS": "2", "TRAIN_ARGS": "--config.pool_size=4"})
+  assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-2000:])
+  summary = (tmp_path / "acc" / "summary.md").read_text()
+  for what in ("ddtf denoise", "ksvd denoise", "general autoencoder denoise", "autoencoder train step",
+               "general-model training"):
+    assert what in summary, summary

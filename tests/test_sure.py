@@ -119,6 +119,7 @@ def test_band_noise_std_and_tuning_choice():
   assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[S.subset(32)], sigma), rel=0.05)
 
 
+@pytest.mark.slow
 def test_estimate_of_the_chosen_knob_on_more_images():
   """The chosen row's "estimate": SURE of the chosen width on all 100 images (the 32 tuned on and the
   68 others in one batch), within 10% of those images' true MSE; jitted = NumPy loop path; new images

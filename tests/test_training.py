@@ -227,6 +227,7 @@ print("SHARDED_OK", {k: float(v) for k, v in l4.items()})
 """
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(tmp_path):
   env = _env(tmp_path / "cache")
   env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
@@ -263,6 +264,7 @@ def kill_after_checkpoint_and_rerun(args, env, workdir, min_step: int = 10):
   return killed_after, subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_with_optimiser_state(killed_and_resumed):
   wd, _, killed_after, rerun = killed_and_resumed
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -278,6 +280,7 @@ def test_sigkill_then_rerun_resumes_with_optimiser_state(killed_and_resumed):
   assert [r["step"] for r in rows] == list(range(1, 61))
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_is_one_error_line(killed_and_resumed, pairs):
   wd, env, _, _ = killed_and_resumed
   before = open(os.path.join(wd, "config.json")).read()
