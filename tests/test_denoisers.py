@@ -124,6 +124,7 @@ def test_tune_times_the_first_value_without_its_compilation():
     denoisers.REGISTRY.pop("_slow_first_call")
 
 
+@pytest.mark.slow
 def test_bm3d_workers_report_their_cpu_time():
   """bm3d in 2 worker processes = bm3d in this process, and the workers' CPU seconds (which
   `time.process_time` leaves out) add up in `worker_cpu_seconds` for the benchmark's auto cost."""
