@@ -24,6 +24,7 @@ def test_dataset_conditions_are_a_pure_function_of_the_ids():
   assert all(500 <= c["n_fit"] <= 2000 and c["defocus_range_A"][0] < c["defocus_range_A"][1] for c in conds)
 
 
+@pytest.mark.slow
 def test_triplets_hold_a_cwf_estimate_better_than_the_noisy_particles():
   t = cwf_corpus.simulate_triplets(0, 3, 32, 6, (0.02, 2.0), snr=0.1, ctf=True, n_fit=300)
   assert t["noisy"].shape == t["prior"].shape == t["clean"].shape == (6, 32, 32)

@@ -52,6 +52,7 @@ def relion_runs(tmp_path_factory):
   return d, results
 
 
+@pytest.mark.slow
 def test_relion31_star_in_star_out(relion_runs):
   d, runs = relion_runs
   returncode, stderr = runs["star"]
@@ -74,6 +75,7 @@ def test_relion31_star_in_star_out(relion_runs):
   assert files_under(d / "out") == ["den.mrcs", "den.star"]
 
 
+@pytest.mark.slow
 def test_relion31_stack_default_output(relion_runs):
   d, runs = relion_runs
   returncode, stderr = runs["stack"]

@@ -97,6 +97,7 @@ def test_readme_holds_one_marked_test_line():
 
 # ---- the SURE validation scripts (docs/sure.md) -------------------------------------------------------
 
+@pytest.mark.slow
 def test_validate_sure(small_validation, tmp_path, monkeypatch, capsys):
   out = tmp_path / "v.jsonl"
   _run(small_validation, monkeypatch, out, "gaussian", 8, "0.5", "phantom", "1", 16)
@@ -107,6 +108,7 @@ def test_validate_sure(small_validation, tmp_path, monkeypatch, capsys):
   assert "phantom ctf=True snr=0.5 gaussian: sure" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_sure_grows(small_validation, monkeypatch, capsys):
   _run(_script("sure_grows", monkeypatch), monkeypatch, "gaussian", "phantom:1:0.5")
   row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -114,12 +116,14 @@ def test_sure_grows(small_validation, monkeypatch, capsys):
   assert all(r["z_above_best"] >= 0 for r in row["table"])
 
 
+@pytest.mark.slow
 def test_sure_knob_difference(small_validation, monkeypatch, capsys):
   _run(_script("sure_knob_difference", monkeypatch), monkeypatch, "gaussian", "phantom", 1, 0.5, 1.0, 3.0, 8, 2)
   out = capsys.readouterr().out
   assert "gaussian phantom ctf=True snr=0.5, 8 images x 2 probes: SURE" in out and "true" in out
 
 
+@pytest.mark.slow
 def test_sure_probe_step(small_validation, tmp_path, monkeypatch):
   out = tmp_path / "p.jsonl"
   _run(_script("sure_probe_step", monkeypatch), monkeypatch, out, "gaussian", "phantom", 1, 0.5, 8, "0.04,0.07", 2)
@@ -128,6 +132,7 @@ def test_sure_probe_step(small_validation, tmp_path, monkeypatch):
   assert all(0.5 < e["sure_ratio_true_sigma"] < 2.0 for e in row["eps"].values())
 
 
+@pytest.mark.slow
 def test_sure_sigma_check(small_validation, monkeypatch, capsys):
   _run(_script("sure_sigma_check", monkeypatch), monkeypatch, "phantom:1:1")
   lines = capsys.readouterr().out.strip().splitlines()

@@ -154,6 +154,7 @@ def test_estimate_of_the_chosen_knob_on_more_images():
   assert grown[1]["relative_se"] < grown[0]["relative_se"]
 
 
+@pytest.mark.slow
 def test_standard_error_matches_the_spread_over_noise_draws():
   """SURE's reported standard error (σ from the same images' high band, `standard_error`) = the sd of
   SURE − true MSE over 40 noise draws of the same 48 images, within the ±25% that 40 draws resolve
@@ -246,6 +247,7 @@ def test_reliability_notes():
   assert "<= 0" in S.reliability(np.full(4, 1.0), np.full(4, 1.0), -0.1, 1.0)
 
 
+@pytest.mark.slow
 def test_denoise_params_auto_writes_choice(tmp_path):
   """`denoise params=auto` on a STAR file: the knob SURE chose is used, recorded in
   <stem>.params.json and in a comment line that RELION-style readers skip."""

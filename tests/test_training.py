@@ -88,6 +88,7 @@ def _fast_config(pairs, **over):
   return _config("autoencoder", pairs, loss="l2", lr_g=3e-3, **over)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_fixed_batch(pairs):
   c = train.resolve(_fast_config(pairs))
   graphdef, state = nnx.split(train.Learner(c, seed=0))
@@ -128,6 +129,7 @@ def test_save_restore_is_bit_identical(pairs, tmp_path):
   assert den(noisy[:3, :30, :28]).shape == (3, 30, 28)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_ends_at_total(pairs, tmp_path):
   c = _fast_config(pairs, steps=6, checkpoint_every=3)
   wd = str(tmp_path / "run")
