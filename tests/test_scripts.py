@@ -213,7 +213,9 @@ def test_scale_denoise(tmp_path):
 @pytest.mark.slow
 def test_accelerator_check(tmp_path):
   r = _bash("accelerator_check.sh", tmp_path / "acc", env={"SIZES": "32", "N_IMAGES": "4", "BATCH": "2",
-                                                          "TRAIN_STEPS": "2", "TRAIN_ARGS": "--config.pool_size=4"})
+                                                          "TRAIN_STEPS": "2",
+                                                          "TRAIN_ARGS": "--config.pool_size=2 --config.image_size=32 "
+                                                                        "--config.batch_size=4 --config.val_size=4"})
   assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-2000:])
   summary = (tmp_path / "acc" / "summary.md").read_text()
   for what in ("ddtf denoise", "ksvd denoise", "general autoencoder denoise", "autoencoder train step",
