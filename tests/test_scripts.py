@@ -221,3 +221,19 @@ def test_accelerator_check(tmp_path):
   for what in ("ddtf denoise", "ksvd denoise", "general autoencoder denoise", "autoencoder train step",
                "general-model training"):
     assert what in summary, summary
+
+
+@pytest.mark.slow
+def test_train_general(tmp_path):
+  """The three trainings and exports of `train_general.sh` (2 steps each at 32², one CWF dataset)."""
+  root = tmp_path / "general"
+  r = _bash("train_general.sh", root, 2, 2, "--config.pool_size=2", "--config.image_size=32", "--config.batch_size=4",
+            "--config.val_size=2", "--config.cwf_datasets=1", "--config.cwf_keep=4", "--config.eval_every=2",
+            "--config.checkpoint_every=2", "--config.log_every=1", env={"CWF_STEPS": "2"})
+  assert r.returncode == 0, r.stderr[-3000:]
+  from cryojax_denoise.training import restore
+
+  for name in ("autoencoder_general", "gan_general", "autoencoder_cwf_general"):
+    den = restore.load_denoiser(str(root / "export" / name))
+    assert den.config.steps == 2, name
+  assert restore.load_denoiser(str(root / "export" / "autoencoder_cwf_general")).config.model.prior == "cwf"
