@@ -38,4 +38,5 @@ print(f"one process: {t1 - t0:.1f} s wall; two processes: {t2 - t1:.1f} s wall")
 a, b = (np.asarray(io.read_stack(f"{d}/{k}/den.mrcs").data) for k in ("one", "two"))
 print("identical:", np.array_equal(a, b))
 PY
-grep -h "img/s" "$D/one.log" | tail -1; grep -h "img/s" "$D/two0.log" | tail -1; grep -h "img/s" "$D/two1.log" | tail -1
+# a process may log no progress line (process 1 on a small N did not): that is not a failure
+for log in one two0 two1; do grep -h "img/s" "$D/$log.log" | tail -1 || true; done

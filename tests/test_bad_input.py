@@ -19,6 +19,8 @@ import pytest
 from cryojax_denoise import io
 from test_io import ROOT, files_under, random_stack
 
+pytestmark = pytest.mark.slow  # end-to-end runs of launch.py (see pyproject's markers)
+
 
 def _star(path, names, optics=True, drop=()):
   particles = pd.DataFrame({"rlnImageName": names, "rlnAngleRot": 10.0, "rlnAngleTilt": 20.0,

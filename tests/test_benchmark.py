@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_writes_both_files(tmp_path):
   workdir = tmp_path / "bench"
   cmd = [sys.executable, "launch.py", "--experiment=benchmark", f"--workdir={workdir}",

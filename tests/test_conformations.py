@@ -91,6 +91,7 @@ def _smoke(tmp_path, **overrides):
     return workdir, json.load(f)
 
 
+@pytest.mark.slow
 def test_smoke_end_to_end_and_no_label_leak(tmp_path):
   """Smoke preset with an identical state pair (0 Å) beside the largest displacement: identical
   states must classify at chance by every classifier (a label leak would not), 24 Å at SNR 1 ≥ 95%."""

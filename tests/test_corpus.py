@@ -5,6 +5,7 @@ import itertools
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from cryojax_denoise.data import corpus, molecules
 
@@ -62,6 +63,7 @@ def test_pool_refreshes_one_slot_at_a_time_and_is_a_function_of_the_step():
   assert len(set(itertools.chain(*ids))) == 12
 
 
+@pytest.mark.slow
 def test_corpus_batches_are_deterministic_and_at_the_drawn_snr():
   data = corpus.CorpusPairs(_config())
   noisy, clean = (np.asarray(a) for a in data.batch(3))
@@ -75,6 +77,7 @@ def test_corpus_batches_are_deterministic_and_at_the_drawn_snr():
   assert not np.allclose(np.asarray(data.batch(4)[1]), clean)
 
 
+@pytest.mark.slow
 def test_both_polarities_and_held_out_validation_molecules():
   data = corpus.CorpusPairs(_config(batch_size=32))
   clean = np.asarray(data.batch(0)[1])

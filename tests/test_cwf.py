@@ -271,6 +271,7 @@ np.save(sys.argv[2], np.asarray(out))
 """
 
 
+@pytest.mark.slow
 def test_two_devices_shard_batches_and_agree_with_one(tmp_path):
   """On 2 (host) devices the fit's and the Wiener step's batches are sharded over both; same result."""
   import os

@@ -26,6 +26,7 @@ def test_dataset_conditions_are_a_pure_function_of_the_ids():
   assert all(500 <= c["n_fit"] <= 2000 and c["defocus_range_A"][0] < c["defocus_range_A"][1] for c in conds)
 
 
+@pytest.mark.slow
 def test_triplets_hold_a_cwf_estimate_better_than_the_noisy_particles():
   t = cwf_corpus.simulate_triplets(0, 3, 32, 6, (0.02, 2.0), snr=0.1, ctf=True, n_fit=300)
   assert t["noisy"].shape == t["prior"].shape == t["clean"].shape == (6, 32, 32)
@@ -76,6 +77,7 @@ def cwf_run(tmp_path_factory):
   return train.train(c, workdir), workdir
 
 
+@pytest.mark.slow
 def test_general_cwf_recipe_starts_at_cwf_and_trains(cwf_run):
   row, workdir = cwf_run
   assert row["step"] == 2 and np.isfinite(row["val_mse"])
@@ -88,6 +90,7 @@ def test_general_cwf_recipe_starts_at_cwf_and_trains(cwf_run):
     den(x)
 
 
+@pytest.mark.slow
 def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
   from cryojax_denoise.data import ctf as ctf_lib
 
@@ -139,6 +142,7 @@ def test_sure_loss_is_unbiased_with_a_prior_that_moves_with_the_probe():
   assert float(frozen) < true - 0.1 * true
 
 
+@pytest.mark.slow
 def test_general_cwf_init_loads_the_bundled_autoencoder_and_starts_as_cwf():
   from cryojax_denoise.training.model import build_generator, load_init
 
@@ -156,6 +160,7 @@ def test_general_cwf_init_loads_the_bundled_autoencoder_and_starts_as_cwf():
   assert np.abs(kernel).max() > 0  # the rest of the network is the bundled autoencoder's, not zeros
 
 
+@pytest.mark.slow
 def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
   from cryojax_denoise.data import ctf as ctf_lib
 

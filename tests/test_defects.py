@@ -30,6 +30,7 @@ def _relion30_star(tmp_path):
   return str(tmp_path / "p.star")
 
 
+@pytest.mark.slow
 def test_defect1_relion30_pixel_size_from_detector_and_magnification(tmp_path):
   from cryojax_denoise.data.maps import load_source
   from cryojax_denoise.data.projector import group_projector
@@ -48,6 +49,7 @@ def test_defect1_relion30_pixel_size_from_detector_and_magnification(tmp_path):
     pixel_size_of({"rlnDetectorPixelSize": 5.0}, "x.star")
 
 
+@pytest.mark.slow
 def test_defect4_bm3d_pool_exits_without_traceback(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(
@@ -98,6 +100,7 @@ def _children(pid: int) -> list[int]:
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
 def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
   args = [sys.executable, "launch.py", "--experiment=snr_sweep", f"--workdir={tmp_path / 'w'}",
@@ -123,6 +126,7 @@ def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
       proc.kill()
 
 
+@pytest.mark.slow
 def test_defect8_reconstruction_reports_denoising_progress_and_costed_eta(caplog):
   from cryojax_denoise.data import simulate
   from cryojax_denoise.data.maps import load_source

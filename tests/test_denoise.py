@@ -52,6 +52,7 @@ def relion_runs(tmp_path_factory):
   return d, results
 
 
+@pytest.mark.slow
 def test_relion31_star_in_star_out(relion_runs):
   d, runs = relion_runs
   returncode, stderr = runs["star"]
@@ -74,6 +75,7 @@ def test_relion31_star_in_star_out(relion_runs):
   assert files_under(d / "out") == ["den.mrcs", "den.star"]
 
 
+@pytest.mark.slow
 def test_relion31_stack_default_output(relion_runs):
   d, runs = relion_runs
   returncode, stderr = runs["stack"]
@@ -180,6 +182,7 @@ def _peak_rss(p) -> int:
   return usage.ru_maxrss * 1024  # kB on Linux
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "wait4") or sys.platform != "linux", reason="needs Linux wait4 rusage")
 def test_memory_stays_bounded_on_a_large_stack(tmp_path):
   """20,000 images of 64² (328 MB): `launch.py --experiment=denoise` peaks at about the same

@@ -83,6 +83,7 @@ def runs(tmp_path_factory):
   return d, star, (rc1, err1), _finish(two)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process_exactly(runs):
   d, star, (rc1, err1), two = runs
   assert rc1 == 0, err1[-2000:]
@@ -96,6 +97,7 @@ def test_two_processes_equal_one_process_exactly(runs):
   assert sorted(os.listdir(d / "two")) == ["config.json", "den.mrcs", "den.star"]  # parts removed
 
 
+@pytest.mark.slow
 def test_killed_process_fails_both_and_rerun_redoes_only_missing_parts(runs, tmp_path):
   d, star, _, _ = runs
   out = str(tmp_path / "den.star")
@@ -150,6 +152,7 @@ def _reconstruct(star, work, *extra) -> list[str]:
           f"--config.input={star}", "--config.batch_size=8", "--config.pad=1", *extra]
 
 
+@pytest.mark.slow
 def test_reconstruct_half_maps_over_two_processes_equal_one_process(tmp_path):
   """30 particles of 24² at random poses: per-process Fourier sums, summed over processes."""
   rng = np.random.default_rng(1)
@@ -232,6 +235,7 @@ def _metrics(work) -> dict:
   return {r["step"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(tmp_path):
   """2 processes (1 CPU device each, batch rows split between them) train like 1 process (1 device);
   killing process 1 fails both with one line; the rerun on 1 process resumes from their checkpoint."""
@@ -272,6 +276,7 @@ def test_training_over_two_processes_equals_one_and_resumes_on_one_after_a_kill(
   assert len(m2) == last + 2 and abs(m2[last + 2]["loss"] - m1[last + 2]["loss"]) < 1e-5
 
 
+@pytest.mark.slow
 def test_make_pairs_over_two_processes_equals_one_process_exactly(tmp_path):
   """24 simulated particles of 32²: shares of 8-row batches projected per process, assembled on 0."""
   from cryojax_denoise.data import simulate

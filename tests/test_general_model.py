@@ -49,6 +49,7 @@ def test_noise_channel_feeds_the_estimated_sigma():
   assert not np.allclose(before, np.asarray(gen(x)))
 
 
+@pytest.mark.slow
 def test_general_preset_smoke_training(tmp_path):
   c = train.default_config("autoencoder")
   c.preset = "general"
@@ -61,6 +62,7 @@ def test_general_preset_smoke_training(tmp_path):
   assert saved["data"] == "corpus" and saved["loss"] == "l2" and saved["model"]["noise_channel"]
 
 
+@pytest.mark.slow
 def test_general_preset_trains_on_the_corpus_not_the_phantom():
   # The preset's data="corpus" must reach the data source (it once did not: "general" models were
   # trained on the built-in phantom alone).

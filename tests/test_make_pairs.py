@@ -39,6 +39,7 @@ def simulated(tmp_path_factory):
   return d, ds
 
 
+@pytest.mark.slow
 def test_make_pairs_reproduces_simulated_clean_images(simulated, tmp_path):
   """The experiment's run (in-process: one cryojax compile fewer than a subprocess) on the
   simulated STAR file; the launcher path of make_pairs is exercised by test_bad_input."""

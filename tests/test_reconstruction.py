@@ -127,6 +127,7 @@ def test_half_maps_split_full_map_and_batching(ctf_data):
   assert np.abs(maps.half1 - maps.half2).max() > 1e-2 * np.abs(full).max()
 
 
+@pytest.mark.slow
 def test_experiment_writes_maps_and_fsc(tmp_path, source, ctf_data):
   """launch.py on a STAR file, denoising first (gaussian), on 2 (forced host) devices: the files,
   and the same full map as one device in this process."""

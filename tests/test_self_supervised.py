@@ -142,6 +142,7 @@ def finetuned(stacks, tmp_path_factory):
   return wd, out
 
 
+@pytest.mark.slow
 def test_smoke_finetune_lowers_the_masked_validation_loss(finetuned, stacks, tmp_path):
   wd, ckpt_dir = finetuned
   rows = [json.loads(ln) for ln in open(os.path.join(wd, "metrics.jsonl"))]
@@ -155,6 +156,7 @@ def test_smoke_finetune_lowers_the_masked_validation_loss(finetuned, stacks, tmp
   assert out.shape == noisy.shape and np.mean((out - clean) ** 2) < np.mean((noisy - clean) ** 2)
 
 
+@pytest.mark.slow
 def test_init_from_checkpoint_takes_its_model_and_weights(finetuned, stacks, tmp_path):
   init, _ = finetuned
   c = _ss_config(stacks[0], init=init, steps=1, loss="noise2self", val_size=8, eval_every=1)
@@ -209,6 +211,7 @@ def _launch(workdir, noisy, steps, **over):
           f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in args.items()]
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes(stacks, tmp_path):
   wd, env = str(tmp_path / "run"), _env(tmp_path / "cache")
   args = _launch(wd, stacks[0], 40, checkpoint_every=5)

@@ -176,6 +176,7 @@ def _check_workdir(workdir: pathlib.Path, n: int, size: int, snr: float, pixel_s
     assert column in star.optics.columns
 
 
+@pytest.mark.slow
 def test_simulate_experiment_writes_three_files(tmp_path):
   workdir = tmp_path / "w"
   r = launch("--experiment=simulate", f"--workdir={workdir}", "--config.n_images=16", "--config.image_size=64",

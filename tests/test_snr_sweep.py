@@ -13,6 +13,8 @@ METHODS = ("gaussian", "wiener", "bm3d", "ksvd", "ddtf", "tv", "cwf", "autoencod
 UNSEEN = os.path.join(ROOT, "..", "shared", "data", "ribosome70S_65.mrc")
 SNRS = (1.0, 0.5, 0.2, 0.1, 0.05)
 
+pytestmark = pytest.mark.slow  # end-to-end runs of launch.py (see pyproject's markers)
+
 
 def sweep(workdir, *overrides):
   cmd = [sys.executable, os.path.join(ROOT, "launch.py"), "--experiment=snr_sweep", f"--workdir={workdir}",

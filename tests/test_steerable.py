@@ -113,6 +113,7 @@ def _numpy_fb(size):
   return np.concatenate(cols, 1), np.array(ks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [32, 33])
 def test_rings_transform_matches_numpy(size):
   """The orbit transform (fb_rings) equals the dense float64 matrix: Ψᴴx, Re Ψ(w a), and a

@@ -120,6 +120,7 @@ def test_band_noise_std_and_tuning_choice():
   assert chosen["sure_relative"] == pytest.approx(chosen["sure_mse"] / S.signal_power(y[P.subset(32)], sigma), rel=0.05)
 
 
+@pytest.mark.slow
 def test_estimate_of_the_chosen_knob_on_more_images():
   """The chosen row's "estimate": SURE of the chosen width on all 100 images (the 32 tuned on and the
   68 others in one batch), within 10% of those images' true MSE; jitted = NumPy loop path; new images
@@ -154,6 +155,7 @@ def test_estimate_of_the_chosen_knob_on_more_images():
   assert grown[1]["relative_se"] < grown[0]["relative_se"]
 
 
+@pytest.mark.slow
 def test_standard_error_matches_the_spread_over_noise_draws():
   """SURE's reported standard error (σ from the same images' high band, `standard_error`) = the sd of
   SURE − true MSE over 40 noise draws of the same 48 images, within the ±25% that 40 draws resolve
@@ -246,6 +248,7 @@ def test_reliability_notes():
   assert "<= 0" in P.reliability(np.full(4, 1.0), np.full(4, 1.0), -0.1, 1.0)
 
 
+@pytest.mark.slow
 def test_denoise_params_auto_writes_choice(tmp_path):
   """`denoise params=auto` on a STAR file: the knob SURE chose is used, recorded in
   <stem>.params.json and in a comment line that RELION-style readers skip."""

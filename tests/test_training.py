@@ -89,6 +89,7 @@ def _fast_config(pairs, **over):
   return _config("autoencoder", pairs, loss="l2", lr_g=3e-3, **over)
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_fixed_batch(pairs):
   c = train.resolve(_fast_config(pairs))
   graphdef, state = nnx.split(train.Learner(c, seed=0))
@@ -129,6 +130,7 @@ def test_save_restore_is_bit_identical(pairs, tmp_path):
   assert den(noisy[:3, :30, :28]).shape == (3, 30, 28)
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_ends_at_total(pairs, tmp_path):
   c = _fast_config(pairs, steps=6, checkpoint_every=3)
   wd = str(tmp_path / "run")
@@ -229,6 +231,7 @@ print("SHARDED_OK", {k: float(v) for k, v in l4.items()})
 """
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(tmp_path):
   env = _env(tmp_path / "cache")
   env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
@@ -265,6 +268,7 @@ def kill_after_checkpoint_and_rerun(args, env, workdir, min_step: int = 10):
   return killed_after, subprocess.run(args, env=env, capture_output=True, text=True, timeout=400)
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_resumes_with_optimiser_state(killed_and_resumed):
   wd, _, killed_after, rerun = killed_and_resumed
   assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -280,6 +284,7 @@ def test_sigkill_then_rerun_resumes_with_optimiser_state(killed_and_resumed):
   assert [r["step"] for r in rows] == list(range(1, 61))
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_is_one_error_line(killed_and_resumed, pairs):
   wd, env, _, _ = killed_and_resumed
   before = open(os.path.join(wd, "config.json")).read()
