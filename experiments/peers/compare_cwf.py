@@ -147,8 +147,8 @@ def main():
   p.add_argument("--warm", action="store_true", help="time our second call (after compiles)")
   p.add_argument("--out", default="")
   args = p.parse_args()
-  from cryojax_denoise.data import simulate
-  source = simulate.load_source(volume=args.volume or None, pixel_size=args.pixel_size or None, image_size=args.size)
+  from cryojax_denoise.data.maps import load_source
+  source = load_source(volume=args.volume or None, pixel_size=args.pixel_size or None, image_size=args.size)
   rows = []
   for c in [int(v) for v in args.ctf.split(",")]:
     for snr in [float(v) for v in args.snrs.split(",")]:
