@@ -81,7 +81,7 @@ def _simulate(config, n: int, seed: int):
   from cryojax_denoise.data.maps import load_source
 
   source = load_source(volume=config.volume or None, image_size=config.image_size, seed=config.seed,
-                                pixel_size=config.pixel_size or None)
+                       pixel_size=config.pixel_size or None)
   ds = simulate.simulate_dataset(source, n, config.image_size, config.snr, seed, ctf=config.ctf)
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
   return noisy, clean, np.std(noisy - clean, axis=(1, 2)).astype(np.float32), ds

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import ml_collections
 from absl import logging
 
-from cryojax_denoise import distributed
+from cryojax_denoise import distributed, parts
 from cryojax_denoise.errors import InputError
 
 POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
@@ -94,7 +94,7 @@ def run(config, workdir: str) -> None:
     if distributed.process()[1] == 1:
       denoise_stack.stream(table, fn, path, batch_size=config.batch_size, desc=desc, reader=reader)
     else:
-      distributed.by_parts(config, table, SimpleNamespace(stack=path, star=None), lambda: fn, reader, desc, PART_KEYS)
+      parts.by_parts(config, table, SimpleNamespace(stack=path, star=None), lambda: fn, reader, desc, PART_KEYS)
 
   write(clean_targets, output, "make_pairs")
   distributed.info("wrote %s", output)

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from cryojax_denoise import denoise_stack, distributed, io
+from cryojax_denoise import denoise_stack, distributed, io, parts
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.pipeline import sure_step
 from cryojax_denoise.pipeline.params import NORMALIZE, Settings, has_fit_hook, is_learned
@@ -180,7 +180,7 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
     if auto:
       logging.info("params=auto: %s has no knob to choose; fitted as given, SURE's estimate recorded",
                    settings.method)
-  distributed.denoise(table, denoiser, outputs, reader, ctf_of, batch_size=settings.batch_size,
+  parts.denoise(table, denoiser, outputs, reader, ctf_of, batch_size=settings.batch_size,
                       noise_std=settings.sigma, normalize=settings.normalize, facts=settings.facts())
   params_json = None
   coloured = settings.noise != "white" or bool(settings.noise_psd)
