@@ -26,7 +26,10 @@ def test_tiny_benchmark_writes_both_files(tmp_path):
     assert r["images_per_s"] > 0 and r["mse"] < res["noisy_mse"]
   assert rows["ddtf"]["reference"]["max_abs_diff"] < 1e-3  # same algorithm as the NumPy reference
   assert rows["ksvd"]["reference"]["same_support_fraction"] > 0.9  # our OMP picks scikit-learn's atoms
-  assert rows["tv"]["reference"]["max_abs_diff"] < 1e-3  # same iteration as the NumPy reference
+  # Same iteration as the NumPy reference (float64): the float32 iterates part only at the few pixels where the
+  # gradient vanishes (4 images of 40², jax 0.10: max |Δ| 1.4e-3-3.5e-3, mean 2e-6), so the bound is on the MSE.
+  assert rows["tv"]["reference"]["max_abs_diff"] < 1e-2
+  assert abs(rows["tv"]["reference"]["mse"] - rows["tv"]["mse"]) < 1e-3 * rows["tv"]["mse"]
   md = (workdir / "benchmark.md").read_text()
   assert "| ddtf |" in md and "× bm3d" in md
 
