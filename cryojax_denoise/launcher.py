@@ -92,7 +92,7 @@ def _raise_stopped(signum, frame):
 
 def _end_workers(kill: bool) -> None:
   """Ends the BM3D worker pool if this run started one (terminating busy workers when `kill`)."""
-  bm3d = sys.modules.get("cryojax_denoise.denoisers.bm3d")
+  bm3d = sys.modules.get("cryojax_denoise.denoisers.classical.bm3d")
   if bm3d is not None:
     bm3d.shutdown_pool(kill=kill)
 

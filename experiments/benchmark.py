@@ -28,7 +28,7 @@ import numpy as np
 from absl import logging
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import tuning
+from cryojax_denoise.denoisers.tuning import grid as tuning
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.io import atomic_write_text
 from cryojax_denoise.progress import Progress
@@ -110,8 +110,8 @@ def _omp_comparison(noisy: np.ndarray, config) -> dict:
   """Our Batch-OMP vs scikit-learn's orthogonal_mp_gram: same patches, dictionary, sparsity."""
   from sklearn.linear_model import orthogonal_mp_gram
 
-  from cryojax_denoise.denoisers import ksvd, omp
-  from cryojax_denoise.denoisers import patches as pt
+  from cryojax_denoise.denoisers.classical import ksvd, omp
+  from cryojax_denoise.denoisers.classical import patches as pt
 
   r, k = 8, int(config.omp_atoms)
   dic = np.asarray(ksvd.overcomplete_dct(r, 256), np.float32)[:, 1:]  # drop the DC atom (patches are DC-free)
@@ -165,20 +165,20 @@ def _aspire_reference(noisy, sigma, ds, ctf, config):
 def _reference(name: str, noisy, sigma, params: dict, config):
   """(callable, description) of the reference implementation of `name`, or None."""
   if name == "ddtf":
-    from cryojax_denoise.denoisers import patches as pt
-    from cryojax_denoise.denoisers import reference
+    from cryojax_denoise.denoisers.classical import patches as pt
+    from experiments.peers import reference
 
     kw = {k: v for k, v in params.items() if k in ("lam_scale", "stride", "n_iter", "r", "threshold_dc")}
     n_patches = params.get("n_patches", 40000)
     pos = [np.asarray(a) for a in pt.sample_positions(jax.random.key(params.get("seed", 0)), noisy.shape,
                                                       kw.get("r", 8), n_patches)]
-    return (lambda: reference.ddtf_denoise_numpy(noisy, sigma, pos, **kw)), "NumPy DDTF (denoisers/reference.py)"
+    return (lambda: reference.ddtf_denoise_numpy(noisy, sigma, pos, **kw)), "NumPy DDTF (experiments/peers/reference.py)"
   if name == "tv":
-    from cryojax_denoise.denoisers import reference
+    from experiments.peers import reference
 
     kw = {**denoisers.REGISTRY["tv"].defaults, **params}
     lam, n_iter, tau = kw["lam"], kw["n_iter"], kw["tau"]
-    return (lambda: reference.tv_denoise_numpy(noisy, lam * sigma, n_iter, tau)), "NumPy TV (denoisers/reference.py)"
+    return (lambda: reference.tv_denoise_numpy(noisy, lam * sigma, n_iter, tau)), "NumPy TV (experiments/peers/reference.py)"
   if name == "gaussian":
     from scipy import ndimage
 
@@ -216,7 +216,7 @@ def run(config, workdir: str) -> None:
       params["workers"] = int(config.bm3d_workers)
     den = denoisers.get(name, **params)
     if name == "bm3d":  # nothing to compile: warm up (start the worker processes) on a few images
-      from cryojax_denoise.denoisers.bm3d import bm3d_denoise_cpu
+      from cryojax_denoise.denoisers.classical.bm3d import bm3d_denoise_cpu
 
       k = min(n, 2 * (config.bm3d_workers or os.cpu_count() or 1))
       den(noisy[:k], sigma[:k])
@@ -246,7 +246,7 @@ def run(config, workdir: str) -> None:
       row["auto"] = _auto_cost(name, den, noisy, sigma, params, secs, cpu, config)
     rows.append(row)
     bar.update(1, extra=f"{name}: {row['images_per_s']:.3g} images/s, MSE {row['mse']:.4f}")
-  from cryojax_denoise.denoisers.bm3d import shutdown_pool
+  from cryojax_denoise.denoisers.classical.bm3d import shutdown_pool
 
   shutdown_pool()
   bm3d_rate = next((r["images_per_s"] for r in rows if r["method"] == "bm3d"), None)
@@ -270,8 +270,8 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
   the fastest of `repeats` steady-state calls when the first took under 300 s) against denoising all
   images in one batch and in batches of `auto_batch` as `denoise` does (DDTF and K-SVD learn once per batch).
   CPU seconds include bm3d's worker processes."""
-  from cryojax_denoise.denoisers import sure_policy
-  from cryojax_denoise.denoisers.bm3d import worker_cpu_seconds
+  from cryojax_denoise.denoisers.tuning import sure_policy
+  from cryojax_denoise.denoisers.classical.bm3d import worker_cpu_seconds
 
   cpu_now = lambda: time.process_time() + worker_cpu_seconds()  # noqa: E731
 

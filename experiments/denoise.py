@@ -9,7 +9,7 @@ for STAR input also a STAR file beside it (same stem, `.star`) with the same row
 so memory stays bounded whatever the stack size. The input is never overwritten.
 
 `params=auto` (or `auto,key=value,...`) picks a classical method's knob by Monte-Carlo SURE on
-`sure_images` random images (`denoisers/sure.py`) and writes the choice, SURE's estimate of the MSE
+`sure_images` random images (`denoisers/tuning/sure.py`) and writes the choice, SURE's estimate of the MSE
 and the MSE reduction in dB to `<output stem>.params.json` (and a comment at the top of the STAR
 file); for cwf (fitted to the stack, no knob) it records SURE's estimate. It is the default for the
 methods in `AUTO_BY_DEFAULT` when no params are given; `params=default` keeps the registry's defaults.

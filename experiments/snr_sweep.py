@@ -23,7 +23,7 @@ from absl import logging
 from ml_collections.config_dict import placeholder
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import tuning
+from cryojax_denoise.denoisers.tuning import grid as tuning
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import MapSource, load_source
 from cryojax_denoise.errors import InputError
@@ -189,7 +189,7 @@ def _sure_rows(config, methods) -> list[str]:
 def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
   """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE), its standard error
   and warning."""
-  from cryojax_denoise.denoisers import sure_policy
+  from cryojax_denoise.denoisers.tuning import sure_policy
 
   params, table = sure_policy.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
   knob = denoisers.REGISTRY[name].knob

@@ -114,7 +114,7 @@ def main():
       v = {r["noise_model"]: r["mse"] for r in rows if r["snr"] == snr and r["method"] == name}
       cells = [f"{v[k]:.4f}" if k in v else "" for k in cols]
       print(f"| {snr:g} | {name} | " + " | ".join(cells) + f" | {v['est'] / v['true']:.3f} |")
-  from cryojax_denoise.denoisers import bm3d as bm3d_mod
+  from cryojax_denoise.denoisers.classical import bm3d as bm3d_mod
   bm3d_mod.shutdown_pool()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import load_source
-from cryojax_denoise.denoisers import ddtf, patches as pt
+from cryojax_denoise.denoisers.classical import ddtf, patches as pt
 from cryojax_denoise.denoisers.noise import estimate_noise_std
 from cryojax_denoise.pipeline import Settings
 

@@ -19,7 +19,7 @@ import numpy as np
 import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_mod
-from cryojax_denoise.denoisers import sure, sure_policy
+from cryojax_denoise.denoisers.tuning import sure, sure_policy
 
 
 def profile(n: int = 65) -> np.ndarray:

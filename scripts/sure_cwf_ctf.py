@@ -16,7 +16,7 @@ import numpy as np
 import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_mod
-from cryojax_denoise.denoisers import sure
+from cryojax_denoise.denoisers.tuning import sure
 
 
 def main():

@@ -13,7 +13,7 @@ import sys
 
 import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure_policy
+from cryojax_denoise.denoisers.tuning import sure_policy
 
 
 def main():

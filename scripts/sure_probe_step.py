@@ -17,7 +17,7 @@ import numpy as np
 
 import validate_sure  # this folder: the validation's stacks
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure, sure_grid, sure_policy
+from cryojax_denoise.denoisers.tuning import sure, sure_grid, sure_policy
 
 
 def main():

@@ -17,7 +17,7 @@ import numpy as np
 
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import load_source
-from cryojax_denoise.denoisers import sure_policy
+from cryojax_denoise.denoisers.tuning import sure_policy
 
 SIMULATED = 2560  # images per setting: a 512-image estimate × (1 + 4 probes) calls fits in a budget of 1 × these
 EMULATED = 5120  # the simulated stacks get the tuning and estimate budgets of a stack of this many images

@@ -1,4 +1,4 @@
-"""CWF (denoisers/cwf.py) and per-particle CTF grids (data/ctf.py)."""
+"""CWF (denoisers/cwf/cwf.py) and per-particle CTF grids (data/ctf.py)."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -8,8 +8,8 @@ from scipy import linalg
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.data import ctf as ctf_mod
-from cryojax_denoise.denoisers import cwf, cwf_solvers
-from cryojax_denoise.denoisers import steerable as st
+from cryojax_denoise.denoisers.cwf import cwf, solvers
+from cryojax_denoise.denoisers.cwf import steerable as st
 
 L = 16
 
@@ -186,7 +186,7 @@ def test_shrinker_is_aspires():
   """ASPIRE's frobenius_norm rule written out: below the MP edge 0, above the debiased spike."""
   lam = np.array([0.5, 1.9, 2.5, 5.0, 20.0])
   s2, gamma = 1.0, 0.2
-  got = np.asarray(cwf_solvers.shrink_eigenvalues(jnp.asarray(lam), s2, gamma))
+  got = np.asarray(solvers.shrink_eigenvalues(jnp.asarray(lam), s2, gamma))
   assert got[0] == got[1] == 0.0  # edge (1 + √0.2)² = 2.09
   a = lam[2:] - s2 * (gamma - 1)
   ell = 0.5 * (a + np.sqrt(a * a - 4 * s2 * lam[2:])) - s2
@@ -240,7 +240,7 @@ def test_denoise_star_uses_each_particles_ctf(tmp_path, basis):
   from experiments import denoise
 
   rng = np.random.default_rng(5)
-  n = 60  # at least denoisers.cwf.MIN_STACK particles
+  n = 60  # at least denoisers.cwf.cwf.MIN_STACK particles
   noisy = (_low_rank_set(rng, n, basis) + 0.5 * rng.standard_normal((n, L, L))).astype(np.float32)
   with mrcfile.new(tmp_path / "p.mrcs", noisy) as m:
     m.voxel_size = 4.0
@@ -262,7 +262,7 @@ def test_denoise_star_uses_each_particles_ctf(tmp_path, basis):
 
 _TWO_DEVICE_SCRIPT = """
 import sys, numpy as np, jax
-from cryojax_denoise.denoisers import cwf
+from cryojax_denoise.denoisers.cwf import cwf
 assert len(jax.local_devices()) == 2
 d = np.load(sys.argv[1])
 model = cwf.fit(d["x"], 0.7, d["ctf"], batch_size=15)  # 15 -> 16 rows: the padded last row is masked out

@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers import ddtf, reference
-from cryojax_denoise.denoisers import patches as pt
+from cryojax_denoise.denoisers.classical import ddtf
+from experiments.peers import reference
+from cryojax_denoise.denoisers.classical import patches as pt
 
 
 def _smooth_batch(n=3, size=32, snr=0.5, seed=0):

@@ -54,7 +54,7 @@ def test_defect4_bm3d_pool_exits_without_traceback(tmp_path):
   script = tmp_path / "run.py"
   script.write_text(
       "import numpy as np\n"
-      "from cryojax_denoise.denoisers import bm3d\n"
+      "from cryojax_denoise.denoisers.classical import bm3d\n"
       "if __name__ == '__main__':\n"
       "  x = np.random.default_rng(0).normal(size=(2, 32, 32)).astype(np.float32)\n"
       "  print(bm3d.bm3d_denoise(x, 1.0, workers=2).shape)\n")

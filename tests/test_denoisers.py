@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import noise, tuning
+from cryojax_denoise.denoisers import noise
+from cryojax_denoise.denoisers.tuning import grid as tuning
 from cryojax_denoise.errors import InputError
 
 SIZE, N = 40, 4
@@ -129,7 +130,7 @@ def test_tune_times_the_first_value_without_its_compilation():
 def test_bm3d_workers_report_their_cpu_time():
   """bm3d in 2 worker processes = bm3d in this process, and the workers' CPU seconds (which
   `time.process_time` leaves out) add up in `worker_cpu_seconds` for the benchmark's auto cost."""
-  from cryojax_denoise.denoisers import bm3d
+  from cryojax_denoise.denoisers.classical import bm3d
 
   noisy, _, sigma = _noisy(0.5)
   before = bm3d.worker_cpu_seconds()

@@ -82,7 +82,7 @@ def test_general_preset_trains_on_the_corpus_not_the_phantom():
 
 def test_wiener_prior_is_corrected_by_the_network():
   """With prior="wiener" the output is Wiener(x, σ̂) + network; a zero head leaves exactly the Wiener filter."""
-  from cryojax_denoise.denoisers.filters import wiener_denoise
+  from cryojax_denoise.denoisers.classical.filters import wiener_denoise
   from cryojax_denoise.denoisers.noise import estimate_noise_std
 
   gen = host_init(lambda: Generator((8, 16), (1, 0), noise_channel=True, prior="wiener", rngs=nnx.Rngs(0)), 0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import orthogonal_mp_gram
 
-from cryojax_denoise.denoisers import ksvd, omp
+from cryojax_denoise.denoisers.classical import ksvd, omp
 
 # One static configuration for every K-SVD call below, so it compiles once.
 SMALL = dict(n_iter=2, n_train=2048, max_atoms=6)

@@ -39,7 +39,7 @@ STOP_SCRIPT = r"""
 import os, signal, sys
 sys.path.insert(0, os.getcwd())
 from cryojax_denoise import denoise_stack, io, launcher
-from cryojax_denoise.denoisers import sure
+from cryojax_denoise.denoisers.tuning import sure
 
 moment, stack, out = sys.argv[1:4]
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cryojax_denoise.denoisers import noise
-from cryojax_denoise.denoisers.filters import gaussian_denoise
+from cryojax_denoise.denoisers.classical.filters import gaussian_denoise
 
 
 def _reference(images, cutoff):

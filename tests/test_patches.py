@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cryojax_denoise.denoisers import patches as pt
+from cryojax_denoise.denoisers.classical import patches as pt
 
 
 @pytest.mark.parametrize("shape,r,stride", [((20, 17), 5, 1), ((21, 16), 4, 3), ((16, 16), 8, 8)])

@@ -1,11 +1,11 @@
-"""Fourier–Bessel basis (denoisers/steerable.py): size, adjoint, steerability, radial filters."""
+"""Fourier–Bessel basis (denoisers/cwf/steerable.py): size, adjoint, steerability, radial filters."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
 
-from cryojax_denoise.denoisers import steerable as st
+from cryojax_denoise.denoisers.cwf import steerable as st
 
 L = 24
 

@@ -1,4 +1,4 @@
-"""Monte-Carlo SURE (denoisers/sure.py, sure_policy.py): divergence = exact trace for a linear filter, unbiased
+"""Monte-Carlo SURE (denoisers/tuning/sure.py, sure_policy.py): divergence = exact trace for a linear filter, unbiased
 over noise draws, NumPy reference, jitted grid = Python loop, knob choice, and `params=auto`."""
 
 import os
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure as S
-from cryojax_denoise.denoisers import sure_policy as P
-from cryojax_denoise.denoisers.filters import gaussian_denoise
+from cryojax_denoise.denoisers.tuning import sure as S
+from cryojax_denoise.denoisers.tuning import sure_policy as P
+from cryojax_denoise.denoisers.classical.filters import gaussian_denoise
 from test_io import ROOT
 
 

@@ -1,4 +1,4 @@
-"""SURE under stationary coloured noise (denoisers/sure.py, issue 29): PSD grids and coloured probes,
+"""SURE under stationary coloured noise (denoisers/tuning/sure.py, issue 29): PSD grids and coloured probes,
 a flat PSD = white SURE, and SURE unbiased over noise draws against the true MSE (and against the exact
 trace tr(ΣA) of a linear filter) where the white formula is not."""
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure as S
-from cryojax_denoise.denoisers import sure_policy as P
-from cryojax_denoise.denoisers.filters import gaussian_denoise
+from cryojax_denoise.denoisers.tuning import sure as S
+from cryojax_denoise.denoisers.tuning import sure_policy as P
+from cryojax_denoise.denoisers.classical.filters import gaussian_denoise
 from cryojax_denoise.errors import InputError
 
 SIZE = 32

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import sure as S
-from cryojax_denoise.denoisers import sure_policy as P
+from cryojax_denoise.denoisers.tuning import sure as S
+from cryojax_denoise.denoisers.tuning import sure_policy as P
 from cryojax_denoise.errors import InputError
 from test_sure import _smooth_images
 

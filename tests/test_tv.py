@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import denoisers
-from cryojax_denoise.denoisers import reference, tv
+from experiments.peers import reference
+from cryojax_denoise.denoisers.classical import tv
 from cryojax_denoise.errors import InputError
 
 

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from cryojax_denoise.denoisers import cwf
+from cryojax_denoise.denoisers.cwf import cwf
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.noise import methods
 from cryojax_denoise.noise import spectrum as sp
@@ -71,7 +71,7 @@ def _particles(rng, n, ctf=True):
   """Clean low-rank steerable images (n, L, L), their CTF-filtered forms and CTF-like radial filters
   with sign changes (defocus-like c·k²)."""
   from tests.test_cwf import _low_rank_set  # noqa: PLC0415
-  from cryojax_denoise.denoisers import steerable as st
+  from cryojax_denoise.denoisers.cwf import steerable as st
 
   clean = _low_rank_set(rng, n, st.fb_basis(L))
   f = np.fft.fftfreq(L)

@@ -15,6 +15,9 @@ register on import; they import JAX but create no arrays (no backend is started)
 
 from cryojax_denoise.denoisers.registry import (REGISTRY, Method, check_params, classical_names, fit, get,
                                                 learned_names, names, register)
-from cryojax_denoise.denoisers import filters, bm3d, ksvd, ddtf, tv, cwf, learned_registry  # noqa: E402,F401  (self-registering)
+# Self-registering modules (each `register`s its methods on import):
+from cryojax_denoise.denoisers.classical import filters, bm3d, ksvd, ddtf, tv  # noqa: E402,F401
+from cryojax_denoise.denoisers.cwf import cwf  # noqa: E402,F401
+from cryojax_denoise.denoisers import learned_registry  # noqa: E402,F401
 
 __all__ = ["REGISTRY", "Method", "check_params", "classical_names", "fit", "get", "learned_names", "names", "register"]

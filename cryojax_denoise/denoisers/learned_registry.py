@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from cryojax_denoise.denoisers.cwf import MIN_STACK
+from cryojax_denoise.denoisers.cwf.cwf import MIN_STACK
 from cryojax_denoise.denoisers.registry import register
 
 LOADERS = "cryojax_denoise.training.learned"  # imported on first use
@@ -46,7 +46,7 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 
 
 @register("autoencoder_cwf", needs_sigma=False, learned=True, uses_ctf=True, fit=fit_autoencoder_cwf,
-          min_stack=MIN_STACK,  # it corrects the stack's CWF fit: CWF's floor (see denoisers/cwf.py)
+          min_stack=MIN_STACK,  # it corrects the stack's CWF fit: CWF's floor (see denoisers/cwf/cwf.py)
           description="autoencoder correcting the stack's covariance Wiener filter estimate (fitted per dataset; "
                       "checkpoint=DIR; default: the bundled general model)")
 def load_autoencoder_cwf(*, checkpoint: str | None = None, finetune_steps: int = 300) -> Callable:

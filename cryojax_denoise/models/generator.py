@@ -73,7 +73,7 @@ def estimated_sigma(images: jax.Array) -> jax.Array:
 def wiener_prior(images: jax.Array, sigma: jax.Array | None = None) -> jax.Array:
   """The `prior="wiener"` input channel (B, H, W): each image Wiener-filtered (radial power spectrum) at
   its noise std `sigma` (default: `estimated_sigma`), without gradients: the networks learn a correction."""
-  from cryojax_denoise.denoisers.filters import wiener_denoise
+  from cryojax_denoise.denoisers.classical.filters import wiener_denoise
 
   sigma = estimated_sigma(images) if sigma is None else sigma
   return jax.lax.stop_gradient(wiener_denoise(images, sigma))

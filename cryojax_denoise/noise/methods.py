@@ -85,7 +85,7 @@ def bm3d_psd_denoise(images, psd, noise_std=None, *, sigma_scale: float = 1.0, w
   None: estimated on the whitened images), through the package's PSD input. (B, H, W) float32."""
   import os
 
-  from cryojax_denoise.denoisers import bm3d as bm3d_mod
+  from cryojax_denoise.denoisers.classical import bm3d as bm3d_mod
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
 
   x = np.asarray(images, np.float32)

@@ -147,11 +147,11 @@ def whitened(denoiser, psd):
 
 
 def cwf_coloured(images, noise_std=None, ctf=None, psd=None, **kw) -> jax.Array:
-  """CWF (`denoisers.cwf.cwf_denoise`) under noise of spectrum `psd`: W·y = (W·CTF) * x + white noise,
+  """CWF (`denoisers.cwf.cwf.cwf_denoise`) under noise of spectrum `psd`: W·y = (W·CTF) * x + white noise,
   so CWF fits and applies on whitened particles with CTF W·CTF (W alone without CTF) and σ the total
   σ; its output (W·CTF) * x̂ is coloured back to CTF * x̂ (`modulate` as cwf's: CTF-free x̂ when False).
   `noise_std` None: sqrt(mean P) when `psd` carries units, as estimated on whitened images otherwise."""
-  from cryojax_denoise.denoisers import cwf
+  from cryojax_denoise.denoisers.cwf import cwf
 
   images = jnp.asarray(images, jnp.float32)
   if psd is None:

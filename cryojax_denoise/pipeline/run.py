@@ -41,7 +41,7 @@ def check_settings(settings: Settings) -> None:
     load_psd_file(settings.noise_psd)
   auto, _ = settings.mode()  # parses params: InputError on bad text
   if auto:
-    from cryojax_denoise.denoisers.sure_policy import check_tunable
+    from cryojax_denoise.denoisers.tuning.sure_policy import check_tunable
 
     if not scored_only(settings.method):
       check_tunable(settings.method)

@@ -17,7 +17,7 @@ from cryojax_denoise.pipeline.params import Settings
 def sure_subset(settings: Settings, table, reader, n_images: int | None = None):
   """(images, σ, scale, rows): `n_images` (default `sure_images`) random rows' images (float32) in the units
   the denoiser sees, their σ (None: estimated) and the scale between those units and the input's."""
-  from cryojax_denoise.denoisers import sure_policy
+  from cryojax_denoise.denoisers.tuning import sure_policy
 
   rows = sure_policy.subset(len(table), settings.sure_images if n_images is None else n_images)
   images = np.concatenate([denoise_stack.read_batch(table, reader, int(r), int(r) + 1) for r in rows])
@@ -41,7 +41,7 @@ def choose_params(settings: Settings, table, reader, psd=None) -> dict:
   With a noise spectrum `psd` ((H, W), the denoiser's units) SURE is coloured (probes of that covariance) and
   scores each knob's whitened denoiser (`noise.stack.wrap`), the one that is then applied."""
   from cryojax_denoise import denoisers
-  from cryojax_denoise.denoisers import sure, sure_policy
+  from cryojax_denoise.denoisers.tuning import sure, sure_policy
 
   # The knob is chosen on `sure_images`; its MSE is then estimated on N_ESTIMATE, up to N_ESTIMATE_MAX while its
   # standard error is above SE_TARGET (on 32 images SURE's error is those images' realised noise, 10-25% of the
@@ -81,7 +81,7 @@ def quality(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None) 
   SURE cannot be applied (`sure_policy.sure_reason`). `psd`: the noise spectrum ((H, W), the denoiser's
   units; None: white): SURE under that covariance."""
   from cryojax_denoise import denoisers
-  from cryojax_denoise.denoisers import sure_policy
+  from cryojax_denoise.denoisers.tuning import sure_policy
 
   images, noise_std, scale, rows = sure_subset(settings, table, reader)
   params = settings.mode()[1]

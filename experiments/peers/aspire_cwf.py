@@ -1,5 +1,5 @@
 """ASPIRE-Python's CWF (`aspire.denoising.DenoiserCov2D`) on particles from an .npz file: the reference
-for `cryojax_denoise.denoisers.cwf`. Runs under ASPIRE's own interpreter (its pins clash with ours):
+for `cryojax_denoise.denoisers.cwf.cwf`. Runs under ASPIRE's own interpreter (its pins clash with ours):
 
     /work/peers-venv/bin/python experiments/peers/aspire_cwf.py IN.npz OUT.npz
 

@@ -92,7 +92,7 @@ def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: 
 def run_one(source, n, size, snr, use_ctf, args, seed=0):
   from cryojax_denoise.data import simulate
   from cryojax_denoise.data.ctf import ctf_grid, ctf_params
-  from cryojax_denoise.denoisers import cwf
+  from cryojax_denoise.denoisers.cwf import cwf
 
   ds = simulate.simulate_dataset(source, n, size, snr, seed, ctf=use_ctf)
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
@@ -122,7 +122,7 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
       if res["cpu_seconds"]:
         row["speedup_cpu"] = res["cpu_seconds"] / row["ours_cpu_s"]
   if args.bm3d:
-    from cryojax_denoise.denoisers.bm3d import bm3d_denoise
+    from cryojax_denoise.denoisers.classical.bm3d import bm3d_denoise
     k = min(args.bm3d, n)
     b = np.asarray(bm3d_denoise(noisy[:k], np.full(k, sigma, np.float32)))
     row["bm3d_mse_first"] = float(np.mean((b - clean[:k]) ** 2))

@@ -22,7 +22,7 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers.sure import (EPS, N_PROBES, SureEstimate, above_best, band_power, eps_for, grid_stats,
+from cryojax_denoise.denoisers.tuning.sure import (EPS, N_PROBES, SureEstimate, above_best, band_power, eps_for, grid_stats,
                                             known_divergence, noise_std_or_estimate, probes, psd_std, sigmas,
                                             signal_power, standard_error, sure, sure_from_stats,
                                             tail_corrected_noise_std)

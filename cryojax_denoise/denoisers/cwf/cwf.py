@@ -10,7 +10,7 @@ block 0 and the covariance is block diagonal, C = diag(C_k). Estimated from all 
 * covariance: least squares Σ_i ‖M_i C M_i − (v_i v_iᴴ − σ² M_i²)‖²_F, v_i = b_i − M_i μ, i.e.
   (1/N) Σ_i P_i C P_i = B with P_i = M_i², B = (1/N) Σ_i M_i v_i v_iᴴ M_i − σ² P̄; by default the
   noise term is removed instead by eigenvalue shrinkage of B whitened by P̄^{1/2} ("frobenius" of
-  Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N; `cwf_solvers`). The system is solved by
+  Donoho, Gavish & Johnstone, as ASPIRE's `shrink_covar`, γ = p_k / N; `solvers`). The system is solved by
   preconditioned conjugate gradients on all blocks with a nonzero shrunk B at once (the others' C is 0), with Σ_i P_i C P_i taken as
   Σ_g n_g P̄_g C P̄_g over `n_groups` k-means clusters of similar CTF profiles (P̄_g their exact mean
   of M_i²; exact when N <= n_groups), and C made positive semidefinite;
@@ -42,8 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers import cwf_solvers as sv
-from cryojax_denoise.denoisers import steerable as st
+from cryojax_denoise.denoisers.cwf import solvers as sv
+from cryojax_denoise.denoisers.cwf import steerable as st
 from cryojax_denoise.denoisers.registry import register
 from cryojax_denoise.errors import InputError
 

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import special
 
-from cryojax_denoise.denoisers import fb_rings
+from cryojax_denoise.denoisers.cwf import fb_rings
 
 # From this size on the orbit transform replaces the dense matrix. CPU-s per 256 images, expand /
 # evaluate, dense vs orbits: 32²: 0.006/0.008 vs 0.006/0.005; 64²: 0.050/0.105 vs 0.045/0.030;

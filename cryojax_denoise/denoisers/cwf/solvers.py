@@ -1,4 +1,4 @@
-"""CWF's linear algebra (denoisers/cwf.py): noise removal from the block covariances (subtraction or
+"""CWF's linear algebra (denoisers/cwf/cwf.py): noise removal from the block covariances (subtraction or
 ASPIRE's eigenvalue shrinkage), the grouped least-squares covariance solve by preconditioned CG, and
 batched Gauss–Jordan for the per-particle r×r Wiener systems. Pure jit-able functions on padded blocks."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryojax_denoise.denoisers.ddtf import PROX, dct_filters
+from cryojax_denoise.denoisers.classical.ddtf import PROX, dct_filters
 
 
 def learn_filters_numpy(x: np.ndarray, thresh: np.ndarray, n_iter: int = 30) -> np.ndarray:

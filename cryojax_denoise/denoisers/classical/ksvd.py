@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers import patches as P
-from cryojax_denoise.denoisers.omp import batch_omp, dense_codes, reconstruct
+from cryojax_denoise.denoisers.classical import patches as P
+from cryojax_denoise.denoisers.classical.omp import batch_omp, dense_codes, reconstruct
 from cryojax_denoise.denoisers.registry import register
 
 

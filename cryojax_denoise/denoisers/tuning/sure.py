@@ -34,7 +34,7 @@ import numpy as np
 
 from cryojax_denoise.denoisers.noise import (  # noqa: F401 (band_power, tail_corrected_noise_std: API)
     band_power, noise_std_or_estimate, tail_corrected_noise_std)
-from cryojax_denoise.denoisers.sure_grid import (  # noqa: F401 (divergence, is_jittable, rademacher: API)
+from cryojax_denoise.denoisers.tuning.sure_grid import (  # noqa: F401 (divergence, is_jittable, rademacher: API)
     divergence, grid_stats, is_jittable, rademacher, rademacher_probes, sure_from_stats)
 from cryojax_denoise.denoisers.registry import keyword_params
 from cryojax_denoise.errors import InputError

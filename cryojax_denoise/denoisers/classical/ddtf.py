@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers import patches as pt
+from cryojax_denoise.denoisers.classical import patches as pt
 from cryojax_denoise.denoisers.registry import register
 
 

@@ -1,0 +1,1 @@
+"""Per-image classical denoisers: Gaussian / Wiener filters, BM3D, K-SVD (Batch-OMP), DDTF, TV."""

@@ -1,0 +1,1 @@
+"""Covariance Wiener filtering (CWF) and its steerable Fourier-Bessel basis."""
