@@ -20,8 +20,8 @@ an unknown scale. For a batch of B particles, S shifts and J rotations this is o
 
 Search. Exhaustive over an SO(3) grid (`so3_grid.uniform_grid`: viewing directions x in-plane angles; the
 in-plane angle is just another rotation of the references, whose slices are precomputed once) and over
-integer-pixel origins in a disc of radius max_shift_A; then `local_levels` rounds of local refinement
-around the best: 27 rotations Δ·A (Δ on a {-1,0,1}³ grid of rotation vectors at step/2, step/4, ...) and 9
+integer-pixel origins in a disc of radius max_shift_A, keeping the `candidates` best rotations (each with
+its best origin); then `local_levels` rounds of local refinement around each, the best refined one winning: 27 rotations Δ·A (Δ on a {-1,0,1}³ grid of rotation vectors at step/2, step/4, ...) and 9
 origins (±step_px/2, ±step_px/4, ...), all on the fly. Central slices are trilinear samples of the FFT of
 the map zero-padded `pad` times (pre-divided by the interpolation kernel's transform, as in
 `reconstruction.fourier`); conventions are `reconstruction.fourier`'s (image frequency k at Aᵀ(k, 0)).
@@ -176,9 +176,10 @@ def _phases(shifts, kx, ky, d: int):
   return jax.lax.complex(jnp.cos(ang), jnp.sin(ang))
 
 
-@functools.partial(jax.jit, static_argnames=("d",))
-def _exhaustive(y, c2w, refs, p2, valid, shifts, kx, ky, *, d: int):
-  """Best (score, rotation index, shift index) per particle (B,) over all chunks of references.
+@functools.partial(jax.jit, static_argnames=("d", "top"))
+def _exhaustive(y, c2w, refs, p2, valid, shifts, kx, ky, *, d: int, top: int = 1):
+  """The `top` best (score, rotation index, shift index) per particle, each (B, top), best first, over all
+  chunks of references (each rotation with its best shift).
 
   refs (C, Jc, 2K) real|imag of the slices, p2 (C, Jc, K) their |R|², valid (C, Jc) (False on padding),
   shifts (S, 2) px. Scores are cc / sqrt(Σ w c²|R|²) (the particle's own norm is divided out later)."""
@@ -188,22 +189,22 @@ def _exhaustive(y, c2w, refs, p2, valid, shifts, kx, ky, *, d: int):
 
   def chunk(carry, inputs):
     ref, pow2, ok = inputs
+    best, best_j, best_s, offset = carry
     cc = (ys @ ref.T).reshape(b, s, -1)                              # (B, S, Jc)
     norm = jnp.sqrt(jnp.maximum(c2w @ pow2.T, 1e-30))               # (B, Jc)
     score = jnp.where(ok[None, None, :], cc / norm[:, None, :], -jnp.inf)
-    best_s = jnp.argmax(score, axis=1)                               # (B, Jc)
+    arg_s = jnp.argmax(score, axis=1)                                # (B, Jc)
     score = jnp.max(score, axis=1)
-    best_j = jnp.argmax(score, axis=1)
-    top = jnp.take_along_axis(score, best_j[:, None], 1)[:, 0]
-    top_s = jnp.take_along_axis(best_s, best_j[:, None], 1)[:, 0]
-    better = top > carry[0]
-    offset = carry[3]
-    new = (jnp.where(better, top, carry[0]), jnp.where(better, best_j + offset, carry[1]),
-           jnp.where(better, top_s, carry[2]), offset + ref.shape[0])
-    return new, None
+    jc = score.shape[1]
+    pool = jnp.concatenate([best, score], 1)                          # (B, top + Jc): earlier chunks first
+    pool_j = jnp.concatenate([best_j, offset + jnp.broadcast_to(jnp.arange(jc, dtype=jnp.int32), (b, jc))], 1)
+    pool_s = jnp.concatenate([best_s, arg_s.astype(jnp.int32)], 1)
+    new, idx = jax.lax.top_k(pool, top)
+    take = lambda v: jnp.take_along_axis(v, idx, 1)
+    return (new, take(pool_j), take(pool_s), offset + jc), None
 
-  init = (jnp.full((b,), -jnp.inf, jnp.float32), jnp.zeros((b,), jnp.int32), jnp.zeros((b,), jnp.int32),
-          jnp.int32(0))
+  init = (jnp.full((b, top), -jnp.inf, jnp.float32), jnp.zeros((b, top), jnp.int32),
+          jnp.zeros((b, top), jnp.int32), jnp.int32(0))
   (score, j, si, _), _ = jax.lax.scan(chunk, init, (refs, p2, valid))
   return score, j, si
 
@@ -260,14 +261,16 @@ _ctf_jit = jax.jit(jax.vmap(_ctf_at, in_axes=(0, None)))
 
 def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolution_A: float,
            max_shift_A: float = 0.0, local_levels: int = 2, batch_size: int = DEFAULT_BATCH,
-           chunk: int = DEFAULT_CHUNK, init: Poses | None = None) -> Poses:
+           chunk: int = DEFAULT_CHUNK, candidates: int = 4, init: Poses | None = None) -> Poses:
   """Best pose of every particle by projection matching (module docstring).
 
   images: (N, D, D) float (array or memory map, read a batch at a time); ctfs: `ctf_params(...)`
   (ParticleParams of (N,) arrays), an (N, D, D) CTF grid in fft2 layout (`data.ctf.ctf_grid`) or None
   (no CTF); reference: `prepare_reference` of a map on the particles' grid; grid: `so3_grid.uniform_grid`;
   resolution_A: band limit (Å); max_shift_A: radius of the origin search (Å; integer pixels, then local
-  refinement to step/2^levels px). Results do not depend on the particles' order or `batch_size`.
+  refinement to step/2^levels px); candidates: how many of the best grid poses (each rotation with its
+  best origin) are refined locally, the best refined one wins (guards against a coarse grid's near
+  misses). Results do not depend on the particles' order or `batch_size`.
   init: start poses (N,) for a local search only (no exhaustive stage): one more level first, at
   ± grid.step_deg and ± 1 px, then the usual levels; the grid's rotations are then not used.
   """
@@ -301,14 +304,20 @@ def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolutio
     rows = np.minimum(np.arange(start, start + b), n - 1)  # pad the tail with repeats: one shape, one compile
     batch = jnp.asarray(np.asarray(images[start:stop], np.float32)[rows - start])
     y, c2w, x2 = _prepare_jit(batch, _ctf_batch(ctfs, rows, freqs, flat_full), kx, ky, flat, w)
+    m = 1
     if init is None:
-      score, j, si = _exhaustive(y, c2w, refs, p2, valid, shifts, kx, ky, d=d)
-      mats, shift = mats_all[j], shifts[si]
+      m = int(max(1, min(candidates, len(grid.matrices))))
+      score, j, si = _exhaustive(y, c2w, refs, p2, valid, shifts, kx, ky, d=d, top=m)
+      score, mats, shift = score.ravel(), mats_all[j.ravel()], shifts[si.ravel()]  # (B·M, ...), particle-major
+      y, c2w = jnp.repeat(y, m, 0), jnp.repeat(c2w, m, 0)
     else:
       mats = jnp.asarray(np.asarray(init.matrices, np.float32)[rows])
       shift = jnp.asarray(np.stack([init.origin_x_A, init.origin_y_A], -1)[rows] / px, jnp.float32)
     for off, dsh in zip(offsets, dshifts):
       score, mats, shift = _local(reference.fvol, y, c2w, mats, shift, off, dsh, kx, ky, d=d, scale=scale)
+    if m > 1:
+      win = jnp.argmax(score.reshape(b, m), 1) + m * jnp.arange(b)
+      score, mats, shift = score[win], mats[win], shift[win]
     keep = slice(0, stop - start)
     out["mats"][start:stop] = np.asarray(mats)[keep]
     out["shift"][start:stop] = np.asarray(shift)[keep] * px
