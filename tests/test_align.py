@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cryojax_denoise.data import simulate
+from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.reconstruction import align, align_reference, so3_grid
@@ -29,7 +30,7 @@ def blobs(d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def data():
-  source = simulate.MapSource(blobs(BOX), APIX, "blobs")
+  source = MapSource(blobs(BOX), APIX, "blobs")
   ds = simulate.simulate_dataset(source, 24, BOX, snr=5.0, seed=3, ctf=True, max_shift_A=8.0, batch_size=24)
   return source, ds
 
@@ -52,8 +53,8 @@ def test_grid_is_even_and_covers_so3():
   grid = so3_grid.uniform_grid(STEP)
   n_dir, n_psi = so3_grid.grid_size(STEP)
   assert grid.matrices.shape == (n_dir * n_psi, 3, 3) == (104 * 18, 3, 3)
-  np.testing.assert_allclose(grid.matrices @ np.swapaxes(grid.matrices, 1, 2), np.broadcast_to(np.eye(3), grid.matrices.shape),
-                             atol=1e-5)
+  eye = np.broadcast_to(np.eye(3), grid.matrices.shape)
+  np.testing.assert_allclose(grid.matrices @ np.swapaxes(grid.matrices, 1, 2), eye, atol=1e-5)
   # Every rotation lies within one step of the grid; neighbours are about one step apart (not clumped).
   assert so3_grid.covering_radius_deg(grid, 500) < STEP
   dist = so3_grid.geodesic_deg(grid.matrices[:200, None], grid.matrices[None, :])
@@ -135,3 +136,12 @@ def test_wrong_reference_box_or_pixel_size_is_one_input_error():
     align.prepare_reference(vol[:, :, :30], APIX)
   with pytest.raises(InputError, match="angular step"):
     so3_grid.uniform_grid(0.0)
+
+
+def test_benchmark_times_kernel_and_numpy_on_one_grid():
+  row = align_reference.benchmark(n_particles=8, n_numpy=1, box=16, step_deg=45.0, resolution_A=16.0,
+                                  batch_size=8)
+  assert row["particles_jax"] == 8 and row["rotations"] == len(so3_grid.uniform_grid(45.0).matrices)
+  assert row["jax_comparisons_per_s"] > 0 and row["numpy_comparisons_per_s"] > 0
+  assert row["batch_working_set_bytes"] == align_reference.working_set_bytes(8, row["rotations"], row["shifts"],
+                                                                             row["band_points"])

@@ -21,7 +21,8 @@ an unknown scale. For a batch of B particles, S shifts and J rotations this is o
 Search. Exhaustive over an SO(3) grid (`so3_grid.uniform_grid`: viewing directions x in-plane angles; the
 in-plane angle is just another rotation of the references, whose slices are precomputed once) and over
 integer-pixel origins in a disc of radius max_shift_A, keeping the `candidates` best rotations (each with
-its best origin); then `local_levels` rounds of local refinement around each, the best refined one winning: 27 rotations Δ·A (Δ on a {-1,0,1}³ grid of rotation vectors at step/2, step/4, ...) and 9
+its best origin); then `local_levels` rounds of local refinement around each, the best refined one
+winning: 27 rotations Δ·A (Δ on a {-1,0,1}³ grid of rotation vectors at step/2, step/4, ...) and 9
 origins (±step_px/2, ±step_px/4, ...), all on the fly. Central slices are trilinear samples of the FFT of
 the map zero-padded `pad` times (pre-divided by the interpolation kernel's transform, as in
 `reconstruction.fourier`); conventions are `reconstruction.fourier`'s (image frequency k at Aᵀ(k, 0)).
@@ -97,7 +98,8 @@ def band(d: int, pixel_size: float, resolution_A: float) -> Band:
 
 
 def prepare_reference(volume, pixel_size: float, image_size: int | None = None,
-                      image_pixel_size: float | None = None, pad: int = DEFAULT_PAD, where: str = "reference") -> Reference:
+                      image_pixel_size: float | None = None, pad: int = DEFAULT_PAD,
+                      where: str = "reference") -> Reference:
   """A (D, D, D) map as a `Reference`; with `image_size`/`image_pixel_size` given, a map of another box
   or pixel size is an InputError naming `where` (resample it to the particles' grid first)."""
   vol = np.asarray(volume, np.float32)
@@ -144,9 +146,9 @@ def slices(fvol, rows, kx, ky, scale: float):
 def ctf_params(particles: pd.DataFrame, optics: pd.DataFrame | None, pixel_size: float,
                ctf: bool | None = None) -> ParticleParams:
   """The CTF of each particle row in the kernel form (`reconstruction.particles.particle_params`), without
-  reading its poses (absent pose columns are fine); `ctf=False` makes every CTF 1."""
-  table = particles.copy()
-  for key in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"):
+  reading its poses or origins (set to 0; absent columns are fine); `ctf=False` makes every CTF 1."""
+  table = particles.drop(columns=["rlnOriginX", "rlnOriginY"], errors="ignore")
+  for key in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnOriginXAngst", "rlnOriginYAngst"):
     table[key] = 0.0
   return particle_params(table, optics, pixel_size, ctf)
 

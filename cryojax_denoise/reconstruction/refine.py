@@ -96,13 +96,15 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
            steps_deg=(15.0, 10.0, 7.5), exhaustive_rounds: int | None = None, initial_lowpass_A: float = 30.0,
            max_shift_A: float = 0.0, seed: int = 0, pad: int = fourier.DEFAULT_PAD, reg: float = fourier.DEFAULT_REG,
            batch_size: int = align.DEFAULT_BATCH, mask: bool = True, truth=None,
+           align_resolution_A: float | None = None,
            log: Callable[[str], None] | None = None) -> RefineResult:
   """Gold-standard refinement of (N, D, D) `images` (module docstring).
 
   params: `reconstruction.particles` kernel parameters (N,) of the particles: only their CTF is read
   (use `align.ctf_params` when the table has no poses); initial_map: (D, D, D) on the particles' grid;
   align_images: the images to align (e.g. denoised), default `images` (which are always the ones
-  reconstructed); truth: optional (matrices (N, 3, 3), origins (N, 2) Å) scored in `history` each round.
+  reconstructed); truth: optional (matrices (N, 3, 3), origins (N, 2) Å) scored in `history` each round;
+  align_resolution_A: the finest band matching may use (Å; None: the FSC 0.143 resolution each round).
   """
   n, d = len(images), int(images.shape[-1])
   if n < 2:
@@ -145,7 +147,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
     if log:
       log(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     refs = [fsc_filter(half1, curve) * sphere, fsc_filter(half2, curve) * sphere]
-    align_res = max(resolution, 2.0 * pixel_size * d / (d - 2))
+    align_res = max(resolution, 2.0 * pixel_size * d / (d - 2), align_resolution_A or 0.0)
   full = fourier.invert(acc[0] + acc[1], d, pad=pad, reg=reg)
   return RefineResult(half1, half2, full, split, poses, curve, resolution, history)
 
