@@ -37,6 +37,7 @@ def add_config(c) -> None:
   c.exhaustive_rounds = 2          # refine: rounds searching the whole SO(3) grid; later rounds search locally
   c.max_shift_A = 0.0              # refine: origin search radius (Å); 0 = 5% of the box, at least 2 px
   c.align_resolution_A = 0.0       # refine: cap on the matching band (Å), 0 = none (follows the FSC)
+  c.particle_radius_A = 0.0        # refine: exhaustive search band = radius · step; 0 = 0.4 · box · pixel size
 
 
 def validate(config, box: int, pixel_size: float) -> None:
@@ -139,7 +140,7 @@ def run(config, workdir: str, star, images, particles, pixel_size: float, refere
   box = images.shape[-1]
   start = initial_model(config, box, pixel_size)
   params = align.ctf_params(particles, star.optics, pixel_size, None if config.ctf else False)
-  raw = np.asarray(images[0:len(images)], np.float32)
+  raw = images  # read a batch at a time; denoised stacks are held in memory
   made = {"raw": raw}
   for key in ("align_with", "reconstruct_from"):
     if config[key] not in made:
@@ -156,6 +157,7 @@ def run(config, workdir: str, star, images, particles, pixel_size: float, refere
                          initial_lowpass_A=float(config.initial_lowpass_A), max_shift_A=float(max_shift),
                          seed=int(config.seed), pad=int(config.pad), reg=float(config.reg),
                          align_resolution_A=float(config.align_resolution_A) or None,
+                         particle_radius_A=float(config.particle_radius_A) or None,
                          truth=truth, log=lambda line: logging.info("refine: %s", line))
   if not distributed.is_main():
     return

@@ -96,7 +96,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
            steps_deg=(15.0, 10.0, 7.5), exhaustive_rounds: int | None = None, initial_lowpass_A: float = 30.0,
            max_shift_A: float = 0.0, seed: int = 0, pad: int = fourier.DEFAULT_PAD, reg: float = fourier.DEFAULT_REG,
            batch_size: int = align.DEFAULT_BATCH, mask: bool = True, truth=None,
-           align_resolution_A: float | None = None,
+           align_resolution_A: float | None = None, particle_radius_A: float | None = None,
            log: Callable[[str], None] | None = None) -> RefineResult:
   """Gold-standard refinement of (N, D, D) `images` (module docstring).
 
@@ -104,7 +104,9 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
   (use `align.ctf_params` when the table has no poses); initial_map: (D, D, D) on the particles' grid;
   align_images: the images to align (e.g. denoised), default `images` (which are always the ones
   reconstructed); truth: optional (matrices (N, 3, 3), origins (N, 2) Å) scored in `history` each round;
-  align_resolution_A: the finest band matching may use (Å; None: the FSC 0.143 resolution each round).
+  align_resolution_A: the finest band matching may use (Å; None: the FSC 0.143 resolution each round);
+  particle_radius_A (default 0.4·D·pixel size): the exhaustive stage is band-limited to radius·step (rad),
+  the finest detail a grid at that step can tell apart (local refinement uses the full band).
   """
   n, d = len(images), int(images.shape[-1])
   if n < 2:
@@ -123,6 +125,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
   refs = [start * sphere, start * sphere]
   align_res = float(initial_lowpass_A)
   poses, history = None, []
+  radius = float(particle_radius_A or 0.4 * d * pixel_size)
   for r, step in enumerate(steps):
     t0 = time.time()
     grid = so3_grid.uniform_grid(step) if r < exhaustive else so3_grid.Grid(np.zeros((0, 3)), np.zeros((0, 3, 3)), step)
@@ -132,7 +135,8 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
       ref = align.prepare_reference(refs[h], pixel_size, d, pixel_size, pad=pad)
       init = None if r < exhaustive else _take(poses, rows)
       parts.append(align.search(_Rows(align_images, rows), params_take(params, rows), ref, grid,
-                                resolution_A=align_res, max_shift_A=max_shift_A, batch_size=batch_size, init=init))
+                                resolution_A=align_res, max_shift_A=max_shift_A, batch_size=batch_size, init=init,
+                                search_resolution_A=radius * np.deg2rad(step)))
     poses = _merge(parts, halves, n)
     acc = fourier.backproject(images, with_poses(params, poses), pixel_size, groups=split, n_groups=2, pad=pad,
                               batch_size=None)
