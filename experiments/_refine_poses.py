@@ -86,15 +86,32 @@ def _with_method(config, method: str):
   return cfg
 
 
-def denoise(config, method: str, images) -> np.ndarray:
-  """The stack denoised by `method`, in memory, through the reconstruct experiment's denoiser (the
-  one place to repoint when the denoiser moves)."""
+def denoise(config, method: str, images, particles, optics, pixel_size: float) -> np.ndarray:
+  """The stack denoised by `method`, in memory: dataset-level methods (a registry `fit` hook, e.g. cwf)
+  are fitted once on the whole standardised stack with the particles' CTFs (as `denoise` and the sweep
+  run them); others go through the reconstruct experiment's batch transform. The one place to repoint
+  when the denoiser pipeline moves."""
+  from cryojax_denoise import denoisers
   from experiments.reconstruct import _transform
 
-  fn = _transform(_with_method(config, method), images)
   out = np.empty(images.shape, np.float32)
-  for start in range(0, len(images), 256):
-    out[start:start + 256] = fn(np.asarray(images[start:start + 256], np.float32))
+  if denoisers.REGISTRY[method].fit is None:
+    fn = _transform(_with_method(config, method), images)
+    for start in range(0, len(images), 256):
+      out[start:start + 256] = fn(np.asarray(images[start:start + 256], np.float32))
+    return out
+  from cryojax_denoise.data.ctf import ctf_grid
+  from experiments.denoise import params_mode, parse_params
+
+  stack = np.asarray(images[0:len(images)], np.float32)
+  mean, scale = float(stack.mean()), float(stack.std()) or 1.0
+  stack = (stack - mean) / scale
+  std = config.noise_std / scale if config.noise_std > 0 else None
+  ctf = ctf_grid(particles, optics, stack.shape[-1], pixel_size) if config.ctf else None
+  den = denoisers.fit(method, stack, std, ctf, **parse_params(params_mode(_with_method(config, method))[1]))
+  for start in range(0, len(stack), 256):
+    sl = slice(start, start + 256)
+    out[sl] = np.asarray(den(stack[sl], std, None if ctf is None else ctf[sl]), np.float32) * scale + mean
   return out
 
 
@@ -145,7 +162,7 @@ def run(config, workdir: str, star, images, particles, pixel_size: float, refere
   for key in ("align_with", "reconstruct_from"):
     if config[key] not in made:
       logging.info("refine: denoising %d particles with %s", len(raw), config[key])
-      made[config[key]] = denoise(config, config[key], raw)
+      made[config[key]] = denoise(config, config[key], raw, particles, star.optics, pixel_size)
   truth = true_poses(particles, pixel_size)
   max_shift = config.max_shift_A or max(2.0, 0.05 * box) * pixel_size
   logging.info("refine %d particles of %d² at %.4g Å/px: align %s, reconstruct %s, steps %s°, shifts ≤ %.3g Å",
