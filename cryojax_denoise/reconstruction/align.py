@@ -348,8 +348,3 @@ def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolutio
 
 _prepare_jit = jax.jit(_prepare_batch)
 _angles = jax.jit(jax.vmap(relion_angles_from_matrix))
-
-
-def comparisons(n_particles: int, grid: so3_grid.Grid, max_shift_A: float, pixel_size: float) -> int:
-  """Particle-vs-projection comparisons of the exhaustive stage: N · J · S (each over K frequencies)."""
-  return int(n_particles) * len(grid.matrices) * len(shift_grid(max_shift_A / pixel_size))
