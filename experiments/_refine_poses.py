@@ -81,8 +81,12 @@ def initial_model(config, box: int, pixel_size: float) -> np.ndarray:
 
 
 def _with_method(config, method: str):
-  cfg = config.copy_and_resolve_references()
+  import ml_collections
+
+  cfg = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
   cfg.method = method
+  if "sure_images" not in cfg:  # the denoise experiment's auto-params switch; reconstruct has none: off
+    cfg.sure_images = 0
   return cfg
 
 
@@ -112,6 +116,21 @@ def denoise(config, method: str, images, particles, optics, pixel_size: float) -
   for start in range(0, len(stack), 256):
     sl = slice(start, start + 256)
     out[sl] = np.asarray(den(stack[sl], std, None if ctf is None else ctf[sl]), np.float32) * scale + mean
+  return out
+
+
+def denoise_halves(config, method: str, images, particles, optics, pixel_size: float) -> np.ndarray:
+  """`denoise` run on each half set of `refine`'s split apart (same seed), so that nothing a denoiser
+  learns from the data (cwf's covariance, a batch's dictionary) crosses between the halves and the
+  half-map FSC stays gold-standard."""
+  from cryojax_denoise.reconstruction import fourier, refine
+
+  split = fourier.random_halves(len(images), int(config.seed))
+  out = np.empty(images.shape, np.float32)
+  for h in (0, 1):
+    rows = np.flatnonzero(split == h)
+    out[rows] = denoise(config, method, refine.RowsView(images, rows), particles.iloc[rows].reset_index(drop=True),
+                        optics, pixel_size)
   return out
 
 
@@ -161,8 +180,8 @@ def run(config, workdir: str, star, images, particles, pixel_size: float, refere
   made = {"raw": raw}
   for key in ("align_with", "reconstruct_from"):
     if config[key] not in made:
-      logging.info("refine: denoising %d particles with %s", len(raw), config[key])
-      made[config[key]] = denoise(config, config[key], raw, particles, star.optics, pixel_size)
+      logging.info("refine: denoising %d particles with %s, each half set on its own", len(raw), config[key])
+      made[config[key]] = denoise_halves(config, config[key], raw, particles, star.optics, pixel_size)
   truth = true_poses(particles, pixel_size)
   max_shift = config.max_shift_A or max(2.0, 0.05 * box) * pixel_size
   logging.info("refine %d particles of %d² at %.4g Å/px: align %s, reconstruct %s, steps %s°, shifts ≤ %.3g Å",

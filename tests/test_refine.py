@@ -147,3 +147,23 @@ def test_experiment_refine_outputs_and_errors(tmp_path, data):
   config.input, config.poses, config.initial_model = str(tmp_path / "particles.star"), "refine", str(tmp_path / "coarse.mrc")
   with pytest.raises(InputError, match="pixel size 8 Å differs from the particles' 4 Å"):
     experiment.validate(config)
+
+
+@pytest.mark.slow  # two cwf fits per half: ~20 s on 2 cores
+def test_denoising_for_refine_stays_within_each_half(data):
+  """align_with=cwf: the covariance is fitted per half set, so half-1 images denoise the same whatever
+  half 2 holds (a whole-stack fit would make the half-map FSC no longer gold-standard)."""
+  from experiments import _refine_poses
+  from experiments import reconstruct as experiment
+
+  _, ds, _ = data
+  config = experiment.get_config()
+  config.ctf = True
+  split = fourier.random_halves(N, 0)
+  a = _refine_poses.denoise_halves(config, "cwf", ds.noisy, ds.particles, ds.optics, APIX)
+  other = ds.noisy.copy()
+  other[split == 1] = np.random.default_rng(2).normal(size=other[split == 1].shape).astype(np.float32)
+  b = _refine_poses.denoise_halves(config, "cwf", other, ds.particles, ds.optics, APIX)
+  np.testing.assert_allclose(b[split == 0], a[split == 0], atol=1e-4 * np.abs(a).max())
+  assert np.abs(b[split == 1] - a[split == 1]).max() > 0.1 * np.abs(a).max()
+  assert np.mean((a - ds.clean) ** 2) < np.mean((ds.noisy - ds.clean) ** 2)

@@ -134,7 +134,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
       rows = halves[h]
       ref = align.prepare_reference(refs[h], pixel_size, d, pixel_size, pad=pad)
       init = None if r < exhaustive else _take(poses, rows)
-      parts.append(align.search(_Rows(align_images, rows), params_take(params, rows), ref, grid,
+      parts.append(align.search(RowsView(align_images, rows), params_take(params, rows), ref, grid,
                                 resolution_A=align_res, max_shift_A=max_shift_A, batch_size=batch_size, init=init,
                                 search_resolution_A=radius * np.deg2rad(step)))
     poses = _merge(parts, halves, n)
@@ -168,7 +168,7 @@ def _merge(parts, halves, n: int) -> align.Poses:
   return align.Poses(*out)
 
 
-class _Rows:
+class RowsView:
   """The rows `rows` of an image array-like that takes index arrays, read a batch at a time (nothing is
   copied up front)."""
 
