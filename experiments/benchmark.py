@@ -59,6 +59,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.auto_images = 32
   c.auto_batch = 64  # plain denoising also timed in batches of this size (the denoise experiment's default)
   c.aspire_python = "/work/peers-venv/bin/python"  # ASPIRE's interpreter: cwf's reference ("" or absent: none)
+  c.align = True  # also time projection matching (reconstruction.align) against its NumPy reference, same grid
+  c.align_particles = 0  # particles the JAX kernel aligns; 0: 4 × n_images (the NumPy reference aligns 4)
   return c
 
 
@@ -254,12 +256,13 @@ def run(config, workdir: str) -> None:
   for r in rows:
     r["vs_bm3d"] = r["images_per_s"] / bm3d_rate if bm3d_rate else None
     r["vs_bm3d_cpu"] = r["images_per_cpu_s"] / bm3d_cpu if bm3d_cpu and r["images_per_cpu_s"] else None
+  align_row = _align_benchmark(config) if config.align else None
   result = dict(
       device=[str(d) for d in jax.devices()], backend=jax.default_backend(), cpu_count=os.cpu_count(),
       platform=platform.platform(), jax_version=jax.__version__,
       load_average_start=list(load_start), load_average_end=list(os.getloadavg()),
       shapes=dict(images=[n, size, size], dtype="float32"), snr=config.snr, noisy_mse=_mse(noisy, clean),
-      noise_std_mean=float(sigma.mean()), rows=rows, tuning=dict(chosen=chosen, tables=tables))
+      noise_std_mean=float(sigma.mean()), rows=rows, tuning=dict(chosen=chosen, tables=tables), align=align_row)
   atomic_write_text(os.path.join(workdir, "benchmark.json"), json.dumps(result, indent=2, default=_jsonable) + "\n")
   atomic_write_text(os.path.join(workdir, "benchmark.md"), _markdown(result))
   logging.info("benchmark: wrote %s", os.path.join(workdir, "benchmark.md"))
@@ -302,6 +305,17 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
               cpu_seconds=cpus[i], batched_cpu_seconds=batched_cpu, cpu_ratio_to_batched=cpus[i] / batched_cpu,
               batched_first_call_seconds=batched_first, first_call_ratio_to_batched=secs[0] / batched_first,
               n_images=tuned["n_images"], estimate_images=estimate["n_images"], grid=len(table))
+
+
+def _align_benchmark(config) -> dict:
+  """Comparisons/s of the projection-matching kernel and its NumPy reference (`align_reference.benchmark`)."""
+  from cryojax_denoise.reconstruction import align_reference
+
+  n = int(config.align_particles) or 4 * int(config.n_images)
+  row = align_reference.benchmark(n_particles=n, n_numpy=4, seed=int(config.seed))
+  logging.info("benchmark: align %.3g comparisons/s, NumPy reference %.3g (%.1f×)", row["jax_comparisons_per_s"],
+               row["numpy_comparisons_per_s"], row["speedup"])
+  return row
 
 
 def _jsonable(v):
@@ -356,5 +370,12 @@ def _markdown(res: dict) -> str:
                         f"first call {r['auto']['first_call_seconds']:.1f} s; chose {r['auto']['params']} on "
                         f"{r['auto']['n_images']} images, estimate on {r['auto'].get('estimate_images', '?')})"
                         for r in auto)]
+  a = res.get("align")
+  if a:
+    lines += ["", f"Projection matching (reconstruction.align, exhaustive stage): {a['jax_comparisons_per_s']:.3g} "
+              f"comparisons/s on {a['particles_jax']} particles of {a['box']}² against {a['rotations']} rotations × "
+              f"{a['shifts']} shifts ({a['band_points']} frequencies each); NumPy FFT cross-correlation reference "
+              f"{a['numpy_comparisons_per_s']:.3g}/s on {a['particles_numpy']}: {a['speedup']:.1f}×; working set "
+              f"{a['batch_working_set_bytes'] / 2**20:.0f} MiB per batch, independent of the number of particles."]
   lines += ["", "Parameters: " + "; ".join(f"{r['method']} {r['params'] or 'defaults'}" for r in res["rows"]), ""]
   return "\n".join(lines)

@@ -24,6 +24,7 @@ from absl import logging
 
 from cryojax_denoise import distributed
 from cryojax_denoise.errors import InputError
+from experiments import _refine_poses
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.reg = 1e-3               # Wiener regulariser, a fraction of the mean Σ CTF²
   c.batch_size = 0           # particles per step; 0 = automatic
   distributed.add_config(c)  # distributed, coordinator_address, num_processes, process_id: shares summed
+  _refine_poses.add_config(c)  # poses=known|refine and the refine keys (experiments/_refine_poses.py)
   return c
 
 
@@ -101,8 +103,8 @@ def _open(config):
   stack = config.stack
   if stack and not os.path.isabs(stack):
     stack = os.path.join(os.path.dirname(os.path.abspath(path)), stack)
-  star = io.read_star(path, required=("rlnImageName", "rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi"),
-                      check_files=not stack)
+  poses = () if config.poses == "refine" else ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+  star = io.read_star(path, required=("rlnImageName",) + poses, check_files=not stack)
   n = len(star) if config.n_particles <= 0 else min(int(config.n_particles), len(star))
   if n < 2:
     raise InputError(f"{path}: half maps need at least 2 particles, found {n}")
@@ -205,7 +207,9 @@ def validate(config) -> None:
   star, images, particles, pixel_size = _open(config)
   from cryojax_denoise.reconstruction import fourier
 
-  fourier.particle_params(particles, star.optics, pixel_size, None if config.ctf else False)
+  _refine_poses.validate(config, images.shape[-1], pixel_size)
+  if config.poses == "known":
+    fourier.particle_params(particles, star.optics, pixel_size, None if config.ctf else False)
   _reference(config, images.shape[-1], pixel_size)
   if config.method:
     _denoiser(config)
@@ -224,6 +228,8 @@ def run(config, workdir: str) -> None:
   star, images, particles, pixel_size = _open(config)
   box = images.shape[-1]
   reference = _reference(config, box, pixel_size)
+  if config.poses == "refine":
+    return _refine_poses.run(config, workdir, star, images, particles, pixel_size, reference)
   transform = _transform(config, images)
   logging.info("reconstruct %d particles of %d² at %.4g Å/px from %s%s", len(images), box, pixel_size, star.path,
                f", denoised with {config.method}" if config.method else "")
