@@ -62,9 +62,12 @@ def validate(config, box: int, pixel_size: float) -> None:
   initial_model(config, box, pixel_size)
   for key in ("align_with", "reconstruct_from"):
     if config[key] != "raw":
-      from experiments.denoise import _denoiser
+      from cryojax_denoise import pipeline
 
-      _denoiser(_with_method(config, config[key]))
+      settings = _settings(config, config[key])
+      pipeline.check_settings(settings)
+      if not pipeline.has_fit_hook(settings.method):
+        pipeline.make_denoiser(settings)  # a misspelled parameter is one error line now, not after alignment
 
 
 def initial_model(config, box: int, pixel_size: float) -> np.ndarray:
@@ -78,6 +81,14 @@ def initial_model(config, box: int, pixel_size: float) -> np.ndarray:
   vol, size = io.read_volume(config.initial_model)
   align.prepare_reference(vol, size, box, pixel_size, where=config.initial_model)
   return vol
+
+
+def _settings(config, method: str):
+  """The pipeline's `Settings` of denoiser `method` with this config's params (no SURE: sure_images 0)."""
+  from cryojax_denoise.pipeline import Settings
+
+  return Settings(method=method, params=config.params, checkpoint=config.checkpoint,
+                  noise_std=config.noise_std or None, sure_images=0)
 
 
 def _with_method(config, method: str):
@@ -105,14 +116,13 @@ def denoise(config, method: str, images, particles, optics, pixel_size: float) -
       out[start:start + 256] = fn(np.asarray(images[start:start + 256], np.float32))
     return out
   from cryojax_denoise.data.ctf import ctf_grid
-  from experiments.denoise import params_mode, parse_params
 
   stack = np.asarray(images[0:len(images)], np.float32)
   mean, scale = float(stack.mean()), float(stack.std()) or 1.0
   stack = (stack - mean) / scale
   std = config.noise_std / scale if config.noise_std > 0 else None
   ctf = ctf_grid(particles, optics, stack.shape[-1], pixel_size) if config.ctf else None
-  den = denoisers.fit(method, stack, std, ctf, **parse_params(params_mode(_with_method(config, method))[1]))
+  den = denoisers.fit(method, stack, std, ctf, **_settings(config, method).mode()[1])
   for start in range(0, len(stack), 256):
     sl = slice(start, start + 256)
     out[sl] = np.asarray(den(stack[sl], std, None if ctf is None else ctf[sl]), np.float32) * scale + mean

@@ -309,7 +309,7 @@ def _auto_cost(name: str, den, noisy, sigma, params: dict, plain_seconds: float,
 
 def _align_benchmark(config) -> dict:
   """Comparisons/s of the projection-matching kernel and its NumPy reference (`align_reference.benchmark`)."""
-  from cryojax_denoise.reconstruction import align_reference
+  from experiments.peers import align_reference
 
   n = int(config.align_particles) or 4 * int(config.n_images)
   row = align_reference.benchmark(n_particles=n, n_numpy=4, seed=int(config.seed))

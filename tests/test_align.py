@@ -9,7 +9,8 @@ from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.reconstruction import align, align_reference, so3_grid
+from cryojax_denoise.reconstruction import align, so3_grid
+from experiments.peers import align_reference
 
 APIX = 4.0
 BOX = 32
