@@ -11,22 +11,11 @@ from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.reconstruction import align, so3_grid
 from experiments.peers import align_reference
+from blobs import blobs
 
 APIX = 4.0
 BOX = 32
 STEP = 20.0
-
-
-def blobs(d: int, seed: int = 0) -> np.ndarray:
-  """An asymmetric map of 12 Gaussian blobs (D, D, D), zero near the box edge."""
-  rng = np.random.default_rng(seed)
-  x = np.arange(d) - d // 2
-  zz, yy, xx = np.meshgrid(x, x, x, indexing="ij")
-  vol = np.zeros((d, d, d), np.float32)
-  for _ in range(12):
-    c, s = rng.uniform(-d / 4, d / 4, 3), rng.uniform(1.0, 2.5)
-    vol += rng.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * s * s))
-  return vol
 
 
 @pytest.fixture(scope="module")

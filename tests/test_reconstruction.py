@@ -14,22 +14,11 @@ from cryojax_denoise import io
 from cryojax_denoise.data import simulate
 from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.reconstruction import fourier, fsc
+from blobs import blobs as _blobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APIX = 4.0
 HALF_NYQUIST_A = 4 * APIX
-
-
-def _blobs(d: int, seed: int = 0) -> np.ndarray:
-  """An asymmetric map of Gaussian blobs (D, D, D), zero near the box edge (fast to make)."""
-  rng = np.random.default_rng(seed)
-  x = np.arange(d) - d // 2
-  zz, yy, xx = np.meshgrid(x, x, x, indexing="ij")
-  vol = np.zeros((d, d, d), np.float32)
-  for _ in range(12):
-    c, s = rng.uniform(-d / 4, d / 4, 3), rng.uniform(1.0, 2.5)
-    vol += rng.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * s * s))
-  return vol
 
 
 def _worst_to_half_nyquist(vol, truth, label: str | None = None) -> float:

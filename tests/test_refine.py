@@ -16,22 +16,12 @@ from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.reconstruction import align, fourier, refine
+from blobs import blobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APIX = 4.0
 BOX = 32
 N = 240
-
-
-def blobs(d: int, seed: int = 0) -> np.ndarray:
-  rng = np.random.default_rng(seed)
-  x = np.arange(d) - d // 2
-  zz, yy, xx = np.meshgrid(x, x, x, indexing="ij")
-  vol = np.zeros((d, d, d), np.float32)
-  for _ in range(12):
-    c, s = rng.uniform(-d / 4, d / 4, 3), rng.uniform(1.0, 2.5)
-    vol += rng.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * s * s))
-  return vol
 
 
 @pytest.fixture(scope="module")
