@@ -39,7 +39,7 @@ STOP_SCRIPT = r"""
 import os, signal, sys
 sys.path.insert(0, os.getcwd())
 from cryojax_denoise import denoise_stack, io, launcher
-from cryojax_denoise.denoisers.tuning import sure
+from cryojax_denoise.denoisers.tuning import sure_policy
 
 moment, stack, out = sys.argv[1:4]
 
@@ -54,7 +54,7 @@ def arm(owner, name):
   setattr(owner, name, send_sigterm_then_call)
 
 
-owner, name = {"tune": (sure, "sure_tune"), "quality": (sure, "sure"), "stream": (denoise_stack, "stream"),
+owner, name = {"tune": (sure_policy, "sure_tune"), "quality": (sure_policy, "sure"), "stream": (denoise_stack, "stream"),
                "write": (io.StackWriter, "write")}[moment]
 arm(owner, name)
 params = "auto" if moment == "tune" else "default"
