@@ -88,13 +88,13 @@ def test_cwf_flat_spectrum_is_todays_cwf(with_ctf):
   _, obs, h = _particles(rng, 100, with_ctf)
   y = obs + 0.5 * rng.standard_normal(obs.shape).astype(np.float32)
   today = np.asarray(cwf.cwf_denoise(y, 0.5, ctf=h))
-  flat = np.asarray(wh.cwf_coloured(y, 0.5, ctf=h, psd=np.ones(L // 2 + 1)))
+  flat = np.asarray(methods.fit_coloured("cwf", y, 0.5, h, np.ones(L // 2 + 1))(y, 0.5, h))
   scale = np.abs(today).max()
   tol = 1e-5 if with_ctf else 2e-3  # without CTF the flat W enters as an all-ones CTF (CG path)
   assert np.max(np.abs(flat - today)) < tol * scale
-  if with_ctf:  # the registry form (fit once, apply to batches)
-    via_fit = np.asarray(methods.fit_coloured("cwf", y, 0.5, h, np.ones(L // 2 + 1))(y, 0.5, h))
-    assert np.max(np.abs(via_fit - today)) < tol * scale
+  if with_ctf:  # CTF-free output (modulate=False) is not coloured back
+    free = np.asarray(methods.fit_coloured("cwf", y, 0.5, h, np.ones(L // 2 + 1), modulate=False)(y, 0.5, h))
+    assert np.max(np.abs(free - np.asarray(cwf.cwf_denoise(y, 0.5, ctf=h, modulate=False)))) < tol * scale
 
 
 def test_cwf_coloured_beats_white_model():
@@ -108,7 +108,7 @@ def test_cwf_coloured_beats_white_model():
   y = obs + np.asarray(wh.coloured_noise(jax.random.PRNGKey(4), obs.shape, psd, sigma))
   mse = lambda est: float(np.mean((np.asarray(est) - target) ** 2) / target.var())  # noqa: E731
   white = mse(cwf.cwf_denoise(y, sigma, ctf=h))
-  coloured = mse(wh.cwf_coloured(y, sigma, ctf=h, psd=psd))
+  coloured = mse(methods.fit_coloured("cwf", y, sigma, h, psd)(y, sigma, h))
   assert coloured < 0.9 * white, (coloured, white)
 
 

@@ -41,8 +41,11 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
     joined = lambda c, n: jnp.broadcast_to(filt, (n, *shape)) if c is None else jnp.asarray(c) * filt  # noqa: E731
     den = denoisers.fit(name, wh.apply_filter(images, filt), noise_std, joined(ctf, len(images)), **params)
 
+    modulate = params.get("modulate", True)  # CTF-free x̂ (modulate=False) is not coloured back
+
     def run(batch, noise_std=None, ctf=None):
-      return wh.apply_filter(den(wh.apply_filter(batch, filt), noise_std, joined(ctf, len(batch))), inv)
+      out = den(wh.apply_filter(batch, filt), noise_std, joined(ctf, len(batch)))
+      return wh.apply_filter(out, inv) if modulate else out
   elif name == "bm3d" and bm3d_psd:
     def run(batch, noise_std=None, ctf=None):
       return bm3d_psd_denoise(batch, psd, noise_std, **params)

@@ -8,7 +8,7 @@ Whitening convention: W(k) = sqrt(mean_k P / P(k)), so whitened noise is white w
 variance σ² as the original (W ≡ 1 for a flat P): SNRs (total signal variance / total noise
 variance, INTERFACE.md) and every σ-based method keep their meaning; `colour` divides by W (the exact
 inverse). A classical per-image method under coloured noise is run as colour ∘ method(σ) ∘ whiten
-(`whitened`); CWF joins W to each particle's CTF instead (`cwf_coloured`).
+(`whitened`); CWF joins W to each particle's CTF instead (`methods.fit_coloured`).
 
 Parametric families (ratio = P(0) / P(∞), the low-frequency excess over the high-frequency plateau;
 only the shape matters, the total variance is set separately):
@@ -144,21 +144,3 @@ def whitened(denoiser, psd):
 
   run.__name__ = f"whitened_{getattr(denoiser, '__name__', 'denoiser')}"
   return run
-
-
-def cwf_coloured(images, noise_std=None, ctf=None, psd=None, **kw) -> jax.Array:
-  """CWF (`denoisers.cwf.cwf.cwf_denoise`) under noise of spectrum `psd`: W·y = (W·CTF) * x + white noise,
-  so CWF fits and applies on whitened particles with CTF W·CTF (W alone without CTF) and σ the total
-  σ; its output (W·CTF) * x̂ is coloured back to CTF * x̂ (`modulate` as cwf's: CTF-free x̂ when False).
-  `noise_std` None: sqrt(mean P) when `psd` carries units, as estimated on whitened images otherwise."""
-  from cryojax_denoise.denoisers.cwf import cwf
-
-  images = jnp.asarray(images, jnp.float32)
-  if psd is None:
-    return cwf.cwf_denoise(images, noise_std, ctf=ctf, **kw)
-  filt = whitening_filter(psd, images.shape)
-  ctf_w = np.broadcast_to(filt, images.shape) if ctf is None else np.asarray(ctf, np.float32) * filt
-  modulate = kw.pop("modulate", True)
-  out = cwf.cwf_denoise(apply_filter(images, jnp.asarray(filt)), noise_std, ctf=jnp.asarray(ctf_w),
-                        modulate=modulate, **kw)
-  return apply_filter(out, jnp.asarray(1.0 / filt)) if modulate else out
