@@ -42,13 +42,15 @@ RIBOSOME_PIXEL_SIZE_A = 5.0  # the map header says 0 (see ../shared/data/README.
 # Values a preset supplies for every field left unset (None) on the command line.
 PRESETS = {
     # A few minutes on a laptop: tiny images, short training; run end to end by the tests.
-    "smoke": dict(image_size=32, n_test=8, n_tune=4, n_fit=64, autoencoder_steps=40, gan_steps=40, train_batch_size=8,
-                  n_reconstruct=300, tune=False),
+    "smoke": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05), coloured_snrs=(0.05,), image_size=32, n_test=8, n_tune=4,
+                  n_fit=64, autoencoder_steps=40, gan_steps=40, train_batch_size=8, n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
-    "default": dict(image_size=64, n_test=32, n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
+    "default": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05, 0.02), coloured_snrs=(0.1, 0.05, 0.02), image_size=64, n_test=32,
+                    n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
                     n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
-    "gpu": dict(image_size=128, n_test=256, n_tune=8, n_fit=10000, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
+    "gpu": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05, 0.02), coloured_snrs=(0.1, 0.05, 0.02), image_size=128, n_test=256,
+                n_tune=8, n_fit=10000, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
                 n_reconstruct=20000, tune=True),
 }
 
@@ -56,7 +58,7 @@ PRESETS = {
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.preset = "default"
-  c.snrs = (1.0, 0.5, 0.2, 0.1, 0.05)
+  c.snrs = placeholder(tuple)  # preset: 1 … 0.02 (real particles sit at 0.03–0.05 by reprojection)
   c.methods = CLASSICAL + LEARNED
   c.seed = 0
   # In-distribution test set: the built-in phantom unless volume= (MRC map) or structure= (PDB/mmCIF).
@@ -75,6 +77,14 @@ def get_config() -> ml_collections.ConfigDict:
   # Noise spectrum of every test set (noise/spec.py): flat | exp:… | plateau:… | issue:relion31 | FILE | from:STACK.
   # The SNR stays total signal variance / total noise variance.
   c.noise_psd = "flat"
+  # How the methods treat the noise of those sets: "white" (the white-noise model, as before), or
+  # "coloured" (spectrum estimated from the n_fit fitting particles, then whiten → method → colour back,
+  # as `denoise --config.noise=coloured` does; noise/methods.py).
+  c.noise = "white"
+  # The coloured test set, beside the white ones: the unseen molecule with noise of this spectrum
+  # (a noise_psd= spec; "" for none) at coloured_snrs, denoised under the estimated spectrum.
+  c.coloured_test = "issue:relion31"
+  c.coloured_snrs = placeholder(tuple)
   # Preset-controlled sizes (None = take the preset's value).
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
@@ -120,6 +130,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
   if config.tuning not in ("clean", "sure", "both"):
     raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
+  if config.noise not in ("white", "coloured"):
+    raise InputError(f"noise: must be 'white' or 'coloured', got {config.noise!r}")
+  if any(s <= 0 for s in config.coloured_snrs):
+    raise InputError(f"coloured_snrs must be positive numbers, got {tuple(config.coloured_snrs)}")
   if config.sigma not in ("estimated", "true"):
     raise InputError(f"sigma: must be 'estimated' or 'true', got {config.sigma!r}")
   for key in ("gan_checkpoint", "autoencoder_checkpoint", "autoencoder_cwf_checkpoint", "volume", "structure", "test_structure"):
@@ -137,6 +151,7 @@ def validate(config) -> None:
   resolve(config)
   from cryojax_denoise.noise import spec as noise_spec
   noise_spec.resolve(config.get("noise_psd", "flat"))  # a bad noise_psd: one error line before any work
+  noise_spec.resolve(config.get("coloured_test", ""))
 
 
 def bundled_model(kind: str) -> str:
@@ -186,12 +201,12 @@ def _sure_rows(config, methods) -> list[str]:
           and denoisers.REGISTRY[m].fit is None]
 
 
-def _sure_tune(name: str, noisy, sigma, config) -> tuple[dict, dict]:
-  """The knob SURE picks on the noisy test images, and SURE's estimate (relative MSE), its standard error
-  and warning."""
+def _sure_tune(name: str, noisy, sigma, config, psd=None, wrap=None) -> tuple[dict, dict]:
+  """The knob SURE picks on the noisy test images (under the noise spectrum `psd`, scoring `wrap`'s
+  whitened denoiser, when given), and SURE's estimate (relative MSE), its standard error and warning."""
   from cryojax_denoise.denoisers.tuning import sure_policy
 
-  params, table = sure_policy.sure_tune(name, noisy, sigma if config.sigma == "true" else None)
+  params, table = sure_policy.sure_tune(name, noisy, sigma if config.sigma == "true" else None, noise_psd=psd, wrap=wrap)
   knob = denoisers.REGISTRY[name].knob
   best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
   est = best["estimate"]
@@ -204,13 +219,16 @@ def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
   return np.std(noisy - clean, axis=(1, 2)).astype(np.float32)
 
 
-def _sigma(config, ds) -> np.ndarray:
-  """σ per image for the classical methods, as `config.sigma` says."""
+def _sigma(config, ds, psd=None) -> np.ndarray:
+  """σ per image for the classical methods, as `config.sigma` says; under a noise spectrum `psd` the
+  estimate is taken on the whitened images (whitening keeps the total noise variance)."""
   if config.sigma == "true":
     return _noise_std(ds.noisy, ds.clean)
   from cryojax_denoise.denoisers.noise import estimate_noise_std
+  from cryojax_denoise.noise import whiten
 
-  return np.asarray(estimate_noise_std(ds.noisy), np.float32)
+  noisy = ds.noisy if psd is None else np.asarray(whiten.whiten(ds.noisy, psd))
+  return np.asarray(estimate_noise_std(noisy), np.float32)
 
 
 def _ctf(ds, config) -> np.ndarray | None:
@@ -220,15 +238,43 @@ def _ctf(ds, config) -> np.ndarray | None:
   return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
 
 
-def _fitted(name: str, config, fit_ds, params=None, fits=None):
+def _fitted(name: str, config, fit_ds, params=None, fits=None, psd=None):
   """A dataset-level method (registry `fit` hook, e.g. cwf, autoencoder_cwf) fitted to the noisy images of
-  `fit_ds`. `fits` {registry name: fitted denoiser} of this `fit_ds` is updated; autoencoder_cwf reuses its
-  "cwf" instead of fitting CWF again."""
+  `fit_ds`, on whitened particles under a noise spectrum `psd` (noise/methods.py). `fits` {registry name:
+  fitted denoiser} of this `fit_ds` is updated; under white noise autoencoder_cwf reuses its "cwf"
+  instead of fitting CWF again."""
+  from cryojax_denoise.noise.methods import fit_coloured
+
   base, fits = _registry_name(name), {} if fits is None else fits
-  extra = {"cwf": fits["cwf"]} if base == "autoencoder_cwf" and "cwf" in fits else {}
-  fn = denoisers.fit(base, fit_ds.noisy, _sigma(config, fit_ds), _ctf(fit_ds, config), **(params or {}), **extra)
+  extra = {"cwf": fits["cwf"]} if base == "autoencoder_cwf" and "cwf" in fits and psd is None else {}
+  fn = fit_coloured(base, fit_ds.noisy, _sigma(config, fit_ds, psd), _ctf(fit_ds, config), psd,
+                    **(params or {}), **extra)
   fits.setdefault(base, fn)
   return fn
+
+
+def _spectrum(fit_ds) -> np.ndarray:
+  """The noise PSD (H, W) estimated from the fitting particles' background, as `denoise
+  --config.noise=coloured` estimates it (noise/decide.py)."""
+  from cryojax_denoise.noise import decide
+
+  model, _ = decide.choose("coloured", fit_ds.noisy)
+  return next(iter(model[1].values()))
+
+
+def plan_sets(config, snrs) -> list[dict]:
+  """The test sets with how they are noised and denoised: {name, source, spec (the `noise_psd=` string),
+  noise_psd (the spectrum drawn; None white), coloured (methods run under the estimated spectrum), snrs}."""
+  from cryojax_denoise.noise import spec as noise_spec
+
+  drawn = noise_spec.resolve(config.noise_psd)
+  plan = [dict(name=name, source=source, spec=config.noise_psd, noise_psd=drawn, coloured=config.noise == "coloured", snrs=snrs)
+          for name, source in test_sets(config)]
+  if config.coloured_test and config.coloured_snrs and len(plan) > 1:
+    label = _stem(config.coloured_test.split(":", 1)[-1])
+    plan.append(dict(name=f"{plan[-1]['name']} ({label} noise)", source=plan[-1]["source"], coloured=True, spec=config.coloured_test,
+                     noise_psd=noise_spec.resolve(config.coloured_test), snrs=[float(s) for s in config.coloured_snrs]))
+  return plan
 
 
 def _train(kind: str, config, workdir: str, snr_range, tag: str) -> str:
@@ -279,8 +325,8 @@ def run(config, workdir: str) -> None:
   config = resolve(config)
   atomic_write_text(os.path.join(workdir, "config.json"), config.to_json(indent=2) + "\n")
   snrs = [float(s) for s in config.snrs]
-  sets = test_sets(config)
-  checkpoints = learned_models(config, workdir, snrs)
+  sets = plan_sets(config, snrs)
+  checkpoints = learned_models(config, workdir, sorted({s for t in sets for s in t["snrs"]}, reverse=True))
   methods = [m for m in config.methods if m not in LEARNED] + [m for m in config.methods if m in LEARNED]
   methods += sorted({name for name, _ in checkpoints if name not in methods})
   methods += _sure_rows(config, methods)
@@ -292,19 +338,23 @@ def run(config, workdir: str) -> None:
   rows, chosen, notes = [], {}, []
   example_snrs = [s for s in snrs if any(abs(s - e) < 1e-9 for e in config.example_snrs)] or sorted(snrs)[:2]
   ex_clean, ex_noisy, ex_den = {}, {}, {m: {} for m in methods}
-  bar = Progress(total=len(sets) * len(snrs) * (len(methods) + 1), desc="snr_sweep", unit="evals", every_s=1.0)
+  bar = Progress(total=sum(len(t["snrs"]) for t in sets) * (len(methods) + 1), desc="snr_sweep", unit="evals",
+                 every_s=1.0)
   batch = config.n_tune
-  from cryojax_denoise.noise import spec as noise_spec
-  noise_psd = noise_spec.resolve(config.get("noise_psd", "flat"))
-  for set_name, source in sets:
-    def dataset(n, snr, seed, source=source):
-      return simulate.simulate_dataset(source, n_images=n, image_size=config.image_size, snr=snr, seed=seed,
-                                       ctf=config.ctf, noise_psd=noise_psd)
+  from cryojax_denoise.noise.stack import wrap as whitened
+  for plan in sets:
+    set_name = plan["name"]
 
-    for snr in snrs:
+    def dataset(n, snr, seed, plan=plan):
+      return simulate.simulate_dataset(plan["source"], n_images=n, image_size=config.image_size, snr=snr, seed=seed,
+                                       ctf=config.ctf, noise_psd=plan["noise_psd"])
+
+    for snr in plan["snrs"]:
       tune_ds, test_ds = dataset(config.n_tune, snr, tune_seed), dataset(config.n_test, snr, test_seed)
       pixel_size = float(test_ds.pixel_size)
-      tune_sigma, test_sigma = _sigma(config, tune_ds), _sigma(config, test_ds)
+      fit_ds = dataset(config.n_fit, snr, fit_seed) if plan["coloured"] else None
+      psd = _spectrum(fit_ds) if plan["coloured"] else None  # what `denoise --config.noise=coloured` whitens with
+      tune_sigma, test_sigma = _sigma(config, tune_ds, psd), _sigma(config, test_ds, psd)
       row = evaluate.score(test_ds.noisy, test_ds.clean, pixel_size)
       rows.append(dict(method="noisy", snr=snr, test_set=set_name, **row, seconds_per_image=0.0,
                        n_images=len(test_ds.noisy)))
@@ -312,7 +362,7 @@ def run(config, workdir: str) -> None:
       label = f"{set_name} SNR {snr:g}"
       if snr in example_snrs:
         ex_clean[label], ex_noisy[label] = test_ds.clean, test_ds.noisy
-      fit_ds, fits = None, {}  # the dataset-level methods' fitting set, simulated once per SNR, and their fits
+      fits = {}  # the dataset-level methods' fitting set (fit_ds, simulated once per SNR) and their fits
       for name in methods:
         learned = (name, snr) in checkpoints
         base = _registry_name(name)
@@ -321,18 +371,22 @@ def run(config, workdir: str) -> None:
         if "finetune_steps" in denoisers.REGISTRY[base].params:
           params["finetune_steps"] = int(config.finetune_steps)
         tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[base].knob
+        # Under a spectrum the knob is chosen for the whitened method that is applied.
+        wrap = None if psd is None else (lambda den, v, base=base: whitened(den, psd, base, {denoisers.REGISTRY[base].knob: v}))
         if tuned and (config.tuning == "sure" or name.endswith("_sure")):
-          params, sure_info = _sure_tune(base, test_ds.noisy, test_sigma, config)
+          params, sure_info = _sure_tune(base, test_ds.noisy, test_sigma, config, psd, wrap)
           chosen[f"{set_name}: {name}", snr] = params
         elif tuned:
-          params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma)
+          params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma, wrap=wrap)
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
-          fn, ctf = _fitted(name, config, fit_ds, params, fits), _ctf(test_ds, config)
+          fn, ctf = _fitted(name, config, fit_ds, params, fits, psd), _ctf(test_ds, config)
           evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
         else:
-          fn, ctf = denoisers.get(_registry_name(name), **params), None
+          fn, ctf = denoisers.get(base, **params), None
+          if psd is not None:
+            fn = whitened(fn, psd, base, {k: v for k, v in params.items() if k != "checkpoint"})
           if not tuned or sure_info:  # clean tuning already compiled the kernel for this batch shape
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
@@ -342,8 +396,8 @@ def run(config, workdir: str) -> None:
           ex_den[name][label] = den
         bar.update(1, extra=f"{set_name}: {name} @ SNR {snr:g}: MSE {row['mse']:.4f}")
 
-    if config.reconstruct:
-      _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, recon_seed, notes, set_name)
+    if config.reconstruct and not plan["coloured"]:  # reconstruction denoises under the white-noise model
+      _add_reconstruction(rows, config, methods, plan["snrs"], checkpoints, chosen, dataset, recon_seed, notes, set_name)
 
   report.write_results(rows, workdir)
   report.plot_metrics(rows, os.path.join(workdir, "mse_vs_snr.png"))
@@ -352,13 +406,18 @@ def run(config, workdir: str) -> None:
   command = "python launch.py --experiment=snr_sweep " + " ".join(a for a in sys.argv[1:] if a.startswith("--config"))
   notes.append("σ passed to classical methods: " + ("the realised noise level of the simulation (known exactly)."
                if config.sigma == "true" else "estimated per image from the noisy image (Haar MAD), as `denoise` does."))
-  notes.append(f"Test sets: {', '.join(n for n, _ in sets)}; {config.n_test} images of {config.image_size}² per SNR, "
+  notes.append(f"Test sets: {', '.join(t['name'] for t in sets)}; {config.n_test} images of {config.image_size}² per SNR, "
                f"tuning batch: {config.n_tune} images with other poses.")
+  for t in (t for t in sets if t["coloured"]):
+    notes.append(f"{t['name']}: noise of spectrum {t['spec']} "
+                 f"at the same total SNR; every method runs under the spectrum estimated from the {config.n_fit} fitting "
+                 "particles' background (whitened, denoised, coloured back; bm3d with the PSD as its input), as "
+                 "`denoise --config.noise=coloured` does; knobs tuned for the whitened method.")
   for kind in (m for m in config.methods if m in LEARNED):
     notes.append(f"{kind}: general model {checkpoints[kind, snrs[0]]} (trained on the molecule corpus only; "
                  "no test molecule was in it).")
   if config.train_specialist:
-    notes.append(f"*_specialist: trained on the {sets[0][0]} only for {config.autoencoder_steps} (autoencoder) and "
+    notes.append(f"*_specialist: trained on the {sets[0]['name']} only for {config.autoencoder_steps} (autoencoder) and "
                  f"{config.gan_steps} (GAN) steps of {config.train_batch_size} fresh images"
                  + (" per SNR." if config.train_per_snr else f" over SNR {config.snr_range[0]:g}–{config.snr_range[1]:g}."))
   report.write_report(rows, workdir, config_json=config.to_json(indent=2), device=device, command=command.strip(),

@@ -39,7 +39,12 @@ def test_smoke_results_structure_and_sanity(smoke):
   workdir, rows = smoke
   keys = {"method", "snr", "mse", "psnr", "ssim", "frc_resolution_A", "seconds_per_image", "n_images"}
   sets = ["phantom"] + (["ribosome70S"] if os.path.exists(UNSEEN) else [])
-  assert sorted({r["test_set"] for r in rows}) == sorted(sets)
+  coloured = ["ribosome70S (relion31 noise)"] if os.path.exists(UNSEEN) else []  # the smoke preset: SNR 0.05
+  assert sorted({r["test_set"] for r in rows}) == sorted(sets + coloured)
+  for m in METHODS:
+    for test_set in coloured:
+      assert {r["snr"] for r in rows if r["test_set"] == test_set and r["method"] == m} == {0.05}
+      assert _row(rows, m, 0.05, test_set)["mse"] < _row(rows, "noisy", 0.05, test_set)["mse"]
   assert not any(name.startswith("train_") for name in os.listdir(workdir))  # general models: no training
   for test_set in sets:
     for snr in SNRS:
@@ -57,7 +62,7 @@ def test_smoke_results_structure_and_sanity(smoke):
     assert imread(str(workdir / name)).shape[0] > 100
   text = (workdir / "report.md").read_text()
   assert "Ranking at SNR 0.05" in text and "GAN vs autoencoder" in text and "Learned vs classical" in text
-  assert all(f"## Test set: {s}" in text for s in sets)
+  assert all(f"## Test set: {s}" in text for s in sets + coloured)
   assert len((workdir / "results.csv").read_text().strip().splitlines()) == len(rows) + 1
 
 

@@ -10,11 +10,13 @@ from cryojax_denoise import denoisers
 from cryojax_denoise.errors import InputError
 
 
-def tune(name: str, noisy, clean, noise_std=None, *, grid=None, **fixed) -> tuple[dict, list[dict]]:
+def tune(name: str, noisy, clean, noise_std=None, *, grid=None, wrap=None, **fixed) -> tuple[dict, list[dict]]:
   """Grid search of `REGISTRY[name].knob` on (noisy, clean) (B, H, W) by mean MSE.
 
   `noise_std` is a scalar or (B,) (None: estimated); `grid` overrides the registered grid; `fixed`
-  are other parameters passed through. The tuning batch must be disjoint from the test images.
+  are other parameters passed through; `wrap(den, value)` -> the denoiser actually applied for knob
+  `value` (as in `sure_policy.sure_tune`: e.g. whitened for coloured noise, `noise.stack.wrap`).
+  The tuning batch must be disjoint from the test images.
   Returns ({knob: best value, **fixed}, table) with one row {knob: value, "mse": float,
   "seconds": float} per grid value, in grid order (steady state: the first value is run once
   untimed, for compilation). A method without a knob returns (fixed, []).
@@ -32,6 +34,7 @@ def tune(name: str, noisy, clean, noise_std=None, *, grid=None, **fixed) -> tupl
   table = []
   for i, v in enumerate(values):
     fn = denoisers.get(name, **{method.knob: v}, **fixed)
+    fn = fn if wrap is None else wrap(fn, v)
     if i == 0:  # compile (knobs are traced, so once) outside the timing
       fn(noisy, noise_std)
     t0 = time.perf_counter()
