@@ -45,7 +45,7 @@ PRESETS = {
     "smoke": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05), coloured_snrs=(0.05,), image_size=32, n_test=8, n_tune=4,
                   n_fit=64, autoencoder_steps=40, gan_steps=40, train_batch_size=8, n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
-    "default": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05, 0.02), coloured_snrs=(0.1, 0.05, 0.02), image_size=64, n_test=32,
+    "default": dict(snrs=(1.0, 0.5, 0.2, 0.1, 0.05, 0.02), coloured_snrs=(0.05, 0.02), image_size=64, n_test=32,
                     n_tune=8, n_fit=1000, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
                     n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
@@ -82,7 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
   # as `denoise --config.noise=coloured` does; noise/methods.py).
   c.noise = "white"
   # The coloured test set, beside the white ones: the unseen molecule with noise of this spectrum
-  # (a noise_psd= spec; "" for none) at coloured_snrs, denoised under the estimated spectrum.
+  # (a noise_psd= spec; "" for none) at coloured_snrs (preset; default 0.05 and 0.02, where real particles
+  # sit), denoised under the estimated spectrum.
   c.coloured_test = "issue:relion31"
   c.coloured_snrs = placeholder(tuple)
   # Preset-controlled sizes (None = take the preset's value).

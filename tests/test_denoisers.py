@@ -126,6 +126,26 @@ def test_tune_times_the_first_value_without_its_compilation():
     denoisers.REGISTRY.pop("_slow_first_call")
 
 
+def test_tune_runs_a_host_method_once_per_value():
+  """A method registered `compiled=False` (bm3d: no XLA compile) gets no untimed warm-up call."""
+  from cryojax_denoise.denoisers.registry import register
+
+  calls = []
+
+  @register("_host", knob="k", grid=(1.0, 2.0), compiled=False)
+  def host(images, noise_std, *, k=1.0):
+    calls.append(k)
+    return images / k
+
+  try:
+    noisy, clean, sigma = _noisy(0.5)
+    tuning.tune("_host", noisy, clean, sigma)
+    assert calls == [1.0, 2.0]
+    assert not denoisers.REGISTRY["bm3d"].compiled
+  finally:
+    denoisers.REGISTRY.pop("_host")
+
+
 @pytest.mark.slow
 def test_bm3d_workers_report_their_cpu_time():
   """bm3d in 2 worker processes = bm3d in this process, and the workers' CPU seconds (which

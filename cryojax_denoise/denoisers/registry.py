@@ -29,7 +29,9 @@ class Method:
   `divergence`: for a linear shift-invariant method, `divergence(h, w, **params) -> float`, its
   exact divergence per pixel on h × w images (the trace of its matrix over h·w), which SURE then
   uses instead of probing (`sure.py`); `min_stack`: for a dataset-level method, the fewest
-  particles its fit needs (the pipeline refuses fewer, and warns below twice that).
+  particles its fit needs (the pipeline refuses fewer, and warns below twice that); `compiled`:
+  False for a method that runs on the host (no XLA compile), whose first call `tuning.tune` need not
+  warm up.
   """
   name: str
   fn: Callable
@@ -43,6 +45,7 @@ class Method:
   fit: Callable | None = None
   divergence: Callable | None = None
   min_stack: int = 0
+  compiled: bool = True
 
   @property
   def params(self) -> list[str]:
@@ -66,7 +69,8 @@ def keyword_params(fn: Callable) -> list[str]:
 
 def register(name: str, *, knob: str | None = None, grid: tuple = (), description: str = "",
              needs_sigma: bool = True, learned: bool = False, uses_ctf: bool = False,
-             fit: Callable | None = None, divergence: Callable | None = None, min_stack: int = 0) -> Callable:
+             fit: Callable | None = None, divergence: Callable | None = None, min_stack: int = 0,
+             compiled: bool = True) -> Callable:
   """Decorator adding `fn` to `REGISTRY` as `name`; returns `fn` unchanged.
 
   `knob` must be a keyword-only argument of `fn` with a default (the method's default value);
@@ -81,7 +85,7 @@ def register(name: str, *, knob: str | None = None, grid: tuple = (), descriptio
       default = param.default
     desc = description or (inspect.getdoc(fn) or name).splitlines()[0]
     REGISTRY[name] = Method(name, fn, knob, tuple(grid), default, desc, needs_sigma, learned, uses_ctf, fit,
-                            divergence, int(min_stack))
+                            divergence, int(min_stack), bool(compiled))
     return fn
 
   return decorate

@@ -96,7 +96,7 @@ def shutdown_pool(kill: bool = False) -> None:
 atexit.register(shutdown_pool)
 
 
-@register("bm3d", knob="sigma_scale", grid=(0.75, 1.0, 1.25, 1.5, 2.0),
+@register("bm3d", knob="sigma_scale", grid=(0.75, 1.0, 1.25, 1.5, 2.0), compiled=False,
           description="BM3D (bm3d package) with σ·sigma_scale, images in parallel processes")
 def bm3d_denoise(images, noise_std, *, sigma_scale: float = 1.0, workers: int | None = None) -> np.ndarray:
   """BM3D of (B, H, W) with noise std `noise_std` (scalar or (B,)) times `sigma_scale`: (B, H, W).

@@ -18,8 +18,8 @@ def tune(name: str, noisy, clean, noise_std=None, *, grid=None, wrap=None, **fix
   `value` (as in `sure_policy.sure_tune`: e.g. whitened for coloured noise, `noise.stack.wrap`).
   The tuning batch must be disjoint from the test images.
   Returns ({knob: best value, **fixed}, table) with one row {knob: value, "mse": float,
-  "seconds": float} per grid value, in grid order (steady state: the first value is run once
-  untimed, for compilation). A method without a knob returns (fixed, []).
+  "seconds": float} per grid value, in grid order (steady state: for a `compiled` method the first
+  value is run once untimed, for compilation). A method without a knob returns (fixed, []).
   """
   method = denoisers.REGISTRY.get(name)
   if method is None:
@@ -35,7 +35,7 @@ def tune(name: str, noisy, clean, noise_std=None, *, grid=None, wrap=None, **fix
   for i, v in enumerate(values):
     fn = denoisers.get(name, **{method.knob: v}, **fixed)
     fn = fn if wrap is None else wrap(fn, v)
-    if i == 0:  # compile (knobs are traced, so once) outside the timing
+    if i == 0 and method.compiled:  # compile (knobs are traced, so once) outside the timing
       fn(noisy, noise_std)
     t0 = time.perf_counter()
     out = np.asarray(fn(noisy, noise_std), np.float32)
