@@ -388,7 +388,8 @@ def run(config, workdir: str) -> None:
           fn, ctf = denoisers.get(base, **params), None
           if psd is not None:
             fn = whitened(fn, psd, base, {k: v for k, v in params.items() if k != "checkpoint"})
-          if not tuned or sure_info:  # clean tuning already compiled the kernel for this batch shape
+          # Compile outside the timing (clean tuning already compiled it; a host method has nothing to compile).
+          if (not tuned or sure_info) and denoisers.REGISTRY[base].compiled:
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
