@@ -172,6 +172,7 @@ def test_eval_unseen(tmp_path, monkeypatch, capsys):
 def test_eval_sure_finetune(monkeypatch, capsys):
   mod = _script("eval_sure_finetune", monkeypatch)
   _cap_simulation(monkeypatch, 24)
+  monkeypatch.setattr(mod, "IMAGE_SIZE", 32)  # 32² particles instead of 64²
   _run(mod, monkeypatch, "0.5", 2, "phantom", 0)
   mse = _mses(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(mse) == {"cwf", "autoencoder_cwf", "sure_finetuned"} and all(np.isfinite(v) for v in mse.values())
@@ -179,13 +180,16 @@ def test_eval_sure_finetune(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_corpus_rate(monkeypatch, capsys):
-  """`corpus_rate.py STEPS` with a pool of 4 maps instead of 256 (the preset's other settings kept)."""
+  """`corpus_rate.py STEPS` with a pool of 4 maps instead of 256, batches of 4 images of 32² instead of 16 of
+  64² and a two-level generator (the preset's other settings kept): the script's two rates are what is
+  checked, not their values."""
   mod = _script("corpus_rate", monkeypatch)
   resolve = mod.train.resolve
 
   def small_pool(config):
     c = resolve(config)
-    c.pool_size = 4
+    c.pool_size, c.image_size, c.batch_size = 4, 32, 4
+    c.model.widths, c.model.blocks = (8, 16), (1, 0)
     return c
 
   monkeypatch.setattr(mod.train, "resolve", small_pool)
