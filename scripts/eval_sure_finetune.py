@@ -18,21 +18,23 @@ from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.noise import estimate_noise_std
 from cryojax_denoise.training import restore, self_supervised as ss, train
 
+IMAGE_SIZE = 64  # pixels per side of every simulated particle (the tests use a smaller one)
+
 
 def main(argv):
   snrs, steps = [float(s) for s in argv[1].split(",")], int(argv[2])
   volume, pixel_size = (argv[3], float(argv[4])) if len(argv) > 4 else ("../shared/data/ribosome70S_65.mrc", 5.0)
   model = volume.endswith((".cif", ".pdb", ".mmcif"))
   if volume == "phantom":  # the built-in phantom (the sweep's in-distribution set)
-    src = load_source(image_size=64)
+    src = load_source(image_size=IMAGE_SIZE)
   else:
     src = load_source(volume=None if model else volume, structure=volume if model else None,
-                               pixel_size=pixel_size, image_size=64)
+                               pixel_size=pixel_size, image_size=IMAGE_SIZE)
   bundled = restore.load_denoiser(restore.bundled_dir("autoencoder_cwf"))
   for snr in snrs:
-    fit, test = (simulate.simulate_dataset(src, n, 64, snr=snr, seed=seed, ctf=True)
+    fit, test = (simulate.simulate_dataset(src, n, IMAGE_SIZE, snr=snr, seed=seed, ctf=True)
                  for n, seed in ((1000, 40000), (64, 20000)))
-    ctf_fit, ctf_test = (ctf_lib.ctf_grid(d.particles, d.optics, 64, d.pixel_size) for d in (fit, test))
+    ctf_fit, ctf_test = (ctf_lib.ctf_grid(d.particles, d.optics, IMAGE_SIZE, d.pixel_size) for d in (fit, test))
     sig_fit, sig_test = (np.asarray(estimate_noise_std(d.noisy)) for d in (fit, test))
     cwf = denoisers.fit("cwf", fit.noisy, sig_fit, ctf_fit)
     inputs = ss.cwf_sure_inputs(fit.noisy, cwf, sig_fit, ctf_fit)

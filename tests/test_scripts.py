@@ -172,6 +172,7 @@ def test_eval_unseen(tmp_path, monkeypatch, capsys):
 def test_eval_sure_finetune(monkeypatch, capsys):
   mod = _script("eval_sure_finetune", monkeypatch)
   _cap_simulation(monkeypatch, 24)
+  monkeypatch.setattr(mod, "IMAGE_SIZE", 32)  # 32² particles instead of 64²
   _run(mod, monkeypatch, "0.5", 2, "phantom", 0)
   mse = _mses(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(mse) == {"cwf", "autoencoder_cwf", "sure_finetuned"} and all(np.isfinite(v) for v in mse.values())
@@ -179,13 +180,16 @@ def test_eval_sure_finetune(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_corpus_rate(monkeypatch, capsys):
-  """`corpus_rate.py STEPS` with a pool of 4 maps instead of 256 (the preset's other settings kept)."""
+  """`corpus_rate.py STEPS` with a pool of 4 maps instead of 256, batches of 4 images of 32² instead of 16 of
+  64² and a two-level generator (the preset's other settings kept): the script's two rates are what is
+  checked, not their values."""
   mod = _script("corpus_rate", monkeypatch)
   resolve = mod.train.resolve
 
   def small_pool(config):
     c = resolve(config)
-    c.pool_size = 4
+    c.pool_size, c.image_size, c.batch_size = 4, 32, 4
+    c.model.widths, c.model.blocks = (8, 16), (1, 0)
     return c
 
   monkeypatch.setattr(mod.train, "resolve", small_pool)
@@ -210,12 +214,18 @@ def test_scale_denoise(tmp_path):
   assert "identical: True" in r.stdout
 
 
+# The general-model trainings of the shell scripts below: 32² and a two-level generator and discriminator
+# (the preset's networks compile for ~25 s each on 2 cores, its 64² data is 4x the pixels); the same
+# settings in both tests, so the second one finds the first one's kernels in the session's compilation cache.
+SMALL_GENERAL = ("--config.pool_size=2", "--config.image_size=32", "--config.batch_size=4", "--config.val_size=2",
+                 "--config.model.widths=(8,16)", "--config.model.blocks=(1,0)", "--config.disc.widths=(8,16)",
+                 "--config.disc.blocks=(1,1)")
+
+
 @pytest.mark.slow
 def test_accelerator_check(tmp_path):
   r = _bash("accelerator_check.sh", tmp_path / "acc", env={"SIZES": "32", "N_IMAGES": "4", "BATCH": "2",
-                                                          "TRAIN_STEPS": "2",
-                                                          "TRAIN_ARGS": "--config.pool_size=2 --config.image_size=32 "
-                                                                        "--config.batch_size=4 --config.val_size=4"})
+                                                          "TRAIN_STEPS": "2", "TRAIN_ARGS": " ".join(SMALL_GENERAL)})
   assert r.returncode == 0, (r.stdout[-1000:], r.stderr[-2000:])
   summary = (tmp_path / "acc" / "summary.md").read_text()
   for what in ("ddtf denoise", "ksvd denoise", "general autoencoder denoise", "autoencoder train step",
@@ -225,11 +235,11 @@ def test_accelerator_check(tmp_path):
 
 @pytest.mark.slow
 def test_train_general(tmp_path):
-  """The three trainings and exports of `train_general.sh` (2 steps each at 32², one CWF dataset)."""
+  """The three trainings and exports of `train_general.sh` (2 steps each at 32², small networks, one CWF
+  dataset)."""
   root = tmp_path / "general"
-  r = _bash("train_general.sh", root, 2, 2, "--config.pool_size=2", "--config.image_size=32", "--config.batch_size=4",
-            "--config.val_size=2", "--config.cwf_datasets=1", "--config.cwf_keep=4", "--config.eval_every=2",
-            "--config.checkpoint_every=2", "--config.log_every=1", env={"CWF_STEPS": "2"})
+  r = _bash("train_general.sh", root, 2, 2, *SMALL_GENERAL, "--config.cwf_datasets=1", "--config.cwf_keep=4",
+            "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=1", env={"CWF_STEPS": "2"})
   assert r.returncode == 0, r.stderr[-3000:]
   from cryojax_denoise.training import restore
 
