@@ -151,3 +151,21 @@ def test_bad_noise_values(stack, tmp_path):
   errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
   assert r.returncode != 0 and len(errors) == 1 and "config.noise" in errors[0], r.stderr[-2000:]
   assert not (tmp_path / "launched").exists()
+
+
+def test_noise_check_script_sees_the_correlation_whitening_removes(tmp_path, capsys):
+  """scripts/self_supervised_noise_check.py (docs/finetuning.md's correlation table and MSEs)."""
+  sys.path.insert(0, os.path.join(ROOT, "scripts"))
+  try:
+    import self_supervised_noise_check as check
+  finally:
+    sys.path.pop(0)
+  noisy, clean = _coloured_stack(n=200, seed=2)
+  io.write_stack(str(tmp_path / "noisy.mrcs"), noisy, 5.0)
+  io.write_stack(str(tmp_path / "clean.mrcs"), clean, 5.0)
+  out = check.main(["check", "acf", str(tmp_path)])
+  assert out["raw"]["lag 1"] > 0.15 and out["raw"]["pixel vs mean of 8"] > 0.3
+  assert abs(out["whitened"]["lag 1"]) < 0.03 and abs(out["whitened"]["pixel vs mean of 8"]) < 0.03
+  assert "whitened" in capsys.readouterr().out
+  relative = check.main(["check", "mse", str(tmp_path / "noisy.mrcs"), str(tmp_path / "clean.mrcs")])
+  np.testing.assert_allclose(relative, ((noisy - clean) ** 2).mean() / clean.var(), rtol=1e-6)
