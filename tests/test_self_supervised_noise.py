@@ -115,6 +115,10 @@ def test_record_gives_denoise_the_training_filter(stack, tmp_path):
   measured, _ = stack_noise(open_particles(path), io.ImageReader(), "coloured")
   for psd in (via_file, measured):
     np.testing.assert_array_equal(wh.whitening_filter(psd, psd.shape), trained_with)
+  # what denoise finds from checkpoint=WORKDIR or WORKDIR/checkpoints (ss_noise.saved_noise)
+  for where in (wd, os.path.join(wd, "checkpoints")):
+    assert ss_noise.saved_noise(where)["noise_psd"] == psd_file
+  assert ss_noise.saved_noise(str(tmp_path)) is None
   # the in-memory path (train.finetune) whitens with the same spectrum
   arrays = data_lib.NoisyStack(_config("", noise="coloured"), arrays=(noisy, None))
   np.testing.assert_allclose(arrays.filter, trained_with, rtol=1e-4)
@@ -126,6 +130,7 @@ def test_record_gives_denoise_the_training_filter(stack, tmp_path):
   with open(os.path.join(wd_white, ss_noise.NOISE_RECORD)) as f:
     assert json.load(f) == {"mode": "white", "decision": "white", "whitened": False}
   assert not os.path.exists(os.path.join(wd_white, ss_noise.NOISE_PSD))
+  assert ss_noise.saved_noise(wd_white) == {"mode": "white", "decision": "white", "whitened": False}
 
 
 def test_auto_keeps_white_noise_white(tmp_path):

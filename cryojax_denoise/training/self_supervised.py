@@ -29,7 +29,7 @@ spectrum in `WORKDIR/noise_psd.npy`, so `denoise --config.noise=coloured --confi
 WORKDIR/noise_psd.npy` applies the model as colour ∘ network ∘ whiten with the same filter. Whitening,
 not a wider blind spot: measured on relion31-coloured noise (64², 600 particles) the noise
 autocorrelation at lag 1 / √2 / 2 / 3 px is 0.24 / 0.17 / 0.10 / 0.05 raw and ≤ 0.002 at every lag
-within 5 px after whitening with the estimate (white noise: ≤ 0.004), so the blind spot's independence
+within 5 px after whitening with the estimate (≤ 0.012 from 30 particles; white noise: ≤ 0.004), so the blind spot's independence
 holds again with the default `mask_grid` (docs/finetuning.md). Images of any size are reflect-padded to the
 generator's stride (the sub-sampled half-size images too) and cropped back.
 """

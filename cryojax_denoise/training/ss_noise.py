@@ -82,3 +82,20 @@ def write_noise_record(workdir: str, record: dict) -> None:
     np.save(tmp, psd)
     os.replace(tmp, os.path.join(workdir, NOISE_PSD))
   io.atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def saved_noise(checkpoint: str) -> dict | None:
+  """The noise record of a self-supervised training run, `checkpoint` its workdir or its `checkpoints/`
+  folder, with `noise_psd` the spectrum file beside it (wherever the workdir now is); None without one
+  (not self-supervised, or trained before the option). For `denoise`: a record with `whitened` true means
+  the model must be applied with noise=coloured, noise_psd=record["noise_psd"]."""
+  d = os.path.abspath(checkpoint)
+  for wd in (d, os.path.dirname(d)) if os.path.basename(d) == "checkpoints" else (d,):
+    path = os.path.join(wd, NOISE_RECORD)
+    if os.path.isfile(path):
+      with open(path) as f:
+        record = json.load(f)
+      if record.get("whitened"):
+        record["noise_psd"] = os.path.join(wd, NOISE_PSD)
+      return record
+  return None
