@@ -188,6 +188,8 @@ class NoisyStack:
   in memory; the last `val_size` images (at most a tenth) are held out for validation. Batch `step`
   depends only on (seed, step); random 90° rotations and flips, the same for both copies, and a random
   swap of the two copies. `batch` returns (noisy, target) with target = the second copy or noisy itself.
+  With `noise=coloured|auto` the images are whitened first (`filter`, `noise_record`: see
+  `ss_noise.noise_model`).
   """
 
   def __init__(self, config, sharding=None, arrays=None):
@@ -201,6 +203,9 @@ class NoisyStack:
                        f"{self.n_val} held out for validation (lower batch_size= or give more particles)")
     self.image_size = self.noisy.shape[-1]
     self.config, self.sharding = config, sharding
+    from cryojax_denoise.training.ss_noise import noise_model  # noise=coloured: whitened particles
+
+    self.filter, self.noise_record = noise_model(config, None if arrays is None else self.noisy)
 
   @staticmethod
   def read(config, arrays=None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -228,10 +233,18 @@ class NoisyStack:
     return noisy, noisy2
 
   def _pair(self, idx):
-    noisy = np.asarray(self.noisy[idx], np.float32)
+    noisy = self._whiten(np.asarray(self.noisy[idx], np.float32))
     if noisy.ndim == 4:  # (noisy, prior, probe, W probe) channels: the target is the noisy channel
       return noisy, noisy[:, 0]
-    return noisy, (noisy if self.noisy2 is None else np.asarray(self.noisy2[idx], np.float32))
+    return noisy, (noisy if self.noisy2 is None else self._whiten(np.asarray(self.noisy2[idx], np.float32)))
+
+  def _whiten(self, images: np.ndarray) -> np.ndarray:
+    """Images whitened with the training particles' noise spectrum (noise=coloured); as read otherwise."""
+    if self.filter is None:
+      return images
+    from cryojax_denoise.noise.whiten import apply_filter
+
+    return np.asarray(apply_filter(images, self.filter), np.float32)
 
   def batch(self, step: int):
     rng = np.random.default_rng([int(self.config.seed), int(step)])

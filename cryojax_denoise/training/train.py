@@ -136,6 +136,10 @@ def train(config, workdir: str, data=None) -> dict:
   if data is None:  # bad maps/stacks fail here, before anything is written
     data = data_lib.make_data(config, data_sharding)
   distributed.barrier("train: data ready")  # gloo's first collective gives up on peers > 30 s apart
+  if config.kind == "self_supervised" and distributed.is_main() and hasattr(data, "noise_record"):
+    from cryojax_denoise.training.ss_noise import write_noise_record  # noise.json: what denoise must apply
+
+    write_noise_record(workdir, data.noise_record)
   ckpt = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
   start = ckpt.latest_step() or 0
   learner = Learner(config, seed=int(config.seed))
