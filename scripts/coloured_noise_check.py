@@ -3,7 +3,7 @@
     PYTHONPATH=. python scripts/coloured_noise_check.py OUT.jsonl [--snrs 0.1,0.05,0.02]
         [--spectra issue:relion31,issue:reprojection48] [--methods all] [--variants est,true,white_noise]
         [--n 1000] [--n_score 64] [--n_slow 16] [--ctf 1] [--sure issue:relion31/est,white_noise]
-    PYTHONPATH=. python scripts/coloured_noise_check.py --table OUT.jsonl [MORE.jsonl ...]
+    PYTHONPATH=. python scripts/coloured_noise_check.py --table OUT.jsonl [MORE.jsonl ...] [--physics]
 
 Unseen ribosome (../shared/data/ribosome70S_65.mrc, 5 Å/px, 64², CTF unless `--ctf 0`), `--n` particles
 (seed 20,000); noise of each spectrum (`noise.spec.resolve`) at the same total variance as white noise of
@@ -13,11 +13,11 @@ particles with their CTFs (`noise.methods.fit_coloured`: whitened, the filter jo
 held fixed; knob methods with `params=auto` (`sure_policy.sure_tune` under the spectrum, scoring the
 whitened denoiser `noise.stack.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
 `KEEP_DEFAULT` keeps in every validated setting; `C=1.15`): tuning them costs 25 calls per image, over an
-hour on the shared CPU; learned models whitened
-(colour ∘ model ∘ whiten). σ is never given (estimated, as `denoise` does). Variants: `est` (the spectrum
+hour on the shared CPU; learned models whitened (colour ∘ model ∘ whiten). σ is never given (estimated, as `denoise` does). Variants: `est` (the spectrum
 estimated on the noisy stack, `noise.decide.choose('coloured')`: denoise --config.noise=coloured),
 `true` (the true spectrum given: --config.noise_psd=FILE), `white_noise` (the same particles with white
-noise, the white model: --config.noise=white). Scored on the first `--n_score` particles (`--n_slow` for
+noise, the white model: --config.noise=white), `white_model` (the coloured stack denoised as if its noise
+were white: --config.noise=white on it). Scored on the first `--n_score` particles (`--n_slow` for
 bm3d and ksvd). MSE relative to the scored clean images' power (1.0 = a blank image); with `--sure`
 variants, also SURE's estimate of the same images' MSE (absolute units, its standard error): `quality`'s
 `method_sure` or `sure_tune`'s estimate of the chosen knob, the number `denoise` logs. One JSON line per
@@ -130,6 +130,7 @@ def measure(args) -> None:
   methods = ALL if args.methods == "all" else tuple(args.methods.split(","))
   variants = args.variants.split(",")
   sure_for = set(filter(None, args.sure.split(",")))  # "white_noise" or SPECTRUM/VARIANT
+  gain_for = set(filter(None, args.gain.split(",")))
   done = {(r["snr"], r["spectrum"], r["method"], r["variant"], r["ctf"], r["n"]): r for r in load(args.reuse)}
   ctf_on = bool(args.ctf)
   for snr in (float(s) for s in args.snrs.split(",")):
@@ -137,22 +138,24 @@ def measure(args) -> None:
     if "white_noise" in variants:
       sets["white"] = simulate(snr, None, args.n, ctf_on)
     for spectrum in filter(None, args.spectra.split(",")):
-      if {"est", "true"} & set(variants):
+      if {"est", "true", "white_model"} & set(variants):
         sets[spectrum] = simulate(snr, spectrum, args.n, ctf_on)
     for name in methods:
       n_score = args.n_slow if name in SLOW else args.n_score
       score = slice(0, n_score)
       for key, (ds, ctf, true) in sets.items():
         tuned = None  # `true` takes `est`'s params: the two differ by the spectrum alone
-        for variant in (["white_noise"] if key == "white" else [v for v in variants if v in ("est", "true")]):
-          psd = None if key == "white" else (true if variant == "true" else estimated_psd(ds.noisy))
+        for variant in (["white_noise"] if key == "white" else
+                        [v for v in variants if v in ("est", "true", "white_model")]):
+          psd = (None if key == "white" or variant == "white_model" else
+                 true if variant == "true" else estimated_psd(ds.noisy))
           tag = "white_noise" if key == "white" else f"{key}/{variant}"
           old = done.get((snr, None if key == "white" else key, name, variant, ctf_on, n_score))
           if old is not None and (tag not in sure_for or "sure" in old):  # measured already (--reuse)
             tuned = old["params"] if variant == "est" else tuned
             continue
           r = run(name, ds.noisy, ctf, psd, score, ds.clean, auto=not args.no_auto, want_sure=tag in sure_for,
-                  params=tuned if variant == "true" else None, gain=args.gain)
+                  params=tuned if variant == "true" else None, gain=tag in gain_for)
           tuned = r["params"] if variant == "est" else tuned
           power = float(np.mean(np.square(ds.clean[score].astype(np.float64))))
           row = {"snr": snr, "spectrum": None if key == "white" else key, "method": name, "variant": variant,
@@ -166,6 +169,57 @@ def measure(args) -> None:
           print(json.dumps(row, default=float), flush=True)
   from cryojax_denoise.denoisers.classical import bm3d as bm3d_mod
   bm3d_mod.shutdown_pool()
+
+
+def physics(spectra, snrs, n: int = 1000) -> dict:
+  """What the noise's placement costs by itself: the clean stack's mean power spectrum S(k) (CTF, `--n`
+  particles) against each spectrum's shape g(k) (mean 1): the signal-weighted noise Σ S g / Σ S (the factor by
+  which the noise where the signal lives exceeds white noise of the same total variance; its inverse is the
+  effective SNR factor), and the MSE of the stationary Fourier-Wiener oracle S / (S + N) at each SNR, coloured
+  / white. Printed; {spectrum: factor}."""
+  from cryojax_denoise.noise import spec
+  from cryojax_denoise.noise import whiten as wh
+
+  ds, _, _ = simulate(1.0, None, n)
+  S = np.mean(np.abs(np.fft.fft2(ds.clean.astype(np.float64))) ** 2, axis=0) / ds.clean[0].size
+  power = S.mean()
+  factors = {}
+  for name in spectra:
+    g = wh.psd_grid(spec.resolve(name), S.shape)
+    g /= g.mean()
+    factors[name] = float(np.sum(S * g) / np.sum(S))
+    cells = []
+    for snr in snrs:
+      n2 = power / snr
+      white, col = (float(np.mean(S * n2 * gg / (S + n2 * gg)) / power) for gg in (1.0, g))
+      cells.append(f"SNR {snr:g}: {white:.3f} / {col:.3f} = {col / white:.2f}x")
+    print(f"{name}: signal-weighted noise {factors[name]:.3f}x white (effective SNR factor {1 / factors[name]:.3f}); "
+          "Fourier-Wiener oracle MSE white / coloured: " + "; ".join(cells))
+  return factors
+
+
+def effective(rows, factors) -> None:
+  """Each method's MSE under a spectrum (estimated) against its own white-noise MSE at the effective SNR
+  (SNR / the spectrum's signal-weighted noise factor, `physics`), interpolated linearly in log SNR between the
+  measured white-noise SNRs: near 1 when the method loses what the noise's placement costs and no more (its
+  input, whitened, is as good to it as white noise of that SNR)."""
+  white = {}
+  for r in rows:
+    if r["variant"] == "white_noise" and r.get("ctf", True):
+      white.setdefault(r["method"], {})[r["snr"]] = r["mse_rel"]
+  print("\n| spectrum | SNR | effective SNR | method | coloured (est) | white noise at the effective SNR | ratio |")
+  print("|---|---|---|---|---|---|---|")
+  for r in rows:
+    w = white.get(r["method"], {})
+    if r["variant"] != "est" or r["spectrum"] not in factors or len(w) < 2:
+      continue
+    eff = r["snr"] / factors[r["spectrum"]]
+    snrs = sorted(w)
+    if not snrs[0] <= eff <= snrs[-1]:
+      continue
+    at = float(np.interp(np.log(eff), np.log(snrs), [w[x] for x in snrs]))
+    print(f"| {r['spectrum']} | {r['snr']:g} | {eff:.3f} | {r['method']} | {r['mse_rel']:.3f} | {at:.3f} | "
+          f"{r['mse_rel'] / at:.3f} |")
 
 
 def load(paths) -> list[dict]:
@@ -187,8 +241,8 @@ def table(paths) -> None:
   for spectrum in spectra:
     print(f"\n{spectrum}: MSE relative to the signal power (est / true; / white noise)\n")
     print("| SNR | method | params (est) | n | estimated spectrum | true spectrum | white noise | est / true "
-          "| est / white |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| est / white | white model | est × SURE's gain (α) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for snr in sorted({k[0] for k in cell}, reverse=True):
       for name in ALL:
         e, t = cell.get((snr, spectrum, name, "est", True)), cell.get((snr, spectrum, name, "true", True))
@@ -199,8 +253,10 @@ def table(paths) -> None:
         flag = lambda r: "**" if r is not None and r["mse_rel"] > 1.0 else ""  # noqa: E731
         ratio = lambda a, b: "" if a is None or b is None else f"{a['mse_rel'] / b['mse_rel']:.3f}"  # noqa: E731
         params = "" if e is None else ",".join(f"{k}={v:g}" for k, v in e.get("params", {}).items())
+        wm = cell.get((snr, spectrum, name, "white_model", True))
+        g = "" if e is None or "mse_gain_rel" not in e else f"{e['mse_gain_rel']:.3f} ({e['gain']:.2f})"
         print(f"| {snr:g} | {name} | {params} | {(e or t)['n']} | {flag(e)}{f(e)}{flag(e)} | {flag(t)}{f(t)}{flag(t)} "
-              f"| {f(w)} | {ratio(e, t)} | {ratio(e, w)} |")
+              f"| {f(w)} | {ratio(e, t)} | {ratio(e, w)} | {flag(wm)}{f(wm)}{flag(wm)} | {g} |")
 
 
 def main():
@@ -218,11 +274,15 @@ def main():
   ap.add_argument("--n_slow", type=int, default=16)
   ap.add_argument("--ctf", type=int, default=1)
   ap.add_argument("--reuse", nargs="*", default=[], help="JSONL files whose cells are not measured again")
-  ap.add_argument("--gain", action="store_true", help="also SURE's output gain (see `run`)")
+  ap.add_argument("--gain", default="", help="variants (as --sure) that also get SURE's output gain (see `run`)")
+  ap.add_argument("--physics", action="store_true", help="with --table: what the spectra cost an oracle (`physics`)")
   ap.add_argument("--no_auto", action="store_true", help="registered defaults instead of params=auto")
   args = ap.parse_args()
   if args.table:
     table(args.table)
+    if args.physics:
+      factors = physics([s for s in args.spectra.split(",") if s], [1, 0.5, 0.2, 0.1, 0.05, 0.02], args.n)
+      effective(load(args.table), factors)
     return
   if not args.out:
     sys.exit("usage: coloured_noise_check.py OUT.jsonl [options] | --table OUT.jsonl")
