@@ -3,6 +3,7 @@
     PYTHONPATH=. python scripts/coloured_noise_check.py OUT.jsonl [--snrs 0.1,0.05,0.02]
         [--spectra issue:relion31,issue:reprojection48] [--methods all] [--variants est,true,white_noise]
         [--n 1000] [--n_score 64] [--n_slow 16] [--ctf 1] [--sure issue:relion31/est,white_noise]
+        [--gain SPECTRUM/est,...] [--reuse DONE.jsonl ...] [--no_auto]
     PYTHONPATH=. python scripts/coloured_noise_check.py --table OUT.jsonl [MORE.jsonl ...] [--physics]
 
 Unseen ribosome (../shared/data/ribosome70S_65.mrc, 5 Å/px, 64², CTF unless `--ctf 0`), `--n` particles
@@ -13,7 +14,8 @@ particles with their CTFs (`noise.methods.fit_coloured`: whitened, the filter jo
 held fixed; knob methods with `params=auto` (`sure_policy.sure_tune` under the spectrum, scoring the
 whitened denoiser `noise.stack.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
 `KEEP_DEFAULT` keeps in every validated setting; `C=1.15`): tuning them costs 25 calls per image, over an
-hour on the shared CPU; learned models whitened (colour ∘ model ∘ whiten). σ is never given (estimated, as `denoise` does). Variants: `est` (the spectrum
+hour on the shared CPU; learned models whitened (colour ∘ model ∘ whiten). σ is never given (estimated, as
+`denoise` does). Variants: `est` (the spectrum
 estimated on the noisy stack, `noise.decide.choose('coloured')`: denoise --config.noise=coloured),
 `true` (the true spectrum given: --config.noise_psd=FILE), `white_noise` (the same particles with white
 noise, the white model: --config.noise=white), `white_model` (the coloured stack denoised as if its noise
