@@ -242,9 +242,10 @@ def table(paths) -> None:
   spectra = sorted({k[1] for k in cell if k[1] != "white"})
   for spectrum in spectra:
     print(f"\n{spectrum}: MSE relative to the signal power (est / true; / white noise)\n")
+    wm_col = any(k[1] == spectrum and k[3] == "white_model" for k in cell)  # the column only where measured
     print("| SNR | method | params (est) | n | estimated spectrum | true spectrum | white noise | est / true "
-          "| est / white | white model | est × SURE's gain (α) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| est / white |" + (" white model |" if wm_col else "") + " est × SURE's gain (α) |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|" if wm_col else ""))
     for snr in sorted({k[0] for k in cell}, reverse=True):
       for name in ALL:
         e, t = cell.get((snr, spectrum, name, "est", True)), cell.get((snr, spectrum, name, "true", True))
@@ -258,7 +259,8 @@ def table(paths) -> None:
         wm = cell.get((snr, spectrum, name, "white_model", True))
         g = "" if e is None or "mse_gain_rel" not in e else f"{e['mse_gain_rel']:.3f} ({e['gain']:.2f})"
         print(f"| {snr:g} | {name} | {params} | {(e or t)['n']} | {flag(e)}{f(e)}{flag(e)} | {flag(t)}{f(t)}{flag(t)} "
-              f"| {f(w)} | {ratio(e, t)} | {ratio(e, w)} | {flag(wm)}{f(wm)}{flag(wm)} | {g} |")
+              f"| {f(w)} | {ratio(e, t)} | {ratio(e, w)} |" + (f" {flag(wm)}{f(wm)}{flag(wm)} |" if wm_col else "")
+              + f" {g} |")
 
 
 def main():
