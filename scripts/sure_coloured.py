@@ -1,6 +1,17 @@
 """SURE under stationary coloured noise (issue 29): SURE/true MSE with the true PSD given, and SURE as today
 (white formula, band σ̂), for registered methods at their defaults on the unseen ribosome.
 
+Tables of SURE as `denoise` reports it, every registered method (issues 29 and 32), from the JSONL rows of
+`scripts/coloured_noise_check.py` (which records, per variant asked with `--sure`, SURE's estimate of the
+scored images' MSE and their true MSE, absolute units):
+
+usage: python scripts/sure_coloured.py --table ROWS.jsonl [MORE.jsonl ...]
+  B(i), issue 29: rows of `--sure issue:relion31/est` (the spectrum estimated on the stack, as
+  `denoise --config.noise=coloured` runs): SURE / true, z, and the Spearman correlation of SURE's ranking of
+  the methods with the true ranking per SNR; B(ii), issue 32: the `white_noise` rows (σ estimated, as
+  `denoise` runs), with and without CTF. A cell passes when |SURE − true| <= 10% of true + 2 standard errors;
+  a method SURE cannot score shows its one-line reason.
+
 usage: python scripts/sure_coloured.py SNR N_SCORE METHODS [CTF 1|0] [N_FIT] [coloured|white]
   e.g. ... 0.1 256 gaussian,wiener,ddtf,bm3d,cwf 1 1000
 `white` keeps the white noise: "SURE with PSD" is then SURE given the true σ (a flat PSD).
@@ -28,7 +39,57 @@ def profile(n: int = 65) -> np.ndarray:
   return 1.0 + 5.0 * np.exp(-(r / 0.1) ** 2)
 
 
+def table(paths) -> None:
+  """Prints B(i) and B(ii) (see the module docstring) from coloured_noise_check.py's JSONL rows."""
+  import json
+
+  from scipy.stats import spearmanr
+
+  rows = {}
+  for p in paths:
+    with open(p) as f:
+      for line in f:
+        if line.strip():
+          r = json.loads(line)
+          if "sure" in r or "sure_reason" in r:
+            rows[(r["snr"], r["spectrum"] or "white", r["variant"], r.get("ctf", True), r["method"])] = r
+  groups = sorted({k[:4] for k in rows}, key=lambda k: (k[1] == "white", k[1], not k[3], -k[0]))
+  print("| noise | CTF | SNR | method | n | true MSE | SURE ± 2 SE | SURE / true | z | within 10% + 2 SE |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  rank = {}
+  for g in groups:
+    for name in ORDER:
+      r = rows.get((*g, name))
+      if r is None:
+        continue
+      label = f"{g[1]} ({g[2]})" if g[1] != "white" else "white"
+      if "sure_reason" in r:
+        print(f"| {label} | {'yes' if g[3] else 'no'} | {g[0]:g} | {name} | {r['n']} | {r['sure_true']:.4f} | "
+              f"no number: {r['sure_reason']} | | | |")
+        continue
+      true, est, se = r["sure_true"], r["sure"], r["sure_se"]
+      ok = abs(est - true) <= 0.1 * true + 2 * se
+      print(f"| {label} | {'yes' if g[3] else 'no'} | {g[0]:g} | {name} | {r['n']} | {true:.4f} | {est:.4f} ± "
+            f"{2 * se:.4f} | {est / true:.3f} | {(est - true) / se:+.2f} | {'yes' if ok else '**no**'} |")
+      rank.setdefault(g, []).append((name, est / r["power"], true / r["power"]))
+  print("\n| noise | CTF | SNR | methods | Spearman (SURE's ranking vs true) | SURE's order | true order |")
+  print("|---|---|---|---|---|---|---|")
+  for g, v in rank.items():
+    if len(v) < 3:
+      continue
+    rho = spearmanr([a for _, a, _ in v], [b for _, _, b in v]).statistic
+    order = lambda i: ", ".join(n for n, *_ in sorted(v, key=lambda t: t[i]))  # noqa: E731
+    label = f"{g[1]} ({g[2]})" if g[1] != "white" else "white"
+    print(f"| {label} | {'yes' if g[3] else 'no'} | {g[0]:g} | {len(v)} | {rho:.3f} | {order(1)} | {order(2)} |")
+
+
+ORDER = ("gaussian", "wiener", "bm3d", "ksvd", "ddtf", "tv", "cwf", "autoencoder", "gan", "autoencoder_cwf")
+
+
 def main():
+  if sys.argv[1] == "--table":
+    table(sys.argv[2:])
+    return
   snr, n_score, methods = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(",")
   use_ctf = bool(int(sys.argv[4])) if len(sys.argv) > 4 else True
   n_fit = int(sys.argv[5]) if len(sys.argv) > 5 else 1000

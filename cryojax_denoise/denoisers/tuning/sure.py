@@ -243,6 +243,27 @@ def sure(den: Callable, images, noise_std=None, *, sure_std=None, noise_psd=None
   return SureEstimate(sure_from_stats(resid[0], div, sigma), sigma, signal_power(images, sigma), output, band, div)
 
 
+def output_gain(images, output, est: SureEstimate) -> tuple[float, float]:
+  """SURE's MSE-optimal scalar gain for a denoiser's `output` f(y) (B, H, W) on `images` y, and SURE's
+  per-image MSE of the gained output α·f(y) (image units): (α, mse).
+
+  α = ⟨f, x⟩ / ‖f‖², clipped to [0, 1], with ⟨f, x⟩ = ⟨f, y⟩ − tr(Σ J_f) (Stein: E⟨f, n⟩ = tr(Σ J_f)), read
+  from `est` = `sure(den, images, ...)` of the same images (its σ and divergence, white or coloured probes);
+  sums over the batch. α = 0 is a blank image, so α·f is never worse than blank by more than SURE's error:
+  where a method passes more noise than signal (low SNR under coloured noise, whose excess sits where the
+  signal is) the gain takes the output back below the signal power. `denoise` does not apply it (yet).
+  """
+  y = np.asarray(images, np.float64)
+  f = np.asarray(output, np.float64)
+  n_pix = y[0].size
+  s2 = np.square(np.asarray(est.sigma, np.float64))
+  trace = s2 * np.asarray(est.div, np.float64) * n_pix  # (B,) tr(Σ J_f) per image
+  ff, fy, yy = (np.sum(a * b, axis=(-2, -1)) for a, b in ((f, f), (f, y), (y, y)))
+  alpha = float(np.clip((fy.sum() - trace.sum()) / ff.sum(), 0.0, 1.0)) if ff.sum() > 0 else 0.0
+  mse = (alpha ** 2 * ff - 2 * alpha * (fy - trace) + yy - n_pix * s2) / n_pix
+  return alpha, mse
+
+
 def known_divergence(name: str, shape: tuple, **params) -> float | None:
   """Exact divergence per pixel of registry method `name` with `params` (its defaults for the rest)
   on images of `shape` (..., H, W), when it registers one (`Method.divergence`: linear shift-invariant

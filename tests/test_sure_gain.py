@@ -1,0 +1,57 @@
+"""SURE's output gain (`sure.output_gain`, issue 29): α = (⟨f, y⟩ − tr(Σ J_f)) / ‖f‖² estimates the
+MSE-optimal scalar gain of a denoiser's output without clean images, white and coloured noise; the gained
+output of a method that passes more noise than signal falls back below the signal power."""
+
+import numpy as np
+import pytest
+
+from cryojax_denoise import denoisers
+from cryojax_denoise.denoisers.tuning import sure as S
+
+SIZE = 32
+
+
+def _images(n, seed=0):
+  rng = np.random.default_rng(seed)
+  x = np.asarray(denoisers.get("gaussian", width=2.0)(rng.normal(size=(n, SIZE, SIZE)).astype(np.float32)))
+  return (x / x.std()).astype(np.float32)
+
+
+def _low_frequency_psd(variance):
+  """PSD (SIZE, SIZE) with 6× the high band's power below ~0.1 cycles/px (issue 29's relion31 shape)."""
+  r = np.linspace(0, 0.5, 33)
+  p = S.psd_grid(1.0 + 5.0 * np.exp(-(r / 0.1) ** 2), (SIZE, SIZE))
+  return p * variance / p.mean()
+
+
+@pytest.mark.parametrize("coloured", [False, True])
+def test_gain_matches_the_oracle_and_its_sure_the_true_mse(coloured):
+  """gaussian (width 1) at SNR 0.05 passes its pass band's noise: MSE above the signal power. SURE's α is
+  within 0.05 of the oracle ⟨f, x⟩/‖f‖², the gained output's MSE is below the signal power, and SURE's
+  estimate of that MSE is within 10% of the true one (white noise and low-frequency coloured noise)."""
+  x = _images(128)
+  variance = 1.0 / 0.05
+  psd = _low_frequency_psd(variance) if coloured else np.full((SIZE, SIZE), variance)
+  y = (x + S._colour(np.random.default_rng(1).normal(size=x.shape), psd)).astype(np.float32)
+  den = denoisers.get("gaussian", width=1.0)
+  est = S.sure(den, y, noise_psd=psd, eps=0.01, keep_output=True)
+  f = est.output.astype(np.float64)
+  assert np.mean((f - x) ** 2) > np.mean(x.astype(np.float64) ** 2)  # worse than a blank image
+  alpha, mse = S.output_gain(y, f, est)
+  oracle = float(np.sum(f * x) / np.sum(f * f))
+  assert 0.0 <= alpha < 1.0 and alpha == pytest.approx(oracle, abs=0.05)
+  true = np.mean((alpha * f - x) ** 2)
+  assert true < np.mean(x.astype(np.float64) ** 2)
+  assert float(np.mean(mse)) == pytest.approx(true, rel=0.1)
+
+
+def test_gain_of_a_good_denoiser_is_near_one_and_keeps_sure():
+  """At high SNR a tuned filter needs no gain (α ≈ 1); with α = 1 `output_gain`'s MSE is SURE's own."""
+  x = _images(32, seed=2)
+  y = (x + 0.3 * np.random.default_rng(3).normal(size=x.shape)).astype(np.float32)
+  den = denoisers.get("gaussian", width=1.0)
+  est = S.sure(den, y, 0.3, eps=0.01, keep_output=True)
+  alpha, mse = S.output_gain(y, est.output, est)
+  assert alpha > 0.9
+  if alpha == 1.0:
+    np.testing.assert_allclose(mse, est.mse, rtol=1e-4, atol=1e-6)
