@@ -88,6 +88,43 @@ def pose_errors(poses: align.Poses, true_matrices, true_origins_A=None) -> dict:
   return out
 
 
+POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def table_poses(particles, pixel_size: float):
+  """(matrices (N, 3, 3), origins (N, 2) Å) from a RELION particle table, or None without pose columns
+  (the truth that `pose_errors` scores against, when the table is a simulation's)."""
+  from cryojax_denoise.data.relion import relion_matrix
+
+  if not all(k in particles.columns for k in POSE_COLUMNS):
+    return None
+  m = relion_matrix(*(particles[k].to_numpy(np.float64) for k in POSE_COLUMNS))
+  get = lambda k: particles[k].to_numpy(np.float64) if k in particles.columns else np.zeros(len(particles))
+  if "rlnOriginXAngst" in particles.columns or "rlnOriginYAngst" in particles.columns:
+    origins = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1)
+  else:
+    origins = pixel_size * np.stack([get("rlnOriginX"), get("rlnOriginY")], -1)
+  return m, origins
+
+
+def refine_scores(images, particles, optics, pixel_size: float, initial_map, *, truth_map=None,
+                  seed: int = 0, ctf: bool | None = None, **options) -> dict:
+  """`refine` of (N, D, D) `images` of a RELION table (CTF read from it; its poses, when present, only
+  score the result) from `initial_map`: {resolution_A (half maps, FSC 0.143), median_angular_error_deg,
+  fraction_within_5deg, median_shift_error_A, reference_resolution_A (the map against `truth_map`, FSC 0.5)}.
+  `options` go to `refine` (steps_deg, max_shift_A, align_images, ...)."""
+  params = align.ctf_params(particles, optics, pixel_size, ctf)
+  truth = table_poses(particles, pixel_size)
+  result = refine(images, params, initial_map, pixel_size, seed=seed, truth=truth, **options)
+  out = {"resolution_A": float(result.resolution_A)}
+  if truth is not None:
+    out.update(pose_errors(result.poses, *truth))
+  if truth_map is not None:
+    curve = fsc_lib.fsc_curve(result.full, np.asarray(truth_map, np.float32))
+    out["reference_resolution_A"] = float(fsc_lib.fsc_resolution(curve, pixel_size, 0.5))
+  return out
+
+
 def _take(poses: align.Poses, rows) -> align.Poses:
   return align.Poses(*(np.asarray(v)[rows] for v in poses))
 
