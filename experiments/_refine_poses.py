@@ -181,6 +181,9 @@ def stacks(config, images, particles, optics, pixel_size: float, made: dict | No
 
 def refine_stacks(config, made: dict, params, pixel_size: float, truth=None):
   """`refine.refine` of the config's stacks (`stacks`) from its initial model: a `RefineResult`."""
+  import jax
+
+  from cryojax_denoise import sharding
   from cryojax_denoise.reconstruction import refine
 
   raw = made["raw"]
@@ -197,7 +200,8 @@ def refine_stacks(config, made: dict, params, pixel_size: float, truth=None):
                        seed=int(config.seed), pad=int(config.pad), reg=float(config.reg),
                        align_resolution_A=float(config.align_resolution_A) or None,
                        particle_radius_A=float(config.particle_radius_A) or None,
-                       truth=truth, log=lambda line: logging.info("refine: %s", line))
+                       truth=truth, log=lambda line: logging.info("refine: %s", line),
+                       mesh=sharding.data_mesh() if jax.device_count() > 1 else None)  # batches over devices
 
 
 def summary(config, result, truth, reference, pixel_size: float) -> dict:

@@ -134,7 +134,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
            max_shift_A: float = 0.0, seed: int = 0, pad: int = fourier.DEFAULT_PAD, reg: float = fourier.DEFAULT_REG,
            batch_size: int = align.DEFAULT_BATCH, mask: bool = True, truth=None,
            align_resolution_A: float | None = None, particle_radius_A: float | None = None,
-           log: Callable[[str], None] | None = None) -> RefineResult:
+           log: Callable[[str], None] | None = None, mesh=None) -> RefineResult:
   """Gold-standard refinement of (N, D, D) `images` (module docstring).
 
   params: `reconstruction.particles` kernel parameters (N,) of the particles: only their CTF is read
@@ -143,7 +143,8 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
   reconstructed); truth: optional (matrices (N, 3, 3), origins (N, 2) Å) scored in `history` each round;
   align_resolution_A: the finest band matching may use (Å; None: the FSC 0.143 resolution each round);
   particle_radius_A (default 0.4·D·pixel size): the exhaustive stage is band-limited to radius·step (rad),
-  the finest detail a grid at that step can tell apart (local refinement uses the full band).
+  the finest detail a grid at that step can tell apart (local refinement uses the full band);
+  mesh: `sharding.data_mesh()` to split the alignment's batches over its devices (`align.search`).
   """
   n, d = len(images), int(images.shape[-1])
   if n < 2:
@@ -173,7 +174,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
       init = None if r < exhaustive else _take(poses, rows)
       parts.append(align.search(RowsView(align_images, rows), params_take(params, rows), ref, grid,
                                 resolution_A=align_res, max_shift_A=max_shift_A, batch_size=batch_size, init=init,
-                                search_resolution_A=radius * np.deg2rad(step)))
+                                search_resolution_A=radius * np.deg2rad(step), mesh=mesh))
     poses = _merge(parts, halves, n)
     acc = fourier.backproject(images, with_poses(params, poses), pixel_size, groups=split, n_groups=2, pad=pad,
                               batch_size=None)
