@@ -14,7 +14,8 @@ Per (seed, SNR) it simulates the unseen 70S ribosome as docs/reconstruction.md d
   what the experiment makes for either: `denoise_halves` depends on the method and the split seed only.
 
 Every run appends one JSON line to RUNS/r30/refine_table.jsonl (done runs are skipped on a rerun), then
-RUNS/r30/refine_table.md is rewritten: per SNR and run, the mean over seeds ± half their range.
+RUNS/r30/refine_table.md is rewritten: per SNR and run, the mean over seeds ± half their range. A row
+carrying a "source" (a number measured elsewhere and added to the JSONL by hand) is marked † with it.
 """
 
 from __future__ import annotations
@@ -125,9 +126,11 @@ def table(rows: list[dict], methods) -> str:
           continue
         text = fmt.format(vals.mean())
         cells.append(text + (f" ± {fmt.format((vals.max() - vals.min()) / 2)}" if len(vals) > 1 else ""))
-      seeds = ",".join(str(s) for s in sorted({r["seed"] for r in sel}))
+      seeds = ",".join(str(s) + ("†" if any("source" in r for r in sel if r["seed"] == s) else "")
+                       for s in sorted({r["seed"] for r in sel}))
       lines.append(f"| {snr:g} | {name} | {seeds} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
+  sources = sorted({r["source"] for r in rows if "source" in r})
+  return "\n".join(lines + [f"\n† {s}" for s in sources]) + "\n"
 
 
 def main() -> None:
