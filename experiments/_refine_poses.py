@@ -23,9 +23,6 @@ from absl import logging
 
 from cryojax_denoise.errors import InputError
 
-POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
-
-
 def add_config(c) -> None:
   """The refine keys of the reconstruct config."""
   c.poses = "known"                # known: the STAR file's poses; refine: found by projection matching
@@ -146,18 +143,9 @@ def denoise_halves(config, method: str, images, particles, optics, pixel_size: f
 
 def true_poses(particles, pixel_size: float):
   """(matrices (N, 3, 3), origins (N, 2) Å) from the STAR rows, or None without pose columns."""
-  from cryojax_denoise.data.relion import relion_matrix
+  from cryojax_denoise.reconstruction import refine
 
-  if not all(k in particles.columns for k in POSE_COLUMNS):
-    return None
-  m = relion_matrix(*(particles[k].to_numpy(np.float64) for k in POSE_COLUMNS))
-  if "rlnOriginXAngst" in particles.columns or "rlnOriginYAngst" in particles.columns:
-    get = lambda k: particles[k].to_numpy(np.float64) if k in particles.columns else np.zeros(len(particles))
-    origins = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1)
-  else:
-    origins = pixel_size * np.stack([particles[k].to_numpy(np.float64) if k in particles.columns
-                                     else np.zeros(len(particles)) for k in ("rlnOriginX", "rlnOriginY")], -1)
-  return m, origins
+  return refine.table_poses(particles, pixel_size)
 
 
 def poses_table(star, particles, poses, split, config, workdir: str):
@@ -178,42 +166,54 @@ def poses_table(star, particles, poses, split, config, workdir: str):
   return table
 
 
-def run(config, workdir: str, star, images, particles, pixel_size: float, reference) -> None:
-  """Refines, then writes the maps, fsc.json, fsc.png and poses.star (process 0 only)."""
-  from cryojax_denoise import distributed, io
-  from cryojax_denoise.reconstruction import align, fsc, refine
-
-  box = images.shape[-1]
-  start = initial_model(config, box, pixel_size)
-  params = align.ctf_params(particles, star.optics, pixel_size, None if config.ctf else False)
-  raw = images  # read a batch at a time; denoised stacks are held in memory
-  made = {"raw": raw}
+def stacks(config, images, particles, optics, pixel_size: float, made: dict | None = None) -> dict:
+  """{"raw": images, METHOD: its denoised stack} for `align_with` and `reconstruct_from`. `made` (a
+  caller's cache, updated) lets two runs share one denoised stack: `denoise_halves` depends only on the
+  method, its settings and the split seed, not on the mode it serves."""
+  made = {} if made is None else made
+  made.setdefault("raw", images)  # read a batch at a time; denoised stacks are held in memory
   for key in ("align_with", "reconstruct_from"):
     if config[key] not in made:
-      logging.info("refine: denoising %d particles with %s, each half set on its own", len(raw), config[key])
-      made[config[key]] = denoise_halves(config, config[key], raw, particles, star.optics, pixel_size)
-  truth = true_poses(particles, pixel_size)
+      logging.info("refine: denoising %d particles with %s, each half set on its own", len(images), config[key])
+      made[config[key]] = denoise_halves(config, config[key], images, particles, optics, pixel_size)
+  return made
+
+
+def refine_stacks(config, made: dict, params, pixel_size: float, truth=None):
+  """`refine.refine` of the config's stacks (`stacks`) from its initial model: a `RefineResult`."""
+  import jax
+
+  from cryojax_denoise import sharding
+  from cryojax_denoise.reconstruction import refine
+
+  raw = made["raw"]
+  box = raw.shape[-1]
+  start = initial_model(config, box, pixel_size)
   max_shift = config.max_shift_A or max(2.0, 0.05 * box) * pixel_size
   logging.info("refine %d particles of %d² at %.4g Å/px: align %s, reconstruct %s, steps %s°, shifts ≤ %.3g Å",
                len(raw), box, pixel_size, config.align_with, config.reconstruct_from,
                tuple(config.angular_steps_deg), max_shift)
-  result = refine.refine(made[config.reconstruct_from], params, start, pixel_size,
-                         align_images=made[config.align_with], steps_deg=tuple(config.angular_steps_deg),
-                         exhaustive_rounds=int(config.exhaustive_rounds),
-                         initial_lowpass_A=float(config.initial_lowpass_A), max_shift_A=float(max_shift),
-                         seed=int(config.seed), pad=int(config.pad), reg=float(config.reg),
-                         align_resolution_A=float(config.align_resolution_A) or None,
-                         particle_radius_A=float(config.particle_radius_A) or None,
-                         truth=truth, log=lambda line: logging.info("refine: %s", line))
-  if not distributed.is_main():
-    return
-  for name, vol in (("half1.mrc", result.half1), ("half2.mrc", result.half2), ("map.mrc", result.full)):
-    io.write_volume(os.path.join(workdir, name), vol, pixel_size)
-  io.write_star(os.path.join(workdir, "poses.star"), star.optics,
-                poses_table(star, particles, result.poses, result.split, config, workdir))
+  return refine.refine(made[config.reconstruct_from], params, start, pixel_size,
+                       align_images=made[config.align_with], steps_deg=tuple(config.angular_steps_deg),
+                       exhaustive_rounds=int(config.exhaustive_rounds),
+                       initial_lowpass_A=float(config.initial_lowpass_A), max_shift_A=float(max_shift),
+                       seed=int(config.seed), pad=int(config.pad), reg=float(config.reg),
+                       align_resolution_A=float(config.align_resolution_A) or None,
+                       particle_radius_A=float(config.particle_radius_A) or None,
+                       truth=truth, log=lambda line: logging.info("refine: %s", line),
+                       mesh=sharding.data_mesh() if jax.device_count() > 1 else None)  # batches over devices
+
+
+def summary(config, result, truth, reference, pixel_size: float) -> dict:
+  """fsc.json's content: the half-map FSC and its 0.143 resolution, pose errors against `truth` and the
+  map's FSC 0.5 resolution against `reference` when given, and the per-round history."""
+  from cryojax_denoise.reconstruction import fsc, refine
+
+  box = result.full.shape[0]
   curve = fsc.fsc_curve(result.half1, result.half2, mask=config.mask)
   freq = fsc.shell_frequencies(box, pixel_size)
-  out = {"n_particles": len(raw), "n_half": [int((result.split == 0).sum()), int((result.split == 1).sum())],
+  out = {"n_particles": len(result.split),
+         "n_half": [int((result.split == 0).sum()), int((result.split == 1).sum())],
          "box": box, "pixel_size": pixel_size, "poses": "refine", "align_with": config.align_with,
          "reconstruct_from": config.reconstruct_from, "method": None,
          "mask": "soft sphere" if config.mask else "none", "freq_per_A": [float(v) for v in freq],
@@ -225,8 +225,27 @@ def run(config, workdir: str, star, images, particles, pixel_size: float, refere
     out["fsc_reference"] = [float(v) for v in ref_curve]
     out["reference_resolution_A"] = fsc.fsc_resolution(ref_curve, pixel_size, 0.5)
   out["history"] = result.history
+  return out
+
+
+def run(config, workdir: str, star, images, particles, pixel_size: float, reference) -> None:
+  """Refines, then writes the maps, fsc.json, fsc.png and poses.star (process 0 only)."""
+  from cryojax_denoise import distributed, io
+  from cryojax_denoise.reconstruction import align
+
+  params = align.ctf_params(particles, star.optics, pixel_size, None if config.ctf else False)
+  made = stacks(config, images, particles, star.optics, pixel_size)
+  truth = true_poses(particles, pixel_size)
+  result = refine_stacks(config, made, params, pixel_size, truth)
+  if not distributed.is_main():
+    return
+  for name, vol in (("half1.mrc", result.half1), ("half2.mrc", result.half2), ("map.mrc", result.full)):
+    io.write_volume(os.path.join(workdir, name), vol, pixel_size)
+  io.write_star(os.path.join(workdir, "poses.star"), star.optics,
+                poses_table(star, particles, result.poses, result.split, config, workdir))
+  out = summary(config, result, truth, reference, pixel_size)
   io.atomic_write_text(os.path.join(workdir, "fsc.json"), json.dumps(out, indent=2) + "\n")
-  _plot(os.path.join(workdir, "fsc.png"), freq, curve, out)
+  _plot(os.path.join(workdir, "fsc.png"), out["freq_per_A"], out["fsc"], out)
   logging.info("refine: half-map FSC 0.143 %.2f Å%s; wrote half1.mrc, half2.mrc, map.mrc, poses.star, fsc.json in %s",
                out["resolution_A"], f", median angular error {out['median_angular_error_deg']:.2f}°"
                if truth is not None else "", workdir)

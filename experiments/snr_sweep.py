@@ -3,9 +3,10 @@
     python launch.py --experiment=snr_sweep [--config.preset=smoke|default|gpu]
 
 Reproduces the study's comparison (MSE against SNR, example images, which method wins
-where), adds PSNR, SSIM, FRC resolution and, with `reconstruct=True`, the half-map FSC
-resolution of a 3D reconstruction from denoised particles. Classical methods get their
-key parameter searched per SNR on a tuning batch disjoint from the test set; learned
+where), adds PSNR, SSIM, FRC resolution and, with `reconstruct=True` (or `known`), the half-map FSC
+resolution of a 3D reconstruction from denoised particles at their true poses; `reconstruct=refine` adds
+beside it the map refined from poses found on the denoised particles (`reconstruction.refine`).
+Classical methods get their key parameter searched per SNR on a tuning batch disjoint from the test set; learned
 methods are trained once over an SNR range (or per SNR) unless a checkpoint is given.
 """
 
@@ -20,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from ml_collections.config_dict import placeholder
+from ml_collections.config_dict import FieldReference, placeholder
 
 from cryojax_denoise import denoisers
 from cryojax_denoise.denoisers.tuning import grid as tuning
@@ -112,8 +113,11 @@ def get_config() -> ml_collections.ConfigDict:
   # (lowest Monte-Carlo SURE on the noisy test images alone, as denoise params=auto does), or "both"
   # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one).
   c.tuning = "clean"
-  # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR.
-  c.reconstruct = False
+  # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR: False (none),
+  # True or "known" (true poses: `fsc_resolution_A`), "refine" (also poses found by projection matching on
+  # the denoised particles from the test map low-passed to 30 Å: `fsc_resolution_refined_A`, ...).
+  c.reconstruct = FieldReference(False, field_type=object)  # a bool as before, or one of those strings
+  c.refine_steps_deg = (15.0, 10.0, 7.5)  # reconstruct=refine: one round per angular step (reconstruct's)
   c.example_snrs = (0.1, 0.05)
   return c
 
@@ -135,6 +139,9 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"noise: must be 'white' or 'coloured', got {config.noise!r}")
   if any(s <= 0 for s in config.coloured_snrs):
     raise InputError(f"coloured_snrs must be positive numbers, got {tuple(config.coloured_snrs)}")
+  reconstruct_mode(config)
+  if not config.refine_steps_deg or any(not (0 < float(v) <= 90) for v in config.refine_steps_deg):
+    raise InputError(f"refine_steps_deg: one or more steps in (0, 90] degrees, got {tuple(config.refine_steps_deg)}")
   if config.sigma not in ("estimated", "true"):
     raise InputError(f"sigma: must be 'estimated' or 'true', got {config.sigma!r}")
   for key in ("gan_checkpoint", "autoencoder_checkpoint", "autoencoder_cwf_checkpoint", "volume", "structure", "test_structure"):
@@ -146,6 +153,19 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not config[f"{kind}_checkpoint"] and not os.path.isdir(bundled_model(kind)):
       raise InputError(f"{kind}: no bundled general model at {bundled_model(kind)}; give {kind}_checkpoint=DIR")
   return config
+
+
+RECONSTRUCT_MODES = {False: "", "": "", "false": "", "none": "", True: "known", "true": "known",
+                     "known": "known", "refine": "refine"}
+
+
+def reconstruct_mode(config) -> str:
+  """"" (no reconstruction), "known" (true poses) or "refine" (true poses, then estimated ones)."""
+  value = config.reconstruct
+  key = value.strip().lower() if isinstance(value, str) else value
+  if isinstance(key, (bool, str)) and key in RECONSTRUCT_MODES:
+    return RECONSTRUCT_MODES[key]
+  raise InputError(f"reconstruct: True, False, known or refine, got {value!r}")
 
 
 def validate(config) -> None:
@@ -398,8 +418,9 @@ def run(config, workdir: str) -> None:
           ex_den[name][label] = den
         bar.update(1, extra=f"{set_name}: {name} @ SNR {snr:g}: MSE {row['mse']:.4f}")
 
-    if config.reconstruct and not plan["coloured"]:  # reconstruction denoises under the white-noise model
-      _add_reconstruction(rows, config, methods, plan["snrs"], checkpoints, chosen, dataset, recon_seed, notes, set_name)
+    if reconstruct_mode(config) and not plan["coloured"]:  # reconstruction denoises under the white-noise model
+      _add_reconstruction(rows, config, methods, plan["snrs"], checkpoints, chosen, dataset, recon_seed, notes, set_name,
+                          plan["source"])
 
   report.write_results(rows, workdir)
   report.plot_metrics(rows, os.path.join(workdir, "mse_vs_snr.png"))
@@ -428,39 +449,75 @@ def run(config, workdir: str) -> None:
   logging.info("wrote results.json, results.csv, mse_vs_snr.png, examples.png, report.md in %s", workdir)
 
 
-def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes, set_name) -> None:
-  """Adds `fsc_resolution_A` (half-map FSC 0.143) per (method, SNR) from denoised particles.
+def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes, set_name,
+                        source) -> None:
+  """Adds `fsc_resolution_A` (half-map FSC 0.143, true poses) per (method, SNR) from denoised particles;
+  with reconstruct=refine also the estimated-pose scores of `_refined` (`fsc_resolution_refined_A`, ...).
 
   Denoising n_reconstruct particles reports its own progress; the ETA counts each remaining
   method's measured cost (its seconds per image on the test set) and the measured time per map."""
   from cryojax_denoise.reconstruction import fourier
 
-  n = config.n_reconstruct
+  n, refine = config.n_reconstruct, reconstruct_mode(config) == "refine"
   cost = {(r["method"], r["snr"]): r.get("seconds_per_image", 0.0) for r in rows if r.get("test_set") == set_name}
   items = [(snr, name) for snr in snrs for name in ["noisy"] + methods]
   map_seconds: list[float] = []
 
   def remaining_s(k: int) -> float:
     per_map = float(np.mean(map_seconds)) if map_seconds else 0.0
-    return sum(n * cost.get((name, snr), 0.0) + per_map for snr, name in items[k + 1:])
+    return sum((2 if refine else 1) * n * cost.get((name, snr), 0.0) + per_map for snr, name in items[k + 1:])
 
   bar = Progress(total=len(items), desc="reconstruct", unit="maps", every_s=1.0)
   for k, (snr, name) in enumerate(items):
     if name == "noisy":
       ds = dataset(n, snr, seed)
       sigma = _sigma(config, ds)
-      images = ds.noisy
+      images, fn = ds.noisy, None
     else:
       learned = (name, snr) in checkpoints
       params = {"checkpoint": checkpoints[name, snr]} if learned else dict(chosen.get((f"{set_name}: {name}", snr), {}))
       inner = Progress(total=n, desc=f"reconstruct: denoising with {name} @ SNR {snr:g}", unit="img", every_s=10.0)
-      images = evaluate.apply_batched(denoisers.get(_registry_name(name), **params), ds.noisy, sigma, config.n_tune,
-                                      on_batch=inner.update)
+      fn = denoisers.get(_registry_name(name), **params)
+      images = evaluate.apply_batched(fn, ds.noisy, sigma, config.n_tune, on_batch=inner.update)
     t0 = time.perf_counter()
     res = fourier.half_map_resolution(images, ds.particles, ds.optics, float(ds.pixel_size), seed=config.seed)
-    map_seconds.append(time.perf_counter() - t0)
     row = next(r for r in rows if r["method"] == name and r["snr"] == snr and r["test_set"] == set_name)
     row["fsc_resolution_A"] = float(res["resolution_A"])
-    bar.update(1, extra=f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å", remaining_s=remaining_s(k))
+    if refine:
+      row.update(_refined(config, ds, source, fn, sigma))
+    map_seconds.append(time.perf_counter() - t0)
+    extra = f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å"
+    if refine:
+      extra += f", refined {row['fsc_resolution_refined_A']:.1f} Å ({row['median_angular_error_deg']:.1f}°)"
+    bar.update(1, extra=extra, remaining_s=remaining_s(k))
   notes.append(f"3D reconstructions from {config.n_reconstruct} particles per SNR (known poses and CTF), "
                "half maps split at random; resolution where their FSC falls below 0.143.")
+  if refine:
+    notes.append("Estimated-pose rows (`*_refined_*`, angular errors): each half set denoised on its own, poses "
+                 "found on the denoised particles by projection matching against the test map low-passed to "
+                 f"30 Å, refined over gold-standard half sets at steps {tuple(config.refine_steps_deg)}°, the map "
+                 "from the denoised particles; 'vs truth' is the refined map against the test map (FSC 0.5).")
+
+
+def _refined(config, ds, source, fn, sigma) -> dict:
+  """Estimated-pose scores of `ds` denoised by `fn` (None: raw), each half set of the refinement's split
+  denoised on its own so that the half maps stay independent: `reconstruction.refine.refine_scores`."""
+  from cryojax_denoise.reconstruction import fourier, refine
+
+  images = ds.noisy
+  if fn is not None:
+    split = fourier.random_halves(len(images), int(config.seed))
+    images = np.empty(ds.noisy.shape, np.float32)
+    for h in (0, 1):
+      rows = np.flatnonzero(split == h)
+      images[rows] = evaluate.apply_batched(fn, ds.noisy[rows], sigma[rows], config.n_tune)
+  if source.volume.shape[0] != images.shape[-1] or abs(float(source.pixel_size) - float(ds.pixel_size)) > 1e-6:
+    raise InputError(f"reconstruct=refine: the test map is {source.volume.shape[0]}³ at {source.pixel_size} Å, "
+                     f"the particles {images.shape[-1]}² at {ds.pixel_size} Å")
+  box, pixel_size = images.shape[-1], float(ds.pixel_size)
+  out = refine.refine_scores(images, ds.particles, ds.optics, pixel_size, source.volume,
+                             truth_map=source.volume, seed=int(config.seed), ctf=None if config.ctf else False,
+                             steps_deg=tuple(float(v) for v in config.refine_steps_deg), initial_lowpass_A=30.0,
+                             max_shift_A=max(2.0, 0.05 * box) * pixel_size)  # reconstruct's default search
+  return {"fsc_resolution_refined_A": out["resolution_A"], "reference_resolution_refined_A": out["reference_resolution_A"],
+          "median_angular_error_deg": out["median_angular_error_deg"], "fraction_within_5deg": out["fraction_within_5deg"]}

@@ -135,3 +135,41 @@ def test_benchmark_times_kernel_and_numpy_on_one_grid():
   assert row["jax_comparisons_per_s"] > 0 and row["numpy_comparisons_per_s"] > 0
   assert row["batch_working_set_bytes"] == align_reference.working_set_bytes(8, row["rotations"], row["shifts"],
                                                                              row["band_points"])
+
+
+_TWO_DEVICE_SCRIPT = """
+import sys
+import jax
+import numpy as np
+from cryojax_denoise import sharding
+from cryojax_denoise.reconstruction import align, so3_grid
+from cryojax_denoise.reconstruction.particles import ParticleParams
+assert jax.device_count() == 2, jax.devices()
+z = np.load(sys.argv[1])
+ctfs = ParticleParams(*(z[f"p{i}"] for i in range(len(ParticleParams._fields))))
+ref = align.prepare_reference(z["vol"], float(z["apix"]), int(z["box"]), float(z["apix"]))
+p = align.search(z["x"], ctfs, ref, so3_grid.uniform_grid(float(z["step"])), resolution_A=10.0, max_shift_A=10.0,
+                 batch_size=7, mesh=sharding.data_mesh())
+np.savez(sys.argv[2], mats=p.matrices, ox=p.origin_x_A, oy=p.origin_y_A)
+"""
+
+
+def test_two_devices_shard_batches_and_agree_with_one(data, found, tmp_path):
+  """On 2 (host) devices each batch is split over both (batch 7 rounded up to 8): the same poses."""
+  import os
+  import subprocess
+  import sys
+
+  source, ds = data
+  ctfs = align.ctf_params(ds.particles, ds.optics, APIX)
+  np.savez(tmp_path / "in.npz", x=ds.noisy, vol=source.volume, apix=APIX, box=BOX, step=STEP,
+           **{f"p{i}": np.asarray(v) for i, v in enumerate(ctfs)})
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                     capture_output=True, text=True, timeout=300, cwd=root, env=env)
+  assert r.returncode == 0, r.stderr[-2000:]
+  two = np.load(tmp_path / "out.npz")
+  assert so3_grid.geodesic_deg(two["mats"], found.matrices).max() < 0.5
+  np.testing.assert_allclose(two["ox"], found.origin_x_A, atol=0.05)
+  np.testing.assert_allclose(two["oy"], found.origin_y_A, atol=0.05)

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from cryojax_denoise.data.relion import RELION_CTF_SIGN, relion_angles_from_matrix
+from cryojax_denoise import sharding
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.reconstruction import so3_grid
 from cryojax_denoise.reconstruction.particles import ParticleParams, particle_params
@@ -277,7 +278,7 @@ _ctf_jit = jax.jit(jax.vmap(_ctf_at, in_axes=(0, None)))
 def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolution_A: float,
            max_shift_A: float = 0.0, local_levels: int = 2, batch_size: int = DEFAULT_BATCH,
            chunk: int = DEFAULT_CHUNK, candidates: int = 4, init: Poses | None = None,
-           search_resolution_A: float | None = None) -> Poses:
+           search_resolution_A: float | None = None, mesh=None) -> Poses:
   """Best pose of every particle by projection matching (module docstring).
 
   images: (N, D, D) float (array or memory map, read a batch at a time); ctfs: `ctf_params(...)`
@@ -291,6 +292,8 @@ def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolutio
   ± grid.step_deg and ± 1 px, then the usual levels; the grid's rotations are then not used.
   search_resolution_A: a coarser band (Å) for the exhaustive stage only (a coarse grid cannot use fine
   detail, and its cost is proportional to the band's size); None: resolution_A.
+  mesh: `sharding.data_mesh()` to split each batch of particles over its devices (batch_size rounded up
+  to a multiple of their number; references replicated); None: the default device.
   """
   n, d = len(images), int(images.shape[-1])
   if n == 0 or images.shape[-2] != d or d != reference.box:
@@ -319,11 +322,18 @@ def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolutio
   mats_all = jnp.asarray(grid.matrices)
   out = {k: np.empty((n,) + s, np.float32) for k, s in (("mats", (3, 3)), ("shift", (2,)), ("score", ()))}
   b = int(max(1, min(batch_size, n)))
+  if mesh is not None:
+    b = -(-b // mesh.devices.size) * mesh.devices.size
   for start in range(0, n, b):
     stop = min(start + b, n)
     rows = np.minimum(np.arange(start, start + b), n - 1)  # pad the tail with repeats: one shape, one compile
-    batch = jnp.asarray(np.asarray(images[start:stop], np.float32)[rows - start])
-    y, c2w, x2 = _prepare_jit(batch, _ctf_batch(ctfs, rows, freqs, flat_full), kx, ky, flat, w)
+    batch, ctf = np.asarray(images[start:stop], np.float32)[rows - start], _ctf_batch(ctfs, rows, freqs, flat_full)
+    if mesh is None:
+      batch = jnp.asarray(batch)
+    else:
+      batch, ctf = sharding.shard_host_batch(batch, sharding.batch_sharding(mesh)), jax.device_put(
+          ctf, sharding.batch_sharding(mesh))
+    y, c2w, x2 = _prepare_jit(batch, ctf, kx, ky, flat, w)
     m = 1
     if init is None:
       m = int(max(1, min(candidates, len(grid.matrices))))
@@ -339,9 +349,9 @@ def search(images, ctfs, reference: Reference, grid: so3_grid.Grid, *, resolutio
       win = jnp.argmax(score.reshape(b, m), 1) + m * jnp.arange(b)
       score, mats, shift = score[win], mats[win], shift[win]
     keep = slice(0, stop - start)
-    out["mats"][start:stop] = np.asarray(mats)[keep]
-    out["shift"][start:stop] = np.asarray(shift)[keep] * px
-    out["score"][start:stop] = np.asarray(score / jnp.sqrt(jnp.maximum(x2, 1e-30)))[keep]
+    out["mats"][start:stop] = sharding.to_host(mats)[keep]
+    out["shift"][start:stop] = sharding.to_host(shift)[keep] * px
+    out["score"][start:stop] = sharding.to_host(score / jnp.sqrt(jnp.maximum(x2, 1e-30)))[keep]
   rot, tilt, psi = (np.asarray(v, np.float32) for v in _angles(jnp.asarray(out["mats"])))
   return Poses(rot, tilt, psi, out["shift"][:, 0], out["shift"][:, 1], out["mats"], out["score"])
 

@@ -88,6 +88,43 @@ def pose_errors(poses: align.Poses, true_matrices, true_origins_A=None) -> dict:
   return out
 
 
+POSE_COLUMNS = ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi")
+
+
+def table_poses(particles, pixel_size: float):
+  """(matrices (N, 3, 3), origins (N, 2) Å) from a RELION particle table, or None without pose columns
+  (the truth that `pose_errors` scores against, when the table is a simulation's)."""
+  from cryojax_denoise.data.relion import relion_matrix
+
+  if not all(k in particles.columns for k in POSE_COLUMNS):
+    return None
+  m = relion_matrix(*(particles[k].to_numpy(np.float64) for k in POSE_COLUMNS))
+  get = lambda k: particles[k].to_numpy(np.float64) if k in particles.columns else np.zeros(len(particles))
+  if "rlnOriginXAngst" in particles.columns or "rlnOriginYAngst" in particles.columns:
+    origins = np.stack([get("rlnOriginXAngst"), get("rlnOriginYAngst")], -1)
+  else:
+    origins = pixel_size * np.stack([get("rlnOriginX"), get("rlnOriginY")], -1)
+  return m, origins
+
+
+def refine_scores(images, particles, optics, pixel_size: float, initial_map, *, truth_map=None,
+                  seed: int = 0, ctf: bool | None = None, **options) -> dict:
+  """`refine` of (N, D, D) `images` of a RELION table (CTF read from it; its poses, when present, only
+  score the result) from `initial_map`: {resolution_A (half maps, FSC 0.143), median_angular_error_deg,
+  fraction_within_5deg, median_shift_error_A, reference_resolution_A (the map against `truth_map`, FSC 0.5)}.
+  `options` go to `refine` (steps_deg, max_shift_A, align_images, ...)."""
+  params = align.ctf_params(particles, optics, pixel_size, ctf)
+  truth = table_poses(particles, pixel_size)
+  result = refine(images, params, initial_map, pixel_size, seed=seed, truth=truth, **options)
+  out = {"resolution_A": float(result.resolution_A)}
+  if truth is not None:
+    out.update(pose_errors(result.poses, *truth))
+  if truth_map is not None:
+    curve = fsc_lib.fsc_curve(result.full, np.asarray(truth_map, np.float32))
+    out["reference_resolution_A"] = float(fsc_lib.fsc_resolution(curve, pixel_size, 0.5))
+  return out
+
+
 def _take(poses: align.Poses, rows) -> align.Poses:
   return align.Poses(*(np.asarray(v)[rows] for v in poses))
 
@@ -97,7 +134,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
            max_shift_A: float = 0.0, seed: int = 0, pad: int = fourier.DEFAULT_PAD, reg: float = fourier.DEFAULT_REG,
            batch_size: int = align.DEFAULT_BATCH, mask: bool = True, truth=None,
            align_resolution_A: float | None = None, particle_radius_A: float | None = None,
-           log: Callable[[str], None] | None = None) -> RefineResult:
+           log: Callable[[str], None] | None = None, mesh=None) -> RefineResult:
   """Gold-standard refinement of (N, D, D) `images` (module docstring).
 
   params: `reconstruction.particles` kernel parameters (N,) of the particles: only their CTF is read
@@ -106,7 +143,8 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
   reconstructed); truth: optional (matrices (N, 3, 3), origins (N, 2) Å) scored in `history` each round;
   align_resolution_A: the finest band matching may use (Å; None: the FSC 0.143 resolution each round);
   particle_radius_A (default 0.4·D·pixel size): the exhaustive stage is band-limited to radius·step (rad),
-  the finest detail a grid at that step can tell apart (local refinement uses the full band).
+  the finest detail a grid at that step can tell apart (local refinement uses the full band);
+  mesh: `sharding.data_mesh()` to split the alignment's batches over its devices (`align.search`).
   """
   n, d = len(images), int(images.shape[-1])
   if n < 2:
@@ -136,7 +174,7 @@ def refine(images, params: ParticleParams, initial_map, pixel_size: float, *, al
       init = None if r < exhaustive else _take(poses, rows)
       parts.append(align.search(RowsView(align_images, rows), params_take(params, rows), ref, grid,
                                 resolution_A=align_res, max_shift_A=max_shift_A, batch_size=batch_size, init=init,
-                                search_resolution_A=radius * np.deg2rad(step)))
+                                search_resolution_A=radius * np.deg2rad(step), mesh=mesh))
     poses = _merge(parts, halves, n)
     acc = fourier.backproject(images, with_poses(params, poses), pixel_size, groups=split, n_groups=2, pad=pad,
                               batch_size=None)
