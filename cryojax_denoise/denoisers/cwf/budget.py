@@ -60,15 +60,29 @@ def _dims(L: int, n_rho: int | None):
   return 0.308 * L * L, int(1.53 * L) + 2, L // 2 + 1, 0.1 * L * L, n_rho
 
 
-def fixed_bytes(L: int, n: int, n_rho: int | None = None) -> float:
-  """Bytes the fit of n particles of L² holds whatever its batch: the basis (orbit matrices, with the
-  copies made while it is built; radial profiles; the CTF averaging matrix), the (K+1, p, p) covariance
-  accumulators and solver work (complex and real, ~8 copies), per particle its block-0 coefficients and CTF
-  profile, and the runtime."""
+def _basis_bytes(L: int, n_rho: int | None) -> float:
+  """The basis (orbit matrices with the copies made while they are built; radial profiles; the CTF
+  averaging matrix) and the runtime."""
   count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
-  basis = 1.3 * count * 2 * n_orb * 4 + 0.078 * L * L * count * 4 + k1 * n_rho * pmax * 4 + n_rho * L * L * 4
-  blocks = 8 * k1 * pmax * pmax * 8
-  return basis + blocks + n * (pmax * 8 + n_rho * 4) * 2 + RUNTIME_BYTES
+  return (1.3 * count * 2 * n_orb * 4 + 0.078 * L * L * count * 4 + k1 * n_rho * pmax * 4 + n_rho * L * L * 4
+          + RUNTIME_BYTES)
+
+
+def fixed_bytes(L: int, n: int, n_rho: int | None = None) -> float:
+  """Bytes the pass over n particles of L² holds whatever its batch: the basis and runtime, the (K+1, p, p)
+  covariance accumulators, and per particle its block-0 coefficients and CTF profile."""
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
+  return _basis_bytes(L, n_rho) + 3 * k1 * pmax * pmax * 8 + n * (pmax * 8 + n_rho * 4) * 2
+
+
+def solve_bytes(L: int, n: int, n_groups: int = 32, n_rho: int | None = None) -> float:
+  """Bytes of the solve after the pass: the basis, the mean M_i² (its (K+1, n_rho, n_rho) intermediate),
+  eigendecompositions of the blocks, and the CG's G per-group block matrices (4 copies; at most every block
+  live)."""
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
+  g = min(int(n_groups), int(n))
+  return (_basis_bytes(L, n_rho) + 2 * k1 * n_rho * n_rho * 4 + 12 * k1 * pmax * pmax * 8
+          + 4 * g * k1 * pmax * pmax * 4 + n * (pmax * 8 + n_rho * 4) * 2)
 
 
 def per_particle_bytes(L: int, n_rho: int | None = None) -> float:
@@ -79,13 +93,16 @@ def per_particle_bytes(L: int, n_rho: int | None = None) -> float:
   return L * L * 4 * 6 + count * 8 * 2 + k1 * pmax * 8 * 6 + k1 * n_rho * 8 * 3
 
 
-def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | None = None) -> int:
-  """The largest fit batch (<= cap, <= n) within `memory_gb`; InputError when even 1 does not fit."""
+def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | None = None,
+              n_groups: int = 32) -> int:
+  """The largest fit batch (<= cap, <= n) within `memory_gb`; InputError when even 1 does not fit (the
+  pass with one particle, or the solve after it)."""
   budget = float(memory_gb) * GB
   fixed, each = fixed_bytes(L, n, n_rho), per_particle_bytes(L, n_rho)
+  solve = solve_bytes(L, n, n_groups, n_rho)
   batch = int((budget - fixed) // each)
-  if batch < 1:
-    need = (fixed + each) / GB
+  if batch < 1 or solve > budget:
+    need = max(fixed + each, solve) / GB
     raise InputError(f"memory_gb: {memory_gb:g} GB is too little for cwf on {n} particles of {L}x{L}: "
                      f"it needs at least {math.ceil(need * 10) / 10:g} GB")
   return max(1, min(batch, int(cap), int(n)))
@@ -137,7 +154,8 @@ def _freq_index(L: int, box: int) -> np.ndarray:
 
 def crop(images, box: int):
   """(B, L, L) -> (B, box, box): the `box` lowest frequencies, scaled by box/L so that white noise keeps
-  its per-pixel std (the noise_std of the full images stays right)."""
+  its per-pixel std (the noise_std of the full images stays right). `uncrop` inverts it on images without
+  content at the box's Nyquist (the FB basis stops below it: CWF's estimates have none)."""
   x = jnp.asarray(images, jnp.float32)
   L = x.shape[-1]
   if L == box:

@@ -47,6 +47,7 @@ from cryojax_denoise.denoisers.cwf import solvers as sv
 from cryojax_denoise.denoisers.cwf import steerable as st
 from cryojax_denoise.denoisers.registry import register
 from cryojax_denoise.errors import InputError
+from cryojax_denoise.progress import Progress
 
 
 class CWFModel(NamedTuple):
@@ -134,6 +135,14 @@ def _block0_stats(basis, mean, b0, h):
   return jnp.einsum("bp,bq->pq", u, jnp.conj(u))
 
 
+@jax.jit
+def _group_blocks(radial, hh_groups):
+  """Mean M_i² of each CTF group (G, n, p, p) on the blocks of `radial` (n, n_rho, p), one group at a time
+  (all at once XLA forms (G, n, n_rho, n_rho): 3.3 GB at 256²)."""
+  proj = jnp.einsum("krp,ksp->krs", radial, radial)  # as steerable.square_sum_blocks
+  return jax.lax.map(lambda hh: jnp.einsum("krp,krs,rs,ksq->kpq", radial, proj, hh, radial), hh_groups)
+
+
 def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
   """Cluster labels (N,) of CTF profiles (N, n_rho) by k-means on h² (sorted-split start)."""
   n = len(h)
@@ -176,12 +185,13 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   n, H, W = images.shape
   if H != W:
     raise InputError(f"cwf needs square images, got {H}x{W}")
-  batch = int(batch_size) if memory_gb is None else bdg.fit_batch(H, n, memory_gb, int(batch_size), n_rho)
+  batch = int(batch_size) if memory_gb is None else bdg.fit_batch(H, n, memory_gb, int(batch_size), n_rho, n_groups)
   basis = st.fb_basis(H, n_rho)
   pmax = basis.pmax
   batch, place = _placement(min(batch, n))
   std = None if noise_std is None else np.asarray(noise_std, np.float32)
   var_sum, rhs, b0s, hs, coefs = 0.0, None, [], [], []
+  bar = Progress(n, f"cwf fit (batches of {batch})", unit="img", every_s=30.0) if n > 4 * batch else None
   for s, e in _batches(n, batch):
     x = jnp.asarray(images[s:e], jnp.float32)
     var_sum += float(np.sum(_noise_var(x, std if std is None or std.ndim == 0 else std[s:e])))
@@ -195,6 +205,8 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
     if keep_coefs:
       coefs.append(b[: e - s])
     del x, xb, b, part
+    if bar is not None:
+      bar.update(e - s)
   noise_var = var_sum / n
   b0, h_np = np.concatenate(b0s), np.concatenate(hs)
   h_all = jnp.asarray(h_np)
@@ -202,7 +214,8 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   g0 = np.asarray(basis.radial[0], np.float64)
   hd = h_np.astype(np.float64)
   r0 = g0.T @ (hd * (np.real(b0).astype(np.float64) @ g0.T)).sum(0)
-  a0 = np.asarray(st.square_sum_blocks(basis, jnp.asarray(hd.T @ hd, jnp.float32))[0], np.float64)
+  pbar = st.square_sum_blocks(basis, jnp.asarray(hd.T @ hd / n, jnp.float32))  # mean M_i² (K+1, p, p)
+  a0 = np.asarray(pbar[0], np.float64) * n
   p0 = int(basis.sizes[0])
   mean = np.zeros(pmax)
   mean[:p0] = np.linalg.lstsq(a0[:p0, :p0], r0[:p0], rcond=1e-10)[0]
@@ -213,8 +226,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   g = int(groups.max()) + 1
   hh_groups = np.stack([hd[groups == j].T @ hd[groups == j] for j in range(g)])
   counts = np.bincount(groups, minlength=g).astype(np.float32)
-  p_groups = st.square_sum_blocks(basis, jnp.asarray(hh_groups / counts[:, None, None], jnp.float32))
-  pbar = jnp.einsum("g,gkpq->kpq", jnp.asarray(counts / n), p_groups)
+  hh_groups = jnp.asarray(hh_groups / counts[:, None, None], jnp.float32)  # P̄_g from it, on the live blocks only
   rhs = rhs / n
   if not hermitian:
     rhs = jnp.real(rhs)  # real symmetric C: real eigh, factor and Wiener solves (complex ones are slow)
@@ -225,7 +237,8 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
     cov = rhs  # P_i = I: the least-squares system is the identity
   else:  # CG only on blocks whose shrunk rhs is nonzero (the others' solution is 0): most of them at 128²
     live = _live_blocks(rhs)
-    weights, iters, pg, m = jnp.asarray(counts / n), int(cg_iters), p_groups[:, live], mask[live]
+    weights, iters, m = jnp.asarray(counts / n), int(cg_iters), mask[live]
+    pg = _group_blocks(basis.radial[live], hh_groups)
     cov = sv.solve_covariance(pg, weights, jnp.real(rhs[live]), m, iters=iters)
     if hermitian:
       cov = cov + 1j * sv.solve_covariance(pg, weights, jnp.imag(rhs[live]), m, iters=iters)
