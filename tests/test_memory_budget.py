@@ -47,12 +47,12 @@ class _Counting:
 
 def test_streamed_fit_equals_one_shot_and_reads_one_batch_at_a_time(data):
   noisy, _, ctf = data
-  one_shot = cwf.fit(noisy, None, ctf, batch_size=N)
-  memory_gb = _budget_for(7, L, N)
-  assert budget.fit_batch(L, N, memory_gb) == 7
+  one_shot = cwf.fit(noisy, None, ctf, batch_size=N, n_groups=4)
+  memory_gb = _budget_for(40, L, N)  # the solve after the pass (4 CTF groups' blocks) needs ~32 particles' work
+  assert budget.fit_batch(L, N, memory_gb, n_groups=4) == 40
   images, ctfs = _Counting(noisy), _Counting(ctf)
-  streamed = cwf.fit(images, None, ctfs, memory_gb=memory_gb)
-  assert images.largest == 7 and ctfs.largest == 7  # without the budget: 90 (one batch of 256 >= N)
+  streamed = cwf.fit(images, None, ctfs, memory_gb=memory_gb, n_groups=4)
+  assert images.largest == 40 and ctfs.largest == 40  # without the budget: 90 (one batch of 256 >= N)
   np.testing.assert_allclose(streamed.mean, one_shot.mean, rtol=0, atol=1e-5 * np.abs(one_shot.mean).max())
   c1, c2 = np.asarray(one_shot.covariance), np.asarray(streamed.covariance)
   np.testing.assert_allclose(c2, c1, rtol=0, atol=1e-5 * np.abs(c1).max())
@@ -67,7 +67,7 @@ def test_bad_and_too_small_budgets_are_input_errors():
       budget.check_memory_gb(bad)
   assert budget.check_memory_gb(None) == pytest.approx(0.5 * budget.machine_gb())
   assert budget.check_memory_gb("2.5") == 2.5
-  need = (budget.fixed_bytes(256, 10_000) + budget.per_particle_bytes(256)) / budget.GB
+  need = max(budget.fixed_bytes(256, 10_000) + budget.per_particle_bytes(256), budget.solve_bytes(256, 10_000)) / budget.GB
   with pytest.raises(InputError, match=r"needs at least \d"):
     budget.fit_batch(256, 10_000, 0.9 * need)
   assert budget.fit_batch(256, 10_000, need + 0.01) >= 1
@@ -80,14 +80,14 @@ def test_pipeline_fit_reads_the_subset_in_budgeted_batches(tmp_path, monkeypatch
   reads = []
   real = denoise_stack.read_rows
   monkeypatch.setattr(denoise_stack, "read_rows", lambda t, r, rows: reads.append(len(rows)) or real(t, r, rows))
-  memory_gb = _budget_for(9, 32, 80)
+  memory_gb = _budget_for(30, 32, 80)  # 2 CTF groups: the solve needs ~22 particles' work
   out = tmp_path / "den.mrcs"
-  pipeline.denoise_particles(paths["particles.star"], method="cwf", output=str(out), sure_images=0,
-                             memory_gb=memory_gb)
-  assert reads and max(reads) == 9  # unbudgeted, the 80-particle subset is read in one call
+  pipeline.denoise_particles(paths["particles.star"], method="cwf", params="n_groups=2", output=str(out),
+                             sure_images=0, memory_gb=memory_gb)
+  assert reads and max(reads) == 30  # unbudgeted, the 80-particle subset is read in one call
   free = tmp_path / "free.mrcs"
-  pipeline.denoise_particles(paths["particles.star"], method="cwf", output=str(free), sure_images=0,
-                             memory_gb=50.0)
+  pipeline.denoise_particles(paths["particles.star"], method="cwf", params="n_groups=2", output=str(free),
+                             sure_images=0, memory_gb=50.0)
   np.testing.assert_allclose(mrcfile.read(str(out)), mrcfile.read(str(free)), rtol=0,
                              atol=1e-5 * np.abs(mrcfile.read(str(free))).max())
   with pytest.raises(InputError, match="memory_gb"):

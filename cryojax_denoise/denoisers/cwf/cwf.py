@@ -35,7 +35,6 @@ None = identity; `noise_std` a scalar, (N,) or None = estimated per image):
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -135,33 +134,6 @@ def _block0_stats(basis, mean, b0, h):
   return jnp.einsum("bp,bq->pq", u, jnp.conj(u))
 
 
-@jax.jit
-def _group_blocks(radial, hh_groups):
-  """Mean M_i² of each CTF group (G, n, p, p) on the blocks of `radial` (n, n_rho, p), one group at a time
-  (all at once XLA forms (G, n, n_rho, n_rho): 3.3 GB at 256²)."""
-  proj = jnp.einsum("krp,ksp->krs", radial, radial)  # as steerable.square_sum_blocks
-  return jax.lax.map(lambda hh: jnp.einsum("krp,krs,rs,ksq->kpq", radial, proj, hh, radial), hh_groups)
-
-
-def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
-  """Cluster labels (N,) of CTF profiles (N, n_rho) by k-means on h² (sorted-split start)."""
-  n = len(h)
-  if n <= n_groups:
-    return np.arange(n)
-  x = np.asarray(h, np.float64) ** 2
-  xc = x - x.mean(0)
-  _, _, vt = np.linalg.svd(xc[:: max(1, n // 2000)], full_matrices=False)
-  labels = np.empty(n, int)
-  labels[np.argsort(xc @ vt[0])] = np.arange(n) * n_groups // n
-  for _ in range(iters):
-    onehot = labels[:, None] == np.arange(n_groups)[None]
-    counts = onehot.sum(0)
-    centers = (onehot.T @ x)[counts > 0] / counts[counts > 0, None]
-    d = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None]
-    labels = d.argmin(1)
-  return np.unique(labels, return_inverse=True)[1]
-
-
 def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
         n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None,
         memory_gb: float | None = None) -> CWFModel:
@@ -222,7 +194,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   mean = jnp.asarray(mean, jnp.float32)
   rhs = rhs.at[0].set(_block0_stats(basis, mean, jnp.asarray(b0), h_all))
 
-  groups = _groups(h_np, n_groups) if ctf is not None else np.zeros(n, int)
+  groups = sv.ctf_groups(h_np, n_groups) if ctf is not None else np.zeros(n, int)
   g = int(groups.max()) + 1
   hh_groups = np.stack([hd[groups == j].T @ hd[groups == j] for j in range(g)])
   counts = np.bincount(groups, minlength=g).astype(np.float32)
@@ -238,7 +210,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   else:  # CG only on blocks whose shrunk rhs is nonzero (the others' solution is 0): most of them at 128²
     live = _live_blocks(rhs)
     weights, iters, m = jnp.asarray(counts / n), int(cg_iters), mask[live]
-    pg = _group_blocks(basis.radial[live], hh_groups)
+    pg = sv.group_blocks(basis.radial[live], hh_groups)
     cov = sv.solve_covariance(pg, weights, jnp.real(rhs[live]), m, iters=iters)
     if hermitian:
       cov = cov + 1j * sv.solve_covariance(pg, weights, jnp.imag(rhs[live]), m, iters=iters)
