@@ -45,6 +45,7 @@ class _Counting:
     raise AssertionError("the whole fit subset was read at once")
 
 
+@pytest.mark.slow  # ~1 min each on the loaded 2-core machine
 def test_streamed_fit_equals_one_shot_and_reads_one_batch_at_a_time(data):
   noisy, _, ctf = data
   one_shot = cwf.fit(noisy, None, ctf, batch_size=N, n_groups=4)
@@ -74,6 +75,7 @@ def test_bad_and_too_small_budgets_are_input_errors():
   assert budget.fit_batch(256, 10_000, 100.0) == 256  # capped: a large budget does not grow the batch
 
 
+@pytest.mark.slow  # ~1 min each on the loaded 2-core machine
 def test_pipeline_fit_reads_the_subset_in_budgeted_batches(tmp_path, monkeypatch, data):
   ds = simulate.simulate_dataset(load_source(image_size=32), 80, 32, snr=0.2, seed=2, ctf=True)
   paths = simulate.write_dataset(ds, str(tmp_path / "sim"))
@@ -111,6 +113,7 @@ def test_crop_keeps_noise_std_and_inverts_on_band_limited_images():
   assert budget.working_box(400, 0) == 400
 
 
+@pytest.mark.slow  # ~1 min each on the loaded 2-core machine
 def test_cropped_fit_denoises_about_as_well(data):
   noisy, clean, ctf = data
   full = cwf.fit_denoiser(noisy, None, ctf)
