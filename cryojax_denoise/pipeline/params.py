@@ -30,7 +30,8 @@ class Settings:
   sure_images: random images for params=auto and the SURE quality score (0: neither); fit_size: a
   dataset-level method (cwf) is fitted on this many random particles; noise: auto | white | coloured,
   whether to whiten with the stack's background noise spectrum (`noise/stack.py`); noise_psd: a known
-  spectrum file (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating it.
+  spectrum file (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating it; memory_gb: the
+  dataset-level fit's memory budget in GB (None: half the machine's, `denoisers.cwf.budget`).
   """
   method: str = "ddtf"
   params: object = ""
@@ -42,6 +43,7 @@ class Settings:
   fit_size: int = 10000
   noise: str = "white"
   noise_psd: str = ""
+  memory_gb: float | None = None
 
   @classmethod
   def from_config(cls, config) -> "Settings":

@@ -35,6 +35,10 @@ def check_settings(settings: Settings) -> None:
     raise InputError(f"normalize: {settings.normalize!r} is not one of none, mean, std")
   if settings.noise not in ("auto", "white", "coloured"):
     raise InputError(f"noise: {settings.noise!r} is not one of auto, white, coloured")
+  if settings.memory_gb is not None:
+    from cryojax_denoise.denoisers.cwf.budget import check_memory_gb
+
+    check_memory_gb(settings.memory_gb)
   if settings.noise_psd:
     from cryojax_denoise.noise.decide import load_psd_file
 
@@ -119,17 +123,43 @@ def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, 
   n = len(table)
   rows = np.sort(np.random.default_rng(0).choice(n, min(n, int(settings.fit_size)), replace=False))
   mean, scale = denoise_stack.normalization(table, reader, settings.normalize)
-  images = (denoise_stack.read_rows(table, reader, rows) - np.float32(mean)) / np.float32(scale)
   std = None if not settings.sigma else settings.sigma / scale
   logging.info("%s: fitting on %d of %d particles%s", settings.method, len(rows), n,
                " with their CTFs" if ctf_of else "")
+  images, ctfs = _fit_inputs(table, reader, rows, mean, scale, ctf_of)
+  if psd is None and "memory_gb" in denoisers.registry.keyword_params(denoisers.REGISTRY[settings.method].fit):
+    params.setdefault("memory_gb", _memory_gb(settings))
+  else:  # whitening (noise/methods.py) and other fit hooks take arrays: the subset is read into memory
+    images, ctfs = np.asarray(images), None if ctfs is None else np.asarray(ctfs)
   try:
-    den = fit_coloured(settings.method, images, std, None if ctf_of is None else ctf_of(rows), psd, **params)
+    den = fit_coloured(settings.method, images, std, ctfs, psd, **params)
   except TypeError as e:
     raise InputError(f"params: {e} (method {settings.method})") from None
   if ctf_of is None:
     return (lambda x, s, ctf=None: den(x, s)), None
   return den, ctf_of
+
+
+def _fit_inputs(table, reader, rows, mean: float, scale: float, ctf_of):
+  """The fit subset as lazy (N, H, W) arrays (`budget.Rows`): images normalised like the stream, and their
+  CTFs (None without), read a batch at a time as the fit asks for them."""
+  from cryojax_denoise.denoisers.cwf.budget import Rows
+
+  def read(sel):
+    return (denoise_stack.read_rows(table, reader, rows[sel]) - np.float32(mean)) / np.float32(scale)
+
+  images = Rows(read, len(rows), table.shape)
+  return images, None if ctf_of is None else Rows(lambda sel: ctf_of(rows[sel]), len(rows), table.shape)
+
+
+def _memory_gb(settings: Settings) -> float:
+  """The fit's budget: `settings.memory_gb`, or half the machine's memory."""
+  from cryojax_denoise.denoisers.cwf.budget import check_memory_gb
+
+  budget = check_memory_gb(settings.memory_gb)
+  logging.info("%s: memory budget %.3g GB%s", settings.method, budget,
+               "" if settings.memory_gb is not None else " (half the machine's; set memory_gb= to change)")
+  return budget
 
 
 def noise_step(settings: Settings, table, reader):

@@ -35,17 +35,18 @@ None = identity; `noise_std` a scalar, (N,) or None = estimated per image):
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise.denoisers.cwf import budget as bdg
 from cryojax_denoise.denoisers.cwf import solvers as sv
 from cryojax_denoise.denoisers.cwf import steerable as st
 from cryojax_denoise.denoisers.registry import register
 from cryojax_denoise.errors import InputError
+from cryojax_denoise.progress import Progress
 
 
 class CWFModel(NamedTuple):
@@ -117,90 +118,87 @@ def _placement(batch: int):
   return -(-batch // len(devices)) * len(devices), lambda x: jax.device_put(x, spec)
 
 
-def _batch_sum(fn, size, *arrays, place=lambda x: x):
-  """Σ over batches of `size` of fn(*batch_arrays, w) (a pytree); the last batch is padded, w masks it."""
-  total = None
-  for s, e in _batches(arrays[0].shape[0], size):
-    parts = [_padded(a[s:e], size) for a in arrays]
-    out = fn(*[place(x) for x, _ in parts], place(parts[0][1]))
-    total = out if total is None else jax.tree.map(jnp.add, total, out)
-  return total
+@jax.jit
+def _block_stats(basis, b, h, w):
+  """Σ_i M_i b_i b_iᴴ M_i (K+1, p, p) of a batch (weights w mask padding; block 0 is redone with the mean)."""
+  u = st.apply_radial(basis, h, b)
+  return jnp.einsum("b,bkp,bkq->kpq", w, u, jnp.conj(u))
 
 
 @jax.jit
-def _mean_stats(basis, b, h, w):
-  """Σ_i M_i0 b_i0 (p,) and Σ_i h_i h_iᵀ (n_rho, n_rho) of a batch (weights w mask padding)."""
-  g = basis.radial[0]
-  r0 = jnp.einsum("rp,br->p", g, w[:, None] * h * (jnp.real(b[:, 0]) @ g.T))
-  return r0, jnp.einsum("b,br,bs->rs", w, h, h)
-
-
-@functools.partial(jax.jit, static_argnames=("n_groups",))
-def _cov_stats(basis, mean, b, h, group, w, *, n_groups):
-  """Σ_i M_i v_i v_iᴴ M_i (K+1, p, p) and Σ_i h_i h_iᵀ per CTF group (n_groups, n_rho, n_rho)."""
-  u = st.apply_radial(basis, h, b.at[:, 0].add(-_m_mean(basis, h, mean)))
-  rhs = jnp.einsum("b,bkp,bkq->kpq", w, u, jnp.conj(u))
-  hh = jnp.einsum("b,br,bs->brs", w, h, h)
-  return rhs, jax.ops.segment_sum(hh, group, num_segments=n_groups)
-
-
-def _groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
-  """Cluster labels (N,) of CTF profiles (N, n_rho) by k-means on h² (sorted-split start)."""
-  n = len(h)
-  if n <= n_groups:
-    return np.arange(n)
-  x = np.asarray(h, np.float64) ** 2
-  xc = x - x.mean(0)
-  _, _, vt = np.linalg.svd(xc[:: max(1, n // 2000)], full_matrices=False)
-  labels = np.empty(n, int)
-  labels[np.argsort(xc @ vt[0])] = np.arange(n) * n_groups // n
-  for _ in range(iters):
-    onehot = labels[:, None] == np.arange(n_groups)[None]
-    counts = onehot.sum(0)
-    centers = (onehot.T @ x)[counts > 0] / counts[counts > 0, None]
-    d = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None]
-    labels = d.argmin(1)
-  return np.unique(labels, return_inverse=True)[1]
+def _block0_stats(basis, mean, b0, h):
+  """Σ_i M_i0 v_i0 v_i0ᴴ M_i0 (p, p), v_i0 = b_i0 − M_i0 μ, from every particle's block 0 (N, p)."""
+  g = basis.radial[0].astype(b0.dtype)
+  v = b0 - _m_mean(basis, h, mean)
+  u = (h * (v @ g.T)) @ g  # Gᵀ (h ⊙ G v), (N, p)
+  return jnp.einsum("bp,bq->pq", u, jnp.conj(u))
 
 
 def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
-        n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None) -> CWFModel:
+        n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None,
+        memory_gb: float | None = None) -> CWFModel:
   """Mean and covariance of the clean CTF-free images from (N, H, W) particles and their CTFs.
 
-  `noise_std`: scalar, (N,) or None (estimated); its mean square is the fit's σ². Memory: the
-  images, their coefficients (fewer numbers than pixels) and per-batch work.
+  `images`, `ctf`: arrays or lazy `budget.Rows` (read a batch at a time); `noise_std`: scalar, (N,) or
+  None (estimated); its mean square is the fit's σ². Streamed over batches: memory is the basis, the
+  block accumulators and per-batch work (`budget`), with the batch the largest within `memory_gb`
+  (None: no limit but `batch_size`), not the N images or their coefficients.
   """
-  return _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho)[0]
+  return _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho, memory_gb)[0]
 
 
-def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho):
-  """(model, padded coefficients (N, K+1, p), radial CTF profiles (N, n_rho))."""
-  images = jnp.asarray(images, jnp.float32)
+def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho, memory_gb=None,
+         keep_coefs=False):
+  """(model, padded coefficients (N, K+1, p) when `keep_coefs` else None, radial CTF profiles (N, n_rho)).
+
+  One pass over the particles: Σ_i M_i b_i b_iᴴ M_i for the blocks k >= 1 (the mean lives in block 0
+  only, so their v_i = b_i), and each particle's block 0 and CTF profile, from which the mean, block 0's
+  term and the CTF groups follow exactly as from the whole stack."""
   n, H, W = images.shape
   if H != W:
     raise InputError(f"cwf needs square images, got {H}x{W}")
+  batch = int(batch_size) if memory_gb is None else bdg.fit_batch(H, n, memory_gb, int(batch_size), n_rho, n_groups)
   basis = st.fb_basis(H, n_rho)
-  noise_var = float(np.mean(_noise_var(images, noise_std)))
   pmax = basis.pmax
-  batch, place = _placement(min(int(batch_size), n))
-  h_all = _profiles(basis, ctf, n)
-  coefs = jnp.concatenate([_coefs(basis, place(_padded(images[s:e], batch)[0]))[: e - s]
-                           for s, e in _batches(n, batch)])
+  batch, place = _placement(min(batch, n))
+  std = None if noise_std is None else np.asarray(noise_std, np.float32)
+  var_sum, rhs, b0s, hs, coefs = 0.0, None, [], [], []
+  bar = Progress(n, f"cwf fit (batches of {batch})", unit="img", every_s=30.0) if n > 4 * batch else None
+  for s, e in _batches(n, batch):
+    x = jnp.asarray(images[s:e], jnp.float32)
+    var_sum += float(np.sum(_noise_var(x, std if std is None or std.ndim == 0 else std[s:e])))
+    h = _profiles(basis, None if ctf is None else ctf[s:e], e - s)
+    xb, w = _padded(x, batch)
+    b = _coefs(basis, place(xb))
+    part = _block_stats(basis, b, place(_padded(h, batch)[0]), place(w))
+    rhs = part if rhs is None else rhs + part
+    b0s.append(np.asarray(b[: e - s, 0]))
+    hs.append(np.asarray(h))
+    if keep_coefs:
+      coefs.append(b[: e - s])
+    del x, xb, b, part
+    if bar is not None:
+      bar.update(e - s)
+  noise_var = var_sum / n
+  b0, h_np = np.concatenate(b0s), np.concatenate(hs)
+  h_all = jnp.asarray(h_np)
 
-  r0, hh = _batch_sum(functools.partial(_mean_stats, basis), batch, coefs, h_all, place=place)
-  a0 = np.asarray(st.square_sum_blocks(basis, hh)[0], np.float64)
+  g0 = np.asarray(basis.radial[0], np.float64)
+  hd = h_np.astype(np.float64)
+  r0 = g0.T @ (hd * (np.real(b0).astype(np.float64) @ g0.T)).sum(0)
+  pbar = st.square_sum_blocks(basis, jnp.asarray(hd.T @ hd / n, jnp.float32))  # mean M_i² (K+1, p, p)
+  a0 = np.asarray(pbar[0], np.float64) * n
   p0 = int(basis.sizes[0])
   mean = np.zeros(pmax)
-  mean[:p0] = np.linalg.lstsq(a0[:p0, :p0], np.asarray(r0, np.float64)[:p0], rcond=1e-10)[0]
+  mean[:p0] = np.linalg.lstsq(a0[:p0, :p0], r0[:p0], rcond=1e-10)[0]
   mean = jnp.asarray(mean, jnp.float32)
+  rhs = rhs.at[0].set(_block0_stats(basis, mean, jnp.asarray(b0), h_all))
 
-  groups = _groups(np.asarray(h_all), n_groups) if ctf is not None else np.zeros(n, int)
+  groups = sv.ctf_groups(h_np, n_groups) if ctf is not None else np.zeros(n, int)
   g = int(groups.max()) + 1
-  stats = functools.partial(_cov_stats, basis, mean, n_groups=g)
-  rhs, hh_groups = _batch_sum(stats, batch, coefs, h_all, jnp.asarray(groups), place=place)
+  hh_groups = np.stack([hd[groups == j].T @ hd[groups == j] for j in range(g)])
   counts = np.bincount(groups, minlength=g).astype(np.float32)
-  p_groups = st.square_sum_blocks(basis, hh_groups / jnp.asarray(counts)[:, None, None])  # mean M_i² per group
-  pbar = jnp.einsum("g,gkpq->kpq", jnp.asarray(counts / n), p_groups)
+  hh_groups = jnp.asarray(hh_groups / counts[:, None, None], jnp.float32)  # P̄_g from it, on the live blocks only
   rhs = rhs / n
   if not hermitian:
     rhs = jnp.real(rhs)  # real symmetric C: real eigh, factor and Wiener solves (complex ones are slow)
@@ -211,12 +209,13 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
     cov = rhs  # P_i = I: the least-squares system is the identity
   else:  # CG only on blocks whose shrunk rhs is nonzero (the others' solution is 0): most of them at 128²
     live = _live_blocks(rhs)
-    weights, iters, pg, m = jnp.asarray(counts / n), int(cg_iters), p_groups[:, live], mask[live]
+    weights, iters, m = jnp.asarray(counts / n), int(cg_iters), mask[live]
+    pg = sv.group_blocks(basis.radial[live], hh_groups)
     cov = sv.solve_covariance(pg, weights, jnp.real(rhs[live]), m, iters=iters)
     if hermitian:
       cov = cov + 1j * sv.solve_covariance(pg, weights, jnp.imag(rhs[live]), m, iters=iters)
     cov = jnp.zeros_like(rhs).at[live].set(cov.astype(rhs.dtype))
-  return _model(basis, mean, cov, noise_var, n), coefs, h_all
+  return _model(basis, mean, cov, noise_var, n), (jnp.concatenate(coefs) if keep_coefs else None), h_all
 
 
 def _live_blocks(rhs, bucket: int = 8) -> np.ndarray:
@@ -309,20 +308,32 @@ def cwf_denoise(images, noise_std=None, ctf=None, *, modulate: bool = True, shri
   """Fits CWF on the batch (B, H, W) (CTFs `ctf` (B, H, W) or None) and applies it: the per-batch
   form (`denoisers.get("cwf")`); `denoisers.fit("cwf", stack, σ, ctf)` fits once for many batches."""
   images = jnp.asarray(images, jnp.float32)
-  model, coefs, h = _fit(images, noise_std, ctf, shrink, hermitian, n_groups, 40, 256, None)
+  model, coefs, h = _fit(images, noise_std, ctf, shrink, hermitian, n_groups, 40, 256, None, keep_coefs=True)
   return _apply(model, images, coefs, noise_std, ctf, modulate, 128, h)
 
 
 def fit_denoiser(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,
-                 hermitian: bool = False, n_groups: int = 32):
-  """Registry `fit` hook: fits on `images` (N, H, W) with CTFs `ctf` and returns
-  `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)` applying that fit."""
-  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups)
+                 hermitian: bool = False, n_groups: int = 32, memory_gb: float | None = None,
+                 max_box: int = bdg.MAX_BOX):
+  """Registry `fit` hook: fits on `images` (N, H, W) (an array or lazy `budget.Rows`) with CTFs `ctf` and
+  returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)` applying that fit. Within
+  `memory_gb` (None: no limit); boxes above `max_box` (0: none) are Fourier-cropped to it for the fit
+  and the Wiener step, and the estimate padded back (`budget.crop`)."""
+  L = int(images.shape[-1])
+  box = bdg.working_box(L, max_box)
+  if box != L:
+    images = bdg.mapped(images, lambda x: bdg.crop(x, box), (box, box))
+    ctf = bdg.mapped(ctf, lambda c: bdg.crop_ctf(c, box), (box, box))
+  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups, memory_gb=memory_gb)
 
   def denoise(batch, noise_std=None, ctf=None):
-    return apply(model, batch, noise_std, ctf, modulate=modulate)
+    if box == L:
+      return apply(model, batch, noise_std, ctf, modulate=modulate)
+    small = None if ctf is None else bdg.crop_ctf(ctf, box)
+    return bdg.uncrop(apply(model, bdg.crop(batch, box), noise_std, small, modulate=modulate), L)
 
   denoise.model = model
+  denoise.box = box
   return denoise
 
 
