@@ -1,4 +1,5 @@
-"""A test map: an asymmetric volume of Gaussian blobs, fast to make (reconstruction and alignment tests)."""
+"""A test map: an asymmetric volume of Gaussian blobs, fast to make (reconstruction and alignment tests),
+and particles projected from it."""
 
 import numpy as np
 
@@ -13,3 +14,13 @@ def blobs(d: int, seed: int = 0) -> np.ndarray:
     c, s = rng.uniform(-d / 4, d / 4, 3), rng.uniform(1.0, 2.5)
     vol += rng.uniform(0.5, 1.5) * np.exp(-((xx - c[0]) ** 2 + (yy - c[1]) ** 2 + (zz - c[2]) ** 2) / (2 * s * s))
   return vol
+
+
+def blob_particles(n: int, snr: float, seed: int, max_shift_A: float, box: int = 32, pixel_size: float = 4.0):
+  """(MapSource of `blobs(box)`, a simulated set of `n` CTF particles with shifts up to `max_shift_A`)."""
+  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import MapSource
+
+  source = MapSource(blobs(box), pixel_size, "blobs")
+  return source, simulate.simulate_dataset(source, n, box, snr=snr, seed=seed, ctf=True, max_shift_A=max_shift_A,
+                                           batch_size=n)

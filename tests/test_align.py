@@ -5,13 +5,11 @@ scoring the same, bad references rejected."""
 import numpy as np
 import pytest
 
-from cryojax_denoise.data import simulate
-from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.reconstruction import align, so3_grid
+from cryojax_denoise.reconstruction import align, refine, so3_grid
 from experiments.peers import align_reference
-from blobs import blobs
+from blobs import blob_particles, blobs
 
 APIX = 4.0
 BOX = 32
@@ -20,14 +18,11 @@ STEP = 20.0
 
 @pytest.fixture(scope="module")
 def data():
-  source = MapSource(blobs(BOX), APIX, "blobs")
-  ds = simulate.simulate_dataset(source, 24, BOX, snr=5.0, seed=3, ctf=True, max_shift_A=8.0, batch_size=24)
-  return source, ds
+  return blob_particles(24, snr=5.0, seed=3, max_shift_A=8.0, box=BOX, pixel_size=APIX)
 
 
 def _truth(particles):
-  return (relion_matrix(particles.rlnAngleRot, particles.rlnAngleTilt, particles.rlnAnglePsi),
-          particles[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy())
+  return refine.table_poses(particles, APIX)
 
 
 @pytest.fixture(scope="module")

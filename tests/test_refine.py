@@ -11,12 +11,10 @@ import numpy as np
 import pytest
 
 from cryojax_denoise import io
-from cryojax_denoise.data import simulate
-from cryojax_denoise.data.maps import MapSource
 from cryojax_denoise.data.relion import relion_matrix
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.reconstruction import align, fourier, refine
-from blobs import blobs
+from blobs import blob_particles, blobs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APIX = 4.0
@@ -26,12 +24,8 @@ N = 240
 
 @pytest.fixture(scope="module")
 def data():
-  source = MapSource(blobs(BOX), APIX, "blobs")
-  ds = simulate.simulate_dataset(source, N, BOX, snr=0.5, seed=1, ctf=True, max_shift_A=6.0, batch_size=N)
-  p = ds.particles
-  truth = (relion_matrix(p.rlnAngleRot, p.rlnAngleTilt, p.rlnAnglePsi),
-           p[["rlnOriginXAngst", "rlnOriginYAngst"]].to_numpy())
-  return source, ds, truth
+  source, ds = blob_particles(N, snr=0.5, seed=1, max_shift_A=6.0, box=BOX, pixel_size=APIX)
+  return source, ds, refine.table_poses(ds.particles, APIX)
 
 
 def _refine(ds, source, truth, steps, images=None):
