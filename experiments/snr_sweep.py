@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
   # sit), denoised under the estimated spectrum.
   c.coloured_test = "issue:relion31"
   c.coloured_snrs = placeholder(tuple)
+  # SURE's output gain α in [0, 1] (`denoise --config.output_gain`), estimated on noisy fitting particles alone:
+  # "auto" on the sets denoised under a noise spectrum (as `denoise` does), "on" every set, "off" none.
+  c.output_gain = "auto"
   # Preset-controlled sizes (None = take the preset's value).
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
@@ -139,6 +142,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
   if config.tuning not in ("clean", "sure", "both"):
     raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
+  if config.output_gain not in ("auto", "on", "off"):
+    raise InputError(f"output_gain: must be 'auto', 'on' or 'off', got {config.output_gain!r}")
   if config.noise not in ("white", "coloured"):
     raise InputError(f"noise: must be 'white' or 'coloured', got {config.noise!r}")
   if any(s <= 0 for s in config.coloured_snrs):
@@ -237,6 +242,26 @@ def _sure_tune(name: str, noisy, sigma, config, psd=None, wrap=None) -> tuple[di
   est = best["estimate"]
   return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est["relative_se"],
                   "sure_warning": best["warning"]}
+
+
+def _gained(name: str, fn, ds, config, psd, fitted: bool, params: dict):
+  """`fn` scaled by SURE's output gain α (`sure_policy.gained_method`) estimated on the first
+  `sure_step.GAIN_IMAGES` noisy particles of `ds` (the fitting set: other poses than the test set) alone, as
+  `denoise --config.output_gain` does on a stack; the row's {"output_gain": α, "sure_gained_mse": SURE's
+  relative MSE of α·fn on them} ({} and fn where SURE cannot be applied)."""
+  from cryojax_denoise.denoisers.tuning import sure_policy
+  from cryojax_denoise.pipeline.sure_step import GAIN_IMAGES
+
+  k = min(len(ds.noisy), GAIN_IMAGES)
+  given = _noise_std(ds.noisy[:k], ds.clean[:k]) if config.sigma == "true" and psd is None else None
+  ctf = _ctf(ds, config) if fitted else None
+  out = sure_policy.gained_method(name, fn, ds.noisy[:k], given, ctf=None if ctf is None else ctf[:k], noise_psd=psd,
+                                  fitted=fitted, **{key: v for key, v in params.items() if key != "checkpoint"})
+  if isinstance(out, str):
+    logging.warning("%s: no output gain (%s)", name, out)
+    return fn, {}
+  scaled, alpha, _, after = out
+  return scaled, {"output_gain": alpha, "sure_gained_mse": after.relative}
 
 
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
@@ -415,6 +440,10 @@ def run(config, workdir: str) -> None:
           # Compile outside the timing (clean tuning already compiled it; a host method has nothing to compile).
           if (not tuned or sure_info) and denoisers.REGISTRY[base].compiled:
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
+        if config.output_gain == "on" or (config.output_gain == "auto" and psd is not None):
+          fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
+          fn, gain_info = _gained(base, fn, fit_ds, config, psd, dataset_level, params)
+          sure_info = {**sure_info, **gain_info}
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))
