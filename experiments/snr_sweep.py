@@ -123,7 +123,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune = placeholder(bool)
   # How a tuned knob is chosen: "clean" (lowest MSE against the tuning batch's clean images), "sure"
   # (lowest Monte-Carlo SURE on the noisy test images alone, as denoise params=auto does), or "both"
-  # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one).
+  # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one, and,
+  # with "sure" or "both", beside every method with no knob: cwf, autoencoder_cwf, the learned models).
   c.tuning = "clean"
   # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR: False (none),
   # True or "known" (true poses: `fsc_resolution_A`), "refine" (also poses found by projection matching on
@@ -346,6 +347,9 @@ def run(config, workdir: str) -> None:
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
           fn, gain_info = sweep_methods.gained(base, fn, fit_ds, config, psd, dataset_level, params)
           sure_info = {**sure_info, **gain_info}
+        if config.tuning != "clean" and not tuned:  # the SURE table gains the methods with no knob
+          sure_info = {**sure_info, **sweep_methods.sure_quality(base, fn, test_ds, test_sigma, config, psd, ctf,
+                                                                 dataset_level, params)}
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))
