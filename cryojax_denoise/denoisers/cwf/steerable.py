@@ -1,4 +1,4 @@
-"""Steerable Fourier–Bessel (FB) basis of the disk of radius R = L/2 pixels, complex form.
+"""Steerable Fourier–Bessel (FB) basis of the disk of radius R = L/2 (+ `reach`) pixels, complex form.
 
 Basis functions ψ_kq(r, θ) = c_kq J_k(z_kq r / R) e^{ikθ} on the pixels with r < R (centre pixel
 L // 2, x = column, y = row, θ = atan2(y, x)), z_kq the q-th positive zero of J_k, kept while
@@ -37,6 +37,16 @@ from cryojax_denoise.denoisers.cwf import fb_rings
 # evaluate, dense vs orbits: 32²: 0.006/0.008 vs 0.006/0.005; 64²: 0.050/0.105 vs 0.045/0.030;
 # 128²: the dense matrix is 518 MB, orbits 0.26/0.20 (/work/notes/h4_cwf/bench*.log).
 FAST_FROM = 48
+
+# CWF's basis disk radius L/2 + EDGE_REACH·L px (`fb_basis`'s `reach`; 4 px at 64²). On the inscribed disk
+# every FB function is 0 on the rim, so an estimate in it is 0 on the rim and beyond, where box-filling
+# molecules have signal, and ASPIRE's band-limited FFB functions (which spill past it) beat it (docs/cwf.md).
+EDGE_REACH = 1 / 16
+
+
+def basis_reach(L: int) -> float:
+  """Pixels CWF's basis disk reaches past the edge of (L, L) images."""
+  return EDGE_REACH * int(L)
 
 
 class FBBasis(NamedTuple):
@@ -164,14 +174,18 @@ def _ctf_interp(L: int, rho: np.ndarray, n_phi: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBasis:
+def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None, reach: float = 0.0) -> FBBasis:
   """The FB basis of (L, L) images (cached). `n_rho` radial nodes for filters (default L); `fast`:
-  orbit transform instead of the dense matrix (default: L >= FAST_FROM)."""
+  orbit transform instead of the dense matrix (default: L >= FAST_FROM). `reach` (pixels, >= 0): the
+  disk's radius is L/2 + reach, sampled on the pixels of the grid only (as if the image were zero-padded
+  by `reach`, each function unit-norm on that padded disk): the basis then also covers the strip along
+  the edge and part of the corners, but the clipped functions are only nearly orthonormal and steerable
+  (`cwf` uses it; 0 = the exact basis)."""
   L = int(L)
   fast = L >= FAST_FROM if fast is None else bool(fast)
   if L < 8:
     raise ValueError(f"FB basis needs images of at least 8x8, got {L}")
-  R = L / 2
+  R = L / 2 + float(reach)
   bound = np.pi * R
   c = L // 2
   yy, xx = np.mgrid[0:L, 0:L]
@@ -180,6 +194,11 @@ def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBa
   disk = np.flatnonzero(r < R)
   r, theta = r[disk], np.arctan2(y[disk], x[disk])
   r_unique, r_inv, r_count = np.unique(r, return_inverse=True, return_counts=True)  # J_k once per radius
+  # Unit norm over the whole disk's pixels (those off the grid too, i.e. of the zero-padded image): a
+  # function mostly off the grid keeps a small norm on it (normalised there, it would be a spike).
+  e = int(np.ceil(reach))
+  full = np.hypot(*(np.mgrid[0:L + 2 * e, 0:L + 2 * e] - (c + e))).ravel()
+  full_r, full_count = np.unique(full[full < R], return_counts=True)
   n_rho = int(n_rho or L)
   t, w = _leggauss(n_rho)
   rho, wrho = (t + 1) / 4, w / 4  # nodes on [0, 0.5]
@@ -191,7 +210,7 @@ def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBa
     if len(zeros) == 0:
       break
     j = bessel_interp(table, step, k, np.outer(r_unique, zeros) / R)
-    norms = np.sqrt(r_count @ (j * j))
+    norms = np.sqrt(full_count @ bessel_interp(table, step, k, np.outer(full_r, zeros) / R) ** 2)
     if fast:
       columns.append((j / norms).astype(np.float32))  # (n_radii, p_k): 0.4 GB in all at 256²
     else:
