@@ -42,6 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.fit_size = 10000         # dataset-level methods (cwf): pass 1 fits on this many random particles
   c.noise = "white"          # auto | white | coloured: whiten with the background noise spectrum (noise/stack.py)
   c.noise_psd = ""           # a known spectrum (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating
+  # auto | on | off: scale the output by SURE's MSE-optimal gain α in [0, 1] (auto: under coloured noise)
+  c.output_gain = "auto"
   # Memory budget in GB of the dataset-level fit (cwf: batch size, or an error naming the minimum);
   # None (default): half the machine's memory.
   c.memory_gb = ml_collections.config_dict.placeholder(float)

@@ -45,18 +45,19 @@ SNRS = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02)  # the study's SNRs and 0.02 (real parti
 # Values a preset supplies for every field left unset (None) on the command line.
 PRESETS = {
     # A few minutes on a laptop: tiny images, short training; run end to end by the tests.
-    "smoke": dict(snrs=SNRS[:5], coloured_snrs=(0.05,), image_size=32, n_test=8, n_tune=4, n_fit=64,
+    "smoke": dict(snrs=SNRS[:5], coloured_snrs=(0.05,), image_size=32, n_test=8, n_tune=4, n_fit=64, gain_images=16,
                   autoencoder_steps=40, gan_steps=40, train_batch_size=8, n_reconstruct=300, tune=False),
     # The study's comparison in ≤ 15 min on a 2-core CPU.
     "default": dict(snrs=SNRS, coloured_snrs=(0.05, 0.02), image_size=64, n_test=32, n_tune=8, n_fit=1000,
-                    autoencoder_steps=800, gan_steps=400, train_batch_size=16, n_reconstruct=2000, tune=True),
+                    gain_images=32, autoencoder_steps=800, gan_steps=400, train_batch_size=16, n_reconstruct=2000, tune=True),
     # A GPU box: larger images, more test images, longer training.
     "gpu": dict(snrs=SNRS, coloured_snrs=(0.1, 0.05, 0.02), image_size=128, n_test=256, n_tune=8, n_fit=10000,
-                autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
+                gain_images=128, autoencoder_steps=20000, gan_steps=20000, train_batch_size=32,
                 n_reconstruct=20000, tune=True),
     # Real box size and low SNRs with CTF, a few hundred test particles (docs/snr_sweep.md: its time on 2 cores).
-    "realistic": dict(snrs=(0.1, 0.05, 0.02), coloured_snrs=(0.05, 0.02), image_size=128, n_test=200, n_tune=8, n_fit=2000, autoencoder_steps=800,
-                      gan_steps=400, train_batch_size=16, n_reconstruct=2000, tune=True),
+    "realistic": dict(snrs=(0.1, 0.05, 0.02), coloured_snrs=(0.05, 0.02), image_size=128, n_test=200, n_tune=8,
+                      n_fit=2000, gain_images=64, autoencoder_steps=800, gan_steps=400, train_batch_size=16,
+                      n_reconstruct=2000, tune=True),
 }
 
 
@@ -91,6 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
   # sit), denoised under the estimated spectrum.
   c.coloured_test = "issue:relion31"
   c.coloured_snrs = placeholder(tuple)
+  # SURE's output gain α in [0, 1] (`denoise --config.output_gain`), estimated on `gain_images` (preset; denoise
+  # uses 128) noisy fitting particles alone: "auto" on the sets denoised under a noise spectrum (as `denoise`
+  # does), "on" every set, "off" none.
+  c.output_gain = "auto"
+  c.gain_images = placeholder(int)
   # Preset-controlled sizes (None = take the preset's value).
   c.image_size = placeholder(int)
   c.n_test = placeholder(int)
@@ -139,6 +145,10 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
   if config.tuning not in ("clean", "sure", "both"):
     raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
+  if config.output_gain not in ("auto", "on", "off"):
+    raise InputError(f"output_gain: must be 'auto', 'on' or 'off', got {config.output_gain!r}")
+  if int(config.gain_images) < 1:
+    raise InputError(f"gain_images: must be at least 1, got {config.gain_images}")
   if config.noise not in ("white", "coloured"):
     raise InputError(f"noise: must be 'white' or 'coloured', got {config.noise!r}")
   if any(s <= 0 for s in config.coloured_snrs):
@@ -237,6 +247,24 @@ def _sure_tune(name: str, noisy, sigma, config, psd=None, wrap=None) -> tuple[di
   est = best["estimate"]
   return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est["relative_se"],
                   "sure_warning": best["warning"]}
+
+
+def _gained(name: str, fn, ds, config, psd, fitted: bool, params: dict):
+  """`fn` scaled by SURE's output gain α (`sure_policy.gained_method`) estimated on the first
+  `gain_images` noisy particles of `ds` (the fitting set: other poses than the test set) alone, as
+  `denoise --config.output_gain` does on a stack; the row's {"output_gain": α, "sure_gained_mse": SURE's
+  relative MSE of α·fn on them} ({} and fn where SURE cannot be applied)."""
+  from cryojax_denoise.denoisers.tuning import sure_policy
+  k = min(len(ds.noisy), int(config.gain_images))
+  given = _noise_std(ds.noisy[:k], ds.clean[:k]) if config.sigma == "true" and psd is None else None
+  ctf = _ctf(ds, config) if fitted else None
+  out = sure_policy.gained_method(name, fn, ds.noisy[:k], given, ctf=None if ctf is None else ctf[:k], noise_psd=psd,
+                                  fitted=fitted, **{key: v for key, v in params.items() if key != "checkpoint"})
+  if isinstance(out, str):
+    logging.warning("%s: no output gain (%s)", name, out)
+    return fn, {}
+  scaled, alpha, _, after = out
+  return scaled, {"output_gain": alpha, "sure_gained_mse": after.relative}
 
 
 def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
@@ -415,6 +443,10 @@ def run(config, workdir: str) -> None:
           # Compile outside the timing (clean tuning already compiled it; a host method has nothing to compile).
           if (not tuned or sure_info) and denoisers.REGISTRY[base].compiled:
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
+        if config.output_gain == "on" or (config.output_gain == "auto" and psd is not None):
+          fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
+          fn, gain_info = _gained(base, fn, fit_ds, config, psd, dataset_level, params)
+          sure_info = {**sure_info, **gain_info}
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))

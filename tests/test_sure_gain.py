@@ -2,6 +2,8 @@
 MSE-optimal scalar gain of a denoiser's output without clean images, white and coloured noise; the gained
 output of a method that passes more noise than signal falls back below the signal power."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,42 @@ def test_gain_of_a_good_denoiser_is_near_one_and_keeps_sure():
   assert alpha > 0.9
   if alpha == 1.0:
     np.testing.assert_allclose(mse, est.mse, rtol=1e-4, atol=1e-6)
+
+
+def test_denoise_applies_the_gain_under_coloured_noise(tmp_path):
+  """`denoise` with output_gain=auto under coloured noise writes α·f (mean-removed units) with SURE's α in (0, 1),
+  records it, and lands below a blank image where the ungained output (output_gain=off) is above it; under
+  white noise auto applies no gain; a bad value is one InputError."""
+  import mrcfile
+
+  from cryojax_denoise import pipeline
+  from cryojax_denoise.data import simulate
+  from cryojax_denoise.data.maps import load_source
+  from cryojax_denoise.errors import InputError
+  from cryojax_denoise.noise import spec
+
+  ds = simulate.simulate_dataset(load_source(image_size=SIZE), 160, SIZE, snr=0.05, seed=5, ctf=True,
+                                 noise_psd=spec.resolve("issue:relion31"))
+  files = simulate.write_dataset(ds, str(tmp_path / "sim"))
+  clean = mrcfile.read(files["clean.mrcs"]).astype(np.float64)
+  out, records = {}, {}
+  for gain in ("off", "auto"):
+    path = str(tmp_path / gain / "denoised.mrcs")
+    records[gain] = pipeline.denoise_particles(files["noisy.mrcs"], method="gaussian", params="width=0.6",
+                                               noise="coloured", output_gain=gain, output=path)
+    out[gain] = mrcfile.read(path).astype(np.float64)
+  alpha = records["auto"]["output_gain"]["alpha"]
+  assert 0.0 < alpha < 0.9 and "output_gain" not in records["off"]
+  offset = out["auto"] - alpha * out["off"]  # (1 - α)·(the stack mean the denoiser removed)
+  assert np.std(offset) < 1e-4 * np.std(out["off"])
+  blank = np.mean((clean - clean.mean()) ** 2)
+  mse = {k: np.mean((v - clean) ** 2) for k, v in out.items()}
+  assert mse["off"] > blank > mse["auto"], (mse, blank)
+  with open(records["auto"]["outputs"]["params_json"]) as f:
+    assert json.load(f)["output_gain"]["alpha"] == pytest.approx(alpha)
+  white = pipeline.denoise_particles(files["noisy.mrcs"], method="gaussian", params="width=0.6", noise="white",
+                                     output=str(tmp_path / "white" / "denoised.mrcs"))
+  assert "output_gain" not in white
+  with pytest.raises(InputError, match="output_gain"):
+    pipeline.denoise_particles(files["noisy.mrcs"], method="gaussian", output_gain="maybe",
+                               output=str(tmp_path / "bad" / "denoised.mrcs"))

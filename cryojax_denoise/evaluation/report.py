@@ -277,6 +277,9 @@ def write_report(rows: list[dict], workdir: str, *, config_json: str, device: st
       lines += _table(subset, "fsc_resolution_A", ".1f")
     if any(r.get("fsc_resolution_refined_A") is not None for r in subset):
       lines += _refined_tables(subset, h)
+    if any(r.get("output_gain") is not None for r in subset):
+      lines += ["", f"{h} Output gain α (SURE's MSE-optimal scale of each output, from noisy fitting particles; "
+                "the MSE above is of α × the method's output)", ""] + _table(subset, "output_gain", ".3f")
     if any(r.get("sure_mse") is not None for r in subset):
       lines += ["", f"{h} SURE's estimate of the MSE (noisy images alone) ± its standard error / true MSE", ""]
       lines += _sure_table(subset)

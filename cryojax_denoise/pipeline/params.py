@@ -18,6 +18,7 @@ from cryojax_denoise.errors import InputError
 # and up to 2.2x (gaussian), 1.22x (wiener), 1.35x (ddtf), 1.08x (ksvd) better; bm3d's default was best.
 AUTO_BY_DEFAULT = ("gaussian", "wiener", "ddtf", "ksvd")
 NORMALIZE = ("none", "mean", "std")
+OUTPUT_GAIN = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +32,9 @@ class Settings:
   dataset-level method (cwf) is fitted on this many random particles; noise: auto | white | coloured,
   whether to whiten with the stack's background noise spectrum (`noise/stack.py`); noise_psd: a known
   spectrum file (.txt/.npy, radial 0..0.5 cycles/px or 2D) instead of estimating it; memory_gb: the
-  dataset-level fit's memory budget in GB (None: half the machine's, `denoisers.cwf.budget`).
+  dataset-level fit's memory budget in GB (None: half the machine's, `denoisers.cwf.budget`);
+  output_gain: auto | on | off, whether outputs are scaled by SURE's MSE-optimal gain α in [0, 1]
+  (`sure_step.output_gain`; auto: under coloured noise, where methods otherwise pass more noise than signal).
   """
   method: str = "ddtf"
   params: object = ""
@@ -44,6 +47,7 @@ class Settings:
   noise: str = "white"
   noise_psd: str = ""
   memory_gb: float | None = None
+  output_gain: str = "auto"
 
   @classmethod
   def from_config(cls, config) -> "Settings":
@@ -53,6 +57,10 @@ class Settings:
   def sigma(self) -> float | None:
     """The given noise std, None when it is to be estimated."""
     return float(self.noise_std) if self.noise_std else None
+
+  def gain_applies(self, psd) -> bool:
+    """Whether the output gain is applied, given the noise model's spectrum `psd` (None: white)."""
+    return self.output_gain == "on" or (self.output_gain == "auto" and psd is not None)
 
   def facts(self) -> dict:
     """{key: value}: what a part's images depend on (`distributed`'s resume fingerprint)."""

@@ -16,7 +16,7 @@ from absl import logging
 from cryojax_denoise import denoise_stack, distributed, io, parts
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.pipeline import sure_step
-from cryojax_denoise.pipeline.params import NORMALIZE, Settings, has_fit_hook, is_learned
+from cryojax_denoise.pipeline.params import NORMALIZE, OUTPUT_GAIN, Settings, has_fit_hook, is_learned
 
 
 def check_settings(settings: Settings) -> None:
@@ -35,6 +35,10 @@ def check_settings(settings: Settings) -> None:
     raise InputError(f"normalize: {settings.normalize!r} is not one of none, mean, std")
   if settings.noise not in ("auto", "white", "coloured"):
     raise InputError(f"noise: {settings.noise!r} is not one of auto, white, coloured")
+  if settings.output_gain not in OUTPUT_GAIN:
+    raise InputError(f"output_gain: {settings.output_gain!r} is not one of auto, on, off")
+  if settings.output_gain == "on" and settings.sure_images < 1:
+    raise InputError("output_gain: on needs SURE's images, got sure_images=0")
   if settings.memory_gb is not None:
     from cryojax_denoise.denoisers.cwf.budget import check_memory_gb
 
@@ -196,9 +200,14 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", input_path, len(table),
                *table.shape, table.pixel_size, settings.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
+  wants_gain = gain = settings.gain_applies(psd) and settings.sure_images > 0
+  if wants_gain:  # its SURE record (the gained output's) replaces the quality score
+    denoiser, gain_record = gain_step(settings, table, reader, denoiser, ctf_of, psd,
+                                      record["params"] if choose else None)
+    gain = "reason" not in gain_record
   if record is None:
     record = {"method": settings.method, "params": settings.mode()[1], "auto": auto}
-    if settings.sure_images > 0 and distributed.is_main():
+    if settings.sure_images > 0 and distributed.is_main() and not gain:
       try:  # only a score: a method SURE cannot call this way still denoises (unless auto asked for it)
         record = {**sure_step.quality(settings, table, reader, denoiser, ctf_of, psd), "auto": auto}
       except InputError:
@@ -210,16 +219,35 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
     if auto:
       logging.info("params=auto: %s has no knob to choose; fitted as given, SURE's estimate recorded",
                    settings.method)
+  if wants_gain:
+    gained = gain_record.pop("sure", None)
+    record = {**record, **({"sure": gained} if gained else {}), "output_gain": gain_record}
   parts.denoise(table, denoiser, outputs, reader, ctf_of, batch_size=settings.batch_size,
                       noise_std=settings.sigma, normalize=settings.normalize, facts=settings.facts())
   params_json = None
   coloured = settings.noise != "white" or bool(settings.noise_psd)
-  if distributed.is_main() and (auto or coloured):  # the record of the choice and of the noise model
+  if distributed.is_main() and (auto or coloured or wants_gain):  # the record of the choice, noise model and gain
     if coloured:
       record["noise"] = noise_record
     params_json = sure_step.write_record(record, outputs)
   logging.info("wrote %s%s", outputs.stack, f" and {outputs.star}" if outputs.star else "")
   return {**record, "outputs": {"stack": outputs.stack, "star": outputs.star, "params_json": params_json}}
+
+
+def gain_step(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None, params=None):
+  """(the denoiser scaled by SURE's output gain α, the gain's record): α computed on process 0 and shared;
+  where SURE cannot be applied, the denoiser unchanged and the reason in the record (logged)."""
+  def record():
+    try:
+      return sure_step.output_gain(settings, table, reader, denoiser, ctf_of, psd, params)
+    except ValueError as e:
+      return {"alpha": 1.0, "reason": str(e)}
+
+  out = distributed.share(record)
+  if "reason" in out:
+    logging.warning("output gain not applied: %s", out["reason"])
+  alpha = float(out["alpha"])
+  return (denoiser if alpha == 1.0 else lambda *a, **k: alpha * denoiser(*a, **k)), out
 
 
 def denoise_particles(input_path: str, method: str = "ddtf", *, params="", output: str = "", **settings) -> dict:

@@ -94,6 +94,35 @@ def quality(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None) 
           "sure": summary(est.record(), float(est.sigma.mean()), scale)}
 
 
+# Images the output gain α is estimated on: its error is that of ⟨f, n⟩ − tr(ΣJ_f) over them (more than the
+# 32 of the quality score; α multiplies every output).
+GAIN_IMAGES = 128
+
+
+def output_gain(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None, params: dict | None = None):
+  """SURE's MSE-optimal output gain α in [0, 1] of the denoiser as applied: {"alpha", "n_images", "sure" (the
+  gained output's SURE record, input units), "relative_mse_without_gain"}, α from
+  max(`sure_images`, GAIN_IMAGES) random images (`sure_policy.gained_method`). ValueError with the reason where
+  SURE cannot be applied. Under coloured noise a method can pass more noise than signal (the excess sits where
+  the signal is): α then takes its output back below the signal power. `params`: those applied (default
+  the settings' own)."""
+  from cryojax_denoise import denoisers
+  from cryojax_denoise.denoisers.tuning import sure_policy
+
+  images, noise_std, scale, rows = sure_subset(settings, table, reader, max(settings.sure_images, GAIN_IMAGES))
+  out = sure_policy.gained_method(settings.method, denoiser, images, noise_std,
+                                  ctf=None if ctf_of is None else ctf_of(np.asarray(rows)), noise_psd=psd,
+                                  fitted=denoisers.REGISTRY[settings.method].fit is not None,
+                                  **(settings.mode()[1] if params is None else params))
+  if isinstance(out, str):
+    raise ValueError(out)
+  _, alpha, before, after = out
+  logging.info("output gain: α = %.3f on %d images (SURE's relative MSE %.3g without it)", alpha, len(images),
+               before.relative)
+  return {"alpha": alpha, "n_images": len(images), "relative_mse_without_gain": before.relative,
+          "sure": summary(after.record(), float(after.sigma.mean()), scale)}
+
+
 def auto_note(record: dict) -> str:
   if not record["auto"]:
     return ""
@@ -111,6 +140,8 @@ def write_record(record: dict, outputs) -> str:
     comment = f"# cryojax-denoise: method {record['method']}, params {record['params']}{auto_note(record)}"
     if "noise" in record:
       comment += f"; noise model {record['noise']['decision']}"
+    if "alpha" in record.get("output_gain", {}):
+      comment += f"; output gain {record['output_gain']['alpha']:.3f}"
     if s:
       se = "" if s["mse_standard_error"] is None else f" ± {s['mse_standard_error']:.2g}"
       comment += (f"; SURE on {s['n_images']} images: MSE {s['mse']:.5g}{se}, relative {s['relative_mse']:.4g}, "

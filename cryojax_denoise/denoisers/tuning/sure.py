@@ -251,7 +251,7 @@ def output_gain(images, output, est: SureEstimate) -> tuple[float, float]:
   from `est` = `sure(den, images, ...)` of the same images (its σ and divergence, white or coloured probes);
   sums over the batch. α = 0 is a blank image, so α·f is never worse than blank by more than SURE's error:
   where a method passes more noise than signal (low SNR under coloured noise, whose excess sits where the
-  signal is) the gain takes the output back below the signal power. `denoise` does not apply it (yet).
+  signal is) the gain takes the output back below the signal power (`denoise --config.output_gain`).
   """
   y = np.asarray(images, np.float64)
   f = np.asarray(output, np.float64)
@@ -262,6 +262,14 @@ def output_gain(images, output, est: SureEstimate) -> tuple[float, float]:
   alpha = float(np.clip((fy.sum() - trace.sum()) / ff.sum(), 0.0, 1.0)) if ff.sum() > 0 else 0.0
   mse = (alpha ** 2 * ff - 2 * alpha * (fy - trace) + yy - n_pix * s2) / n_pix
   return alpha, mse
+
+
+def gained(images, est: SureEstimate) -> tuple[float, SureEstimate]:
+  """(α, SURE of the gained output α·f) from `est` = `sure(den, images, ..., keep_output=True)`: the
+  estimate of what is applied when the gain is (`output_gain`); J_{αf} = α J_f, so its divergence is α·div."""
+  alpha, mse = output_gain(images, est.output, est)
+  div = None if est.div is None else alpha * np.asarray(est.div)
+  return alpha, dataclasses.replace(est, mse=np.asarray(mse, np.float32), output=None, div=div)
 
 
 def known_divergence(name: str, shape: tuple, **params) -> float | None:

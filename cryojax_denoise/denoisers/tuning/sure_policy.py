@@ -304,7 +304,7 @@ def sure_reason(name: str, fitted: bool = False) -> str:
 
 
 def method_sure(name: str, den: Callable, images, noise_std=None, *, ctf=None, noise_psd=None, fitted: bool = False,
-                seed: int = 0, **params) -> SureEstimate | str:
+                seed: int = 0, keep_output: bool = False, **params) -> SureEstimate | str:
   """SURE of registry method `name` as `den` runs it on `images` (B, H, W), or a one-line reason
   (`sure_reason`) when SURE cannot be applied.
 
@@ -312,11 +312,33 @@ def method_sure(name: str, den: Callable, images, noise_std=None, *, ctf=None, n
   probed with its fitted model held fixed and `ctf` (B, H, W) (the images' own CTFs, None = identity)
   in every call: the function SURE scores is then the one applied to the stack (probing it with
   ctf=None scored a CTF-free CWF instead, 3.1× the true MSE; docs/sure_notes.md, "Dataset-level methods").
-  `noise_std`, `noise_psd` as in `sure`; `params` the method's parameters (for `known_divergence`).
+  `noise_std`, `noise_psd`, `keep_output` as in `sure`; `params` the method's parameters (for `known_divergence`).
   """
   reason = sure_reason(name, fitted)
   if reason:
     return reason
   call = (lambda y, s: den(y, s, ctf)) if fitted else den
   div = known_divergence(name, np.shape(images), **params)
-  return sure(call, images, noise_std, noise_psd=noise_psd, eps=eps_for(name), div=div, seed=seed)
+  return sure(call, images, noise_std, noise_psd=noise_psd, eps=eps_for(name), div=div, seed=seed,
+              keep_output=keep_output)
+
+
+def gained_method(name: str, den: Callable, images, noise_std=None, *, ctf=None, noise_psd=None, fitted: bool = False,
+                  **params) -> tuple[Callable, float, SureEstimate, SureEstimate] | str:
+  """`den` (either form of `method_sure`) scaled by SURE's MSE-optimal output gain α in [0, 1] estimated on
+  `images` (`sure.output_gain`): (scaled den, α, SURE of den, SURE of α·den), or `sure_reason`'s line. The
+  images are mean-removed, so α = 0 is the mean image: α·den is never worse than it beyond SURE's error."""
+  from cryojax_denoise.denoisers.tuning.sure import gained
+
+  est = method_sure(name, den, images, noise_std, ctf=ctf, noise_psd=noise_psd, fitted=fitted, keep_output=True,
+                    **params)
+  if isinstance(est, str):
+    return est
+  alpha, after = gained(images, est)
+  if alpha == 1.0:
+    return den, alpha, est, after
+
+  def scaled(*args, **kwargs):
+    return alpha * den(*args, **kwargs)
+
+  return scaled, alpha, est, after
