@@ -74,3 +74,14 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 def local_device_count() -> int:
   return jax.local_device_count()
+
+
+def batch_placement(batch: int):
+  """(batch rounded up to a multiple of the local device count, `place(x)`): `place` shards a batch's
+  arrays along axis 0 over the local devices (data parallel, like training; a model stays replicated)
+  and is the identity on one device (e.g. CWF's fit and Wiener step, denoisers/cwf/cwf.py)."""
+  devices = jax.local_devices()
+  if len(devices) == 1:
+    return batch, lambda x: x
+  spec = batch_sharding(data_mesh(devices))
+  return -(-batch // len(devices)) * len(devices), lambda x: jax.device_put(x, spec)

@@ -172,10 +172,13 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
   out = np.asarray(denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0)(ds.noisy[:8], None, ctf[:8]))
   assert out.shape == (8, 32, 32) and np.isfinite(out).all()
   assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
-  # The sweep passes the stack's CWF fit (`cwf=`) instead of fitting it again: the same denoiser.
-  cwf = denoisers.fit("cwf", ds.noisy, None, ctf)
-  shared = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0, cwf=cwf)
-  np.testing.assert_allclose(np.asarray(shared(ds.noisy[:8], None, ctf[:8])), out, atol=1e-5)
+  # The sweep offers the stack's CWF fit (`cwf=`): reused when its basis reach is the network's prior's
+  # (PRIOR_REACH, the inscribed disk), refitted with that reach when not (the registered cwf's, L/16 past the
+  # edge): the same denoiser either way.
+  for reach in (cwf_corpus.PRIOR_REACH, None):
+    cwf = denoisers.fit("cwf", ds.noisy, None, ctf, reach=reach)
+    shared = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0, cwf=cwf)
+    np.testing.assert_allclose(np.asarray(shared(ds.noisy[:8], None, ctf[:8])), out, atol=1e-5)
   with pytest.raises(InputError, match="unknown parameter"):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_step=0)
 

@@ -10,6 +10,7 @@ from cryojax_denoise.data import simulate
 from cryojax_denoise.data.ctf import ctf_grid
 from cryojax_denoise.data.maps import load_source
 from cryojax_denoise.denoisers.cwf import budget, cwf
+from cryojax_denoise.denoisers.cwf import steerable as st
 from cryojax_denoise.errors import InputError
 
 L, N = 48, 90
@@ -22,9 +23,9 @@ def data():
   return np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32), ctf
 
 
-def _budget_for(batch: int, L: int, n: int) -> float:
-  """The memory_gb whose fit batch is `batch` (half a particle's work to spare)."""
-  return (budget.fixed_bytes(L, n) + (batch + 0.5) * budget.per_particle_bytes(L)) / budget.GB
+def _budget_for(batch: int, L: int, n: int, reach: float = 0.0) -> float:
+  """The memory_gb whose fit batch is `batch` (half a particle's work to spare) on a basis reaching `reach`."""
+  return (budget.fixed_bytes(L, n, reach=reach) + (batch + 0.5) * budget.per_particle_bytes(L, reach=reach)) / budget.GB
 
 
 class _Counting:
@@ -82,7 +83,8 @@ def test_pipeline_fit_reads_the_subset_in_budgeted_batches(tmp_path, monkeypatch
   reads = []
   real = denoise_stack.read_rows
   monkeypatch.setattr(denoise_stack, "read_rows", lambda t, r, rows: reads.append(len(rows)) or real(t, r, rows))
-  memory_gb = _budget_for(30, 32, 80)  # 2 CTF groups: the solve needs ~22 particles' work
+  # the registered cwf's (reaching) basis; 2 CTF groups: the solve needs ~22 particles' work
+  memory_gb = _budget_for(30, 32, 80, st.basis_reach(32))
   out = tmp_path / "den.mrcs"
   pipeline.denoise_particles(paths["particles.star"], method="cwf", params="n_groups=2", output=str(out),
                              sure_images=0, memory_gb=memory_gb)

@@ -96,6 +96,24 @@ def test_radial_filter_blocks(basis):
   assert np.linalg.norm(lhs - rhs) < 0.05 * np.linalg.norm(lhs)
 
 
+
+def test_radial_profile_keeps_a_ctf_that_oscillates_within_a_pixel():
+  """A radial chirp like a CTF at 1.5 Å/px and 1.5 µm defocus (phase 0.097 r², r in grid px: up to 6 rad
+  per px at the edge): its profile at the nodes is the chirp itself (ring means of the grid at its distinct
+  radii, interpolated in radius). Bilinear interpolation along circles, the previous form, kept an rms of
+  0.67 / 0.37 / 0.16 of it at 8-16 / 16-24 / 24-32 px (corpus molecule 3 with CTF: 1.17x ASPIRE's MSE)."""
+  size = 64
+  f = np.fft.fftfreq(size) * size
+  chirp = lambda r: np.cos(0.0968 * r ** 2 + 0.1)  # noqa: E731
+  grid = chirp(np.hypot(*np.meshgrid(f, f, indexing="ij"))).astype(np.float32)[None]
+  h = np.asarray(st.radial_profile(st.fb_basis(size), jnp.asarray(grid)))[0]
+  nodes = (np.polynomial.legendre.leggauss(size)[0] + 1) / 4 * size  # radii of the nodes, grid px
+  assert np.abs(h - chirp(nodes)).max() < 0.08
+  for lo in (0, 8, 16, 24):
+    band = (nodes >= lo) & (nodes < lo + 8)
+    assert np.sqrt(np.mean(h[band] ** 2) / np.mean(chirp(nodes[band]) ** 2)) > 0.97
+
+
 def _numpy_fb(size):
   """float64 reference: the FB functions on the disk pixels (H*W, count) and their k."""
   R, c = size / 2, size // 2

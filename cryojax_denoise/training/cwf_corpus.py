@@ -39,6 +39,10 @@ AMPLITUDE_CONTRAST_RANGE = (0.04, 0.15)
 MAX_SHIFT_FRACTION = 0.08
 CTF_FRACTION = 0.8
 VAL_DATASET_OFFSET = 1 << 40  # validation datasets' ids (and molecules): disjoint from every training id
+# The basis reach (px past the edge, `cwf.fit`'s `reach`) of the CWF estimates the prior="cwf" networks were
+# trained on and are given: the inscribed disk, as CWF was when the bundled autoencoder_cwf was trained (the
+# registered "cwf" now reaches L/16 past the edge, `steerable.basis_reach`; a network sees the prior it knows).
+PRIOR_REACH = 0.0
 
 
 def dataset_conditions(seed: int, dataset: int, snr_range) -> dict:
@@ -85,7 +89,7 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
   sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   ctfs = ctf_lib.ctf_grid(ds.particles, ds.optics, image_size, ds.pixel_size) if cond["ctf"] else None
   fit, kept = slice(0, n_fit), slice(n_fit, n_fit + keep)
-  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit])
+  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit], reach=PRIOR_REACH)
   prior = np.asarray(cwf(noisy[kept], sigma[kept], None if ctfs is None else ctfs[kept]), np.float32)
   return {"noisy": noisy[kept].astype(np.float32), "prior": prior, "clean": clean[kept].astype(np.float32),
           "snr": np.float32(cond["snr"])}

@@ -44,7 +44,9 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   `finetune_steps` > 0 first adapts the network to this stack by Monte-Carlo SURE on `images` alone
   (`training.self_supervised.sure`: no clean image; batches of 16, in a temporary folder), which is what
   lets it beat CWF on molecules unlike the training corpus (see README). `cwf`: the "cwf" method already
-  fitted on these `images`, σ and CTFs (the sweep fits it once for both rows); None fits it here."""
+  fitted on these `images`, σ and CTFs, used when its basis reach (`den.reach`) is the network's prior's
+  (`cwf_corpus.PRIOR_REACH`; the registered cwf's default is not); otherwise (or None) CWF is fitted here
+  with that reach."""
   import tempfile
 
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
@@ -65,8 +67,10 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
                     len(images), MIN_FINETUNE_PARTICLES)
     finetune_steps = 0
   noise_std = noise_std_or_estimate(images, noise_std)
-  if cwf is None:
-    cwf = fit("cwf", images, noise_std, ctf)
+  from cryojax_denoise.training.cwf_corpus import PRIOR_REACH
+
+  if cwf is None or getattr(cwf, "reach", PRIOR_REACH) != PRIOR_REACH:
+    cwf = fit("cwf", images, noise_std, ctf, reach=PRIOR_REACH)
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss, train
 

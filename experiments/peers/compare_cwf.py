@@ -1,7 +1,7 @@
 """Our CWF vs ASPIRE's DenoiserCov2D (and bm3d) on the same simulated particles: MSE and time.
 
     nice -n 15 .venv/bin/python experiments/peers/compare_cwf.py --n 1000 --size 64 \\
-        --snrs 1,0.5,0.2,0.1,0.05 --ctf 1,0 [--volume MAP --pixel-size 5.0] [--bm3d 48]
+        --snrs 1,0.5,0.2,0.1,0.05 --ctf 1,0 [--volume MAP --pixel-size 5.0 | --molecule-seed 1,2,3] [--bm3d 48]
 
 ASPIRE runs in its own environment (`--aspire-python`, default /work/peers-venv/bin/python) in a
 subprocess on the same noisy images, with the true noise variance; both CWF estimates are
@@ -11,6 +11,9 @@ multiplied by each particle's CTF (our grid) and scored against the CTF-modulate
 load-independent measure on a shared machine). `--aspire-stop-ratio R` stops ASPIRE once its timed part
 has used R times our CPU seconds, recording only that lower bound of the CPU speed-up (checks a
 "≥ R× faster" target at R× our cost). bm3d is scored on the first `--bm3d` images.
+`--aspire-cache DIR` keeps ASPIRE's outputs and reuses them (to re-score a changed `cwf` without rerunning it).
+`--molecule-seed S[,S...]`: corpus molecules `data.molecules.molecule_map(S, size)` (an int seed; the
+training corpora draw theirs from [seed, id] pairs, never a bare int), each with its own pixel size.
 
 Speed (ours vs ASPIRE, distinct CTFs), e.g. `--n 10000 --size 128 --snrs 0.1 --ctf 1 --aspire-stop-ratio 10`.
 """
@@ -62,6 +65,13 @@ def _run_limited(cmd, log_path: str, cpu_limit: float | None) -> int:
         raise AspireStopped(used)
 
 
+def _outside_disk(size: int) -> np.ndarray:
+  """(size, size) bool: pixels at radius >= size / 2 from the centre pixel size // 2, where a pixel-domain
+  Fourier–Bessel basis (ours) is 0 and ASPIRE's band-limited FFB basis is not."""
+  y, x = np.mgrid[:size, :size] - size // 2
+  return np.hypot(x, y) >= size / 2
+
+
 def _modulate(x, ctf):
   return x if ctf is None else np.fft.ifft2(np.fft.fft2(x) * ctf).real.astype(np.float32)
 
@@ -89,6 +99,15 @@ def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: 
             "ctf_rel_err": float(res["ctf_rel_err"])}
 
 
+def corpus_source(seed: int, size: int):
+  """The corpus molecule of int `seed` rendered on a (size, size, size) grid, as a MapSource."""
+  from cryojax_denoise.data import molecules
+  from cryojax_denoise.data.maps import MapSource
+
+  volume, pixel_size, kind = molecules.molecule_map(int(seed), size + size % 2)
+  return MapSource(volume, float(pixel_size), f"corpus molecule {seed} ({kind}, {pixel_size:.2f} A/px)")
+
+
 def run_one(source, n, size, snr, use_ctf, args, seed=0):
   from cryojax_denoise.data import simulate
   from cryojax_denoise.data.ctf import ctf_grid, ctf_params
@@ -98,28 +117,40 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
   noisy, clean = np.asarray(ds.noisy, np.float32), np.asarray(ds.clean, np.float32)
   sigma = float(ds.noise_std)
   ctf = ctf_grid(ds.particles, ds.optics, size, ds.pixel_size) if use_ctf else None
-  row = {"n": n, "size": size, "snr": snr, "ctf": bool(use_ctf)}
+  row = {"molecule": source.name, "n": n, "size": size, "snr": snr, "ctf": bool(use_ctf), "reach": args.reach}
   for rep in range(2 if args.warm else 1):
     t0, c0 = time.perf_counter(), time.process_time()
-    ours = np.asarray(cwf.cwf_denoise(noisy, sigma, ctf=ctf))
+    ours = np.asarray(cwf.cwf_denoise(noisy, sigma, ctf=ctf, reach=args.reach))
     row["ours_s"], row["ours_cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
   row["ours_mse"] = float(np.mean((ours - clean) ** 2))
+  out = _outside_disk(size)
+  row["clean_power_outside"] = float(np.mean(clean[:, out] ** 2) * out.mean() / np.mean(clean ** 2))
+  row["ours_mse_outside"] = float(np.sum((ours[:, out] - clean[:, out]) ** 2) / clean.size)
   row["load_avg"] = os.getloadavg()[0]
   theirs = None
   if args.aspire_python:
     params = ctf_params(ds.particles, ds.optics, ds.pixel_size) if use_ctf else None
     limit = args.aspire_stop_ratio * row["ours_cpu_s"] if args.aspire_stop_ratio else None
+    cache = (os.path.join(args.aspire_cache, f"{source.name.split(' (')[0].replace(' ', '_')}_n{n}_L{size}_snr{snr:g}"
+                          f"_ctf{int(bool(use_ctf))}.npz") if args.aspire_cache and not limit else "")
     try:
-      res = run_aspire(args.aspire_python, noisy, sigma ** 2, ds.pixel_size, params, ctf, limit)
+      if cache and os.path.exists(cache):
+        res = {k: v if v.ndim else v.item() for k, v in np.load(cache).items()}
+      else:
+        res = run_aspire(args.aspire_python, noisy, sigma ** 2, ds.pixel_size, params, ctf, limit)
+        if cache:
+          os.makedirs(args.aspire_cache, exist_ok=True)
+          np.savez(cache, **{k: v for k, v in res.items() if v is not None})
     except AspireStopped as stop:
       row.update(aspire_stopped_cpu_s=stop.cpu_seconds, speedup_cpu_at_least=stop.cpu_seconds / row["ours_cpu_s"])
     else:
       theirs = _modulate(res["denoised"], ctf)
-      row.update(aspire_s=res["seconds"], aspire_cpu_s=res["cpu_seconds"], aspire_ctf_rel_err=res["ctf_rel_err"],
-                 aspire_mse=float(np.mean((theirs - clean) ** 2)), aspire_sign=res["sign"])
+      row.update(aspire_s=res["seconds"], aspire_cpu_s=res.get("cpu_seconds"), aspire_ctf_rel_err=res["ctf_rel_err"],
+                 aspire_mse=float(np.mean((theirs - clean) ** 2)), aspire_sign=res["sign"],
+                 aspire_mse_outside=float(np.sum((theirs[:, out] - clean[:, out]) ** 2) / clean.size))
       row["ratio_mse"] = row["ours_mse"] / row["aspire_mse"]
       row["speedup"] = row["aspire_s"] / row["ours_s"]
-      if res["cpu_seconds"]:
+      if res.get("cpu_seconds"):
         row["speedup_cpu"] = res["cpu_seconds"] / row["ours_cpu_s"]
   if args.bm3d:
     from cryojax_denoise.denoisers.classical.bm3d import bm3d_denoise
@@ -140,20 +171,30 @@ def main():
   p.add_argument("--ctf", default="1,0")
   p.add_argument("--volume", default="")
   p.add_argument("--pixel-size", type=float, default=0.0)
+  p.add_argument("--molecule-seed", default="", help="corpus molecules' int seeds, comma-separated")
   p.add_argument("--aspire-python", default="/work/peers-venv/bin/python")
   p.add_argument("--aspire-stop-ratio", type=float, default=0.0,
                  help="stop ASPIRE at this multiple of our CPU seconds (then only a speed-up bound)")
+  p.add_argument("--reach", type=float, default=None,
+                 help="our basis disk's reach past the image edge, pixels (default: steerable.basis_reach)")
+  p.add_argument("--aspire-cache", default="",
+                 help="folder of ASPIRE's outputs per molecule/SNR/CTF: reused when present (same particles: "
+                      "the simulation is seeded), written otherwise")
   p.add_argument("--bm3d", type=int, default=0)
   p.add_argument("--warm", action="store_true", help="time our second call (after compiles)")
   p.add_argument("--out", default="")
   args = p.parse_args()
   from cryojax_denoise.data.maps import load_source
-  source = load_source(volume=args.volume or None, pixel_size=args.pixel_size or None, image_size=args.size)
+  if args.molecule_seed:
+    sources = [corpus_source(int(s), args.size) for s in args.molecule_seed.split(",")]
+  else:
+    sources = [load_source(volume=args.volume or None, pixel_size=args.pixel_size or None, image_size=args.size)]
   rows = []
-  for c in [int(v) for v in args.ctf.split(",")]:
-    for snr in [float(v) for v in args.snrs.split(",")]:
-      rows.append(run_one(source, args.n, args.size, snr, c, args))
-      print(json.dumps(rows[-1]), flush=True)
+  for source in sources:
+    for c in [int(v) for v in args.ctf.split(",")]:
+      for snr in [float(v) for v in args.snrs.split(",")]:
+        rows.append(run_one(source, args.n, args.size, snr, c, args))
+        print(json.dumps(rows[-1]), flush=True)
   if args.out:
     with open(args.out, "w") as f:
       json.dump(rows, f, indent=1)

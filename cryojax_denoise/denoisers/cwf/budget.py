@@ -11,7 +11,10 @@ as L⁴ too, so boxes above `MAX_BOX` are Fourier-cropped to it for the fit and 
 `uncrop`; docs/cwf.md has the measurement that this loses nothing measurable at cryo-EM SNRs).
 
 Sizes of the FB basis of an L² box (`steerable.fb_basis`), fitted on L = 128…400: count ≈ 0.308 L²
-functions, K+1 ≈ 1.53 L blocks of pmax = L/2, n_orb ≈ 0.1 L² pixel orbits, ~0.078 L² distinct radii.
+functions, K+1 ≈ 1.53 L blocks of pmax = L/2, n_orb ≈ 0.1 L² pixel orbits, ~0.078 L² distinct radii. A
+disk reaching `reach` px past the edge (radius L/2 + reach = s·L/2) has s² times the functions, s times the
+blocks and pmax, and the orbits of the grid's pixels inside it (measured at 64²…192², reach L/16: count
+×1.265, K+1 and pmax ×1.125, orbits ×1.16).
 """
 
 from __future__ import annotations
@@ -55,51 +58,57 @@ def check_memory_gb(value, where: str = "memory_gb") -> float:
   return gb
 
 
-def _dims(L: int, n_rho: int | None):
-  n_rho = int(n_rho or L)
-  return 0.308 * L * L, int(1.53 * L) + 2, L // 2 + 1, 0.1 * L * L, n_rho
+def _dims(L: int, n_rho: int | None, reach: float = 0.0):
+  """(count, K+1, pmax, n_orb, n_rho) of the basis of an L² box whose disk reaches `reach` px past its edge."""
+  n_rho, s = int(n_rho or L), 1 + 2 * float(reach) / L
+  inside = 1.0
+  if reach > 0:  # the fraction of the disk's pixels on the grid, relative to the inscribed disk's
+    yy, xx = np.mgrid[0:L, 0:L] - L // 2
+    r = np.hypot(xx, yy)
+    inside = np.count_nonzero(r < L / 2 + reach) / np.count_nonzero(r < L / 2)
+  return 0.308 * L * L * s * s, int(1.53 * L * s) + 2, int(L * s) // 2 + 1, 0.1 * L * L * inside, n_rho
 
 
-def _basis_bytes(L: int, n_rho: int | None) -> float:
+def _basis_bytes(L: int, n_rho: int | None, reach: float = 0.0) -> float:
   """The basis (orbit matrices with the copies made while they are built; radial profiles; the CTF
   averaging matrix) and the runtime."""
-  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho, reach)
   return (1.3 * count * 2 * n_orb * 4 + 0.078 * L * L * count * 4 + k1 * n_rho * pmax * 4 + n_rho * L * L * 4
           + RUNTIME_BYTES)
 
 
-def fixed_bytes(L: int, n: int, n_rho: int | None = None) -> float:
+def fixed_bytes(L: int, n: int, n_rho: int | None = None, reach: float = 0.0) -> float:
   """Bytes the pass over n particles of L² holds whatever its batch: the basis and runtime, the (K+1, p, p)
   covariance accumulators, and per particle its block-0 coefficients and CTF profile."""
-  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
-  return _basis_bytes(L, n_rho) + 3 * k1 * pmax * pmax * 8 + n * (pmax * 8 + n_rho * 4) * 2
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho, reach)
+  return _basis_bytes(L, n_rho, reach) + 3 * k1 * pmax * pmax * 8 + n * (pmax * 8 + n_rho * 4) * 2
 
 
-def solve_bytes(L: int, n: int, n_groups: int = 32, n_rho: int | None = None) -> float:
+def solve_bytes(L: int, n: int, n_groups: int = 32, n_rho: int | None = None, reach: float = 0.0) -> float:
   """Bytes of the solve after the pass: the basis, the mean M_i² (its (K+1, n_rho, n_rho) intermediate),
   eigendecompositions of the blocks, and the CG's G per-group block matrices (4 copies; at most every block
   live)."""
-  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho, reach)
   g = min(int(n_groups), int(n))
-  return (_basis_bytes(L, n_rho) + 2 * k1 * n_rho * n_rho * 4 + 12 * k1 * pmax * pmax * 8
+  return (_basis_bytes(L, n_rho, reach) + 2 * k1 * n_rho * n_rho * 4 + 12 * k1 * pmax * pmax * 8
           + 4 * g * k1 * pmax * pmax * 4 + n * (pmax * 8 + n_rho * 4) * 2)
 
 
-def per_particle_bytes(L: int, n_rho: int | None = None) -> float:
+def per_particle_bytes(L: int, n_rho: int | None = None, reach: float = 0.0) -> float:
   """Bytes of one particle in a fit batch: the image, its CTF (and the CTF's computation), the orbit
   transform's work (pixels, orbit sums, residue GEMM outputs), its coefficients and M_i b_i (complex,
   (K+1, p)) and the radial intermediates ((K+1, n_rho) complex)."""
-  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho)
+  count, k1, pmax, n_orb, n_rho = _dims(L, n_rho, reach)
   return L * L * 4 * 6 + count * 8 * 2 + k1 * pmax * 8 * 6 + k1 * n_rho * 8 * 3
 
 
 def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | None = None,
-              n_groups: int = 32) -> int:
-  """The largest fit batch (<= cap, <= n) within `memory_gb`; InputError when even 1 does not fit (the
-  pass with one particle, or the solve after it)."""
+              n_groups: int = 32, reach: float = 0.0) -> int:
+  """The largest fit batch (<= cap, <= n) within `memory_gb` for a basis reaching `reach` px past the
+  edge; InputError when even 1 does not fit (the pass with one particle, or the solve after it)."""
   budget = float(memory_gb) * GB
-  fixed, each = fixed_bytes(L, n, n_rho), per_particle_bytes(L, n_rho)
-  solve = solve_bytes(L, n, n_groups, n_rho)
+  fixed, each = fixed_bytes(L, n, n_rho, reach), per_particle_bytes(L, n_rho, reach)
+  solve = solve_bytes(L, n, n_groups, n_rho, reach)
   batch = int((budget - fixed) // each)
   if batch < 1 or solve > budget:
     need = max(fixed + each, solve) / GB

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise import sharding as sh
 from cryojax_denoise.denoisers.cwf import budget as bdg
 from cryojax_denoise.denoisers.cwf import solvers as sv
 from cryojax_denoise.denoisers.cwf import steerable as st
@@ -105,19 +106,6 @@ def _m_mean(basis, h, mean):
   return jnp.einsum("rp,br,r->bp", g0, h, g0 @ mean)
 
 
-def _placement(batch: int):
-  """(batch rounded up to a multiple of the local device count, `place(x)`): `place` shards a batch's
-  arrays along axis 0 over the local devices (data parallel, like training; the model stays replicated)
-  and is the identity on one device."""
-  devices = jax.local_devices()
-  if len(devices) == 1:
-    return batch, lambda x: x
-  from cryojax_denoise import sharding as sh
-
-  spec = sh.batch_sharding(sh.data_mesh(devices))
-  return -(-batch // len(devices)) * len(devices), lambda x: jax.device_put(x, spec)
-
-
 @jax.jit
 def _block_stats(basis, b, h, w):
   """Σ_i M_i b_i b_iᴴ M_i (K+1, p, p) of a batch (weights w mask padding; block 0 is redone with the mean)."""
@@ -136,19 +124,22 @@ def _block0_stats(basis, mean, b0, h):
 
 def fit(images, noise_std=None, ctf=None, *, shrink: bool = True, hermitian: bool = False,
         n_groups: int = 32, cg_iters: int = 40, batch_size: int = 256, n_rho: int | None = None,
-        memory_gb: float | None = None) -> CWFModel:
+        memory_gb: float | None = None, reach: float | None = 0.0) -> CWFModel:
   """Mean and covariance of the clean CTF-free images from (N, H, W) particles and their CTFs.
 
   `images`, `ctf`: arrays or lazy `budget.Rows` (read a batch at a time); `noise_std`: scalar, (N,) or
   None (estimated); its mean square is the fit's σ². Streamed over batches: memory is the basis, the
   block accumulators and per-batch work (`budget`), with the batch the largest within `memory_gb`
-  (None: no limit but `batch_size`), not the N images or their coefficients.
+  (None: no limit but `batch_size`), not the N images or their coefficients. `reach`: pixels the basis
+  disk reaches past the image edge (0: the inscribed disk, as autoencoder_cwf's prior; None:
+  `steerable.basis_reach(H)`, what the registered method, `cwf_denoise` and `fit_denoiser`, use).
   """
-  return _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho, memory_gb)[0]
+  return _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho, memory_gb,
+              reach=reach)[0]
 
 
 def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_size, n_rho, memory_gb=None,
-         keep_coefs=False):
+         keep_coefs=False, reach=None):
   """(model, padded coefficients (N, K+1, p) when `keep_coefs` else None, radial CTF profiles (N, n_rho)).
 
   One pass over the particles: Σ_i M_i b_i b_iᴴ M_i for the blocks k >= 1 (the mean lives in block 0
@@ -157,10 +148,15 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   n, H, W = images.shape
   if H != W:
     raise InputError(f"cwf needs square images, got {H}x{W}")
-  batch = int(batch_size) if memory_gb is None else bdg.fit_batch(H, n, memory_gb, int(batch_size), n_rho, n_groups)
-  basis = st.fb_basis(H, n_rho)
+  reach = st.basis_reach(H) if reach is None else float(reach)
+  if not 0 <= reach <= H:
+    raise InputError(f"cwf: reach (pixels the basis disk reaches past the image edge) must be in [0, {H}], "
+                     f"got {reach}")
+  batch = int(batch_size) if memory_gb is None else bdg.fit_batch(H, n, memory_gb, int(batch_size), n_rho, n_groups,
+                                                                  reach)
+  basis = st.fb_basis(H, n_rho, reach=reach)
   pmax = basis.pmax
-  batch, place = _placement(min(batch, n))
+  batch, place = sh.batch_placement(min(batch, n))
   std = None if noise_std is None else np.asarray(noise_std, np.float32)
   var_sum, rhs, b0s, hs, coefs = 0.0, None, [], [], []
   bar = Progress(n, f"cwf fit (batches of {batch})", unit="img", every_s=30.0) if n > 4 * batch else None
@@ -208,7 +204,7 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
   if ctf is None:
     cov = rhs  # P_i = I: the least-squares system is the identity
   else:  # CG only on blocks whose shrunk rhs is nonzero (the others' solution is 0): most of them at 128²
-    live = _live_blocks(rhs)
+    live = sv.live_blocks(rhs)
     weights, iters, m = jnp.asarray(counts / n), int(cg_iters), mask[live]
     pg = sv.group_blocks(basis.radial[live], hh_groups)
     cov = sv.solve_covariance(pg, weights, jnp.real(rhs[live]), m, iters=iters)
@@ -216,15 +212,6 @@ def _fit(images, noise_std, ctf, shrink, hermitian, n_groups, cg_iters, batch_si
       cov = cov + 1j * sv.solve_covariance(pg, weights, jnp.imag(rhs[live]), m, iters=iters)
     cov = jnp.zeros_like(rhs).at[live].set(cov.astype(rhs.dtype))
   return _model(basis, mean, cov, noise_var, n), (jnp.concatenate(coefs) if keep_coefs else None), h_all
-
-
-def _live_blocks(rhs, bucket: int = 8) -> np.ndarray:
-  """Indices of the blocks with a nonzero rhs, padded with a zero block to a multiple of `bucket`
-  (few distinct shapes to compile)."""
-  nonzero = np.asarray(jnp.abs(rhs).sum((1, 2)) > 0)
-  live, dead = np.flatnonzero(nonzero), np.flatnonzero(~nonzero)
-  size = min(len(nonzero), -(-max(len(live), 1) // bucket) * bucket)
-  return np.concatenate([live, np.full(size - len(live), dead[0] if len(dead) else 0)]).astype(np.int32)
 
 
 def _model(basis, mean, cov, noise_var, n) -> CWFModel:
@@ -292,7 +279,7 @@ def _apply(model, images, coefs, noise_std, ctf, modulate, batch_size, h_all=Non
   var = jnp.broadcast_to(jnp.asarray(_noise_var(images, noise_std), jnp.float32), (n,))
   h_all = _profiles(model.basis, ctf, n) if h_all is None else h_all
   ctf_out = None if (ctf is None or not modulate) else jnp.asarray(ctf, jnp.float32)
-  batch, place = _placement(min(int(batch_size), n))
+  batch, place = sh.batch_placement(min(int(batch_size), n))
   outs = []
   for s, e in _batches(n, batch):
     b = _coefs(model.basis, place(_padded(images[s:e], batch)[0])) if coefs is None else _padded(coefs[s:e], batch)[0]
@@ -304,27 +291,31 @@ def _apply(model, images, coefs, noise_std, ctf, modulate, batch_size, h_all=Non
 
 
 def cwf_denoise(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,
-                hermitian: bool = False, n_groups: int = 32):
+                hermitian: bool = False, n_groups: int = 32, reach: float | None = None):
   """Fits CWF on the batch (B, H, W) (CTFs `ctf` (B, H, W) or None) and applies it: the per-batch
   form (`denoisers.get("cwf")`); `denoisers.fit("cwf", stack, σ, ctf)` fits once for many batches."""
   images = jnp.asarray(images, jnp.float32)
-  model, coefs, h = _fit(images, noise_std, ctf, shrink, hermitian, n_groups, 40, 256, None, keep_coefs=True)
+  model, coefs, h = _fit(images, noise_std, ctf, shrink, hermitian, n_groups, 40, 256, None, keep_coefs=True,
+                         reach=reach)
   return _apply(model, images, coefs, noise_std, ctf, modulate, 128, h)
 
 
 def fit_denoiser(images, noise_std=None, ctf=None, *, modulate: bool = True, shrink: bool = True,
                  hermitian: bool = False, n_groups: int = 32, memory_gb: float | None = None,
-                 max_box: int = bdg.MAX_BOX):
+                 max_box: int = bdg.MAX_BOX, reach: float | None = None):
   """Registry `fit` hook: fits on `images` (N, H, W) (an array or lazy `budget.Rows`) with CTFs `ctf` and
   returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)` applying that fit. Within
   `memory_gb` (None: no limit); boxes above `max_box` (0: none) are Fourier-cropped to it for the fit
-  and the Wiener step, and the estimate padded back (`budget.crop`)."""
+  and the Wiener step, and the estimate padded back (`budget.crop`). `reach`: as `fit`'s, of the working box
+  (None: `steerable.basis_reach(box)`); `den.reach` is the one used."""
   L = int(images.shape[-1])
   box = bdg.working_box(L, max_box)
   if box != L:
     images = bdg.mapped(images, lambda x: bdg.crop(x, box), (box, box))
     ctf = bdg.mapped(ctf, lambda c: bdg.crop_ctf(c, box), (box, box))
-  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups, memory_gb=memory_gb)
+  reach = st.basis_reach(box) if reach is None else float(reach)
+  model = fit(images, noise_std, ctf, shrink=shrink, hermitian=hermitian, n_groups=n_groups, memory_gb=memory_gb,
+              reach=reach)
 
   def denoise(batch, noise_std=None, ctf=None):
     if box == L:
@@ -334,6 +325,7 @@ def fit_denoiser(images, noise_std=None, ctf=None, *, modulate: bool = True, shr
 
   denoise.model = model
   denoise.box = box
+  denoise.reach = reach
   return denoise
 
 

@@ -69,9 +69,13 @@ class Rings(NamedTuple):
 
 
 def orbits(L: int, R: float):
-  """Disk orbits of the (L, L) grid about pixel (L//2, L//2): (plus, minus, theta, r, inverse)."""
+  """Disk orbits of the (L, L) grid about pixel (L//2, L//2): (plus, minus, theta, r, inverse). A disk
+  reaching past the grid (R > L/2) keeps the orbits with a pixel on it; the others' slots are the pad."""
   c, pad = L // 2, L * L
-  flat = lambda x, y: (y + c) * L + (x + c)  # noqa: E731  (x = column offset, y = row offset)
+
+  def flat(x, y):  # x = column offset, y = row offset; off the grid: the zero pad
+    return (y + c) * L + (x + c) if -c <= x < L - c and -c <= y < L - c else pad
+
   plus, minus, theta, rad = [], [], [], []
   for x0 in range(int(np.ceil(R)) + 1):
     for y0 in range(x0 + 1):
@@ -79,9 +83,13 @@ def orbits(L: int, R: float):
       if r >= R:
         continue
       pts = [(x0, y0), (-y0, x0), (-x0, -y0), (y0, -x0)]
-      plus.append([flat(*p) for p in pts] if r > 0 else [flat(0, 0), pad, pad, pad])
       mirror = [(x0, -y0), (y0, x0), (-x0, y0), (-y0, -x0)]
-      minus.append([flat(*p) for p in mirror] if 0 < y0 < x0 else [pad] * 4)
+      p_row = [flat(*p) for p in pts] if r > 0 else [flat(0, 0), pad, pad, pad]
+      m_row = [flat(*p) for p in mirror] if 0 < y0 < x0 else [pad] * 4
+      if min(p_row + m_row) == pad:
+        continue
+      plus.append(p_row)
+      minus.append(m_row)
       theta.append(np.arctan2(y0, x0))
       rad.append(r)
   plus, minus = np.array(plus), np.array(minus)

@@ -131,3 +131,12 @@ def ctf_groups(h: np.ndarray, n_groups: int, iters: int = 8) -> np.ndarray:
     d = (x * x).sum(1)[:, None] - 2 * x @ centers.T + (centers * centers).sum(1)[None]
     labels = d.argmin(1)
   return np.unique(labels, return_inverse=True)[1]
+
+
+def live_blocks(rhs, bucket: int = 8) -> np.ndarray:
+  """Indices of the blocks (K+1, p, p) with a nonzero rhs, padded with a zero block to a multiple of
+  `bucket` (few distinct shapes to compile): CWF's CG solves only those (the others' C is 0)."""
+  nonzero = np.asarray(jnp.abs(rhs).sum((1, 2)) > 0)
+  live, dead = np.flatnonzero(nonzero), np.flatnonzero(~nonzero)
+  size = min(len(nonzero), -(-max(len(live), 1) // bucket) * bucket)
+  return np.concatenate([live, np.full(size - len(live), dead[0] if len(dead) else 0)]).astype(np.int32)

@@ -1,4 +1,4 @@
-"""Steerable Fourier–Bessel (FB) basis of the disk of radius R = L/2 pixels, complex form.
+"""Steerable Fourier–Bessel (FB) basis of the disk of radius R = L/2 (+ `reach`) pixels, complex form.
 
 Basis functions ψ_kq(r, θ) = c_kq J_k(z_kq r / R) e^{ikθ} on the pixels with r < R (centre pixel
 L // 2, x = column, y = row, θ = atan2(y, x)), z_kq the q-th positive zero of J_k, kept while
@@ -18,7 +18,8 @@ a_{-k} = conj(a_k), so image = Re Σ_{k>=0} w_k a_k ψ_k with w_0 = 1, w_k = 2.
 * Radial CTF: a radially symmetric filter h(ρ) acts on block k as M_k = Gₖᵀ diag(h) Gₖ, with Gₖ
   (n_rho, pmax) the basis's Hankel profiles on Gauss–Legendre nodes ρ ∈ [0, 0.5] cycles/pixel,
   orthonormalised so that h ≡ 1 gives M_k = I exactly. `radial_profile(basis, ctf)` averages a
-  (B, H, W) CTF on the FFT grid over angle at those nodes (bilinear, periodic), as ASPIRE does.
+  (B, H, W) CTF on the FFT grid over angle: its mean over the grid frequencies of each distinct radius,
+  interpolated in radius to those nodes (`_ctf_rings`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ from cryojax_denoise.denoisers.cwf import fb_rings
 # evaluate, dense vs orbits: 32²: 0.006/0.008 vs 0.006/0.005; 64²: 0.050/0.105 vs 0.045/0.030;
 # 128²: the dense matrix is 518 MB, orbits 0.26/0.20 (/work/notes/h4_cwf/bench*.log).
 FAST_FROM = 48
+
+# CWF's basis disk radius L/2 + EDGE_REACH·L px (`fb_basis`'s `reach`; 4 px at 64²). On the inscribed disk
+# every FB function is 0 on the rim, so an estimate in it is 0 on the rim and beyond, where box-filling
+# molecules have signal, and ASPIRE's band-limited FFB functions (which spill past it) beat it (docs/cwf.md).
+EDGE_REACH = 1 / 16
+
+
+def basis_reach(L: int) -> float:
+  """Pixels CWF's basis disk reaches past the edge of (L, L) images."""
+  return EDGE_REACH * int(L)
 
 
 class FBBasis(NamedTuple):
@@ -146,32 +157,43 @@ def _radial_profiles(k: int, zeros: np.ndarray, norms: np.ndarray, R: float, rho
   return 2 * np.pi * R * R * integral / norms
 
 
-def _ctf_interp(L: int, rho: np.ndarray, n_phi: int) -> np.ndarray:
-  """(n_rho, L*L): mean over n_phi angles of bilinear interpolation of an fftfreq-layout grid."""
-  phi = 2 * np.pi * np.arange(n_phi) / n_phi
-  ky = np.outer(rho, np.sin(phi)) * L  # fractional grid indices (rows = ky)
-  kx = np.outer(rho, np.cos(phi)) * L
-  out = np.zeros((len(rho), L * L))
-  y0, x0 = np.floor(ky), np.floor(kx)
-  for dy in (0, 1):
-    for dx in (0, 1):
-      wy = 1 - np.abs(ky - (y0 + dy))
-      wx = 1 - np.abs(kx - (x0 + dx))
-      idx = ((y0 + dy).astype(int) % L) * L + (x0 + dx).astype(int) % L
-      for j in range(len(rho)):
-        np.add.at(out[j], idx[j], wy[j] * wx[j] / n_phi)
+def _ctf_rings(L: int, rho: np.ndarray) -> np.ndarray:
+  """(n_rho, L*L): a filter on the fftfreq-layout grid -> its mean over the grid frequencies at each of the
+  grid's distinct radii, linearly interpolated in radius to the nodes ρ (cycles/px).
+
+  The particles were filtered by the CTF at exactly those frequencies, so their ring means are its angular
+  average; interpolating along circles between grid points instead (bilinear, as before) also averages
+  across radius, over ±1 px: that shrank a CTF whose phase turns by ~1 rad per pixel (small pixels, large
+  defocus) by 10-40% and cost up to 1.17x ASPIRE's MSE (docs/cwf.md)."""
+  f = np.fft.fftfreq(L) * L
+  radius = np.round(np.hypot(*np.meshgrid(f, f, indexing="ij")).ravel(), 9)
+  u, inv, count = np.unique(radius, return_inverse=True, return_counts=True)
+  order = np.argsort(inv, kind="stable")
+  start = np.concatenate([[0], np.cumsum(count)])
+  x = np.asarray(rho, np.float64) * L
+  b = np.clip(np.searchsorted(u, x), 1, len(u) - 1)
+  a = b - 1
+  t = np.clip((x - u[a]) / (u[b] - u[a]), 0.0, 1.0)
+  out = np.zeros((len(x), L * L))
+  for j in range(len(x)):
+    for ring, w in ((a[j], 1 - t[j]), (b[j], t[j])):
+      out[j, order[start[ring]:start[ring + 1]]] += w / count[ring]
   return out
 
 
 @functools.lru_cache(maxsize=4)
-def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBasis:
+def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None, reach: float = 0.0) -> FBBasis:
   """The FB basis of (L, L) images (cached). `n_rho` radial nodes for filters (default L); `fast`:
-  orbit transform instead of the dense matrix (default: L >= FAST_FROM)."""
+  orbit transform instead of the dense matrix (default: L >= FAST_FROM). `reach` (pixels, >= 0): the
+  disk's radius is L/2 + reach, sampled on the pixels of the grid only (as if the image were zero-padded
+  by `reach`, each function unit-norm on that padded disk): the basis then also covers the strip along
+  the edge and part of the corners, but the clipped functions are only nearly orthonormal and steerable
+  (`cwf` uses it; 0 = the exact basis)."""
   L = int(L)
   fast = L >= FAST_FROM if fast is None else bool(fast)
   if L < 8:
     raise ValueError(f"FB basis needs images of at least 8x8, got {L}")
-  R = L / 2
+  R = L / 2 + float(reach)
   bound = np.pi * R
   c = L // 2
   yy, xx = np.mgrid[0:L, 0:L]
@@ -180,6 +202,11 @@ def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBa
   disk = np.flatnonzero(r < R)
   r, theta = r[disk], np.arctan2(y[disk], x[disk])
   r_unique, r_inv, r_count = np.unique(r, return_inverse=True, return_counts=True)  # J_k once per radius
+  # Unit norm over the whole disk's pixels (those off the grid too, i.e. of the zero-padded image): a
+  # function mostly off the grid keeps a small norm on it (normalised there, it would be a spike).
+  e = int(np.ceil(reach))
+  full = np.hypot(*(np.mgrid[0:L + 2 * e, 0:L + 2 * e] - (c + e))).ravel()
+  full_r, full_count = np.unique(full[full < R], return_counts=True)
   n_rho = int(n_rho or L)
   t, w = _leggauss(n_rho)
   rho, wrho = (t + 1) / 4, w / 4  # nodes on [0, 0.5]
@@ -191,7 +218,7 @@ def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBa
     if len(zeros) == 0:
       break
     j = bessel_interp(table, step, k, np.outer(r_unique, zeros) / R)
-    norms = np.sqrt(r_count @ (j * j))
+    norms = np.sqrt(full_count @ bessel_interp(table, step, k, np.outer(full_r, zeros) / R) ** 2)
     if fast:
       columns.append((j / norms).astype(np.float32))  # (n_radii, p_k): 0.4 GB in all at 256²
     else:
@@ -220,7 +247,7 @@ def fb_basis(L: int, n_rho: int | None = None, fast: bool | None = None) -> FBBa
   return FBBasis(None if fast else f32(psi.real), None if fast else f32(psi.imag), jnp.asarray(disk, jnp.int32), jnp.asarray(ks, jnp.int32),
                  f32(np.where(ks == 0, 1.0, 2.0)), jnp.asarray(pad_index, jnp.int32),
                  jnp.asarray(flat_index, jnp.int32), jnp.asarray(sizes, jnp.int32), f32(rad),
-                 f32(_ctf_interp(L, rho, 4 * L)), rings)
+                 f32(_ctf_rings(L, rho)), rings)
 
 
 @jax.jit
