@@ -292,7 +292,7 @@ def run(config, workdir: str) -> None:
   bar = Progress(total=sum(len(t["snrs"]) for t in sets) * (len(methods) + 1), desc="snr_sweep", unit="evals",
                  every_s=1.0)
   batch = config.n_tune
-  from cryojax_denoise.noise.stack import wrap as whitened
+  from cryojax_denoise.noise.methods import wrap as whitened
   for plan in sets:
     set_name = plan["name"]
 

@@ -12,7 +12,7 @@ the SNR, from the same unit draws (`simulate_dataset(noise_psd=)`). Each method 
 (`run`, mirroring `pipeline.run`): dataset-level methods (cwf, autoencoder_cwf) fitted on all `--n`
 particles with their CTFs (`noise.methods.fit_coloured`: whitened, the filter joined to each CTF) and
 held fixed; knob methods with `params=auto` (`sure_policy.sure_tune` under the spectrum, scoring the
-whitened denoiser `noise.stack.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
+whitened denoiser `noise.methods.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
 `KEEP_DEFAULT` keeps in every validated setting; `C=1.15`): tuning them costs 25 calls per image, over an
 hour on the shared CPU; learned models whitened (colour ∘ model ∘ whiten). σ is never given (estimated, as
 `denoise` does). Variants: `est` (the spectrum
@@ -80,7 +80,7 @@ def run(name: str, noisy, ctf, psd, score: slice, clean, auto: bool = True, want
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers.tuning import sure_policy
   from cryojax_denoise.noise.methods import fit_coloured
-  from cryojax_denoise.noise.stack import wrap
+  from cryojax_denoise.noise.methods import wrap
 
   t0 = time.time()
   m = denoisers.REGISTRY[name]

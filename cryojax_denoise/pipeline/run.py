@@ -106,7 +106,7 @@ def make_denoiser(settings: Settings, params: dict | None = None, psd=None) -> C
     raise InputError(f"params: {e} (method {settings.method})") from None
   if psd is None:
     return den
-  from cryojax_denoise.noise.stack import wrap
+  from cryojax_denoise.noise.methods import wrap
 
   return wrap(den, psd, settings.method, {k: v for k, v in params.items() if k != "checkpoint"})
 
