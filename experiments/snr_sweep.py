@@ -19,7 +19,6 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 from ml_collections.config_dict import FieldReference, placeholder
 
@@ -31,6 +30,9 @@ from cryojax_denoise.errors import InputError
 from cryojax_denoise.evaluation import evaluate, report
 from cryojax_denoise.io import atomic_write_text
 from cryojax_denoise.progress import Progress
+from experiments import _sweep_methods as sweep_methods
+from experiments import _sweep_reconstruction as sweep_reconstruction
+from experiments._sweep_reconstruction import reconstruct_mode
 
 CLASSICAL = tuple(denoisers.classical_names())  # every registered method, from the registry
 LEARNED = tuple(denoisers.learned_names())
@@ -121,7 +123,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.tune = placeholder(bool)
   # How a tuned knob is chosen: "clean" (lowest MSE against the tuning batch's clean images), "sure"
   # (lowest Monte-Carlo SURE on the noisy test images alone, as denoise params=auto does), or "both"
-  # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one).
+  # (rows `ddtf` clean-tuned and `ddtf_sure`; the report puts SURE's estimated MSE beside the true one, and,
+  # with "sure" or "both", beside every method with no knob: cwf, autoencoder_cwf, the learned models).
   c.tuning = "clean"
   # 3D reconstruction from denoised particles (the study's Figure 4), per method and SNR: False (none),
   # True or "known" (true poses: `fsc_resolution_A`), "refine" (also poses found by projection matching on
@@ -169,19 +172,6 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-RECONSTRUCT_MODES = {False: "", "": "", "false": "", "none": "", True: "known", "true": "known",
-                     "known": "known", "refine": "refine"}
-
-
-def reconstruct_mode(config) -> str:
-  """"" (no reconstruction), "known" (true poses) or "refine" (true poses, then estimated ones)."""
-  value = config.reconstruct
-  key = value.strip().lower() if isinstance(value, str) else value
-  if isinstance(key, (bool, str)) and key in RECONSTRUCT_MODES:
-    return RECONSTRUCT_MODES[key]
-  raise InputError(f"reconstruct: True, False, known or refine, got {value!r}")
-
-
 def validate(config) -> None:
   resolve(config)
   from cryojax_denoise.noise import spec as noise_spec
@@ -221,98 +211,6 @@ def _stem(path: str) -> str:
   """'…/ribosome70S_65.mrc' -> 'ribosome70S' (a trailing _<box size> dropped)."""
   stem = os.path.splitext(os.path.basename(path))[0]
   return re.sub(r"_\d+$", "", stem) or stem
-
-
-def _registry_name(row_name: str) -> str:
-  """'autoencoder_specialist' -> 'autoencoder', 'ddtf_sure' -> 'ddtf': the registry method behind a sweep row."""
-  return row_name.removesuffix("_specialist").removesuffix("_sure")
-
-
-def _sure_rows(config, methods) -> list[str]:
-  """With tuning=both, a `<name>_sure` row for each classical method that has a knob to tune."""
-  if config.tuning != "both" or not config.tune:
-    return []
-  return [f"{m}_sure" for m in methods if m in CLASSICAL and denoisers.REGISTRY[m].knob
-          and denoisers.REGISTRY[m].fit is None]
-
-
-def _sure_tune(name: str, noisy, sigma, config, psd=None, wrap=None) -> tuple[dict, dict]:
-  """The knob SURE picks on the noisy test images (under the noise spectrum `psd`, scoring `wrap`'s
-  whitened denoiser, when given), and SURE's estimate (relative MSE), its standard error and warning."""
-  from cryojax_denoise.denoisers.tuning import sure_policy
-
-  params, table = sure_policy.sure_tune(name, noisy, sigma if config.sigma == "true" else None, noise_psd=psd, wrap=wrap)
-  knob = denoisers.REGISTRY[name].knob
-  best = next(r for r in table if r[knob] == params[knob])  # the chosen row (DDTF: a parabola's minimum)
-  est = best["estimate"]
-  return params, {"sure_mse": est["sure_relative"], "sure_se": est["sure_relative"] * est["relative_se"],
-                  "sure_warning": best["warning"]}
-
-
-def _gained(name: str, fn, ds, config, psd, fitted: bool, params: dict):
-  """`fn` scaled by SURE's output gain α (`sure_policy.gained_method`) estimated on the first
-  `gain_images` noisy particles of `ds` (the fitting set: other poses than the test set) alone, as
-  `denoise --config.output_gain` does on a stack; the row's {"output_gain": α, "sure_gained_mse": SURE's
-  relative MSE of α·fn on them} ({} and fn where SURE cannot be applied)."""
-  from cryojax_denoise.denoisers.tuning import sure_policy
-  k = min(len(ds.noisy), int(config.gain_images))
-  given = _noise_std(ds.noisy[:k], ds.clean[:k]) if config.sigma == "true" and psd is None else None
-  ctf = _ctf(ds, config) if fitted else None
-  out = sure_policy.gained_method(name, fn, ds.noisy[:k], given, ctf=None if ctf is None else ctf[:k], noise_psd=psd,
-                                  fitted=fitted, **{key: v for key, v in params.items() if key != "checkpoint"})
-  if isinstance(out, str):
-    logging.warning("%s: no output gain (%s)", name, out)
-    return fn, {}
-  scaled, alpha, _, after = out
-  return scaled, {"output_gain": alpha, "sure_gained_mse": after.relative}
-
-
-def _noise_std(noisy: np.ndarray, clean: np.ndarray) -> np.ndarray:
-  """The realised noise σ per image (known exactly in simulation)."""
-  return np.std(noisy - clean, axis=(1, 2)).astype(np.float32)
-
-
-def _sigma(config, ds, psd=None) -> np.ndarray:
-  """σ per image for the classical methods, as `config.sigma` says; under a noise spectrum `psd` the
-  estimate is taken on the whitened images (whitening keeps the total noise variance)."""
-  if config.sigma == "true":
-    return _noise_std(ds.noisy, ds.clean)
-  from cryojax_denoise.denoisers.noise import estimate_noise_std
-  from cryojax_denoise.noise import whiten
-
-  noisy = ds.noisy if psd is None else np.asarray(whiten.whiten(ds.noisy, psd))
-  return np.asarray(estimate_noise_std(noisy), np.float32)
-
-
-def _ctf(ds, config) -> np.ndarray | None:
-  """Each particle's CTF (N, H, W) on the FFT grid from the dataset's RELION table (None without CTF)."""
-  from cryojax_denoise.data import ctf
-
-  return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
-
-
-def _fitted(name: str, config, fit_ds, params=None, fits=None, psd=None):
-  """A dataset-level method (registry `fit` hook, e.g. cwf, autoencoder_cwf) fitted to the noisy images of
-  `fit_ds`, on whitened particles under a noise spectrum `psd` (noise/methods.py). `fits` {registry name:
-  fitted denoiser} of this `fit_ds` is updated; under white noise autoencoder_cwf is offered its "cwf",
-  which it reuses when that fit's basis reach is its network's prior's (`cwf_corpus.PRIOR_REACH`)."""
-  from cryojax_denoise.noise.methods import fit_coloured
-
-  base, fits = _registry_name(name), {} if fits is None else fits
-  extra = {"cwf": fits["cwf"]} if base == "autoencoder_cwf" and "cwf" in fits and psd is None else {}
-  fn = fit_coloured(base, fit_ds.noisy, _sigma(config, fit_ds, psd), _ctf(fit_ds, config), psd,
-                    **(params or {}), **extra)
-  fits.setdefault(base, fn)
-  return fn
-
-
-def _spectrum(fit_ds) -> np.ndarray:
-  """The noise PSD (H, W) estimated from the fitting particles' background, as `denoise
-  --config.noise=coloured` estimates it (noise/decide.py)."""
-  from cryojax_denoise.noise import decide
-
-  model, _ = decide.choose("coloured", fit_ds.noisy)
-  return next(iter(model[1].values()))
 
 
 def plan_sets(config, snrs) -> list[dict]:
@@ -382,7 +280,7 @@ def run(config, workdir: str) -> None:
   checkpoints = learned_models(config, workdir, sorted({s for t in sets for s in t["snrs"]}, reverse=True))
   methods = [m for m in config.methods if m not in LEARNED] + [m for m in config.methods if m in LEARNED]
   methods += sorted({name for name, _ in checkpoints if name not in methods})
-  methods += _sure_rows(config, methods)
+  methods += sweep_methods.sure_rows(config, methods)
   # Disjoint splits: training draws from seed; tuning and test sets from other seeds (other poses).
   # The test set uses the same poses at every SNR, so columns of examples.png are the same particles.
   tune_seed, test_seed, recon_seed = 10_000 + config.seed, 20_000 + config.seed, 30_000 + config.seed
@@ -394,7 +292,7 @@ def run(config, workdir: str) -> None:
   bar = Progress(total=sum(len(t["snrs"]) for t in sets) * (len(methods) + 1), desc="snr_sweep", unit="evals",
                  every_s=1.0)
   batch = config.n_tune
-  from cryojax_denoise.noise.stack import wrap as whitened
+  from cryojax_denoise.noise.methods import wrap as whitened
   for plan in sets:
     set_name = plan["name"]
 
@@ -406,8 +304,9 @@ def run(config, workdir: str) -> None:
       tune_ds, test_ds = dataset(config.n_tune, snr, tune_seed), dataset(config.n_test, snr, test_seed)
       pixel_size = float(test_ds.pixel_size)
       fit_ds = dataset(config.n_fit, snr, fit_seed) if plan["coloured"] else None
-      psd = _spectrum(fit_ds) if plan["coloured"] else None  # what `denoise --config.noise=coloured` whitens with
-      tune_sigma, test_sigma = _sigma(config, tune_ds, psd), _sigma(config, test_ds, psd)
+      psd = sweep_methods.spectrum(fit_ds) if plan["coloured"] else None  # what `denoise --config.noise=coloured` uses
+      tune_sigma = sweep_methods.sigma_for(config, tune_ds, psd)
+      test_sigma = sweep_methods.sigma_for(config, test_ds, psd)
       row = evaluate.score(test_ds.noisy, test_ds.clean, pixel_size)
       rows.append(dict(method="noisy", snr=snr, test_set=set_name, **row, seconds_per_image=0.0,
                        n_images=len(test_ds.noisy)))
@@ -418,7 +317,7 @@ def run(config, workdir: str) -> None:
       fits = {}  # the dataset-level methods' fitting set (fit_ds, simulated once per SNR) and their fits
       for name in methods:
         learned = (name, snr) in checkpoints
-        base = _registry_name(name)
+        base = sweep_methods.registry_name(name)
         dataset_level = denoisers.REGISTRY[base].fit is not None
         params, sure_info = ({"checkpoint": checkpoints[name, snr]} if learned else {}), {}
         if "finetune_steps" in denoisers.REGISTRY[base].params:
@@ -427,15 +326,16 @@ def run(config, workdir: str) -> None:
         # Under a spectrum the knob is chosen for the whitened method that is applied.
         wrap = None if psd is None else (lambda den, v, base=base: whitened(den, psd, base, {denoisers.REGISTRY[base].knob: v}))
         if tuned and (config.tuning == "sure" or name.endswith("_sure")):
-          params, sure_info = _sure_tune(base, test_ds.noisy, test_sigma, config, psd, wrap)
+          params, sure_info = sweep_methods.sure_tune(base, test_ds.noisy, test_sigma, config, psd, wrap)
           chosen[f"{set_name}: {name}", snr] = params
         elif tuned:
           params, _ = tuning.tune(base, tune_ds.noisy, tune_ds.clean, tune_sigma, wrap=wrap)
           chosen[f"{set_name}: {name}", snr] = params
         if dataset_level:  # fitted on n_fit noisy particles of the molecule (and their CTFs), never clean ones
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
-          fn, ctf = _fitted(name, config, fit_ds, params, fits, psd), _ctf(test_ds, config)
-          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=_ctf(tune_ds, config))
+          fn = sweep_methods.fitted_method(name, config, fit_ds, params, fits, psd)
+          ctf = sweep_methods.ctf_of(test_ds, config)
+          evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch, ctf=sweep_methods.ctf_of(tune_ds, config))
         else:
           fn, ctf = denoisers.get(base, **params), None
           if psd is not None:
@@ -445,8 +345,11 @@ def run(config, workdir: str) -> None:
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
         if config.output_gain == "on" or (config.output_gain == "auto" and psd is not None):
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
-          fn, gain_info = _gained(base, fn, fit_ds, config, psd, dataset_level, params)
+          fn, gain_info = sweep_methods.gained(base, fn, fit_ds, config, psd, dataset_level, params)
           sure_info = {**sure_info, **gain_info}
+        if config.tuning != "clean" and not tuned:  # the SURE table gains the methods with no knob
+          sure_info = {**sure_info, **sweep_methods.sure_quality(base, fn, test_ds, test_sigma, config, psd, ctf,
+                                                                 dataset_level, params)}
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))
@@ -455,8 +358,8 @@ def run(config, workdir: str) -> None:
         bar.update(1, extra=f"{set_name}: {name} @ SNR {snr:g}: MSE {row['mse']:.4f}")
 
     if reconstruct_mode(config) and not plan["coloured"]:  # reconstruction denoises under the white-noise model
-      _add_reconstruction(rows, config, methods, plan["snrs"], checkpoints, chosen, dataset, recon_seed, notes, set_name,
-                          plan["source"])
+      sweep_reconstruction.add_reconstruction(rows, config, methods, plan["snrs"], checkpoints, chosen, dataset,
+                                              recon_seed, notes, set_name, plan["source"])
 
   report.write_results(rows, workdir)
   report.plot_metrics(rows, os.path.join(workdir, "mse_vs_snr.png"))
@@ -483,77 +386,3 @@ def run(config, workdir: str) -> None:
                       elapsed_s=time.perf_counter() - t_start, classical=list(CLASSICAL),
                       learned=[m for m in methods if any(m == k for k, _ in checkpoints)], chosen=chosen, notes=notes)
   logging.info("wrote results.json, results.csv, mse_vs_snr.png, examples.png, report.md in %s", workdir)
-
-
-def _add_reconstruction(rows, config, methods, snrs, checkpoints, chosen, dataset, seed, notes, set_name,
-                        source) -> None:
-  """Adds `fsc_resolution_A` (half-map FSC 0.143, true poses) per (method, SNR) from denoised particles;
-  with reconstruct=refine also the estimated-pose scores of `_refined` (`fsc_resolution_refined_A`, ...).
-
-  Denoising n_reconstruct particles reports its own progress; the ETA counts each remaining
-  method's measured cost (its seconds per image on the test set) and the measured time per map."""
-  from cryojax_denoise.reconstruction import fourier
-
-  n, refine = config.n_reconstruct, reconstruct_mode(config) == "refine"
-  cost = {(r["method"], r["snr"]): r.get("seconds_per_image", 0.0) for r in rows if r.get("test_set") == set_name}
-  items = [(snr, name) for snr in snrs for name in ["noisy"] + methods]
-  map_seconds: list[float] = []
-
-  def remaining_s(k: int) -> float:
-    per_map = float(np.mean(map_seconds)) if map_seconds else 0.0
-    return sum((2 if refine else 1) * n * cost.get((name, snr), 0.0) + per_map for snr, name in items[k + 1:])
-
-  bar = Progress(total=len(items), desc="reconstruct", unit="maps", every_s=1.0)
-  for k, (snr, name) in enumerate(items):
-    if name == "noisy":
-      ds = dataset(n, snr, seed)
-      sigma = _sigma(config, ds)
-      images, fn = ds.noisy, None
-    else:
-      learned = (name, snr) in checkpoints
-      params = {"checkpoint": checkpoints[name, snr]} if learned else dict(chosen.get((f"{set_name}: {name}", snr), {}))
-      inner = Progress(total=n, desc=f"reconstruct: denoising with {name} @ SNR {snr:g}", unit="img", every_s=10.0)
-      fn = denoisers.get(_registry_name(name), **params)
-      images = evaluate.apply_batched(fn, ds.noisy, sigma, config.n_tune, on_batch=inner.update)
-    t0 = time.perf_counter()
-    res = fourier.half_map_resolution(images, ds.particles, ds.optics, float(ds.pixel_size), seed=config.seed)
-    row = next(r for r in rows if r["method"] == name and r["snr"] == snr and r["test_set"] == set_name)
-    row["fsc_resolution_A"] = float(res["resolution_A"])
-    if refine:
-      row.update(_refined(config, ds, source, fn, sigma))
-    map_seconds.append(time.perf_counter() - t0)
-    extra = f"{name} @ SNR {snr:g}: {row['fsc_resolution_A']:.1f} Å"
-    if refine:
-      extra += f", refined {row['fsc_resolution_refined_A']:.1f} Å ({row['median_angular_error_deg']:.1f}°)"
-    bar.update(1, extra=extra, remaining_s=remaining_s(k))
-  notes.append(f"3D reconstructions from {config.n_reconstruct} particles per SNR (known poses and CTF), "
-               "half maps split at random; resolution where their FSC falls below 0.143.")
-  if refine:
-    notes.append("Estimated-pose rows (`*_refined_*`, angular errors): each half set denoised on its own, poses "
-                 "found on the denoised particles by projection matching against the test map low-passed to "
-                 f"30 Å, refined over gold-standard half sets at steps {tuple(config.refine_steps_deg)}°, the map "
-                 "from the denoised particles; 'vs truth' is the refined map against the test map (FSC 0.5).")
-
-
-def _refined(config, ds, source, fn, sigma) -> dict:
-  """Estimated-pose scores of `ds` denoised by `fn` (None: raw), each half set of the refinement's split
-  denoised on its own so that the half maps stay independent: `reconstruction.refine.refine_scores`."""
-  from cryojax_denoise.reconstruction import fourier, refine
-
-  images = ds.noisy
-  if fn is not None:
-    split = fourier.random_halves(len(images), int(config.seed))
-    images = np.empty(ds.noisy.shape, np.float32)
-    for h in (0, 1):
-      rows = np.flatnonzero(split == h)
-      images[rows] = evaluate.apply_batched(fn, ds.noisy[rows], sigma[rows], config.n_tune)
-  if source.volume.shape[0] != images.shape[-1] or abs(float(source.pixel_size) - float(ds.pixel_size)) > 1e-6:
-    raise InputError(f"reconstruct=refine: the test map is {source.volume.shape[0]}³ at {source.pixel_size} Å, "
-                     f"the particles {images.shape[-1]}² at {ds.pixel_size} Å")
-  box, pixel_size = images.shape[-1], float(ds.pixel_size)
-  out = refine.refine_scores(images, ds.particles, ds.optics, pixel_size, source.volume,
-                             truth_map=source.volume, seed=int(config.seed), ctf=None if config.ctf else False,
-                             steps_deg=tuple(float(v) for v in config.refine_steps_deg), initial_lowpass_A=30.0,
-                             max_shift_A=max(2.0, 0.05 * box) * pixel_size)  # reconstruct's default search
-  return {"fsc_resolution_refined_A": out["resolution_A"], "reference_resolution_refined_A": out["reference_resolution_A"],
-          "median_angular_error_deg": out["median_angular_error_deg"], "fraction_within_5deg": out["fraction_within_5deg"]}

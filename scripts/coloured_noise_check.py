@@ -3,7 +3,7 @@
     PYTHONPATH=. python scripts/coloured_noise_check.py OUT.jsonl [--snrs 0.1,0.05,0.02]
         [--spectra issue:relion31,issue:reprojection48] [--methods all] [--variants est,true,white_noise]
         [--n 1000] [--n_score 64] [--n_slow 16] [--ctf 1] [--sure issue:relion31/est,white_noise]
-        [--gain SPECTRUM/est,...] [--reuse DONE.jsonl ...] [--no_auto]
+        [--gain SPECTRUM/est,...] [--n_gain 128] [--n_gain_slow 32] [--reuse DONE.jsonl ...] [--no_auto]
     PYTHONPATH=. python scripts/coloured_noise_check.py --table OUT.jsonl [MORE.jsonl ...] [--physics]
 
 Unseen ribosome (../shared/data/ribosome70S_65.mrc, 5 Å/px, 64², CTF unless `--ctf 0`), `--n` particles
@@ -12,7 +12,7 @@ the SNR, from the same unit draws (`simulate_dataset(noise_psd=)`). Each method 
 (`run`, mirroring `pipeline.run`): dataset-level methods (cwf, autoencoder_cwf) fitted on all `--n`
 particles with their CTFs (`noise.methods.fit_coloured`: whitened, the filter joined to each CTF) and
 held fixed; knob methods with `params=auto` (`sure_policy.sure_tune` under the spectrum, scoring the
-whitened denoiser `noise.stack.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
+whitened denoiser `noise.methods.wrap`), except bm3d and ksvd at their registered defaults (`sigma_scale=1`, which
 `KEEP_DEFAULT` keeps in every validated setting; `C=1.15`): tuning them costs 25 calls per image, over an
 hour on the shared CPU; learned models whitened (colour ∘ model ∘ whiten). σ is never given (estimated, as
 `denoise` does). Variants: `est` (the spectrum
@@ -70,16 +70,17 @@ def estimated_psd(noisy):
 
 
 def run(name: str, noisy, ctf, psd, score: slice, clean, auto: bool = True, want_sure: bool = False,
-        params: dict | None = None, gain: bool = False) -> dict:
+        params: dict | None = None, gain: int = 0) -> dict:
   """`name` as `denoise` applies it to `noisy` (fit on all of it) under noise of spectrum `psd` (None:
   white); scored on `noisy[score]`: {"mse", "params", "sure", "sure_se", "sure_true" (the true MSE of the
-  outputs SURE scored), "seconds"} in image units. `params` given: those, no tuning. `gain`: also the
-  output scaled by SURE's estimate of the MSE-optimal gain α = (⟨f, y⟩ − tr(Σ J_f)) / ‖f‖² in [0, 1] over the
-  scored images ("gain", "mse_gain"; α = 0 is a blank image, so its MSE stays near or below 1.0)."""
+  outputs SURE scored), "seconds"} in image units. `params` given: those, no tuning. `gain` > 0: also the
+  output scaled by SURE's MSE-optimal gain α = (⟨f, y⟩ − tr(Σ J_f)) / ‖f‖² in [0, 1], estimated as `denoise
+  --config.output_gain` does (`sure_policy.gained_method`) on the `gain` particles after the scored ones
+  ("gain", "gain_images", "mse_gain"; α = 0 is a blank image, so its MSE stays near or below 1.0)."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers.tuning import sure_policy
   from cryojax_denoise.noise.methods import fit_coloured
-  from cryojax_denoise.noise.stack import wrap
+  from cryojax_denoise.noise.methods import wrap
 
   t0 = time.time()
   m = denoisers.REGISTRY[name]
@@ -111,14 +112,14 @@ def run(name: str, noisy, ctf, psd, score: slice, clean, auto: bool = True, want
       est = sure_policy.method_sure(name, den, y, None, noise_psd=psd, **out["params"])
   res = np.asarray(apply(y), np.float32)
   out["mse"] = float(np.mean((res - x) ** 2))
-  if gain:
-    if est is None:  # SURE's terms of the applied function (a tuned method: its chosen knob)
-      est = (sure_policy.method_sure(name, den, y, None, ctf=c, noise_psd=psd, fitted=True) if m.fit is not None
-             else sure_policy.method_sure(name, den, y, None, noise_psd=psd, **out["params"]))
-    f, yy = res.astype(np.float64), y.astype(np.float64)
-    trace = float(np.sum(np.square(est.sigma.astype(np.float64)) * est.div)) * f[0].size  # Σ_i tr(Σ J_f)
-    alpha = float(np.clip((np.sum(f * yy) - trace) / np.sum(f * f), 0.0, 1.0))
-    out["gain"], out["mse_gain"] = alpha, float(np.mean((alpha * res - x) ** 2))
+  if gain:  # α as `denoise --config.output_gain` finds it: SURE of the applied method on other particles
+    held = slice(score.stop, score.stop + int(gain))
+    out_g = sure_policy.gained_method(name, den, noisy[held], None, ctf=None if ctf is None else ctf[held],
+                                      noise_psd=psd, fitted=m.fit is not None, **out["params"])
+    if not isinstance(out_g, str):
+      alpha = out_g[1]
+      out["gain"], out["gain_images"] = alpha, len(noisy[held])
+      out["mse_gain"] = float(np.mean((alpha * res - x) ** 2))
   if isinstance(est, str):
     out["sure_reason"] = est
   elif est is not None:
@@ -157,7 +158,8 @@ def measure(args) -> None:
             tuned = old["params"] if variant == "est" else tuned
             continue
           r = run(name, ds.noisy, ctf, psd, score, ds.clean, auto=not args.no_auto, want_sure=tag in sure_for,
-                  params=tuned if variant == "true" else None, gain=tag in gain_for)
+                  params=tuned if variant == "true" else None,
+                  gain=(args.n_gain_slow if name in SLOW else args.n_gain) if tag in gain_for else 0)
           tuned = r["params"] if variant == "est" else tuned
           power = float(np.mean(np.square(ds.clean[score].astype(np.float64))))
           row = {"snr": snr, "spectrum": None if key == "white" else key, "method": name, "variant": variant,
@@ -279,6 +281,8 @@ def main():
   ap.add_argument("--ctf", type=int, default=1)
   ap.add_argument("--reuse", nargs="*", default=[], help="JSONL files whose cells are not measured again")
   ap.add_argument("--gain", default="", help="variants (as --sure) that also get SURE's output gain (see `run`)")
+  ap.add_argument("--n_gain", type=int, default=128, help="particles α is estimated on (after the scored ones)")
+  ap.add_argument("--n_gain_slow", type=int, default=32, help="the same for bm3d and ksvd")
   ap.add_argument("--physics", action="store_true", help="with --table: what the spectra cost an oracle (`physics`)")
   ap.add_argument("--no_auto", action="store_true", help="registered defaults instead of params=auto")
   args = ap.parse_args()

@@ -130,7 +130,7 @@ def test_defect7_sigterm_leaves_no_bm3d_worker_behind(tmp_path):
 def test_defect8_reconstruction_reports_denoising_progress_and_costed_eta(caplog):
   from cryojax_denoise.data import simulate
   from cryojax_denoise.data.maps import load_source
-  from experiments import snr_sweep
+  from experiments import _sweep_reconstruction, snr_sweep
 
   config = snr_sweep.resolve(snr_sweep.get_config())
   with config.unlocked():
@@ -144,7 +144,7 @@ def test_defect8_reconstruction_reports_denoising_progress_and_costed_eta(caplog
           dict(method="gaussian", snr=0.5, seconds_per_image=10.0, test_set="phantom")]
   logging.getLogger("absl").setLevel(logging.INFO)
   with caplog.at_level(logging.INFO):
-    snr_sweep._add_reconstruction(rows, config, ["gaussian"], [0.5], {}, {}, dataset, 1, [], "phantom", source)
+    _sweep_reconstruction.add_reconstruction(rows, config, ["gaussian"], [0.5], {}, {}, dataset, 1, [], "phantom", source)
   lines = [r.getMessage() for r in caplog.records]
   assert any("reconstruct: denoising with gaussian @ SNR 0.5: 24/24" in line for line in lines), lines
   first = next(line for line in lines if line.startswith("reconstruct: 1/2"))

@@ -34,7 +34,7 @@ def test_grid_tune_wrap_tunes_the_whitened_method():
   from cryojax_denoise.data.maps import load_source
   from cryojax_denoise.denoisers.tuning import grid
   from cryojax_denoise.noise import spec
-  from cryojax_denoise.noise.stack import wrap
+  from cryojax_denoise.noise.methods import wrap
 
   psd = wh.psd_grid(spec.resolve("issue:relion31"), (L, L))
   ds = simulate.simulate_dataset(load_source(image_size=L, seed=0), 32, L, 0.1, seed=3, ctf=False,

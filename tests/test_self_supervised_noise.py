@@ -131,6 +131,15 @@ def test_record_gives_denoise_the_training_filter(stack, tmp_path):
     assert json.load(f) == {"mode": "white", "decision": "white", "whitened": False}
   assert not os.path.exists(os.path.join(wd_white, ss_noise.NOISE_PSD))
   assert ss_noise.saved_noise(wd_white) == {"mode": "white", "decision": "white", "whitened": False}
+  # denoise with such a checkpoint and the default noise=white applies it whitened with the training spectrum
+  from cryojax_denoise import pipeline
+
+  out = pipeline.denoise_particles(path, method="autoencoder", checkpoint=wd, sure_images=8,
+                                   output=str(tmp_path / "den" / "denoised.mrcs"))
+  assert out["noise"]["decision"] == "coloured" and "alpha" in out["output_gain"]
+  plain = pipeline.denoise_particles(path, method="autoencoder", checkpoint=wd_white, sure_images=8,
+                                     output=str(tmp_path / "den_white" / "denoised.mrcs"))
+  assert "noise" not in plain and "output_gain" not in plain
 
 
 def test_auto_keeps_white_noise_white(tmp_path):

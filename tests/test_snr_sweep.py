@@ -50,6 +50,7 @@ def test_smoke_results_structure_and_sanity(smoke):
     for test_set in coloured:
       assert {r["snr"] for r in rows if r["test_set"] == test_set and r["method"] == m} == {0.05}
       assert _row(rows, m, 0.05, test_set)["mse"] < _row(rows, "noisy", 0.05, test_set)["mse"]
+      assert 0.0 <= _row(rows, m, 0.05, test_set)["output_gain"] <= 1.0  # output_gain=auto: the coloured set only
   assert not any(name.startswith("train_") for name in os.listdir(workdir))  # general models: no training
   for test_set in sets:
     for snr in SNRS:
@@ -57,7 +58,7 @@ def test_smoke_results_structure_and_sanity(smoke):
       assert noisy["mse"] == pytest.approx(1.0 / snr, rel=0.10)
       for m in METHODS:
         r = _row(rows, m, snr, test_set)
-        assert keys <= set(r)
+        assert keys <= set(r) and "output_gain" not in r
         assert all(np.isfinite(r[k]) for k in keys - {"method"})
         assert r["mse"] < noisy["mse"], f"{m} does not beat noisy at SNR {snr} on {test_set}: {r['mse']}"
   for name in ("mse_vs_snr.png", "examples.png"):

@@ -6,14 +6,15 @@ every method one way:
 * dataset-level CTF methods (`cwf`): fitted and applied on whitened particles W·y = (W·CTF) * x + white
   noise, with W joined to each particle's CTF (W alone without CTF); the output (W·CTF) * x̂ is coloured
   back to CTF * x̂ (what the other methods are scored against);
-* per-image classical methods: colour ∘ method(σ) ∘ whiten (`whiten.whitened`), σ the total noise std
+* per-image classical methods: colour ∘ method(σ) ∘ whiten (`wrap`), σ the total noise std
   (the whitened noise's; None: the method's estimator on the whitened images);
 * `bm3d` (default `bm3d_psd=True`): the bm3d package's own coloured-noise path (the PSD passed as
   `sigma_psd`, in its convention: σ²·H·W for white noise), under a guard for `np.trapz` (removed in
   NumPy 2.4, called by bm4d's PSD analysis). Chosen by measured MSE over whiten/colour: unseen
   ribosome 64², CTF, relion31's spectrum, 24 images (scripts/coloured_noise_check.py): SNR 0.1 0.815
   vs 0.847, SNR 0.05 0.979 vs 1.025 (true spectrum; estimated: 0.815 vs 0.853, 0.986 vs 1.025).
-`psd` None is `denoisers.fit` itself.
+`psd` None is `denoisers.fit` itself. `wrap(den, psd, name, params)` is the per-image form alone (the sweep's
+and the pipeline's knob tuning score it).
 """
 
 from __future__ import annotations
@@ -46,15 +47,38 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
     def run(batch, noise_std=None, ctf=None):
       out = den(wh.apply_filter(batch, filt), noise_std, joined(ctf, len(batch)))
       return wh.apply_filter(out, inv) if modulate else out
-  elif name == "bm3d" and bm3d_psd:
-    def run(batch, noise_std=None, ctf=None):
-      return bm3d_psd_denoise(batch, psd, noise_std, **params)
   else:
-    base = denoisers.get(name, **params)
+    den = wrap(denoisers.get(name, **params), psd, name if bm3d_psd else None, params)
 
     def run(batch, noise_std=None, ctf=None):
-      return wh.apply_filter(base(wh.apply_filter(batch, filt), noise_std), inv)
+      return den(batch, noise_std)
   run.__name__ = f"{name}_coloured"
+  return run
+
+
+def wrap(denoiser, psd, method: str | None = None, params: dict | None = None):
+  """A per-image `denoiser(images, noise_std, ...)` made correct for noise of spectrum `psd` (radial or
+  (H, W); None: unchanged): colour ∘ denoiser ∘ whiten, `noise_std` the total σ (None: the method's
+  estimate on the whitened images); extra arguments pass through. `method` 'bm3d' uses the bm3d
+  package's PSD input instead, with `params` (lower MSE, above)."""
+  if psd is None:
+    return denoiser
+  if method == "bm3d":
+    def run_bm3d(images, noise_std=None):
+      return bm3d_psd_denoise(images, psd, noise_std, **(params or {}))
+
+    return run_bm3d
+  filters = {}  # (H, W) -> (W, 1/W), made once per image shape
+
+  def run(images, noise_std=None, *args, **kw):
+    shape = np.shape(images)[-2:]
+    if shape not in filters:
+      filt = wh.whitening_filter(psd, shape)
+      filters[shape] = (filt, 1.0 / filt)
+    filt, inv = filters[shape]
+    return wh.apply_filter(denoiser(wh.apply_filter(images, filt), noise_std, *args, **kw), inv)
+
+  run.__name__ = getattr(denoiser, "__name__", "denoiser")
   return run
 
 

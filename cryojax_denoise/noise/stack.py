@@ -2,7 +2,7 @@
 
     psd, noise_record = stack_noise(table, reader, mode, psd_file, fit_size, mean, scale)
     den = fit_coloured(method, images, σ, ctf, psd, **params)      # dataset-level methods (noise/methods.py)
-    den = wrap(den, psd)                                             # per-image methods: colour ∘ den ∘ whiten
+    den = methods.wrap(den, psd)                                     # per-image methods: colour ∘ den ∘ whiten
     add_record(params_json_record_or_None, noise_record, stack_path) # the decision + spectrum in the params JSON
 
 One spectrum for the streamed stack: the particles the fit reads (up to `fit_size`, random rows),
@@ -20,7 +20,6 @@ import os
 import numpy as np
 
 from cryojax_denoise.noise import decide
-from cryojax_denoise.noise import whiten as wh
 
 
 def stack_noise(table, reader, mode: str, psd_file: str | None = None, fit_size: int = 10_000,
@@ -52,28 +51,6 @@ def stack_noise(table, reader, mode: str, psd_file: str | None = None, fit_size:
   if model is None:
     return None, record
   return next(iter(model[1].values())), record
-
-
-def wrap(denoiser, psd, method: str | None = None, params: dict | None = None):
-  """`denoiser(images, noise_std, ...)` whitened for `psd` (None: unchanged); extra args pass through.
-  `method` 'bm3d' uses the bm3d package's PSD input instead, with `params` (noise/methods.py: lower MSE)."""
-  if psd is None:
-    return denoiser
-  if method == "bm3d":
-    from cryojax_denoise.noise.methods import bm3d_psd_denoise
-
-    def run_bm3d(images, noise_std=None):
-      return bm3d_psd_denoise(images, psd, noise_std, **(params or {}))
-
-    return run_bm3d
-  filt = wh.whitening_filter(psd, np.shape(psd))
-  inv = 1.0 / filt
-
-  def run(images, noise_std=None, *args, **kw):
-    return wh.apply_filter(denoiser(wh.apply_filter(images, filt), noise_std, *args, **kw), inv)
-
-  run.__name__ = getattr(denoiser, "__name__", "denoiser")
-  return run
 
 
 def add_record(record: dict | None, noise_record: dict, stack_path: str) -> dict | None:

@@ -8,7 +8,7 @@ Whitening convention: W(k) = sqrt(mean_k P / P(k)), so whitened noise is white w
 variance σ² as the original (W ≡ 1 for a flat P): SNRs (total signal variance / total noise
 variance, INTERFACE.md) and every σ-based method keep their meaning; `colour` divides by W (the exact
 inverse). A classical per-image method under coloured noise is run as colour ∘ method(σ) ∘ whiten
-(`whitened`); CWF joins W to each particle's CTF instead (`methods.fit_coloured`).
+(`methods.wrap`); CWF joins W to each particle's CTF instead (`methods.fit_coloured`).
 
 Parametric families (ratio = P(0) / P(∞), the low-frequency excess over the high-frequency plateau;
 only the shape matters, the total variance is set separately):
@@ -132,15 +132,3 @@ def psd_flatness(psd) -> float:
   psd = np.asarray(psd, np.float64)
   b = sp.band_means(sp.radial_average(psd) if psd.ndim == 2 else psd)
   return float(b.max() / b.min())
-
-
-def whitened(denoiser, psd):
-  """`denoiser(images, noise_std, **kw)` (white-noise method) made correct for noise of spectrum
-  `psd`: colour(denoiser(whiten(images), noise_std)). `noise_std` keeps its meaning (total σ, equal
-  to the whitened noise's σ); None lets the method estimate σ on the whitened images."""
-  def run(images, noise_std=None, *args, **kw):
-    out = denoiser(whiten(images, psd), noise_std, *args, **kw)
-    return colour(out, psd)
-
-  run.__name__ = f"whitened_{getattr(denoiser, '__name__', 'denoiser')}"
-  return run

@@ -7,6 +7,7 @@ and the multi-process split of `distributed` (the `denoise` experiment calls it)
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Callable
 
@@ -105,7 +106,7 @@ def make_denoiser(settings: Settings, params: dict | None = None, psd=None) -> C
     raise InputError(f"params: {e} (method {settings.method})") from None
   if psd is None:
     return den
-  from cryojax_denoise.noise.stack import wrap
+  from cryojax_denoise.noise.methods import wrap
 
   return wrap(den, psd, settings.method, {k: v for k, v in params.items() if k != "checkpoint"})
 
@@ -166,6 +167,22 @@ def _memory_gb(settings: Settings) -> float:
   return budget
 
 
+def checkpoint_noise(settings: Settings) -> Settings:
+  """A learned model trained on whitened particles (`train_self_supervised --config.noise=coloured`: its
+  workdir's noise.json) is applied whitened: noise=white without noise_psd becomes noise=coloured with the
+  training spectrum (applied raw it is ~2× further from the truth, docs/finetuning.md); logged."""
+  if not settings.checkpoint or not is_learned(settings.method) or settings.noise != "white" or settings.noise_psd:
+    return settings
+  from cryojax_denoise.training.ss_noise import saved_noise
+
+  record = saved_noise(settings.checkpoint)
+  if not record or not record.get("whitened"):
+    return settings
+  logging.info("%s was trained on whitened particles (its noise.json): denoising with noise=coloured, "
+               "noise_psd=%s", settings.checkpoint, record["noise_psd"])
+  return dataclasses.replace(settings, noise="coloured", noise_psd=record["noise_psd"])
+
+
 def noise_step(settings: Settings, table, reader):
   """(noise PSD (H, W) in the denoiser's units, or None for white; the JSON record of the decision and
   spectra): `noise=white` without `noise_psd` reads nothing."""
@@ -183,6 +200,7 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
   auto, and "sure" (SURE's estimate for the params used; absent when `sure_images` is 0 or SURE cannot
   call the method), "outputs" (stack, star, params_json)."""
   check_settings(settings)
+  settings = checkpoint_noise(settings)
   reader = io.ImageReader()
   table = denoise_stack.open_particles(input_path, reader)  # file problems surface before JAX loads
   outputs = denoise_stack.output_paths(table, output, default_dir)

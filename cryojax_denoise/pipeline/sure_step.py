@@ -39,7 +39,7 @@ def summary(est: dict, sigma, scale) -> dict:
 def choose_params(settings: Settings, table, reader, psd=None) -> dict:
   """params=auto: SURE's choice of the knob on the subset (`sure_policy.sure_tune`); the record for the JSON.
   With a noise spectrum `psd` ((H, W), the denoiser's units) SURE is coloured (probes of that covariance) and
-  scores each knob's whitened denoiser (`noise.stack.wrap`), the one that is then applied."""
+  scores each knob's whitened denoiser (`noise.methods.wrap`), the one that is then applied."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers.tuning import sure, sure_policy
 
@@ -51,7 +51,7 @@ def choose_params(settings: Settings, table, reader, psd=None) -> dict:
   fixed = settings.mode()[1]
   knob = denoisers.REGISTRY[settings.method].knob
   def wrap(den, value):
-    from cryojax_denoise.noise.stack import wrap as whitened
+    from cryojax_denoise.noise.methods import wrap as whitened
 
     return whitened(den, psd, settings.method, {**fixed, knob: value})
   try:

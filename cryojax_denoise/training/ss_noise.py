@@ -5,7 +5,7 @@ The blind spot of noise2self (and neighbor2neighbor's pixel pairs) needs noise i
 pixels; under a coloured spectrum it is not (relion31's: correlation 0.24 between adjacent pixels), so
 the particles are whitened with W = sqrt(mean P / P) (`noise.whiten`) before the per-image
 standardisation, and `denoise --config.noise=coloured --config.noise_psd=WORKDIR/noise_psd.npy` applies
-the model as colour ∘ network ∘ whiten with the same filter (`noise.stack.wrap`). Measurements:
+the model as colour ∘ network ∘ whiten with the same filter (`noise.methods.wrap`). Measurements:
 docs/finetuning.md.
 """
 

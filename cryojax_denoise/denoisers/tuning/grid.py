@@ -15,7 +15,7 @@ def tune(name: str, noisy, clean, noise_std=None, *, grid=None, wrap=None, **fix
 
   `noise_std` is a scalar or (B,) (None: estimated); `grid` overrides the registered grid; `fixed`
   are other parameters passed through; `wrap(den, value)` -> the denoiser actually applied for knob
-  `value` (as in `sure_policy.sure_tune`: e.g. whitened for coloured noise, `noise.stack.wrap`).
+  `value` (as in `sure_policy.sure_tune`: e.g. whitened for coloured noise, `noise.methods.wrap`).
   The tuning batch must be disjoint from the test images.
   Returns ({knob: best value, **fixed}, table) with one row {knob: value, "mse": float,
   "seconds": float} per grid value, in grid order (steady state: for a `compiled` method the first

@@ -103,7 +103,7 @@ def sure_tune(name: str, noisy, noise_std=None, *, sure_std=None, grid=None, n_i
   `sigmas`); `noise_psd` the stationary noise's PSD (`sure.psd_grid`): coloured probes, σ from it
   (`sure.sigmas`); `eps` None: `eps_for(name)`; a method with a `known_divergence` is not probed
   under white noise (`n_probes` ignored). `wrap(den, value)` -> the denoiser actually applied for knob
-  `value` (e.g. whitened for coloured noise, `noise.stack.wrap`): SURE scores that one. Like
+  `value` (e.g. whitened for coloured noise, `noise.methods.wrap`): SURE scores that one. Like
   `tuning.tune`, returns ({knob: best, **fixed}, table), one row
   per grid value: {knob: v, "sure_mse": image units, "sure_relative", "gain_db", "seconds",
   "warning": `reliability` note or "", "n_images" tuned on, "z_above_best": paired standard errors
