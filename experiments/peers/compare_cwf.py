@@ -99,6 +99,12 @@ def run_aspire(python: str, noisy, noise_var: float, pixel_size: float, params: 
             "ctf_rel_err": float(res["ctf_rel_err"])}
 
 
+def _cache_stem(name: str) -> str:
+  """A file-name stem for a source: "corpus molecule 3 (...)" -> corpus_molecule_3, a map path -> its file's stem
+  (never a path: the cache stays in --aspire-cache)."""
+  return os.path.splitext(os.path.basename(name.split(" (")[0]))[0].replace(" ", "_")
+
+
 def corpus_source(seed: int, size: int):
   """The corpus molecule of int `seed` rendered on a (size, size, size) grid, as a MapSource."""
   from cryojax_denoise.data import molecules
@@ -131,7 +137,7 @@ def run_one(source, n, size, snr, use_ctf, args, seed=0):
   if args.aspire_python:
     params = ctf_params(ds.particles, ds.optics, ds.pixel_size) if use_ctf else None
     limit = args.aspire_stop_ratio * row["ours_cpu_s"] if args.aspire_stop_ratio else None
-    cache = (os.path.join(args.aspire_cache, f"{source.name.split(' (')[0].replace(' ', '_')}_n{n}_L{size}_snr{snr:g}"
+    cache = (os.path.join(args.aspire_cache, f"{_cache_stem(source.name)}_n{n}_L{size}_snr{snr:g}"
                           f"_ctf{int(bool(use_ctf))}.npz") if args.aspire_cache and not limit else "")
     try:
       if cache and os.path.exists(cache):
