@@ -1,7 +1,7 @@
 """Issue 32: the bundled learned models at real box sizes against cwf and bm3d, on a simulated stack.
 
     PYTHONPATH=. python scripts/real_box_models.py SIM_DIR OUT.jsonl [--n_fit 2000] [--n_score 200]
-        [--methods cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian]
+        [--methods cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian] [--sure 64]
 
 SIM_DIR is a `simulate` workdir (particles.star, noisy.mrcs, clean.mrcs), e.g. the ribosome at 1.52 Å/px,
 128² or 256², SNR 0.1, CTF:
@@ -37,6 +37,8 @@ def main() -> None:
   ap.add_argument("--n_fit", type=int, default=2000)
   ap.add_argument("--n_score", type=int, default=200)
   ap.add_argument("--methods", default="cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian")
+  ap.add_argument("--sure", type=int, default=0, help="also SURE's estimate (as `denoise` logs it) on this many "
+                  "of the scored images, absolute units with its standard error, and their true MSE")
   args = ap.parse_args()
 
   import mrcfile
@@ -67,9 +69,19 @@ def main() -> None:
       den = denoisers.get(name)
       out = np.concatenate([np.asarray(den(y[i:i + 32], s[i:i + 32])) for i in range(0, n_score, 32)])
     mse = float(np.mean((out.astype(np.float64) - clean) ** 2))
+    extra = {}
+    if args.sure:  # the fitted model held fixed, each particle's CTF in every probed call
+      from cryojax_denoise.denoisers.tuning import sure_policy
+
+      k = min(args.sure, n_score)
+      fitted = denoisers.REGISTRY[name].fit is not None
+      est = sure_policy.method_sure(name, den, y[:k], None, ctf=c[:k] if fitted else None, fitted=fitted)
+      if not isinstance(est, str):
+        extra = {"sure_images": k, "sure_mse": est.mean, "sure_se": est.standard_error,
+                 "sure_true_mse": float(np.mean((out[:k].astype(np.float64) - clean[:k]) ** 2))}
     row = {"method": name, "size": int(size), "pixel_size_A": float(pixel_size), "n_fit": n_fit, "n_score": n_score,
            "mse": mse, "mse_rel": mse / power, "seconds": round(time.time() - t0, 1),
-           "cpu_s": round(time.process_time() - c0, 1), "sim_dir": os.path.abspath(args.sim_dir)}
+           "cpu_s": round(time.process_time() - c0, 1), "sim_dir": os.path.abspath(args.sim_dir), **extra}
     with open(args.out, "a") as f:
       f.write(json.dumps(row) + "\n")
     print(json.dumps(row), flush=True)
