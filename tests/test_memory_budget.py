@@ -124,3 +124,26 @@ def test_cropped_fit_denoises_about_as_well(data):
   mse = [float(np.mean((np.asarray(d(noisy[:32], None, ctf[:32])) - clean[:32]) ** 2)) for d in (full, cropped)]
   noisy_mse = float(np.mean((noisy[:32] - clean[:32]) ** 2))
   assert mse[1] < 0.5 * noisy_mse and mse[1] < 1.2 * mse[0]
+
+
+def test_default_budget_stretches_to_the_estimate_but_a_given_one_does_not(monkeypatch):
+  """`denoise`'s default budget (half the machine) rises to cwf's estimate up to 80% of the machine (the
+  estimate is an upper bound: 10,000 × 256² with the reaching basis is estimated at 9.4 GB, peaked at ~4.2);
+  a memory_gb the user gives is kept, and fit_batch refuses below the estimate as before."""
+  import importlib
+
+  from cryojax_denoise.pipeline import Settings
+
+  pipeline_run = importlib.import_module("cryojax_denoise.pipeline.run")  # the module (`pipeline.run` is its function)
+
+  need = budget.min_gb(64, 1000, reach=st.basis_reach(64))
+  monkeypatch.setattr(budget, "machine_gb", lambda: 1.5 * need)  # half the machine: 0.75 of the estimate
+  assert pipeline_run._memory_gb(Settings(method="cwf"), 64, 1000) == pytest.approx(need)
+  monkeypatch.setattr(budget, "machine_gb", lambda: need)  # 80% of the machine is below it: capped there
+  assert pipeline_run._memory_gb(Settings(method="cwf"), 64, 1000) == pytest.approx(0.8 * need)
+  with pytest.raises(InputError, match="needs at least"):
+    budget.fit_batch(64, 1000, 0.8 * need, reach=st.basis_reach(64))
+  given = Settings(method="cwf", memory_gb=0.5 * need)
+  assert pipeline_run._memory_gb(given, 64, 1000) == pytest.approx(0.5 * need)
+  monkeypatch.setattr(budget, "machine_gb", lambda: 100 * need)  # plenty: half the machine, unchanged
+  assert pipeline_run._memory_gb(Settings(method="cwf"), 64, 1000) == pytest.approx(50 * need)

@@ -133,7 +133,7 @@ def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, 
                " with their CTFs" if ctf_of else "")
   images, ctfs = _fit_inputs(table, reader, rows, mean, scale, ctf_of)
   if psd is None and "memory_gb" in denoisers.registry.keyword_params(denoisers.REGISTRY[settings.method].fit):
-    params.setdefault("memory_gb", _memory_gb(settings))
+    params.setdefault("memory_gb", _memory_gb(settings, table.shape[-1], len(rows), params.get("max_box")))
   else:  # whitening (noise/methods.py) and other fit hooks take arrays: the subset is read into memory
     images, ctfs = np.asarray(images), None if ctfs is None else np.asarray(ctfs)
   try:
@@ -157,13 +157,27 @@ def _fit_inputs(table, reader, rows, mean: float, scale: float, ctf_of):
   return images, None if ctf_of is None else Rows(lambda sel: ctf_of(rows[sel]), len(rows), table.shape)
 
 
-def _memory_gb(settings: Settings) -> float:
-  """The fit's budget: `settings.memory_gb`, or half the machine's memory."""
-  from cryojax_denoise.denoisers.cwf.budget import check_memory_gb
+# The default budget may stretch from half the machine up to this fraction when cwf's estimate (an upper
+# bound: 10,000 × 256² is estimated at 9.4 GB and peaked at ~4.2) asks for more; a given memory_gb never does.
+DEFAULT_STRETCH = 0.8
 
-  budget = check_memory_gb(settings.memory_gb)
-  logging.info("%s: memory budget %.3g GB%s", settings.method, budget,
-               "" if settings.memory_gb is not None else " (half the machine's; set memory_gb= to change)")
+
+def _memory_gb(settings: Settings, box: int, n_fit: int, max_box: int | None = None) -> float:
+  """The fit's budget: `settings.memory_gb`; by default half the machine's memory, raised up to
+  DEFAULT_STRETCH of it when the fit of `n_fit` particles of `box`² is estimated to need more."""
+  from cryojax_denoise.denoisers.cwf import budget as bdg
+  from cryojax_denoise.denoisers.cwf.steerable import basis_reach
+
+  budget = bdg.check_memory_gb(settings.memory_gb)
+  note = ""
+  if settings.memory_gb is None:
+    work = bdg.working_box(box, bdg.MAX_BOX if max_box is None else max_box)
+    need = bdg.min_gb(work, n_fit, reach=basis_reach(work))
+    if need > budget:
+      budget = min(need, DEFAULT_STRETCH * bdg.machine_gb())
+      note = f" (cwf's estimate for {n_fit} × {work}²; its measured peaks are about half)"
+    note = note or " (half the machine's; set memory_gb= to change)"
+  logging.info("%s: memory budget %.3g GB%s", settings.method, budget, note)
   return budget
 
 

@@ -102,6 +102,13 @@ def per_particle_bytes(L: int, n_rho: int | None = None, reach: float = 0.0) -> 
   return L * L * 4 * 6 + count * 8 * 2 + k1 * pmax * 8 * 6 + k1 * n_rho * 8 * 3
 
 
+def min_gb(L: int, n: int, n_rho: int | None = None, n_groups: int = 32, reach: float = 0.0) -> float:
+  """The smallest budget (GB) `fit_batch` accepts for n particles of L²: one particle's pass or the solve."""
+  need = max(fixed_bytes(L, n, n_rho, reach) + per_particle_bytes(L, n_rho, reach),
+             solve_bytes(L, n, n_groups, n_rho, reach))
+  return need / GB
+
+
 def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | None = None,
               n_groups: int = 32, reach: float = 0.0) -> int:
   """The largest fit batch (<= cap, <= n) within `memory_gb` for a basis reaching `reach` px past the
@@ -111,7 +118,7 @@ def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | Non
   solve = solve_bytes(L, n, n_groups, n_rho, reach)
   batch = int((budget - fixed) // each)
   if batch < 1 or solve > budget:
-    need = max(fixed + each, solve) / GB
+    need = min_gb(L, n, n_rho, n_groups, reach)
     raise InputError(f"memory_gb: {memory_gb:g} GB is too little for cwf on {n} particles of {L}x{L}: "
                      f"it needs at least {math.ceil(need * 10) / 10:g} GB")
   return max(1, min(batch, int(cap), int(n)))
