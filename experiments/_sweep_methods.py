@@ -44,8 +44,8 @@ def gained(name: str, fn, ds, config, psd, fitted: bool, params: dict):
   from cryojax_denoise.denoisers.tuning import sure_policy
   k = min(len(ds.noisy), int(config.gain_images))
   given = noise_std(ds.noisy[:k], ds.clean[:k]) if config.sigma == "true" and psd is None else None
-  ctf = ctf_of(ds, config) if fitted else None
-  out = sure_policy.gained_method(name, fn, ds.noisy[:k], given, ctf=None if ctf is None else ctf[:k], noise_psd=psd,
+  ctf = ctf_of(ds, config, k) if fitted else None
+  out = sure_policy.gained_method(name, fn, ds.noisy[:k], given, ctf=ctf, noise_psd=psd,
                                   fitted=fitted, **{key: v for key, v in params.items() if key != "checkpoint"})
   if isinstance(out, str):
     logging.warning("%s: no output gain (%s)", name, out)
@@ -87,11 +87,15 @@ def sigma_for(config, ds, psd=None) -> np.ndarray:
   return np.asarray(estimate_noise_std(noisy), np.float32)
 
 
-def ctf_of(ds, config) -> np.ndarray | None:
-  """Each particle's CTF (N, H, W) on the FFT grid from the dataset's RELION table (None without CTF)."""
+def ctf_of(ds, config, n: int | None = None) -> np.ndarray | None:
+  """The first `n` (None: every) particles' CTFs (n, H, W) on the FFT grid from the dataset's RELION table
+  (None without CTF)."""
   from cryojax_denoise.data import ctf
 
-  return ctf.ctf_grid(ds.particles, ds.optics, config.image_size, float(ds.pixel_size)) if config.ctf else None
+  if not config.ctf:
+    return None
+  particles = ds.particles if n is None else ds.particles.iloc[:n]
+  return ctf.ctf_grid(particles, ds.optics, config.image_size, float(ds.pixel_size))
 
 
 def fitted_method(name: str, config, fit_ds, params=None, fits=None, psd=None):

@@ -29,6 +29,7 @@ from cryojax_denoise.data.maps import MapSource, load_source
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.evaluation import evaluate, report
 from cryojax_denoise.io import atomic_write_text
+from cryojax_denoise.pipeline.params import OUTPUT_GAIN, gain_applies
 from cryojax_denoise.progress import Progress
 from experiments import _sweep_methods as sweep_methods
 from experiments import _sweep_reconstruction as sweep_reconstruction
@@ -148,8 +149,8 @@ def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     raise InputError(f"snrs must be positive numbers, got {tuple(config.snrs)}")
   if config.tuning not in ("clean", "sure", "both"):
     raise InputError(f"tuning: must be 'clean', 'sure' or 'both', got {config.tuning!r}")
-  if config.output_gain not in ("auto", "on", "off"):
-    raise InputError(f"output_gain: must be 'auto', 'on' or 'off', got {config.output_gain!r}")
+  if config.output_gain not in OUTPUT_GAIN:
+    raise InputError(f"output_gain: must be one of {', '.join(OUTPUT_GAIN)}, got {config.output_gain!r}")
   if int(config.gain_images) < 1:
     raise InputError(f"gain_images: must be at least 1, got {config.gain_images}")
   if config.noise not in ("white", "coloured"):
@@ -343,7 +344,7 @@ def run(config, workdir: str) -> None:
           # Compile outside the timing (clean tuning already compiled it; a host method has nothing to compile).
           if (not tuned or sure_info) and denoisers.REGISTRY[base].compiled:
             evaluate.apply_batched(fn, tune_ds.noisy, tune_sigma, batch)
-        if config.output_gain == "on" or (config.output_gain == "auto" and psd is not None):
+        if gain_applies(config.output_gain, psd):
           fit_ds = dataset(config.n_fit, snr, fit_seed) if fit_ds is None else fit_ds
           fn, gain_info = sweep_methods.gained(base, fn, fit_ds, config, psd, dataset_level, params)
           sure_info = {**sure_info, **gain_info}

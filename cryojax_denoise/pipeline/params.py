@@ -58,10 +58,6 @@ class Settings:
     """The given noise std, None when it is to be estimated."""
     return float(self.noise_std) if self.noise_std else None
 
-  def gain_applies(self, psd) -> bool:
-    """Whether the output gain is applied, given the noise model's spectrum `psd` (None: white)."""
-    return self.output_gain == "on" or (self.output_gain == "auto" and psd is not None)
-
   def facts(self) -> dict:
     """{key: value}: what a part's images depend on (`distributed`'s resume fingerprint)."""
     return dataclasses.asdict(self)
@@ -70,6 +66,12 @@ class Settings:
     """(auto?, the parameters given by value)."""
     auto, rest = params_mode(self.method, self.params, self.sure_images)
     return auto, parse_params(rest)
+
+
+def gain_applies(output_gain: str, psd) -> bool:
+  """Whether SURE's output gain is applied under `output_gain` (auto | on | off), given the noise model's
+  spectrum `psd` (None: white): auto applies it under coloured noise only."""
+  return output_gain == "on" or (output_gain == "auto" and psd is not None)
 
 
 def params_mode(method: str, params, sure_images: int = 32) -> tuple[bool, object]:

@@ -17,7 +17,8 @@ from absl import logging
 from cryojax_denoise import denoise_stack, distributed, io, parts
 from cryojax_denoise.errors import InputError
 from cryojax_denoise.pipeline import sure_step
-from cryojax_denoise.pipeline.params import NORMALIZE, OUTPUT_GAIN, Settings, has_fit_hook, is_learned
+from cryojax_denoise.pipeline.params import (NORMALIZE, OUTPUT_GAIN, Settings, gain_applies, has_fit_hook,
+                                             is_learned)
 
 
 def check_settings(settings: Settings) -> None:
@@ -232,7 +233,7 @@ def run(settings: Settings, input_path: str, output: str = "", default_dir: str 
   logging.info("denoise %s: %d images of %dx%d (%.4g Å/px) with %s -> %s%s", input_path, len(table),
                *table.shape, table.pixel_size, settings.method, outputs.stack,
                f" + {outputs.star}" if outputs.star else "")
-  wants_gain = gain = settings.gain_applies(psd) and settings.sure_images > 0
+  wants_gain = gain = gain_applies(settings.output_gain, psd) and settings.sure_images > 0
   if wants_gain:  # its SURE record (the gained output's) replaces the quality score
     denoiser, gain_record = gain_step(settings, table, reader, denoiser, ctf_of, psd,
                                       record["params"] if choose else None)
@@ -278,8 +279,9 @@ def gain_step(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None
   out = distributed.share(record)
   if "reason" in out:
     logging.warning("output gain not applied: %s", out["reason"])
-  alpha = float(out["alpha"])
-  return (denoiser if alpha == 1.0 else lambda *a, **k: alpha * denoiser(*a, **k)), out
+  from cryojax_denoise.denoisers.tuning.sure_policy import scale_output
+
+  return scale_output(denoiser, float(out["alpha"])), out
 
 
 def denoise_particles(input_path: str, method: str = "ddtf", *, params="", output: str = "", **settings) -> dict:

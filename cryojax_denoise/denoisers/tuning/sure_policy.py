@@ -335,10 +335,15 @@ def gained_method(name: str, den: Callable, images, noise_std=None, *, ctf=None,
   if isinstance(est, str):
     return est
   alpha, after = gained(images, est)
+  return scale_output(den, alpha), alpha, est, after
+
+
+def scale_output(den: Callable, alpha: float) -> Callable:
+  """`den` (any signature) with its output multiplied by `alpha`; `den` itself when alpha is 1."""
   if alpha == 1.0:
-    return den, alpha, est, after
+    return den
 
   def scaled(*args, **kwargs):
     return alpha * den(*args, **kwargs)
 
-  return scaled, alpha, est, after
+  return scaled
