@@ -54,14 +54,14 @@ def gained(name: str, fn, ds, config, psd, fitted: bool, params: dict):
   return scaled, {"output_gain": alpha, "sure_gained_mse": after.relative}
 
 
-def sure_quality(name: str, fn, ds, sigma, config, psd, ctf, fitted: bool, params: dict) -> dict:
+def sure_quality(name: str, fn, ds, sigma, config, psd, ctf, fitted: bool, params: dict, gain: float = 1.0) -> dict:
   """SURE's estimate of the relative MSE of `fn` as applied (a method with no knob to tune: dataset-level,
-  learned; the output gain included) on the noisy test images alone, the number `denoise` logs:
+  learned; `gain` the output gain `fn` includes) on the noisy test images alone, the number `denoise` logs:
   {"sure_mse", "sure_se", "sure_warning"} for the report's SURE table ({} where SURE cannot be applied)."""
   from cryojax_denoise.denoisers.tuning import sure_policy
 
   given = sigma if config.sigma == "true" and psd is None else None
-  est = sure_policy.method_sure(name, fn, ds.noisy, given, ctf=ctf, noise_psd=psd, fitted=fitted,
+  est = sure_policy.method_sure(name, fn, ds.noisy, given, ctf=ctf, noise_psd=psd, fitted=fitted, scale=gain,
                                 **{key: v for key, v in params.items() if key != "checkpoint"})
   if isinstance(est, str):
     logging.warning("%s: no SURE estimate (%s)", name, est)

@@ -350,7 +350,8 @@ def run(config, workdir: str) -> None:
           sure_info = {**sure_info, **gain_info}
         if config.tuning != "clean" and not tuned:  # the SURE table gains the methods with no knob
           sure_info = {**sure_info, **sweep_methods.sure_quality(base, fn, test_ds, test_sigma, config, psd, ctf,
-                                                                 dataset_level, params)}
+                                                                 dataset_level, params,
+                                                                 sure_info.get("output_gain", 1.0))}
         den, row = evaluate.evaluate(fn, test_ds.noisy, test_ds.clean, test_sigma, pixel_size, batch, ctf=ctf)
         rows.append(dict(method=name, snr=snr, test_set=set_name, **row, **sure_info,
                          params={k: v for k, v in params.items() if k != "checkpoint"}))

@@ -96,3 +96,19 @@ def test_denoise_applies_the_gain_under_coloured_noise(tmp_path):
   with pytest.raises(InputError, match="output_gain"):
     pipeline.denoise_particles(files["noisy.mrcs"], method="gaussian", output_gain="maybe",
                                output=str(tmp_path / "bad" / "denoised.mrcs"))
+
+
+def test_method_sure_of_a_gained_linear_method_scales_its_known_divergence():
+  """A linear method scored by its exact (registered) divergence: with its output scaled by α
+  (`scale_output`, the sweep's gained rows), `method_sure(scale=α)` reads α·div and the SURE of α·f."""
+  from cryojax_denoise.denoisers.tuning import sure_policy as P
+
+  x = _images(16, seed=4)
+  y = (x + 0.5 * np.random.default_rng(5).normal(size=x.shape)).astype(np.float32)
+  den, alpha = denoisers.get("gaussian", width=1.0), 0.6
+  plain = P.method_sure("gaussian", den, y, 0.5, width=1.0)
+  gained = P.method_sure("gaussian", P.scale_output(den, alpha), y, 0.5, scale=alpha, width=1.0)
+  np.testing.assert_allclose(gained.div, alpha * plain.div, rtol=1e-6)
+  f = alpha * np.asarray(den(y, 0.5), np.float64)
+  exact = np.mean((y - f) ** 2, axis=(-2, -1)) - 0.25 + 2 * 0.25 * alpha * plain.div
+  np.testing.assert_allclose(gained.mse, exact, rtol=1e-4, atol=1e-6)

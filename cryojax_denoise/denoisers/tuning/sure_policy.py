@@ -304,7 +304,7 @@ def sure_reason(name: str, fitted: bool = False) -> str:
 
 
 def method_sure(name: str, den: Callable, images, noise_std=None, *, ctf=None, noise_psd=None, fitted: bool = False,
-                seed: int = 0, keep_output: bool = False, **params) -> SureEstimate | str:
+                seed: int = 0, keep_output: bool = False, scale: float = 1.0, **params) -> SureEstimate | str:
   """SURE of registry method `name` as `den` runs it on `images` (B, H, W), or a one-line reason
   (`sure_reason`) when SURE cannot be applied.
 
@@ -312,13 +312,15 @@ def method_sure(name: str, den: Callable, images, noise_std=None, *, ctf=None, n
   probed with its fitted model held fixed and `ctf` (B, H, W) (the images' own CTFs, None = identity)
   in every call: the function SURE scores is then the one applied to the stack (probing it with
   ctf=None scored a CTF-free CWF instead, 3.1× the true MSE; docs/sure_notes.md, "Dataset-level methods").
-  `noise_std`, `noise_psd`, `keep_output` as in `sure`; `params` the method's parameters (for `known_divergence`).
+  `noise_std`, `noise_psd`, `keep_output` as in `sure`; `params` the method's parameters (for `known_divergence`);
+  `scale`: the factor `den` multiplies the method's output by (`scale_output`), which scales its divergence.
   """
   reason = sure_reason(name, fitted)
   if reason:
     return reason
   call = (lambda y, s: den(y, s, ctf)) if fitted else den
   div = known_divergence(name, np.shape(images), **params)
+  div = None if div is None else scale * div
   return sure(call, images, noise_std, noise_psd=noise_psd, eps=eps_for(name), div=div, seed=seed,
               keep_output=keep_output)
 
