@@ -1,6 +1,7 @@
 """SURE's output gain (`sure.output_gain`, issue 29): α = (⟨f, y⟩ − tr(Σ J_f)) / ‖f‖² estimates the
 MSE-optimal scalar gain of a denoiser's output without clean images, white and coloured noise; the gained
-output of a method that passes more noise than signal falls back below the signal power."""
+output of a method that passes more noise than signal falls back below the signal power; α is taken from a
+lower confidence bound of ⟨f, x⟩, so an uncertain estimate errs toward a blank image."""
 
 import json
 
@@ -39,12 +40,37 @@ def test_gain_matches_the_oracle_and_its_sure_the_true_mse(coloured):
   est = S.sure(den, y, noise_psd=psd, eps=0.01, keep_output=True)
   f = est.output.astype(np.float64)
   assert np.mean((f - x) ** 2) > np.mean(x.astype(np.float64) ** 2)  # worse than a blank image
-  alpha, mse = S.output_gain(y, f, est)
   oracle = float(np.sum(f * x) / np.sum(f * f))
-  assert 0.0 <= alpha < 1.0 and alpha == pytest.approx(oracle, abs=0.05)
-  true = np.mean((alpha * f - x) ** 2)
-  assert true < np.mean(x.astype(np.float64) ** 2)
-  assert float(np.mean(mse)) == pytest.approx(true, rel=0.1)
+  point, _ = S.output_gain(y, f, est, z=0.0)
+  assert 0.0 <= point < 1.0 and point == pytest.approx(oracle, abs=0.05)
+  alpha, mse = S.output_gain(y, f, est)  # the lower bound: below the point estimate, still well above 0
+  assert 0.5 * point < alpha < point
+  for a, m in ((alpha, mse), (point, S.output_gain(y, f, est, z=0.0)[1])):
+    true = np.mean((a * f - x) ** 2)
+    assert true < np.mean(x.astype(np.float64) ** 2)
+    assert float(np.mean(m)) == pytest.approx(true, rel=0.1)
+
+
+def test_the_gain_bound_keeps_a_thresholding_method_at_or_below_a_blank_image():
+  """ddtf (hard thresholds at 1.5× its default) at SNR 0.02 under low-frequency coloured noise, 64 images
+  of 32²: its output holds a few % of signal against ⟨f, y⟩, so SURE's point estimate of α can land far
+  above the optimum; on one of three noise draws it does, and α·f is worse than a blank image. The lower
+  bound (⟨f, x⟩ less 2 standard errors) keeps every draw at or below a blank image."""
+  from cryojax_denoise.noise.methods import wrap
+
+  x = _images(64, seed=5)
+  psd = _low_frequency_psd(1.0 / 0.02)
+  den = wrap(denoisers.get("ddtf", lam_scale=1.5), psd, "ddtf", {"lam_scale": 1.5})
+  blank = np.mean(x.astype(np.float64) ** 2)
+  point, bound = [], []
+  for seed in range(3):
+    y = (x + S._colour(np.random.default_rng(seed).normal(size=x.shape), psd)).astype(np.float32)
+    est = S.sure(den, y, noise_psd=psd, eps=S.eps_for("ddtf"), keep_output=True)
+    f = est.output.astype(np.float64)
+    for out, z in ((point, 0.0), (bound, S.GAIN_Z)):
+      out.append(np.mean((S.output_gain(y, f, est, z=z)[0] * f - x) ** 2) / blank)
+  assert max(point) > 1.005
+  assert max(bound) <= 1.0 + 1e-6
 
 
 def test_gain_of_a_good_denoiser_is_near_one_and_keeps_sure():

@@ -44,6 +44,7 @@ from cryojax_denoise.errors import InputError
 EPS = 0.07
 EPS_BY_METHOD = {"gaussian": 0.01, "wiener": 0.01, "bm3d": 0.04}
 N_PROBES = 4       # Rademacher probes per estimate
+GAIN_Z = 2.0       # output gain from ⟨f, x⟩ less 2 standard errors (`output_gain`)
 
 
 def psd_grid(noise_psd, shape: tuple) -> np.ndarray:
@@ -243,15 +244,19 @@ def sure(den: Callable, images, noise_std=None, *, sure_std=None, noise_psd=None
   return SureEstimate(sure_from_stats(resid[0], div, sigma), sigma, signal_power(images, sigma), output, band, div)
 
 
-def output_gain(images, output, est: SureEstimate) -> tuple[float, float]:
-  """SURE's MSE-optimal scalar gain for a denoiser's `output` f(y) (B, H, W) on `images` y, and SURE's
-  per-image MSE of the gained output α·f(y) (image units): (α, mse).
+def output_gain(images, output, est: SureEstimate, z: float = GAIN_Z) -> tuple[float, float]:
+  """SURE's output gain for a denoiser's `output` f(y) (B, H, W) on `images` y, and SURE's per-image MSE
+  of the gained output α·f(y) (image units): (α, mse).
 
-  α = ⟨f, x⟩ / ‖f‖², clipped to [0, 1], with ⟨f, x⟩ = ⟨f, y⟩ − tr(Σ J_f) (Stein: E⟨f, n⟩ = tr(Σ J_f)), read
-  from `est` = `sure(den, images, ...)` of the same images (its σ and divergence, white or coloured probes);
-  sums over the batch. α = 0 is a blank image, so α·f is never worse than blank by more than SURE's error:
-  where a method passes more noise than signal (low SNR under coloured noise, whose excess sits where the
-  signal is) the gain takes the output back below the signal power (`denoise --config.output_gain`).
+  The MSE-optimal gain is ⟨f, x⟩ / ‖f‖², with ⟨f, x⟩ = ⟨f, y⟩ − tr(Σ J_f) (Stein: E⟨f, n⟩ = tr(Σ J_f)), read
+  from `est` = `sure(den, images, ...)` of the same images (its σ and divergence, white or coloured probes).
+  α uses a lower confidence bound of ⟨f, x⟩, its sum over the batch less `z` standard errors (the spread of
+  the per-image terms), clipped to [0, 1]. Why: α·f is worse than a blank image (α = 0) only when α exceeds
+  2⟨f, x⟩/‖f‖², and where a method passes far more noise than signal (low SNR under coloured noise, whose
+  excess sits where the signal is) ⟨f, x⟩ is a few % of ⟨f, y⟩, so the point estimate can land anywhere in
+  [0, 1] (a hard-thresholding method's divergence is itself uncertain). The bound keeps α below the optimum
+  with probability ≈ Φ(z), hence α·f at or below a blank image's MSE; where SURE is sure (⟨f, x⟩ many
+  standard errors above 0) it costs almost nothing. z = 0 is the point estimate; below 3 images too.
   """
   y = np.asarray(images, np.float64)
   f = np.asarray(output, np.float64)
@@ -259,8 +264,10 @@ def output_gain(images, output, est: SureEstimate) -> tuple[float, float]:
   s2 = np.square(np.asarray(est.sigma, np.float64))
   trace = s2 * np.asarray(est.div, np.float64) * n_pix  # (B,) tr(Σ J_f) per image
   ff, fy, yy = (np.sum(a * b, axis=(-2, -1)) for a, b in ((f, f), (f, y), (y, y)))
-  alpha = float(np.clip((fy.sum() - trace.sum()) / ff.sum(), 0.0, 1.0)) if ff.sum() > 0 else 0.0
-  mse = (alpha ** 2 * ff - 2 * alpha * (fy - trace) + yy - n_pix * s2) / n_pix
+  signal = fy - trace  # (B,) per-image estimates of ⟨f, x⟩
+  se = float(np.sqrt(len(signal)) * np.std(signal, ddof=1)) if len(signal) >= 3 else 0.0
+  alpha = float(np.clip((signal.sum() - z * se) / ff.sum(), 0.0, 1.0)) if ff.sum() > 0 else 0.0
+  mse = (alpha ** 2 * ff - 2 * alpha * signal + yy - n_pix * s2) / n_pix
   return alpha, mse
 
 
