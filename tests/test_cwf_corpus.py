@@ -110,6 +110,33 @@ def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=restore.bundled_dir("autoencoder"))
 
 
+@pytest.mark.slow
+def test_autoencoder_cwf_finetunes_larger_boxes_on_crops_of_a_subset(cwf_run, monkeypatch):
+  """Above `FINETUNE_CROP` the fine-tuning sees crops of a random subset of at most `FINETUNE_INPUT_GB` of
+  inputs (here 16² crops of 48 of 120 particles of 32²), and the tuned network denoises whole particles."""
+  from cryojax_denoise.data import ctf as ctf_lib
+  from cryojax_denoise.training import learned
+
+  _, workdir = cwf_run
+  monkeypatch.setattr(learned, "FINETUNE_CROP", 16)
+  monkeypatch.setattr(learned, "FINETUNE_INPUT_GB", 48 * 16 * 32 * 32 / 2**30)
+  seen = {}
+  finetune = train.finetune
+
+  def spy(inputs, work, **kwargs):
+    seen["shape"], seen["crop"] = np.shape(inputs), kwargs.get("crop_size")
+    return finetune(inputs, work, **kwargs)
+
+  monkeypatch.setattr(train, "finetune", spy)
+  ds = simulate.simulate_dataset(load_source(image_size=32), 120, 32, snr=0.2, seed=4, ctf=True)
+  ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
+  den = denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, checkpoint=workdir, finetune_steps=3)
+  assert seen == {"shape": (48, 4, 32, 32), "crop": 16}
+  out = np.asarray(den(ds.noisy[:8], None, ctf[:8]))
+  assert out.shape == (8, 32, 32)
+  assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * np.mean((ds.noisy[:8] - ds.clean[:8]) ** 2)
+
+
 def test_sure_loss_is_unbiased_with_a_prior_that_moves_with_the_probe():
   """For a linear f(x, p) = a·x + c·p with p = W x (W a blur), the SURE loss averaged over noise draws and
   probes equals the true MSE; leaving the prior fixed under the probe (no W b) biases it low."""

@@ -189,7 +189,8 @@ class NoisyStack:
   depends only on (seed, step); random 90° rotations and flips, the same for both copies, and a random
   swap of the two copies. `batch` returns (noisy, target) with target = the second copy or noisy itself.
   With `noise=coloured|auto` the images are whitened first (`filter`, `noise_record`: see
-  `ss_noise.noise_model`).
+  `ss_noise.noise_model`). `crop_size` > 0 and below the box: each training image is a random square crop
+  of that size (all channels and both copies alike); validation keeps whole particles.
   """
 
   def __init__(self, config, sharding=None, arrays=None):
@@ -251,6 +252,11 @@ class NoisyStack:
     idx = np.sort(rng.integers(0, self.n_train, int(self.config.batch_size)))
     noisy, target = self._pair(idx)
     rot, flip, swap = (rng.integers(0, k, len(idx)) for k in (4, 2, 2))
+    crop = int(self.config.get("crop_size", 0))
+    if 0 < crop < self.image_size:
+      corner = rng.integers(0, self.image_size - crop + 1, (len(idx), 2))
+      noisy, target = (np.stack([a[i, ..., r:r + crop, c:c + crop] for i, (r, c) in enumerate(corner)])
+                       for a in (noisy, target))
     noisy, target = noisy.copy(), target.copy()
     for i in range(len(idx)):
       for a in (noisy, target):

@@ -33,6 +33,8 @@ def load_gan(*, checkpoint: str | None = None) -> Callable:
 
 FINETUNE_LR = 1e-4  # SURE fine-tuning's learning rate (a tenth of training's: it adapts, not retrains)
 MIN_FINETUNE_PARTICLES = 32  # a smaller stack is denoised without fine-tuning (with a warning)
+FINETUNE_CROP = 64  # px: larger particles are fine-tuned on random crops of the training corpus's box
+FINETUNE_INPUT_GB = 1.0  # at most this much of (noisy, CWF, probe, W probe) inputs: a random subset of particles
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
@@ -43,7 +45,10 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 
   `finetune_steps` > 0 first adapts the network to this stack by Monte-Carlo SURE on `images` alone
   (`training.self_supervised.sure`: no clean image; batches of 16, in a temporary folder), which is what
-  lets it beat CWF on molecules unlike the training corpus (see README). `cwf`: the "cwf" method already
+  lets it beat CWF on molecules unlike the training corpus (see README). Its cost does not grow with the box:
+  particles larger than `FINETUNE_CROP` are seen as random crops of it (the network is convolutional and
+  then denoises whole particles), and at most `FINETUNE_INPUT_GB` of inputs are built, from a random subset
+  of the particles (1,024 of 256²; every particle of a 64² stack up to 16,384). `cwf`: the "cwf" method already
   fitted on these `images`, σ and CTFs, used when its basis reach (`den.reach`) is the network's prior's
   (`cwf_corpus.PRIOR_REACH`; the registered cwf's default is not); otherwise (or None) CWF is fitted here
   with that reach."""
@@ -74,17 +79,29 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss, train
 
-    inputs = ss.cwf_sure_inputs(images, cwf, noise_std, ctf)
+    keep = finetune_subset(images.shape)
+    sigma = np.broadcast_to(np.asarray(noise_std, np.float32), images.shape[:1])[keep]
+    inputs = ss.cwf_sure_inputs(images[keep], cwf, sigma, None if ctf is None else np.asarray(ctf)[keep])
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
       init = checkpoint or restore.bundled_dir("autoencoder_cwf")
       tuned = train.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
-                          val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps))
+                          val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps),
+                          crop_size=FINETUNE_CROP if images.shape[-1] > FINETUNE_CROP else 0)
       net = restore.load_denoiser(tuned)
 
   def denoise(batch, noise_std=None, ctf=None):
     return net(batch, prior=np.asarray(cwf(batch, noise_std, ctf)))
 
   return denoise
+
+
+def finetune_subset(shape: tuple, seed: int = 0) -> np.ndarray:
+  """Sorted indices of the particles of a stack of `shape` (N, H, W) that SURE fine-tuning reads: all of
+  them while their 4 float32 input channels fit `FINETUNE_INPUT_GB`, else a random subset that does."""
+  n, most = int(shape[0]), max(MIN_FINETUNE_PARTICLES, int(FINETUNE_INPUT_GB * 2**30 // (16 * shape[-2] * shape[-1])))
+  if n <= most:
+    return np.arange(n)
+  return np.sort(np.random.default_rng(seed).choice(n, most, replace=False))
 
 
 def load_autoencoder_cwf(*, checkpoint: str | None = None, finetune_steps: int = 300) -> Callable:

@@ -71,6 +71,8 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.noise = "white"             # white | coloured | auto: train on particles whitened with their spectrum
   c.noise_psd = ""              # a known noise spectrum file (.npy/.txt, radial or 2D) instead of measuring
   c.noise_fit_size = 10000      # particles the spectrum is measured on (as denoise's fit_size)
+  c.crop_size = 0               # > 0: train on random crops of this size (px) of larger particles (the network is
+                                # convolutional and denoises whole particles): a 256² stack trains at 64²'s cost
 
 
 def check_config(c) -> None:
@@ -79,6 +81,8 @@ def check_config(c) -> None:
     raise InputError(f"config.loss: must be one of {', '.join(LOSSES)} for self-supervised training, got {c.loss!r}")
   if c.mask_replace not in REPLACEMENTS:
     raise InputError(f"config.mask_replace: must be one of {', '.join(REPLACEMENTS)}, got {c.mask_replace!r}")
+  if int(c.get("crop_size", 0)) < 0:
+    raise InputError(f"config.crop_size: must be >= 0 (0: whole particles), got {c.crop_size}")
   if int(c.mask_grid) < 2:
     raise InputError(f"config.mask_grid: must be at least 2 (neighbours of a masked pixel stay unmasked), "
                      f"got {c.mask_grid}")
@@ -96,6 +100,8 @@ def check_config(c) -> None:
     raise InputError("config.clean: self-supervised training reads no clean images; leave clean= empty")
   if c.noisy:
     c.image_size = int(data_lib.NoisyStack.read(c)[0].shape[1])
+  if c.loss == "neighbor2neighbor" and int(c.get("crop_size", 0)) % 2:
+    raise InputError(f"config.crop_size: neighbor2neighbor needs an even crop, got {c.crop_size} px")
   if c.loss == "neighbor2neighbor" and int(c.image_size) % 2:
     raise InputError(f"config.noisy: neighbor2neighbor needs an even image size, got {c.image_size} px")
 
