@@ -4,7 +4,8 @@
 
 Writes W/clean.mrcs, W/noisy.mrcs (pixel size in the headers) and W/particles.star (RELION 3.1:
 optics block, poses, origins, CTF; rlnImageName -> noisy.mrcs). The map is the built-in phantom
-unless `volume` (an MRC map) or `structure` (a PDB/mmCIF model) is given.
+unless `volume` (an MRC map) or `structure` (a PDB/mmCIF model) is given. Streamed to disk in batches
+(`simulate.write_simulation`): 10,000 particles of 400² take the memory of one batch, not 12.8 GB.
 """
 
 from __future__ import annotations
@@ -73,15 +74,14 @@ def run(config, workdir: str) -> None:
                                 pixel_size=float(config.pixel_size) or None, image_size=int(config.image_size),
                                 seed=int(config.seed))
   logging.info("map %s, %d^3 voxels at %.4g Å", source.name, source.volume.shape[0], source.pixel_size)
-  dataset = simulate.simulate_dataset(
-      source, int(config.n_images), int(config.image_size), float(config.snr), seed=int(config.seed),
+  out = simulate.write_simulation(
+      workdir, source, int(config.n_images), int(config.image_size), float(config.snr), seed=int(config.seed),
       ctf=bool(config.ctf), defocus_range_A=tuple(config.defocus_range_A), max_shift_A=float(config.max_shift_A),
       astigmatism_A=float(config.astigmatism_A), batch_size=int(config.batch_size), log_progress=True,
       noise_psd=_noise_psd(config))
-  paths = simulate.write_dataset(dataset, workdir)
   logging.info("wrote %s: %d images %dx%d at %.4g Å/px, measured SNR %.4g (target %.4g)",
-               ", ".join(sorted(paths.values())), len(dataset.noisy), *dataset.noisy.shape[1:], dataset.pixel_size,
-               simulate.measured_snr(dataset.noisy, dataset.clean), dataset.snr)
+               ", ".join(sorted(out["paths"].values())), int(config.n_images), int(config.image_size),
+               int(config.image_size), out["pixel_size"], out["measured_snr"], float(config.snr))
 
 
 def _noise_psd(config):

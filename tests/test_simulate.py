@@ -176,6 +176,27 @@ def _check_workdir(workdir: pathlib.Path, n: int, size: int, snr: float, pixel_s
     assert column in star.optics.columns
 
 
+@pytest.mark.parametrize("psd", [None, "issue:relion31"])
+def test_streamed_simulation_writes_the_in_memory_stacks(source, dataset, tmp_path, psd):
+  """`write_simulation` (two passes, one batch in memory, batches of 5 against the fixture's 64) writes the
+  images, poses and SNR of `simulate_dataset` + `write_dataset`, white and coloured noise."""
+  from cryojax_denoise.noise import spec
+
+  noise_psd = None if psd is None else spec.resolve(psd)
+  ref = dataset if psd is None else simulate.simulate_dataset(source, 24, SIZE, 0.1, seed=5, max_shift_A=8.0,
+                                                              noise_psd=noise_psd)
+  out = simulate.write_simulation(str(tmp_path), source, 24, SIZE, 0.1, seed=5, max_shift_A=8.0, batch_size=5,
+                                  noise_psd=noise_psd)
+  for name, want in (("clean.mrcs", ref.clean), ("noisy.mrcs", ref.noisy)):
+    np.testing.assert_allclose(np.asarray(io.read_stack(str(tmp_path / name)).data), want, rtol=0, atol=2e-5)
+  assert out["noise_std"] == pytest.approx(ref.noise_std, rel=1e-9)
+  assert out["measured_snr"] == pytest.approx(simulate.measured_snr(ref.noisy, ref.clean), rel=1e-5)
+  star = io.read_star(str(tmp_path / "particles.star"))
+  for column in ("rlnAngleRot", "rlnAngleTilt", "rlnAnglePsi", "rlnDefocusU", "rlnOriginXAngst"):
+    np.testing.assert_allclose(star.particles[column].to_numpy(float), ref.particles[column].to_numpy(float),
+                               rtol=1e-6, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_simulate_experiment_writes_three_files(tmp_path):
   workdir = tmp_path / "w"

@@ -31,7 +31,7 @@ from cryojax_denoise.data.projector import Projector, _project_many, _standardiz
 from cryojax_denoise.data.relion import (AMPLITUDE_CONTRAST, SPHERICAL_ABERRATION_MM, VOLTAGE_KV, ParticleParams,
                                          optics_table, particles_table, relion_angles_from_matrix)
 from cryojax_denoise.errors import InputError
-from cryojax_denoise.io import write_stack, write_star
+from cryojax_denoise.io import StackWriter, write_stack, write_star
 from cryojax_denoise.progress import Progress
 
 ASTIGMATISM_A = 500.0
@@ -214,10 +214,47 @@ class Dataset:
   source: str
 
 
+def _check(n_images, snr) -> tuple[int, float]:
+  n_images, snr = int(n_images), float(snr)
+  if n_images < 1:
+    raise InputError(f"n_images: must be at least 1, got {n_images}")
+  if not (math.isfinite(snr) and snr > 0):
+    raise InputError(f"snr: must be a positive number, got {snr}")
+  return n_images, snr
+
+
+def _chunks(sim: Simulator, seed: int, n_images: int, batch_size: int, log_progress: bool):
+  """(start, stop, parameters, raw clean projections (m, H, W), unit white noise (m, H, W)) per batch of
+  images; image i depends on (seed, i) only, so two passes give the same images."""
+  k_params, k_noise = jax.random.split(jax.random.PRNGKey(int(seed)))
+  batch_size = max(1, min(int(batch_size), n_images))
+  bar = None
+  for start in range(0, n_images, batch_size):  # the last chunk runs past n: same shapes, one compile
+    stop = min(start + batch_size, n_images)
+    params, images, unit = _dataset_chunk(sim.projector.fvol, k_params, k_noise, start, sim.ranges,
+                                          sim.projector.optics, n=batch_size, shape=sim.shape, ctf=sim.ctf)
+    yield (start, stop, params.astype(np.float32).take(slice(0, stop - start)), np.asarray(images)[: stop - start],
+           np.asarray(unit)[: stop - start])
+    if bar is not None:
+      bar.update(stop - start)
+    elif log_progress:  # start the clock after the first batch, which includes compilation
+      bar = Progress(n_images, "simulate", "img", start=stop, warmup=0)
+      logging.info("simulate: compiled; %d/%d images", stop, n_images)
+
+
+def _colour_filter(noise_psd, shape):
+  """Amplitude filter taking unit white noise to unit-variance noise of `noise_psd`'s shape (None: white)."""
+  if noise_psd is None:
+    return None
+  from cryojax_denoise.noise import whiten as wh
+  return 1.0 / wh.whitening_filter(noise_psd, shape)
+
+
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,
                      defocus_range_A: tuple[float, float] = DEFOCUS_RANGE_A, max_shift_A: float = 0.0, *,
                      batch_size: int = 64, log_progress: bool = False, noise_psd=None, **simulator_options) -> Dataset:
-  """A stack of `n_images` (noisy, clean) pairs at `snr` (INTERFACE definition, exact for the stack).
+  """A stack of `n_images` (noisy, clean) pairs at `snr` (INTERFACE definition, exact for the stack), in memory
+  (`write_simulation` streams a large one to disk).
 
   The clean stack is standardised over itself, then white Gaussian noise of variance
   mean_i(var(clean_i)) / snr is added. Same seed -> same images, whatever `batch_size` (image i
@@ -225,37 +262,21 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   `noise_psd` (radial (S,) or (H, W), `noise.spec.resolve`): coloured noise of that spectrum's shape at
   the same total variance (the SNR keeps its meaning); None: white.
   """
-  n_images, snr = int(n_images), float(snr)
-  if n_images < 1:
-    raise InputError(f"n_images: must be at least 1, got {n_images}")
-  if not (math.isfinite(snr) and snr > 0):
-    raise InputError(f"snr: must be a positive number, got {snr}")
+  n_images, snr = _check(n_images, snr)
   sim = Simulator(source, image_size, ctf, defocus_range_A, max_shift_A, calibrate=False, **simulator_options)
-  k_params, k_noise = jax.random.split(jax.random.PRNGKey(int(seed)))
-  batch_size = max(1, min(int(batch_size), n_images))
-  bar = None
   clean = np.empty((n_images, *sim.shape), np.float32)  # raw projections, standardised in place below
   noisy = np.empty((n_images, *sim.shape), np.float32)  # unit noise, turned into noisy images below
   chunks = []
-  for start in range(0, n_images, batch_size):  # the last chunk runs past n: same shapes, one compile
-    stop = min(start + batch_size, n_images)
-    params, images, unit = _dataset_chunk(sim.projector.fvol, k_params, k_noise, start, sim.ranges,
-                                          sim.projector.optics, n=batch_size, shape=sim.shape, ctf=sim.ctf)
-    clean[start:stop] = np.asarray(images)[: stop - start]
-    noisy[start:stop] = np.asarray(unit)[: stop - start]
-    chunks.append(params.astype(np.float32).take(slice(0, stop - start)))
-    if bar is not None:
-      bar.update(stop - start)
-    elif log_progress:  # start the clock after the first batch, which includes compilation
-      bar = Progress(n_images, "simulate", "img", start=stop, warmup=0)
-      logging.info("simulate: compiled; %d/%d images", stop, n_images)
+  for start, stop, params, images, unit in _chunks(sim, seed, n_images, batch_size, log_progress):
+    clean[start:stop], noisy[start:stop] = images, unit
+    chunks.append(params)
   params = ParticleParams(*(np.concatenate(fields) for fields in zip(*chunks)))
   _standardize_inplace(clean)
   signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
   noise_std = math.sqrt(signal_var / snr)
-  if noise_psd is not None:  # unit white -> unit-variance coloured noise (noise/whiten.py)
+  amp = _colour_filter(noise_psd, sim.shape)
+  if amp is not None:  # unit white -> unit-variance coloured noise (noise/whiten.py)
     from cryojax_denoise.noise import whiten as wh
-    amp = 1.0 / wh.whitening_filter(noise_psd, sim.shape)
     for start in range(0, n_images, 1024):
       noisy[start:start + 1024] = np.asarray(wh.apply_filter(noisy[start:start + 1024], amp))
   noisy *= np.float32(noise_std)
@@ -263,6 +284,51 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   return Dataset(noisy=noisy, clean=clean, pixel_size=sim.pixel_size, particles=particles_table(params, ctf),
                  optics=optics_table(sim.pixel_size, image_size, sim.voltage_kv, sim.cs_mm, sim.amplitude_contrast),
                  snr=snr, noise_std=noise_std, source=source.name)
+
+
+def write_simulation(workdir: str, source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0,
+                     ctf: bool = True, defocus_range_A: tuple[float, float] = DEFOCUS_RANGE_A, max_shift_A: float = 0.0,
+                     *, batch_size: int = 64, log_progress: bool = False, noise_psd=None, **simulator_options) -> dict:
+  """`simulate_dataset` + `write_dataset` for any stack size: memory of one batch, not of the stack (10,000
+  particles of 400² are 12.8 GB in memory). Two passes over the same images: the first accumulates the
+  standardisation's statistics (float64), the second recomputes each batch, standardises it, adds its noise
+  and writes both stacks (`io.StackWriter`: atomic). Equal to the in-memory stacks up to float32 rounding of
+  the statistics. Returns {"paths", "pixel_size", "noise_std", "measured_snr"}."""
+  n_images, snr = _check(n_images, snr)
+  sim = Simulator(source, image_size, ctf, defocus_range_A, max_shift_A, calibrate=False, **simulator_options)
+  total = total2 = image_vars = 0.0
+  for _, _, _, images, _ in _chunks(sim, seed, n_images, batch_size, False):
+    block = images.astype(np.float64)
+    total, total2 = total + block.sum(), total2 + np.square(block).sum()
+    image_vars += float(block.var(axis=(-2, -1)).sum())
+  count = n_images * sim.shape[0] * sim.shape[1]
+  mean, var = total / count, total2 / count - (total / count) ** 2
+  if not var > 0:
+    raise InputError("clean projections are constant (is the map empty or outside the box?)")
+  signal_var = image_vars / n_images / var  # mean_i var(clean_i) after standardisation
+  noise_std = math.sqrt(signal_var / snr)
+  amp = _colour_filter(noise_psd, sim.shape)
+  os.makedirs(workdir, exist_ok=True)
+  paths = {name: os.path.join(workdir, name) for name in ("clean.mrcs", "noisy.mrcs", "particles.star")}
+  chunks, noise_sum, noise_sq = [], 0.0, 0.0
+  with StackWriter(paths["clean.mrcs"], n_images, sim.shape, sim.pixel_size) as out_clean, \
+       StackWriter(paths["noisy.mrcs"], n_images, sim.shape, sim.pixel_size) as out_noisy:
+    for start, _, params, images, unit in _chunks(sim, seed, n_images, batch_size, log_progress):
+      clean = ((images.astype(np.float64) - mean) / math.sqrt(var)).astype(np.float32)
+      if amp is not None:
+        from cryojax_denoise.noise import whiten as wh
+        unit = np.asarray(wh.apply_filter(unit, amp), np.float32)
+      noise = unit * np.float32(noise_std)
+      out_clean.write(start, clean)
+      out_noisy.write(start, noise + clean)
+      noise_sum, noise_sq = noise_sum + noise.sum(dtype=np.float64), noise_sq + np.square(noise, dtype=np.float64).sum()
+      chunks.append(params)
+  params = ParticleParams(*(np.concatenate(fields) for fields in zip(*chunks)))
+  write_star(paths["particles.star"],
+             optics_table(sim.pixel_size, image_size, sim.voltage_kv, sim.cs_mm, sim.amplitude_contrast),
+             particles_table(params, ctf))
+  measured = signal_var / (noise_sq / count - (noise_sum / count) ** 2)
+  return {"paths": paths, "pixel_size": sim.pixel_size, "noise_std": noise_std, "measured_snr": measured}
 
 
 def write_dataset(ds: Dataset, workdir: str) -> dict[str, str]:
