@@ -104,6 +104,7 @@ def test_autoencoder_cwf_fits_on_the_stack_with_its_ctfs(cwf_run):
     out = np.asarray(den(ds.noisy[:8], None, ctf[:8]))
     assert out.shape == (8, 32, 32) and np.isfinite(out).all()
     assert np.mean((out - ds.clean[:8]) ** 2) < 0.5 * noise
+    assert 0.0 <= den.correction_weight <= 1.0  # SURE's weight on the network's correction of CWF
   small = denoisers.fit("autoencoder_cwf", ds.noisy[:20], None, ctf[:20], checkpoint=workdir, finetune_steps=3)
   assert np.isfinite(np.asarray(small(ds.noisy[:2], None, ctf[:2]))).all()  # < 32 particles: not fine-tuned
   with pytest.raises(InputError, match="prior=cwf"):

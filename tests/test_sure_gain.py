@@ -138,3 +138,28 @@ def test_method_sure_of_a_gained_linear_method_scales_its_known_divergence():
   f = alpha * np.asarray(den(y, 0.5), np.float64)
   exact = np.mean((y - f) ** 2, axis=(-2, -1)) - 0.25 + 2 * 0.25 * alpha * plain.div
   np.testing.assert_allclose(gained.mse, exact, rtol=1e-4, atol=1e-6)
+
+
+def test_blend_weight_applies_a_correction_that_helps_and_drops_one_that_hurts():
+  """`sure.blend_weight` (autoencoder_cwf's weight on its network's correction of CWF): from a base that
+  over-smooths (gaussian width 2), the correction to a better filter (width 1) is applied (β near the oracle,
+  the blend at least as good as either); a correction that mostly lets noise back in (halfway to y, far worse
+  than the base) is applied only as far as it helps: β small and below the oracle, the blend no worse than
+  the base."""
+  x = _images(64, seed=4)
+  y = (x + np.random.default_rng(5).normal(size=x.shape)).astype(np.float32)
+  base = S.sure(denoisers.get("gaussian", width=2.0), y, 1.0, eps=0.01, keep_output=True)
+  good = S.sure(denoisers.get("gaussian", width=1.0), y, 1.0, eps=0.01, keep_output=True)
+  bad = S.sure(lambda im, s: np.asarray(denoisers.get("gaussian", width=2.0)(im, s)) * 0.5 + 0.5 * im, y, 1.0,
+               eps=0.01, keep_output=True)
+  mse = lambda f: float(np.mean((f - x) ** 2))  # noqa: E731
+  b, g, w = (e.output.astype(np.float64) for e in (base, good, bad))
+  beta = S.blend_weight(y, base, good)
+  oracle = float(np.sum((x - b) * (g - b)) / np.sum((g - b) ** 2))
+  assert 0.5 < beta <= 1.0 and beta == pytest.approx(min(oracle, 1.0), abs=0.15)
+  assert mse(b + beta * (g - b)) <= 1.01 * min(mse(b), mse(g))
+  assert mse(w) > 1.5 * mse(b)
+  beta = S.blend_weight(y, base, bad)
+  oracle = float(np.sum((x - b) * (w - b)) / np.sum((w - b) ** 2))
+  assert 0.0 <= beta <= oracle < 0.5
+  assert mse(b + beta * (w - b)) <= mse(b)

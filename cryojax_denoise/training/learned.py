@@ -35,6 +35,7 @@ FINETUNE_LR = 1e-4  # SURE fine-tuning's learning rate (a tenth of training's: i
 MIN_FINETUNE_PARTICLES = 32  # a smaller stack is denoised without fine-tuning (with a warning)
 FINETUNE_CROP = 64  # px: larger particles are fine-tuned on random crops of the training corpus's box
 FINETUNE_INPUT_GB = 1.0  # at most this much of (noisy, CWF, probe, W probe) inputs: a random subset of particles
+BLEND_IMAGES = 128  # particles SURE weighs the network's correction of CWF on (`correction_weight`)
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
@@ -89,10 +90,39 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
                           crop_size=FINETUNE_CROP if images.shape[-1] > FINETUNE_CROP else 0)
       net = restore.load_denoiser(tuned)
 
-  def denoise(batch, noise_std=None, ctf=None):
+  def corrected(batch, noise_std=None, ctf=None):
     return net(batch, prior=np.asarray(cwf(batch, noise_std, ctf)))
 
+  beta = correction_weight(images, noise_std, ctf, cwf, corrected)
+
+  def denoise(batch, noise_std=None, ctf=None):
+    prior = np.asarray(cwf(batch, noise_std, ctf))
+    out = prior if beta == 0.0 else np.asarray(net(batch, prior=prior))
+    return out if beta == 1.0 else prior + np.float32(beta) * (out - prior)
+
+  denoise.correction_weight = beta
   return denoise
+
+
+def correction_weight(images, noise_std, ctf, cwf: Callable, corrected: Callable, seed: int = 1) -> float:
+  """How much of the network's correction of CWF to apply on this stack: SURE's β in [0, 1]
+  (`sure.blend_weight`: its lower confidence bound) for cwf + β·(network − cwf), on `BLEND_IMAGES` random
+  particles with their CTFs, both probed alike with the fitted models held fixed. The network was trained on
+  64² corpus molecules; where its correction does not carry over (a 256² box, another molecule) this keeps
+  autoencoder_cwf at CWF instead of below it."""
+  from absl import logging
+
+  from cryojax_denoise.denoisers.tuning import sure
+
+  n = len(images)
+  idx = np.sort(np.random.default_rng(seed).choice(n, min(n, BLEND_IMAGES), replace=False))
+  y, s = images[idx], np.asarray(noise_std, np.float32)[idx]
+  c = None if ctf is None else np.asarray(ctf)[idx]
+  ests = [sure.sure(lambda b, sig, f=f: f(b, sig, c), y, s, keep_output=True) for f in (cwf, corrected)]
+  beta = sure.blend_weight(y, *ests)
+  logging.info("autoencoder_cwf: correction weight %.3f on %d particles (SURE's relative MSE: cwf %.4g, "
+               "network %.4g)", beta, len(y), ests[0].relative, ests[1].relative)
+  return beta
 
 
 def finetune_subset(shape: tuple, seed: int = 0) -> np.ndarray:

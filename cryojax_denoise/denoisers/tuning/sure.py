@@ -271,6 +271,24 @@ def output_gain(images, output, est: SureEstimate, z: float = GAIN_Z) -> tuple[f
   return alpha, mse
 
 
+def blend_weight(images, base: SureEstimate, other: SureEstimate, z: float = GAIN_Z) -> float:
+  """SURE's weight β in [0, 1] of `other` in base + β·(other − base): how much of a correction (a network's,
+  on top of the `base` estimate it was given) to apply. `base` and `other` from `sure(..., keep_output=True)`
+  on the same `images` (B, H, W) with the same σ and probes (seed, eps). The optimum ⟨x − b, o − b⟩ / ‖o − b‖²
+  is read as ⟨y − b, o − b⟩ − tr(Σ (J_o − J_b)) per image, and β is taken from its lower confidence bound
+  (less `z` standard errors, as `output_gain`): a correction SURE cannot show to help is not applied, so
+  the blend is never worse than `base` beyond SURE's error."""
+  y = np.asarray(images, np.float64)
+  b, o = (np.asarray(e.output, np.float64) for e in (base, other))
+  d = o - b
+  trace = np.square(np.asarray(base.sigma, np.float64)) * y[0].size * (
+      np.asarray(other.div, np.float64) - np.asarray(base.div, np.float64))
+  gain = np.sum((y - b) * d, axis=(-2, -1)) - trace  # (B,) per-image estimates of ⟨x − b, o − b⟩
+  dd = float(np.sum(d * d))
+  se = float(np.sqrt(len(gain)) * np.std(gain, ddof=1)) if len(gain) >= 3 else 0.0
+  return float(np.clip((gain.sum() - z * se) / dd, 0.0, 1.0)) if dd > 0 else 0.0
+
+
 def gained(images, est: SureEstimate) -> tuple[float, SureEstimate]:
   """(α, SURE of the gained output α·f) from `est` = `sure(den, images, ..., keep_output=True)`: the
   estimate of what is applied when the gain is (`output_gain`); J_{αf} = α J_f, so its divergence is α·div."""
