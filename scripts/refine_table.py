@@ -107,8 +107,10 @@ def cell(out: str, sim: str, snr: float, seed: int, methods, done: set, write) -
 
 
 def table(rows: list[dict], methods) -> str:
-  """The markdown table: per SNR (descending) and run, the mean over seeds ± half their range."""
-  names = [r for r, _, _ in runs(methods)]
+  """The markdown table: per SNR (descending) and run, the mean over seeds ± half their range; every method
+  the rows hold, not only this run's `methods` (a run for one method keeps the others' rows)."""
+  held = [r["run"].split(" ", 1)[1] for r in rows if r["run"].startswith(("align ", "both "))]
+  names = [r for r, _, _ in runs(list(dict.fromkeys(list(methods) + held)))]
   lines = ["| SNR | run | seeds | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
            "|---|---|---|" + "---|" * len(COLUMNS)]
   for snr in sorted({r["snr"] for r in rows}, reverse=True):
