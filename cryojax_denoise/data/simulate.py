@@ -242,12 +242,14 @@ def _chunks(sim: Simulator, seed: int, n_images: int, batch_size: int, log_progr
       logging.info("simulate: compiled; %d/%d images", stop, n_images)
 
 
-def _colour_filter(noise_psd, shape):
-  """Amplitude filter taking unit white noise to unit-variance noise of `noise_psd`'s shape (None: white)."""
+def _colourer(noise_psd, shape):
+  """`colour(unit (m, H, W)) -> float32 (m, H, W)`: unit white noise to unit-variance noise of `noise_psd`'s
+  shape (noise/whiten.py); None for white noise."""
   if noise_psd is None:
     return None
   from cryojax_denoise.noise import whiten as wh
-  return 1.0 / wh.whitening_filter(noise_psd, shape)
+  amp = 1.0 / wh.whitening_filter(noise_psd, shape)
+  return lambda unit: np.asarray(wh.apply_filter(unit, amp), np.float32)
 
 
 def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: float, seed: int = 0, ctf: bool = True,
@@ -274,11 +276,10 @@ def simulate_dataset(source: MapSource, n_images: int, image_size: int, snr: flo
   _standardize_inplace(clean)
   signal_var = float(np.mean([np.var(clean[i].astype(np.float64)) for i in range(n_images)]))
   noise_std = math.sqrt(signal_var / snr)
-  amp = _colour_filter(noise_psd, sim.shape)
-  if amp is not None:  # unit white -> unit-variance coloured noise (noise/whiten.py)
-    from cryojax_denoise.noise import whiten as wh
+  colour = _colourer(noise_psd, sim.shape)
+  if colour is not None:
     for start in range(0, n_images, 1024):
-      noisy[start:start + 1024] = np.asarray(wh.apply_filter(noisy[start:start + 1024], amp))
+      noisy[start:start + 1024] = colour(noisy[start:start + 1024])
   noisy *= np.float32(noise_std)
   noisy += clean
   return Dataset(noisy=noisy, clean=clean, pixel_size=sim.pixel_size, particles=particles_table(params, ctf),
@@ -307,7 +308,7 @@ def write_simulation(workdir: str, source: MapSource, n_images: int, image_size:
     raise InputError("clean projections are constant (is the map empty or outside the box?)")
   signal_var = image_vars / n_images / var  # mean_i var(clean_i) after standardisation
   noise_std = math.sqrt(signal_var / snr)
-  amp = _colour_filter(noise_psd, sim.shape)
+  colour = _colourer(noise_psd, sim.shape)
   os.makedirs(workdir, exist_ok=True)
   paths = {name: os.path.join(workdir, name) for name in ("clean.mrcs", "noisy.mrcs", "particles.star")}
   chunks, noise_sum, noise_sq = [], 0.0, 0.0
@@ -315,10 +316,7 @@ def write_simulation(workdir: str, source: MapSource, n_images: int, image_size:
        StackWriter(paths["noisy.mrcs"], n_images, sim.shape, sim.pixel_size) as out_noisy:
     for start, _, params, images, unit in _chunks(sim, seed, n_images, batch_size, log_progress):
       clean = ((images.astype(np.float64) - mean) / math.sqrt(var)).astype(np.float32)
-      if amp is not None:
-        from cryojax_denoise.noise import whiten as wh
-        unit = np.asarray(wh.apply_filter(unit, amp), np.float32)
-      noise = unit * np.float32(noise_std)
+      noise = (unit if colour is None else colour(unit)) * np.float32(noise_std)
       out_clean.write(start, clean)
       out_noisy.write(start, noise + clean)
       noise_sum, noise_sq = noise_sum + noise.sum(dtype=np.float64), noise_sq + np.square(noise, dtype=np.float64).sum()

@@ -81,8 +81,8 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
     from cryojax_denoise.training import restore, self_supervised as ss, train
 
     keep = finetune_subset(images.shape)
-    sigma = np.broadcast_to(np.asarray(noise_std, np.float32), images.shape[:1])[keep]
-    inputs = ss.cwf_sure_inputs(images[keep], cwf, sigma, None if ctf is None else np.asarray(ctf)[keep])
+    inputs = ss.cwf_sure_inputs(images[keep], cwf, np.asarray(noise_std, np.float32)[keep],
+                                None if ctf is None else np.asarray(ctf)[keep])
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
       init = checkpoint or restore.bundled_dir("autoencoder_cwf")
       tuned = train.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,

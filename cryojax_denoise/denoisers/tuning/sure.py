@@ -265,8 +265,7 @@ def output_gain(images, output, est: SureEstimate, z: float = GAIN_Z) -> tuple[f
   trace = s2 * np.asarray(est.div, np.float64) * n_pix  # (B,) tr(Σ J_f) per image
   ff, fy, yy = (np.sum(a * b, axis=(-2, -1)) for a, b in ((f, f), (f, y), (y, y)))
   signal = fy - trace  # (B,) per-image estimates of ⟨f, x⟩
-  se = float(np.sqrt(len(signal)) * np.std(signal, ddof=1)) if len(signal) >= 3 else 0.0
-  alpha = float(np.clip((signal.sum() - z * se) / ff.sum(), 0.0, 1.0)) if ff.sum() > 0 else 0.0
+  alpha = _bounded_weight(signal, float(ff.sum()), z)
   mse = (alpha ** 2 * ff - 2 * alpha * signal + yy - n_pix * s2) / n_pix
   return alpha, mse
 
@@ -284,9 +283,15 @@ def blend_weight(images, base: SureEstimate, other: SureEstimate, z: float = GAI
   trace = np.square(np.asarray(base.sigma, np.float64)) * y[0].size * (
       np.asarray(other.div, np.float64) - np.asarray(base.div, np.float64))
   gain = np.sum((y - b) * d, axis=(-2, -1)) - trace  # (B,) per-image estimates of ⟨x − b, o − b⟩
-  dd = float(np.sum(d * d))
-  se = float(np.sqrt(len(gain)) * np.std(gain, ddof=1)) if len(gain) >= 3 else 0.0
-  return float(np.clip((gain.sum() - z * se) / dd, 0.0, 1.0)) if dd > 0 else 0.0
+  return _bounded_weight(gain, float(np.sum(d * d)), z)
+
+
+def _bounded_weight(terms, denom: float, z: float) -> float:
+  """(Σ terms − z·SE) / denom clipped to [0, 1], SE the standard error of the sum of the per-image `terms`
+  (B,) (0 below 3 images); 0 when `denom` is 0. The lower-confidence-bound weight of `output_gain` and
+  `blend_weight`."""
+  se = float(np.sqrt(len(terms)) * np.std(terms, ddof=1)) if len(terms) >= 3 else 0.0
+  return float(np.clip((np.sum(terms) - z * se) / denom, 0.0, 1.0)) if denom > 0 else 0.0
 
 
 def gained(images, est: SureEstimate) -> tuple[float, SureEstimate]:
