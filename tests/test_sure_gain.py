@@ -1,7 +1,7 @@
 """SURE's output gain (`sure.output_gain`, issue 29): α = (⟨f, y⟩ − tr(Σ J_f)) / ‖f‖² estimates the
 MSE-optimal scalar gain of a denoiser's output without clean images, white and coloured noise; the gained
 output of a method that passes more noise than signal falls back below the signal power; α is taken from a
-lower confidence bound of ⟨f, x⟩, so an uncertain estimate errs toward a blank image."""
+lower confidence bound of the ratio, so an uncertain estimate errs toward a blank image."""
 
 import json
 
@@ -55,7 +55,7 @@ def test_the_gain_bound_keeps_a_thresholding_method_at_or_below_a_blank_image():
   """ddtf (hard thresholds at 1.5× its default) at SNR 0.02 under low-frequency coloured noise, 64 images
   of 32²: its output holds a few % of signal against ⟨f, y⟩, so SURE's point estimate of α can land far
   above the optimum; on one of three noise draws it does, and α·f is worse than a blank image. The lower
-  bound (⟨f, x⟩ less 2 standard errors) keeps every draw at or below a blank image."""
+  bound (the ratio less 2 standard errors) keeps every draw at or below a blank image."""
   from cryojax_denoise.noise.methods import wrap
 
   x = _images(64, seed=5)
@@ -71,6 +71,25 @@ def test_the_gain_bound_keeps_a_thresholding_method_at_or_below_a_blank_image():
       out.append(np.mean((S.output_gain(y, f, est, z=z)[0] * f - x) ** 2) / blank)
   assert max(point) > 1.005
   assert max(bound) <= 1.0 + 1e-6
+
+
+def test_the_bound_measures_the_ratio_not_how_much_signal_each_image_carries():
+  """The bound's standard error is the ratio estimator's: per-image terms exactly proportional to their
+  denominators give the ratio itself, however unequal the images; and with particles whose signal spans 10×
+  (gaussian width 1, SNR 0.5, coloured) the bound costs under 0.1 in α where the spread of the per-image
+  ⟨f, x⟩ estimates (the sum's standard error) costs 0.2."""
+  denoms = np.geomspace(1.0, 100.0, 16)
+  assert S._bounded_weight(0.7 * denoms, denoms, S.GAIN_Z) == pytest.approx(0.7)
+  x = _images(64, seed=7) * np.geomspace(0.3, 3.0, 64)[:, None, None]
+  x = (x / np.sqrt(np.mean(x ** 2))).astype(np.float32)
+  psd = _low_frequency_psd(1.0 / 0.5)
+  y = (x + S._colour(np.random.default_rng(1).normal(size=x.shape), psd)).astype(np.float32)
+  est = S.sure(denoisers.get("gaussian", width=1.0), y, noise_psd=psd, eps=0.01, keep_output=True)
+  f = est.output.astype(np.float64)
+  point, bound = S.output_gain(y, f, est, z=0.0)[0], S.output_gain(y, f, est)[0]
+  terms = np.sum(f * y, axis=(1, 2)) - np.square(est.sigma) * est.div * y[0].size
+  by_sum = (terms.sum() - S.GAIN_Z * np.sqrt(len(terms)) * np.std(terms, ddof=1)) / np.sum(f * f)
+  assert point - 0.1 < bound < point and point - by_sum > 0.2
 
 
 def test_gain_of_a_good_denoiser_is_near_one_and_keeps_sure():
