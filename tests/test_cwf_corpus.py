@@ -211,6 +211,25 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_step=0)
 
 
+def test_autoencoder_cwf_without_its_correction_is_the_registered_cwf(monkeypatch):
+  """The correction is weighed against the registered cwf (its basis reach), not the network's reach-0
+  prior: with β = 0 autoencoder_cwf's output is the registered cwf's, and β = 1 is the network's output."""
+  from cryojax_denoise.data import ctf as ctf_lib
+  from cryojax_denoise.training import learned
+
+  src = load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 100, 32, snr=0.2, seed=5, ctf=True)
+  ctf = ctf_lib.ctf_grid(ds.particles, ds.optics, 32, ds.pixel_size)
+  cwf = np.asarray(denoisers.fit("cwf", ds.noisy, None, ctf)(ds.noisy[:8], None, ctf[:8]))
+  outs = {}
+  for beta in (0.0, 1.0):
+    monkeypatch.setattr(learned, "correction_weight", lambda *a, b=beta, **k: b)
+    outs[beta] = np.asarray(denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_steps=0)(
+        ds.noisy[:8], None, ctf[:8]))
+  np.testing.assert_allclose(outs[0.0], cwf, atol=1e-6)
+  assert np.mean((outs[1.0] - cwf) ** 2) > 1e-4 * np.mean(cwf ** 2)
+
+
 def test_get_autoencoder_cwf_fits_once_then_reuses(monkeypatch):
   """`get("autoencoder_cwf")` used to refit CWF (and fine-tune) on every batch call: now the first
   batch of a size fits, later batches reuse that fit (same output for the same images)."""

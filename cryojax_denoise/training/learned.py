@@ -49,10 +49,14 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   lets it beat CWF on molecules unlike the training corpus (see README). Its cost does not grow with the box:
   particles larger than `FINETUNE_CROP` are seen as random crops of it (the network is convolutional and
   then denoises whole particles), and at most `FINETUNE_INPUT_GB` of inputs are built, from a random subset
-  of the particles (1,024 of 256²; every particle of a 64² stack up to 16,384). `cwf`: the "cwf" method already
-  fitted on these `images`, σ and CTFs, used when its basis reach (`den.reach`) is the network's prior's
-  (`cwf_corpus.PRIOR_REACH`; the registered cwf's default is not); otherwise (or None) CWF is fitted here
-  with that reach."""
+  of the particles (1,024 of 256²; every particle of a 64² stack up to 16,384).
+
+  Two CWF fits: the network's prior, with the basis reach it was trained with (`cwf_corpus.PRIOR_REACH`, the
+  inscribed disk), and the registered cwf (its default reach, `cwf.fit_denoiser`), which is the base the
+  correction is weighed against (`correction_weight`): the output is cwf + β·(network − cwf), so where SURE
+  cannot show the network to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
+  2.4% worse than it). `cwf`: the "cwf" method already fitted on these `images`, σ and CTFs: the prior when
+  its reach (`den.reach`) is the prior's, else the base; the other is fitted here."""
   import tempfile
 
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
@@ -75,8 +79,9 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   noise_std = noise_std_or_estimate(images, noise_std)
   from cryojax_denoise.training.cwf_corpus import PRIOR_REACH
 
-  if cwf is None or getattr(cwf, "reach", PRIOR_REACH) != PRIOR_REACH:
-    cwf = fit("cwf", images, noise_std, ctf, reach=PRIOR_REACH)
+  given_prior = cwf is not None and getattr(cwf, "reach", PRIOR_REACH) == PRIOR_REACH
+  base = cwf if cwf is not None and not given_prior else fit("cwf", images, noise_std, ctf)
+  cwf = cwf if given_prior else fit("cwf", images, noise_std, ctf, reach=PRIOR_REACH)
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss, train
 
@@ -91,14 +96,16 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
       net = restore.load_denoiser(tuned)
 
   def corrected(batch, noise_std=None, ctf=None):
-    return net(batch, prior=np.asarray(cwf(batch, noise_std, ctf)))
+    return np.asarray(net(batch, prior=np.asarray(cwf(batch, noise_std, ctf))))
 
-  beta = correction_weight(images, noise_std, ctf, cwf, corrected)
+  beta = correction_weight(images, noise_std, ctf, base, corrected)
 
   def denoise(batch, noise_std=None, ctf=None):
-    prior = np.asarray(cwf(batch, noise_std, ctf))
-    out = prior if beta == 0.0 else np.asarray(net(batch, prior=prior))
-    return out if beta == 1.0 else prior + np.float32(beta) * (out - prior)
+    start = np.asarray(base(batch, noise_std, ctf))
+    if beta == 0.0:
+      return start
+    out = corrected(batch, noise_std, ctf)
+    return out if beta == 1.0 else start + np.float32(beta) * (out - start)
 
   denoise.correction_weight = beta
   return denoise
@@ -106,7 +113,8 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 
 def correction_weight(images, noise_std, ctf, cwf: Callable, corrected: Callable, seed: int = 1) -> float:
   """How much of the network's correction of CWF to apply on this stack: SURE's β in [0, 1]
-  (`sure.blend_weight`: its lower confidence bound) for cwf + β·(network − cwf), on `BLEND_IMAGES` random
+  (`sure.blend_weight`: its lower confidence bound) for cwf + β·(network − cwf), `cwf` the base estimate
+  (the registered cwf) and `corrected` the network's output, on `BLEND_IMAGES` random
   particles with their CTFs, both probed alike with the fitted models held fixed. The network was trained on
   64² corpus molecules; where its correction does not carry over (a 256² box, another molecule) this keeps
   autoencoder_cwf at CWF instead of below it."""
