@@ -55,7 +55,8 @@ def main() -> None:
   size, pixel_size = noisy.shape[-1], star.pixel_size()
   ctf = ctf_lib.ctf_grid(star.particles.iloc[:n_fit], star.optics, size, pixel_size)
   sigma = np.asarray(estimate_noise_std(noisy), np.float32)
-  y, s, c, power = noisy[:n_score], sigma[:n_score], ctf[:n_score], float(np.var(clean))
+  y, s, power = noisy[:n_score], sigma[:n_score], float(np.var(clean))
+  c = None if ctf is None else ctf[:n_score]  # a stack simulated with ctf=False has none
   done = set()
   if os.path.exists(args.out):
     done = {json.loads(line)["method"] for line in open(args.out)}
@@ -63,7 +64,7 @@ def main() -> None:
     t0, c0 = time.time(), time.process_time()
     if denoisers.REGISTRY[name].fit is not None:
       den = denoisers.fit(name, noisy, sigma, ctf)
-      out = np.concatenate([np.asarray(den(y[i:i + 32], s[i:i + 32], c[i:i + 32]))
+      out = np.concatenate([np.asarray(den(y[i:i + 32], s[i:i + 32], None if c is None else c[i:i + 32]))
                             for i in range(0, n_score, 32)])
     else:
       den = denoisers.get(name)
@@ -75,7 +76,7 @@ def main() -> None:
 
       k = min(args.sure, n_score)
       fitted = denoisers.REGISTRY[name].fit is not None
-      est = sure_policy.method_sure(name, den, y[:k], None, ctf=c[:k] if fitted else None, fitted=fitted)
+      est = sure_policy.method_sure(name, den, y[:k], None, ctf=c[:k] if fitted and c is not None else None, fitted=fitted)
       if not isinstance(est, str):
         extra = {"sure_images": k, "sure_mse": est.mean, "sure_se": est.standard_error,
                  "sure_true_mse": float(np.mean((out[:k].astype(np.float64) - clean[:k]) ** 2))}
