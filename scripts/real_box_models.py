@@ -76,7 +76,8 @@ def main() -> None:
 
       k = min(args.sure, n_score)
       fitted = denoisers.REGISTRY[name].fit is not None
-      est = sure_policy.method_sure(name, den, y[:k], None, ctf=c[:k] if fitted and c is not None else None, fitted=fitted)
+      ctf_k = c[:k] if fitted and c is not None else None
+      est = sure_policy.method_sure(name, den, y[:k], None, ctf=ctf_k, fitted=fitted)
       if not isinstance(est, str):
         extra = {"sure_images": k, "sure_mse": est.mean, "sure_se": est.standard_error,
                  "sure_true_mse": float(np.mean((out[:k].astype(np.float64) - clean[:k]) ** 2))}
