@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python scripts/real_box_models.py SIM_DIR OUT.jsonl [--n_fit 2000] [--n_score 200]
         [--methods cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian] [--sure 64]
+    PYTHONPATH=. python scripts/real_box_models.py --table OUT.jsonl [MORE.jsonl ...]
 
 SIM_DIR is a `simulate` workdir (particles.star, noisy.mrcs, clean.mrcs), e.g. the ribosome at 1.52 Å/px,
 128² or 256², SNR 0.1, CTF:
@@ -13,6 +14,8 @@ Each method as `denoise` applies it by default: σ estimated per image, registry
 models; the dataset-level methods (cwf, autoencoder_cwf) fitted on the first `--n_fit` particles with their
 CTFs (held fixed), every method scored on the first `--n_score`. MSE relative to the scored clean images'
 variance, and in absolute units; one JSON line per method appended to OUT.jsonl (done methods skipped).
+`--table` prints the SURE rows of such files as one markdown table (a cell passes when
+|SURE − true| <= 10% of true + 2 standard errors, issue 32) with a count of the cells that pass.
 """
 
 from __future__ import annotations
@@ -30,7 +33,31 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
+def sure_table(paths: list[str]) -> None:
+  """Markdown table of the rows with a SURE estimate: box, SNR, CTF (from each stack's config.json), method."""
+  rows = []
+  for path in paths:
+    for line in open(path):
+      r = json.loads(line)
+      if "sure_mse" not in r:
+        continue
+      cfg = json.load(open(os.path.join(r["sim_dir"], "config.json")))
+      rows.append((r["size"], -float(cfg["snr"]), not cfg["ctf"], r["method"], r))
+  print("| box | SNR | CTF | method | n | true MSE | SURE ± SE | SURE / true | z | within 10% + 2 SE |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  passed = 0
+  for size, neg_snr, no_ctf, method, r in sorted(rows, key=lambda t: t[:3]):
+    est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
+    ok = abs(est - true) <= 0.1 * true + 2 * se
+    passed += ok
+    print(f"| {size}² | {-neg_snr:g} | {'no' if no_ctf else 'yes'} | {method} | {r['sure_images']} | {true:.4g} | "
+          f"{est:.4g} ± {se:.2g} | {est / true:.3f} | {(est - true) / se:+.2f} | {'yes' if ok else '**no**'} |")
+  print(f"\n{passed} of {len(rows)} cells within 10% + 2 standard errors")
+
+
 def main() -> None:
+  if sys.argv[1:2] == ["--table"]:
+    return sure_table(sys.argv[2:])
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("sim_dir")
   ap.add_argument("out")
