@@ -50,6 +50,7 @@ def sure_table(paths: list[str]) -> None:
     est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
     ok = abs(est - true) <= 0.1 * true + 2 * se
     passed += ok
+    method += " (fit without the scored)" if r.get("held_out") and r["method"] in ("cwf", "autoencoder_cwf") else ""
     print(f"| {size}² | {-neg_snr:g} | {'no' if no_ctf else 'yes'} | {method} | {r['sure_images']} | {true:.4g} | "
           f"{est:.4g} ± {se:.2g} | {est / true:.3f} | {(est - true) / se:+.2f} | {'yes' if ok else '**no**'} |")
   print(f"\n{passed} of {len(rows)} cells within 10% + 2 standard errors")
@@ -66,6 +67,8 @@ def main() -> None:
   ap.add_argument("--methods", default="cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian")
   ap.add_argument("--sure", type=int, default=0, help="also SURE's estimate (as `denoise` logs it) on this many "
                   "of the scored images, absolute units with its standard error, and their true MSE")
+  ap.add_argument("--held_out", action="store_true", help="fit the dataset-level methods on the --n_fit particles "
+                  "after the scored ones (the scored particles out of the fit) instead of the first --n_fit")
   args = ap.parse_args()
 
   import mrcfile
@@ -77,20 +80,24 @@ def main() -> None:
   star = io.read_star(os.path.join(args.sim_dir, "particles.star"))
   n_fit = min(args.n_fit, len(star))
   n_score = min(args.n_score, n_fit)
-  noisy = np.asarray(mrcfile.mmap(os.path.join(args.sim_dir, "noisy.mrcs"), mode="r").data[:n_fit], np.float32)
+  n_read = min(n_fit + n_score, len(star)) if args.held_out else n_fit
+  fit_rows = slice(n_score, n_read) if args.held_out else slice(0, n_fit)
+  noisy = np.asarray(mrcfile.mmap(os.path.join(args.sim_dir, "noisy.mrcs"), mode="r").data[:n_read], np.float32)
   clean = np.asarray(mrcfile.mmap(os.path.join(args.sim_dir, "clean.mrcs"), mode="r").data[:n_score], np.float64)
   size, pixel_size = noisy.shape[-1], star.pixel_size()
-  ctf = ctf_lib.ctf_grid(star.particles.iloc[:n_fit], star.optics, size, pixel_size)
+  ctf = ctf_lib.ctf_grid(star.particles.iloc[:n_read], star.optics, size, pixel_size)
   sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   y, s, power = noisy[:n_score], sigma[:n_score], float(np.var(clean))
   c = None if ctf is None else ctf[:n_score]  # a stack simulated with ctf=False has none
+  fit_data = (noisy[fit_rows], sigma[fit_rows], None if ctf is None else ctf[fit_rows])
+  n_fit = len(fit_data[0])
   done = set()
   if os.path.exists(args.out):
     done = {json.loads(line)["method"] for line in open(args.out)}
   for name in (m for m in args.methods.split(",") if m and m not in done):
     t0, c0 = time.time(), time.process_time()
     if denoisers.REGISTRY[name].fit is not None:
-      den = denoisers.fit(name, noisy, sigma, ctf)
+      den = denoisers.fit(name, *fit_data)
       out = np.concatenate([np.asarray(den(y[i:i + 32], s[i:i + 32], None if c is None else c[i:i + 32]))
                             for i in range(0, n_score, 32)])
     else:
@@ -108,7 +115,8 @@ def main() -> None:
       if not isinstance(est, str):
         extra = {"sure_images": k, "sure_mse": est.mean, "sure_se": est.standard_error,
                  "sure_true_mse": float(np.mean((out[:k].astype(np.float64) - clean[:k]) ** 2))}
-    row = {"method": name, "size": int(size), "pixel_size_A": float(pixel_size), "n_fit": n_fit, "n_score": n_score,
+    row = {"method": name, "size": int(size), "pixel_size_A": float(pixel_size), "n_fit": n_fit,
+           "held_out": args.held_out, "n_score": n_score,
            "mse": mse, "mse_rel": mse / power, "seconds": round(time.time() - t0, 1),
            "cpu_s": round(time.process_time() - c0, 1), "sim_dir": os.path.abspath(args.sim_dir), **extra}
     with open(args.out, "a") as f:
