@@ -101,3 +101,42 @@ def test_denoise_quality_probes_a_fitted_method_with_each_particles_ctf(tmp_path
   monkeypatch.setattr(P, "method_sure", lambda *a, **k: "a reason")
   with pytest.raises(ValueError, match="a reason"):
     sure_step.quality(settings, table, reader, den, ctf_of)
+
+
+def test_fit_leaves_out_the_particles_sure_scores(tmp_path, monkeypatch):
+  """`denoise` fits a dataset-level method on particles SURE does not score (its fixed-model premise holds:
+  fitted on them too, cwf's SURE read low by the fit's dependence on their noise); the output gain's particles
+  too when it applies; on a stack where they would be over a tenth, the fit keeps every particle."""
+  import mrcfile
+
+  import importlib
+
+  import cryojax_denoise.noise.methods as M
+  from cryojax_denoise import denoise_stack, io
+  from cryojax_denoise.pipeline import sure_step
+  from cryojax_denoise.pipeline.params import Settings
+
+  R = importlib.import_module("cryojax_denoise.pipeline.run")  # the module (the package exports `run`, a function)
+  rng = np.random.default_rng(3)
+  fitted = []
+  monkeypatch.setattr(M, "fit_coloured", lambda name, images, *a, **k: fitted.append(len(images)) or
+                      (lambda y, s, ctf=None: y))
+  seen = {}
+  inputs = R._fit_inputs
+  monkeypatch.setattr(R, "_fit_inputs", lambda table, reader, rows, *a: seen.update(rows=rows) or
+                      inputs(table, reader, rows, *a))
+  reader = io.ImageReader()
+  for n, gain, held in ((400, False, 32), (2000, True, None), (200, False, 0)):
+    mrcfile.write(tmp_path / f"p{n}.mrcs", rng.standard_normal((n, 8, 8)).astype(np.float32), overwrite=True)
+    table = denoise_stack.open_particles(str(tmp_path / f"p{n}.mrcs"), reader)
+    settings = Settings(method="cwf", noise_std=1.0, sure_images=32, fit_size=10_000,
+                        output_gain="on" if gain else "off")
+    R.fit_denoiser(settings, table, reader)
+    scored = set(P.subset(n, 32)) | (set(P.subset(n, sure_step.GAIN_IMAGES)) if gain else set())
+    rows = set(seen["rows"].tolist())
+    assert len(rows) == len(seen["rows"]) == fitted[-1]
+    if held == 0:  # 32 of 200 scored: over a tenth, nothing left out
+      assert rows == set(range(n))
+    else:
+      assert not rows & scored and rows | scored == set(range(n))
+      assert held is None or len(rows) == n - held

@@ -114,8 +114,8 @@ def make_denoiser(settings: Settings, params: dict | None = None, psd=None) -> C
 
 def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, psd=None):
   """Dataset-level methods (a registry `fit` hook, e.g. cwf): reads `fit_size` random particles (and their
-  CTFs from the STAR file) and fits, on whitened particles when `psd` (noise spectrum (H, W)) is given;
-  returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
+  CTFs from the STAR file), none of those SURE scores (`sure_step.scored_rows`), and fits, on whitened
+  particles when `psd` (noise spectrum (H, W)) is given; returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.noise.methods import fit_coloured
 
@@ -127,11 +127,14 @@ def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, 
     logging.warning("%s: no CTF metadata (a bare MRC stack or no rlnDefocusU): %s runs with the identity CTF",
                     table.source, settings.method)
   n = len(table)
-  rows = np.sort(np.random.default_rng(0).choice(n, min(n, int(settings.fit_size)), replace=False))
+  held = sure_step.scored_rows(settings, n, gain_applies(settings.output_gain, psd))
+  pool = np.setdiff1d(np.arange(n), held)  # SURE's particles out of the fit: its fixed-model premise holds
+  rows = np.sort(np.random.default_rng(0).choice(pool, min(len(pool), int(settings.fit_size)), replace=False))
   mean, scale = denoise_stack.normalization(table, reader, settings.normalize)
   std = None if not settings.sigma else settings.sigma / scale
-  logging.info("%s: fitting on %d of %d particles%s", settings.method, len(rows), n,
-               " with their CTFs" if ctf_of else "")
+  logging.info("%s: fitting on %d of %d particles%s%s", settings.method, len(rows), n,
+               " with their CTFs" if ctf_of else "",
+               f" (the {len(held)} that SURE scores left out)" if len(held) else "")
   images, ctfs = _fit_inputs(table, reader, rows, mean, scale, ctf_of)
   if psd is None and "memory_gb" in denoisers.registry.keyword_params(denoisers.REGISTRY[settings.method].fit):
     params.setdefault("memory_gb", _memory_gb(settings, table.shape[-1], len(rows), params.get("max_box")))
