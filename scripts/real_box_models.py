@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python scripts/real_box_models.py SIM_DIR OUT.jsonl [--n_fit 2000] [--n_score 200]
         [--methods cwf,autoencoder_cwf,autoencoder,gan,bm3d,gaussian] [--sure 64]
-    PYTHONPATH=. python scripts/real_box_models.py --table OUT.jsonl [MORE.jsonl ...]
+    PYTHONPATH=. python scripts/real_box_models.py --table|--matrix OUT.jsonl [MORE.jsonl ...]
 
 SIM_DIR is a `simulate` workdir (particles.star, noisy.mrcs, clean.mrcs), e.g. the ribosome at 1.52 Å/px,
 128² or 256², SNR 0.1, CTF:
@@ -15,7 +15,8 @@ models; the dataset-level methods (cwf, autoencoder_cwf) fitted on the first `--
 CTFs (held fixed), every method scored on the first `--n_score`. MSE relative to the scored clean images'
 variance, and in absolute units; one JSON line per method appended to OUT.jsonl (done methods skipped).
 `--table` prints the SURE rows of such files as one markdown table (a cell passes when
-|SURE − true| <= 10% of true + 2 standard errors, issue 32) with a count of the cells that pass.
+|SURE − true| <= 10% of true + 2 standard errors, issue 32) with a count of the cells that pass; `--matrix` the
+same cells compactly, a row per method and a column per SNR and CTF.
 """
 
 from __future__ import annotations
@@ -56,9 +57,35 @@ def sure_table(paths: list[str]) -> None:
   print(f"\n{passed} of {len(rows)} cells within 10% + 2 standard errors")
 
 
+def sure_matrix(paths: list[str]) -> None:
+  """The same rows as one compact table per box: a row per method, a column per (SNR, CTF), each cell
+  SURE / true (z), in bold where it is outside 10% + 2 standard errors."""
+  cells, methods = {}, []
+  for path in paths:
+    for line in open(path):
+      r = json.loads(line)
+      if "sure_mse" not in r:
+        continue
+      cfg = json.load(open(os.path.join(r["sim_dir"], "config.json")))
+      est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
+      text = f"{est / true:.3f} ({(est - true) / se:+.1f})"
+      cells[(r["size"], (-float(cfg["snr"]), not cfg["ctf"]), r["method"])] = (
+          text if abs(est - true) <= 0.1 * true + 2 * se else f"**{text}**")
+      methods += [r["method"]] if r["method"] not in methods else []
+  for size in sorted({k[0] for k in cells}):
+    cols = sorted({k[1] for k in cells if k[0] == size})
+    print(f"\n{size}²: SURE / true MSE (z); columns SNR, CTF\n")
+    print("| method | " + " | ".join(f"{-s:g}, {'no CTF' if n else 'CTF'}" for s, n in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for m in methods:
+      print(f"| {m} | " + " | ".join(cells.get((size, col, m), "–") for col in cols) + " |")
+
+
 def main() -> None:
   if sys.argv[1:2] == ["--table"]:
     return sure_table(sys.argv[2:])
+  if sys.argv[1:2] == ["--matrix"]:
+    return sure_matrix(sys.argv[2:])
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("sim_dir")
   ap.add_argument("out")
