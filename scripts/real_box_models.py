@@ -34,44 +34,40 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 
-def sure_table(paths: list[str]) -> None:
-  """Markdown table of the rows with a SURE estimate: box, SNR, CTF (from each stack's config.json), method."""
-  rows = []
+def _sure_cells(paths: list[str]):
+  """(row, its stack's config.json, within 10% + 2 standard errors?) for each row with a SURE estimate."""
   for path in paths:
     for line in open(path):
       r = json.loads(line)
-      if "sure_mse" not in r:
-        continue
-      cfg = json.load(open(os.path.join(r["sim_dir"], "config.json")))
-      rows.append((r["size"], -float(cfg["snr"]), not cfg["ctf"], r["method"], r))
+      if "sure_mse" in r:
+        cfg = json.load(open(os.path.join(r["sim_dir"], "config.json")))
+        yield r, cfg, abs(r["sure_mse"] - r["sure_true_mse"]) <= 0.1 * r["sure_true_mse"] + 2 * r["sure_se"]
+
+
+def sure_table(paths: list[str]) -> None:
+  """Markdown table of the rows with a SURE estimate: box, SNR, CTF (from each stack's config.json), method."""
+  cells = sorted(_sure_cells(paths), key=lambda c: (c[0]["size"], -float(c[1]["snr"]), not c[1]["ctf"]))
   print("| box | SNR | CTF | method | n | true MSE | SURE ± SE | SURE / true | z | within 10% + 2 SE |")
   print("|---|---|---|---|---|---|---|---|---|---|")
-  passed = 0
-  for size, neg_snr, no_ctf, method, r in sorted(rows, key=lambda t: t[:3]):
+  for r, cfg, ok in cells:
     est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
-    ok = abs(est - true) <= 0.1 * true + 2 * se
-    passed += ok
-    method += " (fit without the scored)" if r.get("held_out") and r["method"] in ("cwf", "autoencoder_cwf") else ""
-    print(f"| {size}² | {-neg_snr:g} | {'no' if no_ctf else 'yes'} | {method} | {r['sure_images']} | {true:.4g} | "
-          f"{est:.4g} ± {se:.2g} | {est / true:.3f} | {(est - true) / se:+.2f} | {'yes' if ok else '**no**'} |")
-  print(f"\n{passed} of {len(rows)} cells within 10% + 2 standard errors")
+    held = r.get("held_out") and r["method"] in ("cwf", "autoencoder_cwf")
+    method = r["method"] + (" (fit without the scored)" if held else "")
+    print(f"| {r['size']}² | {float(cfg['snr']):g} | {'yes' if cfg['ctf'] else 'no'} | {method} | "
+          f"{r['sure_images']} | {true:.4g} | {est:.4g} ± {se:.2g} | {est / true:.3f} | {(est - true) / se:+.2f} | "
+          f"{'yes' if ok else '**no**'} |")
+  print(f"\n{sum(ok for _, _, ok in cells)} of {len(cells)} cells within 10% + 2 standard errors")
 
 
 def sure_matrix(paths: list[str]) -> None:
   """The same rows as one compact table per box: a row per method, a column per (SNR, CTF), each cell
   SURE / true (z), in bold where it is outside 10% + 2 standard errors."""
   cells, methods = {}, []
-  for path in paths:
-    for line in open(path):
-      r = json.loads(line)
-      if "sure_mse" not in r:
-        continue
-      cfg = json.load(open(os.path.join(r["sim_dir"], "config.json")))
-      est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
-      text = f"{est / true:.3f} ({(est - true) / se:+.1f})"
-      cells[(r["size"], (-float(cfg["snr"]), not cfg["ctf"]), r["method"])] = (
-          text if abs(est - true) <= 0.1 * true + 2 * se else f"**{text}**")
-      methods += [r["method"]] if r["method"] not in methods else []
+  for r, cfg, ok in _sure_cells(paths):
+    est, se, true = r["sure_mse"], r["sure_se"], r["sure_true_mse"]
+    text = f"{est / true:.3f} ({(est - true) / se:+.1f})"
+    cells[(r["size"], (-float(cfg["snr"]), not cfg["ctf"]), r["method"])] = text if ok else f"**{text}**"
+    methods += [r["method"]] if r["method"] not in methods else []
   for size in sorted({k[0] for k in cells}):
     cols = sorted({k[1] for k in cells if k[0] == size})
     print(f"\n{size}²: SURE / true MSE (z); columns SNR, CTF\n")

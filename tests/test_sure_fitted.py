@@ -107,9 +107,9 @@ def test_fit_leaves_out_the_particles_sure_scores(tmp_path, monkeypatch):
   """`denoise` fits a dataset-level method on particles SURE does not score (its fixed-model premise holds:
   fitted on them too, cwf's SURE read low by the fit's dependence on their noise); the output gain's particles
   too when it applies; on a stack where they would be over a tenth, the fit keeps every particle."""
-  import mrcfile
-
   import importlib
+
+  import mrcfile
 
   import cryojax_denoise.noise.methods as M
   from cryojax_denoise import denoise_stack, io

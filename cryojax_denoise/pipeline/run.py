@@ -115,7 +115,8 @@ def make_denoiser(settings: Settings, params: dict | None = None, psd=None) -> C
 def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, psd=None):
   """Dataset-level methods (a registry `fit` hook, e.g. cwf): reads `fit_size` random particles (and their
   CTFs from the STAR file), none of those SURE scores (`sure_step.scored_rows`), and fits, on whitened
-  particles when `psd` (noise spectrum (H, W)) is given; returns (den(images, σ, ctf), ctf_of: rows -> CTFs, or None)."""
+  particles when `psd` (noise spectrum (H, W)) is given; returns (den(images, σ, ctf), ctf_of: rows -> CTFs,
+  or None)."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.noise.methods import fit_coloured
 

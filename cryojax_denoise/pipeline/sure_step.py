@@ -44,7 +44,7 @@ def scored_rows(settings: Settings, n: int, gain: bool) -> np.ndarray:
     return np.zeros(0, np.int64)
   sets = [sure_policy.subset(n, settings.sure_images)]
   if gain:
-    sets.append(sure_policy.subset(n, max(settings.sure_images, GAIN_IMAGES)))
+    sets.append(sure_policy.subset(n, gain_images(settings)))
   rows = np.unique(np.concatenate(sets))
   return rows if len(rows) <= HOLD_OUT_FRACTION * n else np.zeros(0, np.int64)
 
@@ -122,6 +122,11 @@ def quality(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None) 
 GAIN_IMAGES = 128
 
 
+def gain_images(settings: Settings) -> int:
+  """How many random images the output gain α is estimated on: max(`sure_images`, GAIN_IMAGES)."""
+  return max(settings.sure_images, GAIN_IMAGES)
+
+
 def output_gain(settings: Settings, table, reader, denoiser, ctf_of=None, psd=None, params: dict | None = None):
   """SURE's MSE-optimal output gain α in [0, 1] of the denoiser as applied: {"alpha", "n_images", "sure" (the
   gained output's SURE record, input units), "relative_mse_without_gain"}, α from
@@ -132,7 +137,7 @@ def output_gain(settings: Settings, table, reader, denoiser, ctf_of=None, psd=No
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers.tuning import sure_policy
 
-  images, noise_std, scale, rows = sure_subset(settings, table, reader, max(settings.sure_images, GAIN_IMAGES))
+  images, noise_std, scale, rows = sure_subset(settings, table, reader, gain_images(settings))
   out = sure_policy.gained_method(settings.method, denoiser, images, noise_std,
                                   ctf=None if ctf_of is None else ctf_of(np.asarray(rows)), noise_psd=psd,
                                   fitted=denoisers.REGISTRY[settings.method].fit is not None,
