@@ -3,6 +3,8 @@
     PYTHONPATH=. python scripts/coloured_oracle.py OUT.jsonl [--volume MAP.mrc | --structure MODEL.cif]
         [--pixel_size 5] [--size 64] [--snrs 0.1,0.05,0.02] [--spectra issue:reprojection48,issue:relion31]
         [--n 1000] [--n_score 128] [--n_cov 40000] [--seed 20000] [--methods cwf,autoencoder_cwf]
+        [--no_oracle]
+    PYTHONPATH=. python scripts/coloured_oracle.py --table OUT.jsonl [MORE.jsonl ...]
 
 `--volume ""` without `--structure` is the built-in phantom; `--pixel_size 0` the map's own (the phantom's and
 a model's: ~60% of the box). Defaults: the unseen ribosome at 5 Å/px, 64², CTF, 1,000 particles.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -93,9 +96,29 @@ def oracle(y, ctf, psd, mean, cov, c):
   return out
 
 
+def table(paths) -> None:
+  """Markdown: per molecule, SNR and spectrum, each estimator's white and coloured MSE and their ratio."""
+  merged = {}  # rows of one (molecule, SNR, spectrum, scored set) from several runs merge, the later winning
+  for r in (json.loads(line) for p in paths for line in open(p) if line.strip()):
+    merged.setdefault((r["source"], r["snr"], r["spectrum"], r["n_score"]), {}).update(r)
+  rows = list(merged.values())
+  white = {(r["source"], r["snr"]): r for r in rows if r["spectrum"] == "white"}
+  names = [m for m in ("oracle", "cwf", "autoencoder_cwf") if any(m in r for r in rows)]
+  print("| molecule | SNR | spectrum | n | " + " | ".join(f"{m}: white, coloured (ratio)" for m in names) + " |")
+  print("|---|---|---|---|" + "---|" * len(names))
+  for r in sorted(rows, key=lambda r: (r["source"], -r["snr"], r["spectrum"])):
+    w = white.get((r["source"], r["snr"]))
+    if r["spectrum"] == "white" or w is None:
+      continue
+    cells = [f"{w[m]:.3f}, {r[m]:.3f} ({r[m] / w[m]:.3f})" if m in r and m in w else "" for m in names]
+    print(f"| {os.path.basename(r['source'])} | {r['snr']:g} | {r['spectrum']} | {r['n_score']} | "
+          + " | ".join(cells) + " |")
+
+
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("out")
+  ap.add_argument("out", nargs="?", default="")
+  ap.add_argument("--table", nargs="+", default=None)
   ap.add_argument("--volume", default="../shared/data/ribosome70S_65.mrc")
   ap.add_argument("--structure", default=None)
   ap.add_argument("--pixel_size", type=float, default=5.0)
@@ -107,7 +130,10 @@ def main():
   ap.add_argument("--n_cov", type=int, default=40000)
   ap.add_argument("--seed", type=int, default=20000)
   ap.add_argument("--methods", default="cwf")
+  ap.add_argument("--no_oracle", action="store_true", help="the methods alone (rows merge in --table)")
   args = ap.parse_args()
+  if args.table:
+    return table(args.table)
   if args.structure:
     args.volume = None
 
@@ -121,8 +147,9 @@ def main():
   size, k = args.size, args.n_score
   t0 = time.time()
   m, s, free = stack_constants(src, size, args.n, args.seed)
-  mean, cov = clean_moments(src, size, args.n_cov, s, args.seed + 7919)
-  print(f"moments of {args.n_cov} clean projections: {time.time() - t0:.0f} s", flush=True)
+  if not args.no_oracle:
+    mean, cov = clean_moments(src, size, args.n_cov, s, args.seed + 7919)
+    print(f"moments of {args.n_cov} clean projections: {time.time() - t0:.0f} s", flush=True)
   for snr in (float(v) for v in args.snrs.split(",")):
     runs = {}
     for name in ["white"] + args.spectra.split(","):
@@ -137,10 +164,11 @@ def main():
       g = np.ones((size, size)) if radial is None else wh.psd_grid(radial, (size, size))
       psd = g * float(ds.noise_std) ** 2 / g.mean()
       power = float(np.mean(x ** 2))
-      t1 = time.time()
-      est = oracle(ds.noisy[:k].astype(np.float64), ctf[:k], psd, mean, cov, -m / s)
-      row = {"snr": snr, "spectrum": name, "n_score": k, "n_cov": args.n_cov, "source": ds.source,
-             "oracle": float(np.mean((est - x) ** 2)) / power, "oracle_s": round(time.time() - t1, 1)}
+      row = {"snr": snr, "spectrum": name, "n_score": k, "source": ds.source}
+      if not args.no_oracle:
+        t1 = time.time()
+        est = oracle(ds.noisy[:k].astype(np.float64), ctf[:k], psd, mean, cov, -m / s)
+        row.update(n_cov=args.n_cov, oracle=float(np.mean((est - x) ** 2)) / power, oracle_s=round(time.time() - t1, 1))
       for method in filter(None, args.methods.split(",")):
         t1 = time.time()
         den = fit_coloured(method, ds.noisy, None, ctf, None if radial is None else psd)

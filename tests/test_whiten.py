@@ -112,6 +112,34 @@ def test_cwf_coloured_beats_white_model():
   assert coloured < 0.9 * white, (coloured, white)
 
 
+
+@pytest.mark.parametrize("with_ctf", [True, False])
+def test_cwf_coloured_fit_stays_streamed(with_ctf):
+  """Lazy particles (`budget.Rows`, as `denoise` passes them) are whitened a batch at a time as cwf's fit
+  reads them, within `memory_gb`: no read asks for the whole stack, and the output equals the fit on the
+  in-memory arrays."""
+  from cryojax_denoise.denoisers.cwf import budget as bdg
+  from cryojax_denoise.denoisers.cwf.budget import Rows
+  from cryojax_denoise.denoisers.cwf.steerable import basis_reach
+
+  rng = np.random.default_rng(5)
+  _, obs, h = _particles(rng, 400, with_ctf)
+  gb = bdg.min_gb(L, len(obs), reach=basis_reach(L))  # the least cwf accepts: batches well under the stack
+  batch = bdg.fit_batch(L, len(obs), gb, reach=basis_reach(L))
+  psd = _radial()
+  y = obs + np.asarray(wh.coloured_noise(jax.random.PRNGKey(6), obs.shape, psd, 2.0))
+  reads = []
+
+  def lazy(a):
+    return None if a is None else Rows(lambda rows: reads.append(len(rows)) or a[rows], len(a), a.shape[1:])
+
+  eager = np.asarray(methods.fit_coloured("cwf", y, None, h, psd)(y[:8], None, None if h is None else h[:8]))
+  den = methods.fit_coloured("cwf", lazy(y), None, lazy(h), psd, memory_gb=gb)
+  assert reads and max(reads) <= batch < len(y)
+  streamed = np.asarray(den(y[:8], None, None if h is None else h[:8]))
+  np.testing.assert_allclose(streamed, eager, atol=2e-4 * np.abs(eager).max())
+
+
 def test_whitened_classical_and_bm3d_psd_path():
   """gaussian through whiten/colour lowers its MSE under coloured noise; bm3d's PSD path runs on this
   NumPy (np.trapz guard) and leaves no np.trapz behind."""

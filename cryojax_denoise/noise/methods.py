@@ -24,6 +24,8 @@ import contextlib
 import jax.numpy as jnp
 import numpy as np
 
+from cryojax_denoise.denoisers.cwf import budget as bdg
+from cryojax_denoise.denoisers.cwf.budget import Rows
 from cryojax_denoise.noise import whiten as wh
 
 
@@ -40,7 +42,11 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
   m = registry.method(name)
   if m.fit is not None and m.uses_ctf:
     joined = lambda c, n: jnp.broadcast_to(filt, (n, *shape)) if c is None else jnp.asarray(c) * filt  # noqa: E731
-    den = denoisers.fit(name, wh.apply_filter(images, filt), noise_std, joined(ctf, len(images)), **params)
+    if isinstance(images, Rows):  # lazy in, lazy out: whitened a batch at a time as the fit reads it
+      white_in, joined_in = _whitened_rows(images, ctf, np.asarray(filt))
+    else:
+      white_in, joined_in = wh.apply_filter(images, filt), joined(ctf, len(images))
+    den = denoisers.fit(name, white_in, noise_std, joined_in, **params)
 
     modulate = params.get("modulate", True)  # CTF-free x̂ (modulate=False) is not coloured back
 
@@ -54,6 +60,16 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
       return den(batch, noise_std)
   run.__name__ = f"{name}_coloured"
   return run
+
+
+def _whitened_rows(images: Rows, ctf, filt: np.ndarray):
+  """Lazy whitened particles and CTFs joined to the filter (`budget.Rows`): a streamed fit (cwf within
+  `memory_gb`) stays streamed under coloured noise, never holding the N particles or their CTFs."""
+  shape = images.shape[1:]
+  white = bdg.mapped(images, lambda x: np.asarray(wh.apply_filter(x, filt)), shape)
+  if ctf is None:
+    return white, Rows(lambda rows: np.broadcast_to(filt, (len(rows), *shape)), len(images), shape)
+  return white, bdg.mapped(ctf, lambda c: np.asarray(c, np.float32) * filt, shape)
 
 
 def wrap(denoiser, psd, method: str | None = None, params: dict | None = None):

@@ -137,9 +137,9 @@ def fit_denoiser(settings: Settings, table, reader, params: dict | None = None, 
                " with their CTFs" if ctf_of else "",
                f" (the {len(held)} that SURE scores left out)" if len(held) else "")
   images, ctfs = _fit_inputs(table, reader, rows, mean, scale, ctf_of)
-  if psd is None and "memory_gb" in denoisers.registry.keyword_params(denoisers.REGISTRY[settings.method].fit):
+  if "memory_gb" in denoisers.registry.keyword_params(denoisers.REGISTRY[settings.method].fit):
     params.setdefault("memory_gb", _memory_gb(settings, table.shape[-1], len(rows), params.get("max_box")))
-  else:  # whitening (noise/methods.py) and other fit hooks take arrays: the subset is read into memory
+  else:  # other fit hooks take arrays: the subset is read into memory
     images, ctfs = np.asarray(images), None if ctfs is None else np.asarray(ctfs)
   try:
     den = fit_coloured(settings.method, images, std, ctfs, psd, **params)
