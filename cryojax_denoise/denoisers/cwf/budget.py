@@ -126,8 +126,8 @@ def fit_batch(L: int, n: int, memory_gb: float, cap: int = 256, n_rho: int | Non
 
 class Rows:
   """A lazy (N, H, W) float32 particle array: `fn(rows)` -> (n, H, W) for row numbers; slicing reads only
-  those rows, so a fit on 10⁴ particles of 256² never holds all of them. `np.asarray` reads them all
-  (for callers that need the array: e.g. whitening for coloured noise)."""
+  those rows, so a fit on 10⁴ particles of 256² never holds all of them (whitened for coloured noise too,
+  `noise.methods`). `np.asarray` reads them all, for callers that need the array."""
 
   def __init__(self, fn, n: int, shape: tuple[int, int]):
     self.fn, self.n, self.shape = fn, int(n), (int(n), *(int(s) for s in shape))
