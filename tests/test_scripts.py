@@ -198,7 +198,6 @@ def test_corpus_rate(monkeypatch, capsys):
   assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
 
 
-
 def test_coloured_oracle_is_the_pixel_space_linear_mmse(monkeypatch):
   """`coloured_oracle.oracle` (Hartley basis, diagonal CTF and noise) equals the linear-MMSE estimate
   c + Hμ + H C Hᵀ (H C Hᵀ + Σ)⁻¹ (y − c − Hμ) written with dense pixel-space matrices: H the circular

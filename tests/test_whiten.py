@@ -112,7 +112,6 @@ def test_cwf_coloured_beats_white_model():
   assert coloured < 0.9 * white, (coloured, white)
 
 
-
 @pytest.mark.parametrize("with_ctf", [True, False])
 def test_cwf_coloured_fit_stays_streamed(with_ctf):
   """Lazy particles (`budget.Rows`, as `denoise` passes them) are whitened a batch at a time as cwf's fit

@@ -24,8 +24,6 @@ import contextlib
 import jax.numpy as jnp
 import numpy as np
 
-from cryojax_denoise.denoisers.cwf import budget as bdg
-from cryojax_denoise.denoisers.cwf.budget import Rows
 from cryojax_denoise.noise import whiten as wh
 
 
@@ -33,6 +31,7 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
   """`denoisers.fit(name, ...)` for noise of spectrum `psd` (radial (S,) or (H, W); None: white)."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.denoisers import registry
+  from cryojax_denoise.denoisers.cwf import budget as bdg
 
   if psd is None:
     return denoisers.fit(name, images, noise_std, ctf, **params)
@@ -42,7 +41,7 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
   m = registry.method(name)
   if m.fit is not None and m.uses_ctf:
     joined = lambda c, n: jnp.broadcast_to(filt, (n, *shape)) if c is None else jnp.asarray(c) * filt  # noqa: E731
-    if isinstance(images, Rows):  # lazy in, lazy out: whitened a batch at a time as the fit reads it
+    if isinstance(images, bdg.Rows):  # lazy in, lazy out: whitened a batch at a time as the fit reads it
       white_in, joined_in = _whitened_rows(images, ctf, np.asarray(filt))
     else:
       white_in, joined_in = wh.apply_filter(images, filt), joined(ctf, len(images))
@@ -62,13 +61,15 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
   return run
 
 
-def _whitened_rows(images: Rows, ctf, filt: np.ndarray):
-  """Lazy whitened particles and CTFs joined to the filter (`budget.Rows`): a streamed fit (cwf within
-  `memory_gb`) stays streamed under coloured noise, never holding the N particles or their CTFs."""
+def _whitened_rows(images, ctf, filt: np.ndarray):
+  """Lazy whitened particles and CTFs joined to the filter (`budget.Rows` in, `budget.Rows` out): a streamed
+  fit (cwf within `memory_gb`) stays streamed under coloured noise, never holding the N particles or their CTFs."""
+  from cryojax_denoise.denoisers.cwf import budget as bdg
+
   shape = images.shape[1:]
   white = bdg.mapped(images, lambda x: np.asarray(wh.apply_filter(x, filt)), shape)
   if ctf is None:
-    return white, Rows(lambda rows: np.broadcast_to(filt, (len(rows), *shape)), len(images), shape)
+    return white, bdg.Rows(lambda rows: np.broadcast_to(filt, (len(rows), *shape)), len(images), shape)
   return white, bdg.mapped(ctf, lambda c: np.asarray(c, np.float32) * filt, shape)
 
 
