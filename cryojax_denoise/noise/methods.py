@@ -35,6 +35,7 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
 
   if psd is None:
     return denoisers.fit(name, images, noise_std, ctf, **params)
+  params = dict(params)
   shape = np.shape(images)[-2:]
   filt = jnp.asarray(wh.whitening_filter(psd, shape))
   inv = 1.0 / filt
@@ -45,6 +46,8 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
       white_in, joined_in = _whitened_rows(images, ctf, np.asarray(filt))
     else:
       white_in, joined_in = wh.apply_filter(images, filt), joined(ctf, len(images))
+    if "whitened" in registry.keyword_params(m.fit):  # a learned fit: the model trained on whitened datasets
+      params = {"whitened": True, **params}
     den = denoisers.fit(name, white_in, noise_std, joined_in, **params)
 
     modulate = params.get("modulate", True)  # CTF-free x̂ (modulate=False) is not coloured back

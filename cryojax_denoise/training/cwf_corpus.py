@@ -19,6 +19,14 @@ particles of the same dataset (not in the fit, like most particles of a large st
 | in-plane shift | up to a maximum uniform 0–8% of the box |
 | CTF | on for 80% of datasets (off: plain projections, CWF with the identity CTF) |
 | polarity | ×(−1) for half of the datasets (CWF is linear: its estimate flips with the data) |
+| noise | white, or for a fraction `coloured` of datasets (config `cwf_coloured`) coloured: the plateau family |
+| | of `noise.whiten` with ratio log-uniform 1.5–10, knee log-uniform 0.04–0.3 cycles/px, steepness 2–12 |
+
+A coloured dataset is stored as `denoise --config.noise=coloured` gives it to autoencoder_cwf
+(`noise.methods.fit_coloured`): whitened by its (true) spectrum, CWF fitted and applied with the whitening
+filter joined to each CTF, the clean target whitened alike (the network works in the whitened domain; its
+output is coloured back there). The ranges cover the fits to issue 29's three measured stacks (ratio
+2.15–7.0, knee 0.05–0.22, steepness 3.2–12) without centring on any one of them.
 
 Dataset d of a seed is a pure function of (seed, d); with `cache` set each dataset is stored as one
 `.npz` there, so an interrupted build resumes and a retraining reuses it.
@@ -43,6 +51,10 @@ VAL_DATASET_OFFSET = 1 << 40  # validation datasets' ids (and molecules): disjoi
 # trained on and are given: the inscribed disk, as CWF was when the bundled autoencoder_cwf was trained (the
 # registered "cwf" now reaches L/16 past the edge, `steerable.basis_reach`; a network sees the prior it knows).
 PRIOR_REACH = 0.0
+# The coloured datasets' noise spectra: `noise.whiten.family_psd("plateau", ...)` parameter ranges.
+COLOURED_RATIO_RANGE = (1.5, 10.0)   # P(0) / P(∞), log-uniform
+COLOURED_KNEE_RANGE = (0.04, 0.3)    # kc, cycles/px, log-uniform
+COLOURED_STEEPNESS_RANGE = (2.0, 12.0)  # n, uniform
 
 
 def dataset_conditions(seed: int, dataset: int, snr_range) -> dict:
@@ -62,18 +74,42 @@ def dataset_conditions(seed: int, dataset: int, snr_range) -> dict:
       sign=1.0 if rng.uniform() < 0.5 else -1.0)
 
 
+def noise_spectrum(seed: int, dataset: int, coloured: float) -> dict | None:
+  """Plateau-family parameters {ratio, kc, n} of dataset `dataset`'s noise spectrum, coloured with
+  probability `coloured` (None: white); a pure function of its ids, drawn apart from `dataset_conditions`
+  (whose draws, and so every white dataset, do not depend on `coloured`)."""
+  rng = np.random.default_rng([int(seed), int(dataset), 0xC01])
+  if not rng.uniform() < float(coloured):
+    return None
+  return dict(ratio=float(math.exp(rng.uniform(*np.log(COLOURED_RATIO_RANGE)))),
+              kc=float(math.exp(rng.uniform(*np.log(COLOURED_KNEE_RANGE)))),
+              n=float(rng.uniform(*COLOURED_STEEPNESS_RANGE)))
+
+
+def spectrum_psd(params: dict, n_shells: int = 129) -> np.ndarray:
+  """The radial PSD (n_shells,) of `noise_spectrum`'s parameters (relative; only its shape matters)."""
+  from cryojax_denoise.noise import spectrum as sp, whiten as wh
+
+  return wh.family_psd("plateau", sp.shell_frequencies(n_shells), **params)
+
+
 def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_range,
-                      snr: float | None = None, ctf: bool | None = None, n_fit: int | None = None
-                      ) -> dict[str, np.ndarray]:
+                      snr: float | None = None, ctf: bool | None = None, n_fit: int | None = None,
+                      coloured: float = 0.0) -> dict[str, np.ndarray]:
   """One dataset's {"noisy", "prior", "clean"} (keep, H, W) float32 (CTF-modulated CWF estimate as `prior`,
-  CWF fitted on `n_fit` other particles of the dataset)
-  and its "snr"; `snr` / `ctf` / `n_fit` override the drawn values (validation: a fixed SNR, CTF on)."""
+  CWF fitted on `n_fit` other particles of the dataset), its "snr" and "psd" (radial, all ones when white);
+  `snr` / `ctf` / `n_fit` override the drawn values (validation: a fixed SNR, CTF on). `coloured`: the
+  probability of coloured noise (`noise_spectrum`); a coloured dataset's triplets are whitened (module
+  docstring)."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.data import ctf as ctf_lib, molecules, simulate
   from cryojax_denoise.data.maps import MapSource
   from cryojax_denoise.denoisers.noise import estimate_noise_std
+  from cryojax_denoise.noise import whiten as wh
 
   cond = dataset_conditions(seed, dataset, snr_range)
+  spectrum = noise_spectrum(seed, dataset, coloured)
+  psd = None if spectrum is None else spectrum_psd(spectrum)
   cond["snr"] = cond["snr"] if snr is None else float(snr)
   cond["ctf"] = cond["ctf"] if ctf is None else bool(ctf)
   cond["n_fit"] = cond["n_fit"] if n_fit is None else int(n_fit)
@@ -84,30 +120,36 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
       source, n_fit + keep, image_size, snr=cond["snr"], seed=int(dataset) % (1 << 31), ctf=cond["ctf"],
       defocus_range_A=cond["defocus_range_A"], max_shift_A=cond["max_shift_fraction"] * image_size * pixel_size,
       astigmatism_A=cond["astigmatism_A"], voltage_kv=cond["voltage_kv"],
-      amplitude_contrast=cond["amplitude_contrast"])
+      amplitude_contrast=cond["amplitude_contrast"], noise_psd=psd)
   noisy, clean = cond["sign"] * ds.noisy, cond["sign"] * ds.clean
-  sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   ctfs = ctf_lib.ctf_grid(ds.particles, ds.optics, image_size, ds.pixel_size) if cond["ctf"] else None
+  if psd is not None:  # what fit_coloured hands autoencoder_cwf: whitened particles, W joined to each CTF
+    filt = wh.whitening_filter(psd, (image_size, image_size))
+    noisy, clean = (np.asarray(wh.apply_filter(a, filt), np.float32) for a in (noisy, clean))
+    ctfs = np.broadcast_to(filt, noisy.shape) if ctfs is None else np.asarray(ctfs, np.float32) * filt
+  sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   fit, kept = slice(0, n_fit), slice(n_fit, n_fit + keep)
   cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit], reach=PRIOR_REACH)
   prior = np.asarray(cwf(noisy[kept], sigma[kept], None if ctfs is None else ctfs[kept]), np.float32)
   return {"noisy": noisy[kept].astype(np.float32), "prior": prior, "clean": clean[kept].astype(np.float32),
-          "snr": np.float32(cond["snr"])}
+          "snr": np.float32(cond["snr"]), "psd": np.ones(129, np.float32) if psd is None else psd.astype(np.float32)}
 
 
 def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str = "", log=None,
-          **overrides) -> dict[str, np.ndarray]:
-  """{"noisy", "prior", "clean"} (len(datasets)·keep, H, W) over `datasets` (ids), cached per dataset."""
+          coloured: float = 0.0, **overrides) -> dict[str, np.ndarray]:
+  """{"noisy", "prior", "clean"} (len(datasets)·keep, H, W) over `datasets` (ids), cached per dataset
+  (a white dataset's file is the same whatever `coloured`; a coloured one's name says so)."""
   parts = []
   for i, d in enumerate(datasets):
     tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
+    tag += "_coloured" if noise_spectrum(seed, d, coloured) is not None else ""
     name = f"s{seed}_d{d}_L{image_size}_k{keep}_oos_snr{snr_range[0]:g}-{snr_range[1]:g}{tag}.npz"
     path = os.path.join(cache, name) if cache else ""
     if path and os.path.exists(path):
       with np.load(path) as z:
         part = {k: z[k] for k in z.files}
     else:
-      part = simulate_triplets(seed, d, image_size, keep, snr_range, **overrides)
+      part = simulate_triplets(seed, d, image_size, keep, snr_range, coloured=coloured, **overrides)
       if path:
         os.makedirs(cache, exist_ok=True)
         tmp = path + ".tmp.npz"
@@ -154,7 +196,7 @@ class CwfCorpusPairs:
         logging.info("cwf corpus: %d/%d datasets", i, total)
 
     self.data = build(int(config.seed), range(n), self.image_size, keep, tuple(config.snr_range),
-                      config.cwf_cache, log)
+                      config.cwf_cache, log, coloured=float(config.get("cwf_coloured", 0.0)))
     self.n = len(self.data["clean"])
 
   def batch(self, step: int):
@@ -176,6 +218,6 @@ class CwfCorpusPairs:
     per = -(-int(c.val_size) // n_sets)
     ids = [VAL_DATASET_OFFSET + m for m in range(n_sets)]
     v = build(int(c.seed), ids, self.image_size, per, tuple(c.snr_range), c.cwf_cache, snr=float(c.val_snr),
-              ctf=True)
+              ctf=True, coloured=float(c.get("cwf_coloured", 0.0)))
     n = int(c.val_size)
     return np.stack([v["noisy"][:n], v["prior"][:n]], axis=1), v["clean"][:n]

@@ -35,11 +35,12 @@ FINETUNE_LR = 1e-4  # SURE fine-tuning's learning rate (a tenth of training's: i
 MIN_FINETUNE_PARTICLES = 32  # a smaller stack is denoised without fine-tuning (with a warning)
 FINETUNE_CROP = 64  # px: larger particles are fine-tuned on random crops of the training corpus's box
 FINETUNE_INPUT_GB = 1.0  # at most this much of (noisy, CWF, probe, W probe) inputs: a random subset of particles
+COLOURED_KIND = "autoencoder_cwf_coloured"  # bundled model for whitened particles: pretrained/<kind>_general
 BLEND_IMAGES = 128  # particles SURE weighs the network's correction of CWF on (`correction_weight`)
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
-                        finetune_steps: int = 300, cwf: Callable | None = None) -> Callable:
+                        finetune_steps: int = 300, cwf: Callable | None = None, whitened: bool = False) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": covariance Wiener filtering fitted on `images` (N, H, W)
   with their CTFs (`denoisers.cwf`), then the prior="cwf" network, which corrects each particle's CWF
   estimate; returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)`, CTF-modulated like cwf.
@@ -56,14 +57,18 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   correction is weighed against (`correction_weight`): the output is cwf + β·(network − cwf), so where SURE
   cannot show the network to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
   2.4% worse than it). `cwf`: the "cwf" method already fitted on these `images`, σ and CTFs: the prior when
-  its reach (`den.reach`) is the prior's, else the base; the other is fitted here."""
+  its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitened`: `images` are
+  particles whitened under coloured noise with the filter joined to `ctf` (`noise.methods.fit_coloured`); the
+  default network is then the one trained on such datasets (`pretrained/autoencoder_cwf_coloured_general/`,
+  preset `general_cwf_coloured`)."""
   import tempfile
 
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
   from cryojax_denoise.denoisers.registry import fit
   from cryojax_denoise.errors import InputError
 
-  net = _load(checkpoint, "autoencoder_cwf")
+  kind = COLOURED_KIND if whitened else "autoencoder_cwf"
+  net = _load(checkpoint, kind)
   if net.config.model.get("prior") != "cwf":
     raise InputError(f"{checkpoint}: not a prior=cwf model (train it with --config.preset=general_cwf); "
                      "use method=autoencoder for it")
@@ -89,7 +94,7 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
     inputs = ss.cwf_sure_inputs(images[keep], cwf, np.asarray(noise_std, np.float32)[keep],
                                 None if ctf is None else np.asarray(ctf)[keep])
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
-      init = checkpoint or restore.bundled_dir("autoencoder_cwf")
+      init = checkpoint or restore.bundled_dir(kind)
       tuned = train.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
                           val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps),
                           crop_size=FINETUNE_CROP if images.shape[-1] > FINETUNE_CROP else 0)
