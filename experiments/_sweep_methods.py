@@ -102,7 +102,7 @@ def fitted_method(name: str, config, fit_ds, params=None, fits=None, psd=None):
   """A dataset-level method (registry `fit` hook, e.g. cwf, autoencoder_cwf) fitted to the noisy images of
   `fit_ds`, on whitened particles under a noise spectrum `psd` (noise/methods.py). `fits` {registry name:
   fitted denoiser} of this `fit_ds` is updated; under white noise autoencoder_cwf is offered its "cwf",
-  which it reuses when that fit's basis reach is its network's prior's (`cwf_corpus.PRIOR_REACH`)."""
+  which it reuses as its base, and as its prior when that is the registered cwf (`learned.prior_reach_px`)."""
   from cryojax_denoise.noise.methods import fit_coloured
 
   base, fits = registry_name(name), {} if fits is None else fits

@@ -4,7 +4,10 @@
 #   1. the autoencoder from scratch, AE_STEPS steps;
 #   2. the GAN from that autoencoder (pix2pix fine-tuning), GAN_STEPS steps;
 #   3. the CWF-conditioned autoencoder from it (preset `general_cwf`, CWF_STEPS steps, default 3000; its
-#      240 simulated datasets with their CWF fits are cached in ROOT/cwf_corpus, ~25 min on 2 cores once).
+#      240 simulated datasets with their CWF fits are cached in ROOT/cwf_corpus, ~25 min on 2 cores once);
+#   4. the same for particles whitened under coloured noise (preset `general_cwf_coloured`: three datasets in
+#      four with a drawn noise spectrum, whitened; cached in ROOT/cwf_corpus_coloured; what `denoise
+#      --config.noise=coloured|auto` gives autoencoder_cwf).
 # usage: scripts/train_general.sh ROOT [AE_STEPS] [GAN_STEPS] [EXTRA --config.KEY=VALUE ...]
 # Outputs: ROOT/general_autoencoder, ROOT/general_gan (training workdirs, resumable: rerun the same
 # command after a kill) and ROOT/export/{autoencoder,gan,autoencoder_cwf}_general (copy these to
@@ -31,3 +34,7 @@ export_model "$root/general_gan" "$root/export/gan_general"
   --config.init="$root/export/autoencoder_general" --config.cwf_cache="$root/cwf_corpus" \
   --config.steps="${CWF_STEPS:-3000}" "$@"
 export_model "$root/general_cwf" "$root/export/autoencoder_cwf_general"
+"$py" launch.py --experiment=train_autoencoder --workdir="$root/general_cwf_coloured" \
+  --config.preset=general_cwf_coloured --config.init="$root/export/autoencoder_general" \
+  --config.cwf_cache="$root/cwf_corpus_coloured" --config.steps="${CWF_STEPS:-3000}" "$@"
+export_model "$root/general_cwf_coloured" "$root/export/autoencoder_cwf_coloured_general"

@@ -36,6 +36,41 @@ def test_triplets_hold_a_cwf_estimate_better_than_the_noisy_particles():
   np.testing.assert_array_equal(again["prior"], t["prior"])
 
 
+def test_coloured_draws_leave_the_white_datasets_as_they_were():
+  for d in range(40):
+    drawn = cwf_corpus.noise_spectrum(0, d, 0.75)
+    always = cwf_corpus.noise_spectrum(0, d, 1.0)
+    assert cwf_corpus.noise_spectrum(0, d, 0.0) is None and always is not None and drawn in (None, always)
+  spectra = [cwf_corpus.noise_spectrum(0, d, 0.75) for d in range(400)]
+  coloured = [s for s in spectra if s is not None]
+  assert 0.68 < len(coloured) / 400 < 0.82
+  for key, (lo, hi) in (("ratio", cwf_corpus.COLOURED_RATIO_RANGE), ("kc", cwf_corpus.COLOURED_KNEE_RANGE),
+                        ("n", cwf_corpus.COLOURED_STEEPNESS_RANGE)):
+    values = np.array([s[key] for s in coloured])
+    assert lo <= values.min() and values.max() <= hi and values.max() > lo + 0.8 * (hi - lo)
+
+
+@pytest.mark.slow
+def test_coloured_triplets_are_the_white_datasets_whitened():
+  """A coloured dataset is stored as `denoise --config.noise=coloured` gives it to autoencoder_cwf: the same
+  particles as the white dataset of its id, whitened by the dataset's spectrum, so its noise is white."""
+  from cryojax_denoise.noise import spectrum as sp, whiten as wh
+
+  d = next(d for d in range(40) if cwf_corpus.noise_spectrum(0, d, 1.0)["ratio"] > 4)
+  kw = dict(snr=0.5, ctf=True, n_fit=300)
+  white = cwf_corpus.simulate_triplets(0, d, 32, 48, (0.02, 2.0), **kw)
+  col = cwf_corpus.simulate_triplets(0, d, 32, 48, (0.02, 2.0), coloured=1.0, **kw)
+  psd = cwf_corpus.spectrum_psd(cwf_corpus.noise_spectrum(0, d, 1.0))
+  np.testing.assert_allclose(col["psd"], psd, rtol=1e-6)
+  np.testing.assert_array_equal(white["psd"], 1.0)
+  filt = wh.whitening_filter(psd, (32, 32))
+  np.testing.assert_allclose(col["clean"], np.asarray(wh.apply_filter(white["clean"], filt)), atol=1e-4)
+  bands = sp.band_means(sp.radial_average(np.mean(np.abs(np.fft.fft2(col["noisy"] - col["clean"])) ** 2, 0)))
+  assert bands.max() / bands.min() < 1.3 < wh.psd_flatness(psd)  # whitened: flat within the draw's scatter
+  mse = lambda t, key: float(np.mean((t[key] - t["clean"]) ** 2))  # noqa: E731
+  assert mse(col, "prior") < 0.5 * mse(col, "noisy")
+
+
 def test_sign_flip_of_a_triplet_is_a_triplet_of_the_flipped_dataset():
   # The augmentation's claim: CWF fitted on −D maps −y to −CWF_D(y) (the fitted mean flips with the data).
   src = load_source(image_size=32)
@@ -209,6 +244,27 @@ def test_bundled_autoencoder_cwf_loads_and_denoises_a_stack():
     np.testing.assert_allclose(np.asarray(shared(ds.noisy[:8], None, ctf[:8])), out, atol=1e-5)
   with pytest.raises(InputError, match="unknown parameter"):
     denoisers.fit("autoencoder_cwf", ds.noisy, None, ctf, finetune_step=0)
+
+
+def test_coloured_noise_gives_autoencoder_cwf_the_model_trained_on_whitened_datasets(monkeypatch):
+  """Under a spectrum (`noise.methods.fit_coloured`) autoencoder_cwf loads the bundled model of the coloured
+  corpus (`general_cwf_coloured`); under white noise, or with a checkpoint given, what it loaded before."""
+  from cryojax_denoise.noise import methods as noise_methods, whiten as wh
+  from cryojax_denoise.training import learned
+
+  loaded = []
+  real = learned._load
+  monkeypatch.setattr(learned, "_load", lambda checkpoint, kind: loaded.append((checkpoint, kind)) or real(checkpoint, kind))
+  src = load_source(image_size=32)
+  ds = simulate.simulate_dataset(src, 64, 32, snr=0.5, seed=7, ctf=False)
+  psd = wh.family_psd("plateau", np.linspace(0, 0.5, 33), ratio=4.0, kc=0.1, n=4.0)
+  noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, psd, finetune_steps=0)
+  noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, None, finetune_steps=0)
+  bundled = restore.bundled_dir("autoencoder_cwf")
+  noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, psd, finetune_steps=0, checkpoint=bundled)
+  assert loaded == [(None, learned.COLOURED_KIND), (None, "autoencoder_cwf"), (bundled, learned.COLOURED_KIND)]
+  den = restore.load_denoiser(restore.bundled_dir(learned.COLOURED_KIND))
+  assert den.config.data == "cwf_corpus" and den.config.cwf_coloured > 0 and den.config.model.prior == "cwf"
 
 
 def test_autoencoder_cwf_without_its_correction_is_the_registered_cwf(monkeypatch):

@@ -73,6 +73,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.cwf_keep = 192
   c.cwf_cache = ""
   c.cwf_coloured = 0.0         # fraction of those datasets with coloured noise, whitened (`cwf_corpus.noise_spectrum`)
+  c.cwf_prior_reach = 0.0      # CWF basis reach past the box edge, a fraction of the box (1/16: the registered cwf's)
   # Passed to the simulator: map or model (default: built-in phantom), pixel size (Å), CTF on/off.
   c.volume = ""
   c.structure = ""
@@ -105,7 +106,8 @@ PRESETS["general_cwf"] = {**PRESETS["general"], "data": "cwf_corpus", "steps": 3
                           "init": "general", "init_head": "zero", "model.prior": "cwf"}
 # The same recipe for particles whitened under coloured noise (`noise=coloured|auto` in `denoise`, where
 # `noise.methods.fit_coloured` picks this model): three datasets in four coloured, whitened as `denoise` whitens.
-PRESETS["general_cwf_coloured"] = {**PRESETS["general_cwf"], "cwf_coloured": 0.75}
+# Its prior is the registered cwf (basis reach L/16 past the edge, not the inscribed disk), so `denoise` fits one CWF.
+PRESETS["general_cwf_coloured"] = {**PRESETS["general_cwf"], "cwf_coloured": 0.75, "cwf_prior_reach": 1 / 16}
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
 KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 500}}
 
@@ -141,6 +143,8 @@ def resolve(config) -> ml_collections.ConfigDict:
     c.model.prior = "cwf"  # the data supply each image's CWF estimate as the prior input
   elif c.model.get("prior") == "cwf" and not c.noisy and c.kind != "self_supervised":
     raise InputError("config.model.prior=cwf: the prior estimates come from data=cwf_corpus")
+  if not 0.0 <= float(c.get("cwf_prior_reach", 0.0)) <= 1.0:
+    raise InputError(f"config.cwf_prior_reach: a fraction of the box in [0, 1], got {c.cwf_prior_reach}")
   if not 0.0 <= float(c.get("cwf_coloured", 0.0)) <= 1.0:
     raise InputError(f"config.cwf_coloured: a fraction of datasets in [0, 1], got {c.cwf_coloured}")
   if c.get("init_head", "keep") not in ("keep", "zero"):

@@ -47,9 +47,10 @@ AMPLITUDE_CONTRAST_RANGE = (0.04, 0.15)
 MAX_SHIFT_FRACTION = 0.08
 CTF_FRACTION = 0.8
 VAL_DATASET_OFFSET = 1 << 40  # validation datasets' ids (and molecules): disjoint from every training id
-# The basis reach (px past the edge, `cwf.fit`'s `reach`) of the CWF estimates the prior="cwf" networks were
-# trained on and are given: the inscribed disk, as CWF was when the bundled autoencoder_cwf was trained (the
-# registered "cwf" now reaches L/16 past the edge, `steerable.basis_reach`; a network sees the prior it knows).
+# The default basis reach (a fraction of the box past its edge; `cwf.fit`'s `reach` is that times L px) of the
+# CWF estimates a prior="cwf" network is trained on and then given (config `cwf_prior_reach`, stored with the
+# model; `learned.prior_reach_px`): the inscribed disk, as CWF was when the bundled autoencoder_cwf was trained.
+# The registered "cwf" reaches L/16 past the edge (`steerable.EDGE_REACH`), which the coloured-noise model uses.
 PRIOR_REACH = 0.0
 # The coloured datasets' noise spectra: `noise.whiten.family_psd("plateau", ...)` parameter ranges.
 COLOURED_RATIO_RANGE = (1.5, 10.0)   # P(0) / P(∞), log-uniform
@@ -95,12 +96,12 @@ def spectrum_psd(params: dict, n_shells: int = 129) -> np.ndarray:
 
 def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_range,
                       snr: float | None = None, ctf: bool | None = None, n_fit: int | None = None,
-                      coloured: float = 0.0) -> dict[str, np.ndarray]:
+                      coloured: float = 0.0, prior_reach: float = PRIOR_REACH) -> dict[str, np.ndarray]:
   """One dataset's {"noisy", "prior", "clean"} (keep, H, W) float32 (CTF-modulated CWF estimate as `prior`,
   CWF fitted on `n_fit` other particles of the dataset), its "snr" and "psd" (radial, all ones when white);
   `snr` / `ctf` / `n_fit` override the drawn values (validation: a fixed SNR, CTF on). `coloured`: the
   probability of coloured noise (`noise_spectrum`); a coloured dataset's triplets are whitened (module
-  docstring)."""
+  docstring). `prior_reach`: the CWF basis reach, a fraction of the box past its edge."""
   from cryojax_denoise import denoisers
   from cryojax_denoise.data import ctf as ctf_lib, molecules, simulate
   from cryojax_denoise.data.maps import MapSource
@@ -129,27 +130,29 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
     ctfs = np.broadcast_to(filt, noisy.shape) if ctfs is None else np.asarray(ctfs, np.float32) * filt
   sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   fit, kept = slice(0, n_fit), slice(n_fit, n_fit + keep)
-  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit], reach=PRIOR_REACH)
+  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit], reach=float(prior_reach) * image_size)
   prior = np.asarray(cwf(noisy[kept], sigma[kept], None if ctfs is None else ctfs[kept]), np.float32)
   return {"noisy": noisy[kept].astype(np.float32), "prior": prior, "clean": clean[kept].astype(np.float32),
           "snr": np.float32(cond["snr"]), "psd": np.ones(129, np.float32) if psd is None else psd.astype(np.float32)}
 
 
 def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str = "", log=None,
-          coloured: float = 0.0, **overrides) -> dict[str, np.ndarray]:
+          coloured: float = 0.0, prior_reach: float = PRIOR_REACH, **overrides) -> dict[str, np.ndarray]:
   """{"noisy", "prior", "clean"} (len(datasets)·keep, H, W) over `datasets` (ids), cached per dataset
   (a white dataset's file is the same whatever `coloured`; a coloured one's name says so)."""
   parts = []
   for i, d in enumerate(datasets):
     tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
     tag += "_coloured" if noise_spectrum(seed, d, coloured) is not None else ""
+    tag += f"_reach{prior_reach:g}" if prior_reach != PRIOR_REACH else ""
     name = f"s{seed}_d{d}_L{image_size}_k{keep}_oos_snr{snr_range[0]:g}-{snr_range[1]:g}{tag}.npz"
     path = os.path.join(cache, name) if cache else ""
     if path and os.path.exists(path):
       with np.load(path) as z:
         part = {k: z[k] for k in z.files}
     else:
-      part = simulate_triplets(seed, d, image_size, keep, snr_range, coloured=coloured, **overrides)
+      part = simulate_triplets(seed, d, image_size, keep, snr_range, coloured=coloured, prior_reach=prior_reach,
+                               **overrides)
       if path:
         os.makedirs(cache, exist_ok=True)
         tmp = path + ".tmp.npz"
@@ -196,8 +199,13 @@ class CwfCorpusPairs:
         logging.info("cwf corpus: %d/%d datasets", i, total)
 
     self.data = build(int(config.seed), range(n), self.image_size, keep, tuple(config.snr_range),
-                      config.cwf_cache, log, coloured=float(config.get("cwf_coloured", 0.0)))
+                      config.cwf_cache, log, **self.noise_and_prior(config))
     self.n = len(self.data["clean"])
+
+  @staticmethod
+  def noise_and_prior(config) -> dict:
+    return dict(coloured=float(config.get("cwf_coloured", 0.0)),
+                prior_reach=float(config.get("cwf_prior_reach", PRIOR_REACH)))
 
   def batch(self, step: int):
     import jax.numpy as jnp
@@ -218,6 +226,6 @@ class CwfCorpusPairs:
     per = -(-int(c.val_size) // n_sets)
     ids = [VAL_DATASET_OFFSET + m for m in range(n_sets)]
     v = build(int(c.seed), ids, self.image_size, per, tuple(c.snr_range), c.cwf_cache, snr=float(c.val_snr),
-              ctf=True, coloured=float(c.get("cwf_coloured", 0.0)))
+              ctf=True, **self.noise_and_prior(c))
     n = int(c.val_size)
     return np.stack([v["noisy"][:n], v["prior"][:n]], axis=1), v["clean"][:n]

@@ -52,9 +52,9 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   then denoises whole particles), and at most `FINETUNE_INPUT_GB` of inputs are built, from a random subset
   of the particles (1,024 of 256²; every particle of a 64² stack up to 16,384).
 
-  Two CWF fits: the network's prior, with the basis reach it was trained with (`cwf_corpus.PRIOR_REACH`, the
-  inscribed disk), and the registered cwf (its default reach, `cwf.fit_denoiser`), which is the base the
-  correction is weighed against (`correction_weight`): the output is cwf + β·(network − cwf), so where SURE
+  Two CWF fits: the network's prior, with the basis reach it was trained with (`prior_reach_px`: the inscribed
+  disk for the white-noise model), and the registered cwf (its default reach, `cwf.fit_denoiser`), which is
+  the base the correction is weighed against (`correction_weight`; one fit when the network was trained on the registered cwf's reach): the output is cwf + β·(network − cwf), so where SURE
   cannot show the network to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
   2.4% worse than it). `cwf`: the "cwf" method already fitted on these `images`, σ and CTFs: the prior when
   its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitened`: `images` are
@@ -82,11 +82,13 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
                     len(images), MIN_FINETUNE_PARTICLES)
     finetune_steps = 0
   noise_std = noise_std_or_estimate(images, noise_std)
-  from cryojax_denoise.training.cwf_corpus import PRIOR_REACH
-
-  given_prior = cwf is not None and getattr(cwf, "reach", PRIOR_REACH) == PRIOR_REACH
+  prior_reach = prior_reach_px(net.config, images.shape[-1])
+  given_prior = cwf is not None and prior_reach is not None and getattr(cwf, "reach", prior_reach) == prior_reach
   base = cwf if cwf is not None and not given_prior else fit("cwf", images, noise_std, ctf)
-  cwf = cwf if given_prior else fit("cwf", images, noise_std, ctf, reach=PRIOR_REACH)
+  if prior_reach is None:  # the network corrects the registered cwf itself: one fit, prior and base
+    cwf = base
+  else:
+    cwf = cwf if given_prior else fit("cwf", images, noise_std, ctf, reach=prior_reach)
   if int(finetune_steps) > 0:
     from cryojax_denoise.training import restore, self_supervised as ss, train
 
@@ -114,6 +116,17 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 
   denoise.correction_weight = beta
   return denoise
+
+
+def prior_reach_px(config, size: int) -> float | None:
+  """The basis reach (px past the edge of a `size`² box) of the CWF prior a prior="cwf" network was trained on:
+  its config's `cwf_prior_reach` (a fraction of the box; absent in models trained before it: 0, the inscribed
+  disk); None when that is the registered cwf's own reach (`steerable.EDGE_REACH`)."""
+  from cryojax_denoise.denoisers.cwf import steerable
+  from cryojax_denoise.training.cwf_corpus import PRIOR_REACH
+
+  fraction = float(config.get("cwf_prior_reach", PRIOR_REACH))
+  return None if fraction == steerable.EDGE_REACH else fraction * int(size)
 
 
 def correction_weight(images, noise_std, ctf, cwf: Callable, corrected: Callable, seed: int = 1) -> float:
