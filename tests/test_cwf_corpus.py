@@ -252,19 +252,32 @@ def test_coloured_noise_gives_autoencoder_cwf_the_model_trained_on_whitened_data
   from cryojax_denoise.noise import methods as noise_methods, whiten as wh
   from cryojax_denoise.training import learned
 
-  loaded = []
-  real = learned._load
-  monkeypatch.setattr(learned, "_load", lambda checkpoint, kind: loaded.append((checkpoint, kind)) or real(checkpoint, kind))
+  from cryojax_denoise.denoisers import registry
+
+  loaded, cwf_fits = [], []
+  real_load, real_fit = learned._load, registry.fit
+  monkeypatch.setattr(learned, "_load", lambda checkpoint, kind: loaded.append((checkpoint, kind)) or real_load(checkpoint, kind))
+
+  def counting_fit(name, *args, **kw):
+    if name == "cwf":
+      cwf_fits.append(kw.get("reach"))
+    return real_fit(name, *args, **kw)
+
+  monkeypatch.setattr(registry, "fit", counting_fit)
   src = load_source(image_size=32)
   ds = simulate.simulate_dataset(src, 64, 32, snr=0.5, seed=7, ctf=False)
   psd = wh.family_psd("plateau", np.linspace(0, 0.5, 33), ratio=4.0, kc=0.1, n=4.0)
   noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, psd, finetune_steps=0)
+  assert cwf_fits == [None]  # its prior is the registered cwf: one fit, prior and base
   noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, None, finetune_steps=0)
+  assert cwf_fits == [None, None, 0.0]  # the white-noise model's prior is the inscribed disk's
   bundled = restore.bundled_dir("autoencoder_cwf")
   noise_methods.fit_coloured("autoencoder_cwf", ds.noisy, None, None, psd, finetune_steps=0, checkpoint=bundled)
   assert loaded == [(None, learned.COLOURED_KIND), (None, "autoencoder_cwf"), (bundled, learned.COLOURED_KIND)]
   den = restore.load_denoiser(restore.bundled_dir(learned.COLOURED_KIND))
   assert den.config.data == "cwf_corpus" and den.config.cwf_coloured > 0 and den.config.model.prior == "cwf"
+  assert learned.prior_reach_px(den.config, 64) is None
+  assert learned.prior_reach_px(restore.load_denoiser(bundled).config, 64) == 0.0
 
 
 def test_autoencoder_cwf_without_its_correction_is_the_registered_cwf(monkeypatch):
