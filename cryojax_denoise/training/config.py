@@ -74,6 +74,7 @@ def default_config(kind: str = "gan") -> ml_collections.ConfigDict:
   c.cwf_cache = ""
   c.cwf_coloured = 0.0         # fraction of those datasets with coloured noise, whitened (`cwf_corpus.noise_spectrum`)
   c.cwf_prior_reach = 0.0      # CWF basis reach past the box edge, a fraction of the box (1/16: the registered cwf's)
+  c.cwf_loss_domain = "whitened"  # coloured datasets' MSE: on whitened particles, or "original" (coloured back)
   # Passed to the simulator: map or model (default: built-in phantom), pixel size (Å), CTF on/off.
   c.volume = ""
   c.structure = ""
@@ -145,6 +146,8 @@ def resolve(config) -> ml_collections.ConfigDict:
     raise InputError("config.model.prior=cwf: the prior estimates come from data=cwf_corpus")
   if not 0.0 <= float(c.get("cwf_prior_reach", 0.0)) <= 1.0:
     raise InputError(f"config.cwf_prior_reach: a fraction of the box in [0, 1], got {c.cwf_prior_reach}")
+  if c.get("cwf_loss_domain", "whitened") not in ("whitened", "original"):
+    raise InputError(f"config.cwf_loss_domain: must be 'whitened' or 'original', got {c.cwf_loss_domain!r}")
   if not 0.0 <= float(c.get("cwf_coloured", 0.0)) <= 1.0:
     raise InputError(f"config.cwf_coloured: a fraction of datasets in [0, 1], got {c.cwf_coloured}")
   if c.get("init_head", "keep") not in ("keep", "zero"):

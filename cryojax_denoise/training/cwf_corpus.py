@@ -139,7 +139,8 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
 def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str = "", log=None,
           coloured: float = 0.0, prior_reach: float = PRIOR_REACH, **overrides) -> dict[str, np.ndarray]:
   """{"noisy", "prior", "clean"} (len(datasets)·keep, H, W) over `datasets` (ids), cached per dataset
-  (a white dataset's file is the same whatever `coloured`; a coloured one's name says so)."""
+  (a white dataset's file is the same whatever `coloured`; a coloured one's name says so), with "dataset"
+  (each triplet's index into `datasets`) and "psd" (len(datasets), 129) each dataset's radial noise spectrum."""
   parts = []
   for i, d in enumerate(datasets):
     tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
@@ -161,7 +162,10 @@ def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str
     parts.append(part)
     if log is not None:
       log(i + 1, len(datasets))
-  return {k: np.concatenate([p[k] for p in parts]) for k in ("noisy", "prior", "clean")}
+  out = {k: np.concatenate([p[k] for p in parts]) for k in ("noisy", "prior", "clean")}
+  out["dataset"] = np.repeat(np.arange(len(parts)), [len(p["clean"]) for p in parts])  # each triplet's dataset
+  out["psd"] = np.stack([p["psd"] if "psd" in p else np.ones(129, np.float32) for p in parts])  # (datasets, 129)
+  return out
 
 
 def augment(rng: np.random.Generator, *stacks: np.ndarray) -> list[np.ndarray]:
@@ -202,6 +206,19 @@ class CwfCorpusPairs:
                       config.cwf_cache, log, **self.noise_and_prior(config))
     self.n = len(self.data["clean"])
 
+  def scored(self, clean: np.ndarray, data: dict, idx) -> np.ndarray:
+    """Targets (B, H, W), or with `cwf_loss_domain="original"` (B, 2, H, W): targets and each one's colouring
+    filter 1/W (all ones for a white dataset; `losses.split_target`), so that the loss is the MSE of the
+    coloured-back output, which is what `denoise` returns and is scored on. Isotropic, so the augmentation's
+    rotations and flips leave it unchanged."""
+    if self.config.get("cwf_loss_domain", "whitened") != "original":
+      return clean
+    from cryojax_denoise.noise import whiten as wh
+
+    shape = clean.shape[-2:]
+    filters = {d: 1.0 / wh.whitening_filter(data["psd"][d], shape) for d in set(data["dataset"][idx].tolist())}
+    return np.stack([clean, np.stack([filters[d] for d in data["dataset"][idx]]).astype(np.float32)], axis=1)
+
   @staticmethod
   def noise_and_prior(config) -> dict:
     return dict(coloured=float(config.get("cwf_coloured", 0.0)),
@@ -214,6 +231,7 @@ class CwfCorpusPairs:
     idx = np.sort(rng.integers(0, self.n, int(self.config.batch_size)))
     noisy, prior, clean = augment(rng, *(self.data[k][idx] for k in ("noisy", "prior", "clean")))
     inputs = np.stack([noisy, prior], axis=1)
+    clean = self.scored(clean, self.data, idx)
     if self.sharding is None:
       return jnp.asarray(inputs), jnp.asarray(clean)
     from cryojax_denoise.sharding import shard_host_batch
@@ -228,4 +246,4 @@ class CwfCorpusPairs:
     v = build(int(c.seed), ids, self.image_size, per, tuple(c.snr_range), c.cwf_cache, snr=float(c.val_snr),
               ctf=True, **self.noise_and_prior(c))
     n = int(c.val_size)
-    return np.stack([v["noisy"][:n], v["prior"][:n]], axis=1), v["clean"][:n]
+    return np.stack([v["noisy"][:n], v["prior"][:n]], axis=1), self.scored(v["clean"][:n], v, np.arange(n))

@@ -24,8 +24,19 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
   return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.full_like(logits, label)))
 
 
-def _reconstruction(pred, target, loss: str) -> jax.Array:
-  return jnp.mean(jnp.abs(pred - target)) if loss == "l1" else jnp.mean((pred - target) ** 2)
+def _reconstruction(pred, target, loss: str, weight=None) -> jax.Array:
+  """Mean |error| (l1) or error² (l2); `weight` (B, H, W): a real FFT-grid filter the error passes first."""
+  err = pred - target
+  if weight is not None:
+    err = jnp.fft.ifft2(jnp.fft.fft2(err) * weight).real
+  return jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(err ** 2)
+
+
+def split_target(clean: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  """Targets (B, H, W), or (B, 2, H, W): targets and the filter their error is scored through (the coloured
+  CWF corpus's colouring filter 1/W: a network working on whitened particles is trained for MSE in the
+  particles' own domain, `cwf_corpus.CwfCorpusPairs`) -> (targets, filter or None)."""
+  return (clean[:, 0], clean[:, 1]) if clean.ndim == 4 else (clean, None)
 
 
 def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, key=None) -> dict:
@@ -33,6 +44,7 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, k
   Self-supervised: `clean` is the second noisy copy (or noisy itself); `key` draws masks/sub-samplings."""
   probe = probe_inputs(noisy)
   noisy, prior = split_inputs(noisy)
+  clean, weight = split_target(clean)
   x, mean, std = data_lib.standardise(noisy)
   y = (clean - mean) / std
   p = None if prior is None else (prior - mean) / std
@@ -45,7 +57,7 @@ def learner_step(learner: Learner, noisy: jax.Array, clean: jax.Array, config, k
     return {"loss": loss, **aux}
   if learner.kind == "autoencoder":
     def g_loss(gen):
-      return _reconstruction(call_generator(gen, x, p), y, config.loss)
+      return _reconstruction(call_generator(gen, x, p), y, config.loss, weight)
     loss, grads = nnx.value_and_grad(g_loss)(learner.generator)
     learner.opt_g.update(learner.generator, grads)
     return {"loss": loss}

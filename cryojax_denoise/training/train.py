@@ -29,7 +29,7 @@ from cryojax_denoise.training import checkpoints, data as data_lib, self_supervi
 from cryojax_denoise.training.config import (  # noqa: F401  (re-exported: callers use train.X)
     FAITHFUL, KIND_PRESETS, PRESETS, apply_init_config, apply_preset, check_workdir, config_dict,
     default_config, init_dir, launcher_workdir, resolve)
-from cryojax_denoise.training.losses import _bce, _reconstruction, learner_step  # noqa: F401
+from cryojax_denoise.training.losses import _bce, _reconstruction, learner_step, split_target  # noqa: F401
 from cryojax_denoise.training.model import (  # noqa: F401
     Learner, _adam, apply_generator, build_discriminator, build_generator, load_init)
 
@@ -114,6 +114,9 @@ def _validation_metrics(denoise, gen_state, val, val_sharding, pad_to: int) -> d
   n = len(noisy)
   padded = np.concatenate([noisy, np.repeat(noisy[-1:], pad_to - n, 0)]) if pad_to > n else noisy
   est = sh.to_host(denoise(gen_state, sh.shard_host_batch(padded, val_sharding)))[:n]
+  clean, weight = split_target(np.asarray(clean))
+  if weight is not None:  # scored as the loss scores it (`losses.split_target`)
+    est, clean = (np.fft.ifft2(np.fft.fft2(a) * weight).real for a in (est, clean))
   mse = float(jnp.mean(metrics.mse(jnp.asarray(est), jnp.asarray(clean))))
   psnr = float(jnp.mean(metrics.psnr(jnp.asarray(est), jnp.asarray(clean))))
   return {"val_mse": mse, "val_psnr": psnr}
