@@ -50,6 +50,32 @@ def test_coloured_draws_leave_the_white_datasets_as_they_were():
     assert lo <= values.min() and values.max() <= hi and values.max() > lo + 0.8 * (hi - lo)
 
 
+def test_original_domain_loss_scores_the_coloured_back_output():
+  """`cwf_loss_domain="original"`: a coloured dataset's targets come with the colouring filter 1/W, and the
+  loss of a whitened estimate is then the MSE of it coloured back against the unwhitened target; a white
+  dataset's filter is all ones (the plain loss)."""
+  import ml_collections
+  from cryojax_denoise.noise import whiten as wh
+  from cryojax_denoise.training import losses
+
+  rng = np.random.default_rng(0)
+  psd = cwf_corpus.spectrum_psd({"ratio": 5.0, "kc": 0.1, "n": 4.0})
+  data = {"dataset": np.array([0, 0, 1, 1]), "psd": np.stack([np.ones(129, np.float32), psd.astype(np.float32)])}
+  pairs = cwf_corpus.CwfCorpusPairs.__new__(cwf_corpus.CwfCorpusPairs)
+  pairs.config = ml_collections.ConfigDict({"cwf_loss_domain": "original"})
+  truth, est = rng.normal(size=(2, 4, 32, 32)).astype(np.float32)
+  filt = wh.whitening_filter(psd, (32, 32))
+  white_domain = lambda a: np.concatenate([a[:2], np.asarray(wh.apply_filter(a[2:], filt))])  # noqa: E731
+  target = pairs.scored(white_domain(truth), data, np.arange(4))
+  assert target.shape == (4, 2, 32, 32)
+  np.testing.assert_array_equal(target[:2, 1], 1.0)
+  scored, weight = losses.split_target(target)
+  got = losses._reconstruction(white_domain(est), scored, "l2", weight)
+  np.testing.assert_allclose(float(got), np.mean((est - truth) ** 2), rtol=1e-4)
+  pairs.config.cwf_loss_domain = "whitened"
+  assert pairs.scored(truth, data, np.arange(4)) is truth
+
+
 @pytest.mark.slow
 def test_coloured_triplets_are_the_white_datasets_whitened():
   """A coloured dataset is stored as `denoise --config.noise=coloured` gives it to autoencoder_cwf: the same

@@ -107,8 +107,10 @@ PRESETS["general_cwf"] = {**PRESETS["general"], "data": "cwf_corpus", "steps": 3
                           "init": "general", "init_head": "zero", "model.prior": "cwf"}
 # The same recipe for particles whitened under coloured noise (`noise=coloured|auto` in `denoise`, where
 # `noise.methods.fit_coloured` picks this model): three datasets in four coloured, whitened as `denoise` whitens.
-# Its prior is the registered cwf (basis reach L/16 past the edge, not the inscribed disk), so `denoise` fits one CWF.
-PRESETS["general_cwf_coloured"] = {**PRESETS["general_cwf"], "cwf_coloured": 0.75, "cwf_prior_reach": 1 / 16}
+# Its prior is the registered cwf (basis reach L/16 past the edge, not the inscribed disk), so `denoise` fits one
+# CWF, and its loss is the MSE of the coloured-back output (what `denoise` returns), not of the whitened one.
+PRESETS["general_cwf_coloured"] = {**PRESETS["general_cwf"], "cwf_coloured": 0.75, "cwf_prior_reach": 1 / 16,
+                                   "cwf_loss_domain": "original"}
 # Per-kind additions: the general GAN starts from the bundled general autoencoder (pix2pix fine-tuning).
 KIND_PRESETS = {("general", "gan"): {"init": "general", "steps": 500}}
 
