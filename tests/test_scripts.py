@@ -276,15 +276,17 @@ def test_accelerator_check(tmp_path):
 
 @pytest.mark.slow
 def test_train_general(tmp_path):
-  """The three trainings and exports of `train_general.sh` (2 steps each at 32², small networks, one CWF
-  dataset)."""
+  """The four trainings and exports of `train_general.sh` (2 steps each at 32², small networks, one CWF
+  dataset; the coloured-noise model's is coloured)."""
   root = tmp_path / "general"
   r = _bash("train_general.sh", root, 2, 2, *SMALL_GENERAL, "--config.cwf_datasets=1", "--config.cwf_keep=4",
             "--config.eval_every=2", "--config.checkpoint_every=2", "--config.log_every=1", env={"CWF_STEPS": "2"})
   assert r.returncode == 0, r.stderr[-3000:]
   from cryojax_denoise.training import restore
 
-  for name in ("autoencoder_general", "gan_general", "autoencoder_cwf_general"):
+  for name in ("autoencoder_general", "gan_general", "autoencoder_cwf_general", "autoencoder_cwf_coloured_general"):
     den = restore.load_denoiser(str(root / "export" / name))
     assert den.config.steps == 2, name
   assert restore.load_denoiser(str(root / "export" / "autoencoder_cwf_general")).config.model.prior == "cwf"
+  coloured = restore.load_denoiser(str(root / "export" / "autoencoder_cwf_coloured_general")).config
+  assert coloured.model.prior == "cwf" and coloured.cwf_loss_domain == "original" and coloured.cwf_coloured == 0.75
