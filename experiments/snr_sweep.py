@@ -187,6 +187,17 @@ def bundled_model(kind: str) -> str:
   return restore.bundled_dir(kind)
 
 
+def model_for(name: str, checkpoint: str, config, psd) -> str:
+  """The model a learned row uses on a test set: under a noise spectrum `psd` autoencoder_cwf takes the bundled
+  model trained on whitened coloured-noise datasets (as `denoise --config.noise=coloured` does) unless
+  `autoencoder_cwf_checkpoint` names one."""
+  if psd is None or name != "autoencoder_cwf" or config.autoencoder_cwf_checkpoint:
+    return checkpoint
+  from cryojax_denoise.training import learned
+
+  return bundled_model(learned.COLOURED_KIND)
+
+
 def test_sets(config) -> list[tuple[str, MapSource]]:
   """[(name, map)]: the in-distribution set ("phantom", or the file's stem) and the unseen molecule."""
   size = config.image_size
@@ -320,7 +331,7 @@ def run(config, workdir: str) -> None:
         learned = (name, snr) in checkpoints
         base = sweep_methods.registry_name(name)
         dataset_level = denoisers.REGISTRY[base].fit is not None
-        params, sure_info = ({"checkpoint": checkpoints[name, snr]} if learned else {}), {}
+        params, sure_info = ({"checkpoint": model_for(name, checkpoints[name, snr], config, psd)} if learned else {}), {}
         if "finetune_steps" in denoisers.REGISTRY[base].params:
           params["finetune_steps"] = int(config.finetune_steps)
         tuned = not learned and not dataset_level and config.tune and denoisers.REGISTRY[base].knob
@@ -380,6 +391,10 @@ def run(config, workdir: str) -> None:
   for kind in (m for m in config.methods if m in LEARNED):
     notes.append(f"{kind}: general model {checkpoints[kind, snrs[0]]} (trained on the molecule corpus only; "
                  "no test molecule was in it).")
+    coloured_model = model_for(kind, checkpoints[kind, snrs[0]], config, psd=True)
+    if any(t["coloured"] for t in sets) and coloured_model != checkpoints[kind, snrs[0]]:
+      notes.append(f"{kind} on the coloured-noise set: general model {coloured_model} (trained on the molecule "
+                   "corpus with drawn noise spectra, whitened; no test molecule was in it).")
   if config.train_specialist:
     notes.append(f"*_specialist: trained on the {sets[0]['name']} only for {config.autoencoder_steps} (autoencoder) and "
                  f"{config.gan_steps} (GAN) steps of {config.train_batch_size} fresh images"

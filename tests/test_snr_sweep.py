@@ -83,3 +83,19 @@ def test_same_seed_same_numbers_and_reconstruction(smoke, tmp_path):
     for k in ("mse", "psnr", "ssim", "frc_resolution_A"):
       assert a[k] == pytest.approx(b[k], rel=1e-5), (m, k)
     assert np.isfinite(b["fsc_resolution_A"]) and b["fsc_resolution_A"] > 0
+
+
+def test_coloured_set_gives_autoencoder_cwf_its_coloured_noise_model():
+  """Under a spectrum the sweep's autoencoder_cwf row uses the model `denoise --config.noise=coloured` uses
+  (trained on whitened coloured-noise datasets), unless a checkpoint is named; other rows keep theirs."""
+  import ml_collections
+  from experiments import snr_sweep
+  from cryojax_denoise.training import learned, restore
+
+  white = restore.bundled_dir("autoencoder_cwf")
+  config = ml_collections.ConfigDict({"autoencoder_cwf_checkpoint": ""})
+  assert snr_sweep.model_for("autoencoder_cwf", white, config, psd=None) == white
+  assert snr_sweep.model_for("autoencoder_cwf", white, config, psd=True) == restore.bundled_dir(learned.COLOURED_KIND)
+  assert snr_sweep.model_for("autoencoder", "A", config, psd=True) == "A"
+  config.autoencoder_cwf_checkpoint = "mine"
+  assert snr_sweep.model_for("autoencoder_cwf", "mine", config, psd=True) == "mine"
