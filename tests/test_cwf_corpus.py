@@ -282,7 +282,8 @@ def test_coloured_noise_gives_autoencoder_cwf_the_model_trained_on_whitened_data
 
   loaded, cwf_fits = [], []
   real_load, real_fit = learned._load, registry.fit
-  monkeypatch.setattr(learned, "_load", lambda checkpoint, kind: loaded.append((checkpoint, kind)) or real_load(checkpoint, kind))
+  monkeypatch.setattr(learned, "_load",
+                      lambda checkpoint, kind: loaded.append((checkpoint, kind)) or real_load(checkpoint, kind))
 
   def counting_fit(name, *args, **kw):
     if name == "cwf":

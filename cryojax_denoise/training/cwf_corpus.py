@@ -25,7 +25,7 @@ particles of the same dataset (not in the fit, like most particles of a large st
 A coloured dataset is stored as `denoise --config.noise=coloured` gives it to autoencoder_cwf
 (`noise.methods.fit_coloured`): whitened by its (true) spectrum, CWF fitted and applied with the whitening
 filter joined to each CTF, the clean target whitened alike (the network works in the whitened domain; its
-output is coloured back there). The ranges cover the fits to issue 29's three measured stacks (ratio
+output is coloured back; `cwf_loss_domain="original"` scores it so, `CwfCorpusPairs.scored`). The ranges cover the fits to issue 29's three measured stacks (ratio
 2.15–7.0, knee 0.05–0.22, steepness 3.2–12) without centring on any one of them.
 
 Dataset d of a seed is a pure function of (seed, d); with `cache` set each dataset is stored as one
@@ -130,7 +130,8 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
     ctfs = np.broadcast_to(filt, noisy.shape) if ctfs is None else np.asarray(ctfs, np.float32) * filt
   sigma = np.asarray(estimate_noise_std(noisy), np.float32)
   fit, kept = slice(0, n_fit), slice(n_fit, n_fit + keep)
-  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit], reach=float(prior_reach) * image_size)
+  cwf = denoisers.fit("cwf", noisy[fit], sigma[fit], None if ctfs is None else ctfs[fit],
+                      reach=float(prior_reach) * image_size)
   prior = np.asarray(cwf(noisy[kept], sigma[kept], None if ctfs is None else ctfs[kept]), np.float32)
   return {"noisy": noisy[kept].astype(np.float32), "prior": prior, "clean": clean[kept].astype(np.float32),
           "snr": np.float32(cond["snr"]), "psd": np.ones(129, np.float32) if psd is None else psd.astype(np.float32)}

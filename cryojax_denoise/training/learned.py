@@ -54,8 +54,9 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
 
   Two CWF fits: the network's prior, with the basis reach it was trained with (`prior_reach_px`: the inscribed
   disk for the white-noise model), and the registered cwf (its default reach, `cwf.fit_denoiser`), which is
-  the base the correction is weighed against (`correction_weight`; one fit when the network was trained on the registered cwf's reach): the output is cwf + β·(network − cwf), so where SURE
-  cannot show the network to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
+  the base the correction is weighed against (`correction_weight`; one fit when the network was trained on
+  the registered cwf's reach): the output is cwf + β·(network − cwf), so where SURE cannot show the network
+  to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
   2.4% worse than it). `cwf`: the "cwf" method already fitted on these `images`, σ and CTFs: the prior when
   its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitened`: `images` are
   particles whitened under coloured noise with the filter joined to `ctf` (`noise.methods.fit_coloured`); the
