@@ -35,7 +35,6 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
 
   if psd is None:
     return denoisers.fit(name, images, noise_std, ctf, **params)
-  params = dict(params)
   shape = np.shape(images)[-2:]
   filt = jnp.asarray(wh.whitening_filter(psd, shape))
   inv = 1.0 / filt

@@ -56,6 +56,7 @@ PRIOR_REACH = 0.0
 COLOURED_RATIO_RANGE = (1.5, 10.0)   # P(0) / P(∞), log-uniform
 COLOURED_KNEE_RANGE = (0.04, 0.3)    # kc, cycles/px, log-uniform
 COLOURED_STEEPNESS_RANGE = (2.0, 12.0)  # n, uniform
+PSD_SHELLS = 129  # shells 0 … 0.5 cycles/px of each dataset's stored radial spectrum ("psd")
 
 
 def dataset_conditions(seed: int, dataset: int, snr_range) -> dict:
@@ -87,7 +88,7 @@ def noise_spectrum(seed: int, dataset: int, coloured: float) -> dict | None:
               n=float(rng.uniform(*COLOURED_STEEPNESS_RANGE)))
 
 
-def spectrum_psd(params: dict, n_shells: int = 129) -> np.ndarray:
+def spectrum_psd(params: dict, n_shells: int = PSD_SHELLS) -> np.ndarray:
   """The radial PSD (n_shells,) of `noise_spectrum`'s parameters (relative; only its shape matters)."""
   from cryojax_denoise.noise import spectrum as sp, whiten as wh
 
@@ -134,14 +135,14 @@ def simulate_triplets(seed: int, dataset: int, image_size: int, keep: int, snr_r
                       reach=float(prior_reach) * image_size)
   prior = np.asarray(cwf(noisy[kept], sigma[kept], None if ctfs is None else ctfs[kept]), np.float32)
   return {"noisy": noisy[kept].astype(np.float32), "prior": prior, "clean": clean[kept].astype(np.float32),
-          "snr": np.float32(cond["snr"]), "psd": np.ones(129, np.float32) if psd is None else psd.astype(np.float32)}
+          "snr": np.float32(cond["snr"]), "psd": np.ones(PSD_SHELLS, np.float32) if psd is None else psd.astype(np.float32)}
 
 
 def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str = "", log=None,
           coloured: float = 0.0, prior_reach: float = PRIOR_REACH, **overrides) -> dict[str, np.ndarray]:
   """{"noisy", "prior", "clean"} (len(datasets)·keep, H, W) over `datasets` (ids), cached per dataset
   (a white dataset's file is the same whatever `coloured`; a coloured one's name says so), with "dataset"
-  (each triplet's index into `datasets`) and "psd" (len(datasets), 129) each dataset's radial noise spectrum."""
+  (each triplet's index into `datasets`) and "psd" (len(datasets), PSD_SHELLS) each dataset's radial noise spectrum."""
   parts = []
   for i, d in enumerate(datasets):
     tag = "".join(f"_{k}{v}" for k, v in sorted(overrides.items()))
@@ -165,7 +166,7 @@ def build(seed: int, datasets, image_size: int, keep: int, snr_range, cache: str
       log(i + 1, len(datasets))
   out = {k: np.concatenate([p[k] for p in parts]) for k in ("noisy", "prior", "clean")}
   out["dataset"] = np.repeat(np.arange(len(parts)), [len(p["clean"]) for p in parts])  # each triplet's dataset
-  out["psd"] = np.stack([p["psd"] if "psd" in p else np.ones(129, np.float32) for p in parts])  # (datasets, 129)
+  out["psd"] = np.stack([p.get("psd", np.ones(PSD_SHELLS, np.float32)) for p in parts])  # (datasets, PSD_SHELLS)
   return out
 
 
@@ -211,14 +212,14 @@ class CwfCorpusPairs:
     """Targets (B, H, W), or with `cwf_loss_domain="original"` (B, 2, H, W): targets and each one's colouring
     filter 1/W (all ones for a white dataset; `losses.split_target`), so that the loss is the MSE of the
     coloured-back output, which is what `denoise` returns and is scored on. Isotropic, so the augmentation's
-    rotations and flips leave it unchanged."""
+    rotations and flips leave it unchanged. The filters (datasets, H, W) are made once per `data`, kept in it."""
     if self.config.get("cwf_loss_domain", "whitened") != "original":
       return clean
-    from cryojax_denoise.noise import whiten as wh
+    if "colouring" not in data:
+      from cryojax_denoise.noise import whiten as wh
 
-    shape = clean.shape[-2:]
-    filters = {d: 1.0 / wh.whitening_filter(data["psd"][d], shape) for d in set(data["dataset"][idx].tolist())}
-    return np.stack([clean, np.stack([filters[d] for d in data["dataset"][idx]]).astype(np.float32)], axis=1)
+      data["colouring"] = np.stack([1.0 / wh.whitening_filter(p, clean.shape[-2:]) for p in data["psd"]])
+    return np.stack([clean, data["colouring"][data["dataset"][idx]]], axis=1)
 
   @staticmethod
   def noise_and_prior(config) -> dict:

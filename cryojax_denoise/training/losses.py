@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cryojax_denoise.noise import whiten
 from cryojax_denoise.training import data as data_lib, self_supervised as ss
 from cryojax_denoise.training.model import Learner, call_generator, probe_inputs, split_inputs
 
@@ -26,9 +27,7 @@ def _bce(logits: jax.Array, label: float) -> jax.Array:
 
 def _reconstruction(pred, target, loss: str, weight=None) -> jax.Array:
   """Mean |error| (l1) or error² (l2); `weight` (B, H, W): a real FFT-grid filter the error passes first."""
-  err = pred - target
-  if weight is not None:
-    err = jnp.fft.ifft2(jnp.fft.fft2(err) * weight).real
+  err = pred - target if weight is None else whiten.apply_filter(pred - target, weight)
   return jnp.mean(jnp.abs(err)) if loss == "l1" else jnp.mean(err ** 2)
 
 

@@ -25,6 +25,7 @@ from flax import nnx
 from cryojax_denoise import distributed
 from cryojax_denoise.progress import Progress
 from cryojax_denoise import sharding as sh
+from cryojax_denoise.noise import whiten
 from cryojax_denoise.training import checkpoints, data as data_lib, self_supervised as ss
 from cryojax_denoise.training.config import (  # noqa: F401  (re-exported: callers use train.X)
     FAITHFUL, KIND_PRESETS, PRESETS, apply_init_config, apply_preset, check_workdir, config_dict,
@@ -116,7 +117,7 @@ def _validation_metrics(denoise, gen_state, val, val_sharding, pad_to: int) -> d
   est = sh.to_host(denoise(gen_state, sh.shard_host_batch(padded, val_sharding)))[:n]
   clean, weight = split_target(np.asarray(clean))
   if weight is not None:  # scored as the loss scores it (`losses.split_target`)
-    est, clean = (np.fft.ifft2(np.fft.fft2(a) * weight).real for a in (est, clean))
+    est, clean = (np.asarray(whiten.apply_filter(a, weight)) for a in (est, clean))
   mse = float(jnp.mean(metrics.mse(jnp.asarray(est), jnp.asarray(clean))))
   psnr = float(jnp.mean(metrics.psnr(jnp.asarray(est), jnp.asarray(clean))))
   return {"val_mse": mse, "val_psnr": psnr}
