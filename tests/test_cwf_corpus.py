@@ -326,6 +326,37 @@ def test_autoencoder_cwf_without_its_correction_is_the_registered_cwf(monkeypatc
   assert np.mean((outs[1.0] - cwf) ** 2) > 1e-4 * np.mean(cwf ** 2)
 
 
+def test_correction_weight_under_coloured_noise_weighs_the_coloured_back_output():
+  """Under a spectrum β is SURE's for the output coloured back (what `denoise` returns), not for the whitened
+  particles': on whitened images of smooth signals with white noise, a coarse and a fine low-pass as the base
+  and the correction, β lands at the coloured-back optimum (clean images known here), far from the whitened
+  one; a flat colouring gives the white-noise β itself."""
+  from cryojax_denoise.noise import whiten as wh
+  from cryojax_denoise.training import learned
+
+  rng = np.random.default_rng(3)
+  k = np.hypot(*np.meshgrid(np.fft.fftfreq(32), np.fft.fftfreq(32), indexing="ij"))
+  shape_of = lambda cut: np.exp(-(k / cut) ** 2).astype(np.float32)  # noqa: E731
+  x = np.asarray(wh.apply_filter(rng.standard_normal((128, 32, 32)), 3.0 * shape_of(0.08)))
+  y = (x + rng.standard_normal(x.shape)).astype(np.float32)
+  sigma = np.ones(len(y), np.float32)
+  coarse, fine = (lambda b, s, c, f=shape_of(cut): np.asarray(wh.apply_filter(b, f)) for cut in (0.04, 0.25))
+  v = (1.0 + 6.0 * np.exp(-(k / 0.05) ** 2)).astype(np.float32)
+  v /= np.sqrt(np.mean(v ** 2))  # V = 1/W has mean square 1 (`whiten.whitening_filter`)
+
+  def best(weight):  # ⟨x − b, o − b⟩ / ‖o − b‖² with the error weighed by `weight` (clean images known)
+    b, o, xw = (np.asarray(wh.apply_filter(a, weight)) for a in (coarse(y, None, None), fine(y, None, None), x))
+    return float(np.sum((xw - b) * (o - b)) / np.sum((o - b) ** 2))
+
+  white_best, coloured_best = best(np.ones_like(v)), best(v)
+  assert coloured_best - white_best > 0.25  # the two MSEs want different corrections
+  beta = learned.correction_weight(y, sigma, None, coarse, fine, colouring=v)
+  assert abs(beta - coloured_best) < 0.1 < abs(beta - white_best)
+  white = learned.correction_weight(y, sigma, None, coarse, fine)
+  flat = learned.correction_weight(y, sigma, None, coarse, fine, colouring=np.ones_like(v))
+  assert abs(white - white_best) < 0.1 and abs(flat - white) < 1e-3
+
+
 def test_get_autoencoder_cwf_fits_once_then_reuses(monkeypatch):
   """`get("autoencoder_cwf")` used to refit CWF (and fine-tune) on every batch call: now the first
   batch of a size fits, later batches reuse that fit (same output for the same images)."""

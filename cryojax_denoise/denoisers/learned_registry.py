@@ -38,11 +38,11 @@ def load_gan(*, checkpoint: str | None = None) -> Callable:
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
-                        finetune_steps: int = 300, cwf: Callable | None = None, whitened: bool = False) -> Callable:
+                        finetune_steps: int = 300, cwf: Callable | None = None, whitening=None) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": CWF fitted on the stack, corrected by the prior="cwf"
   network (fine-tuned on the stack by SURE); see `training.learned.fit_autoencoder_cwf`."""
   return _loader("fit_autoencoder_cwf")(images, noise_std, ctf, checkpoint=checkpoint,
-                                        finetune_steps=finetune_steps, cwf=cwf, whitened=whitened)
+                                        finetune_steps=finetune_steps, cwf=cwf, whitening=whitening)
 
 
 @register("autoencoder_cwf", needs_sigma=False, learned=True, uses_ctf=True, fit=fit_autoencoder_cwf,

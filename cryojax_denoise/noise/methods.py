@@ -45,8 +45,8 @@ def fit_coloured(name: str, images, noise_std=None, ctf=None, psd=None, *, bm3d_
       white_in, joined_in = _whitened_rows(images, ctf, np.asarray(filt))
     else:
       white_in, joined_in = wh.apply_filter(images, filt), joined(ctf, len(images))
-    if "whitened" in registry.keyword_params(m.fit):  # a learned fit: the model trained on whitened datasets
-      params = {"whitened": True, **params}
+    if "whitening" in registry.keyword_params(m.fit):  # a learned fit: its model and SURE know the filter
+      params = {"whitening": np.asarray(filt), **params}
     den = denoisers.fit(name, white_in, noise_std, joined_in, **params)
 
     modulate = params.get("modulate", True)  # CTF-free x̂ (modulate=False) is not coloured back

@@ -40,7 +40,8 @@ BLEND_IMAGES = 128  # particles SURE weighs the network's correction of CWF on (
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
-                        finetune_steps: int = 300, cwf: Callable | None = None, whitened: bool = False) -> Callable:
+                        finetune_steps: int = 300, cwf: Callable | None = None,
+                        whitening: np.ndarray | None = None) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": covariance Wiener filtering fitted on `images` (N, H, W)
   with their CTFs (`denoisers.cwf`), then the prior="cwf" network, which corrects each particle's CWF
   estimate; returns `den(images (B, H, W), noise_std=None, ctf=None) -> (B, H, W)`, CTF-modulated like cwf.
@@ -58,17 +59,18 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   the registered cwf's reach): the output is cwf + β·(network − cwf), so where SURE cannot show the network
   to help, autoencoder_cwf is the registered cwf (at 128² the reach-0 prior alone is
   2.4% worse than it). `cwf`: the "cwf" method already fitted on these `images`, σ and CTFs: the prior when
-  its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitened`: `images` are
-  particles whitened under coloured noise with the filter joined to `ctf` (`noise.methods.fit_coloured`); the
-  default network is then the one trained on such datasets (`pretrained/autoencoder_cwf_coloured_general/`,
-  preset `general_cwf_coloured`)."""
+  its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitening`: the filter W
+  (H, W) on the FFT grid the `images` were whitened with under coloured noise, joined to `ctf`
+  (`noise.methods.fit_coloured`); None: white noise. Under W the default network is the one trained on such
+  datasets (`pretrained/autoencoder_cwf_coloured_general/`, preset `general_cwf_coloured`), and β is SURE's for
+  the output coloured back (`correction_weight`'s `colouring` = 1/W), the MSE `denoise` returns."""
   import tempfile
 
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
   from cryojax_denoise.denoisers.registry import fit
   from cryojax_denoise.errors import InputError
 
-  kind = COLOURED_KIND if whitened else "autoencoder_cwf"
+  kind = "autoencoder_cwf" if whitening is None else COLOURED_KIND
   net = _load(checkpoint, kind)
   if net.config.model.get("prior") != "cwf":
     raise InputError(f"{checkpoint}: not a prior=cwf model (train it with --config.preset=general_cwf); "
@@ -106,7 +108,8 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   def corrected(batch, noise_std=None, ctf=None):
     return np.asarray(net(batch, prior=np.asarray(cwf(batch, noise_std, ctf))))
 
-  beta = correction_weight(images, noise_std, ctf, base, corrected)
+  beta = correction_weight(images, noise_std, ctf, base, corrected,
+                           colouring=None if whitening is None else 1.0 / np.asarray(whitening, np.float32))
 
   def denoise(batch, noise_std=None, ctf=None):
     start = np.asarray(base(batch, noise_std, ctf))
@@ -130,25 +133,45 @@ def prior_reach_px(config, size: int) -> float | None:
   return None if fraction == steerable.EDGE_REACH else fraction * int(size)
 
 
-def correction_weight(images, noise_std, ctf, cwf: Callable, corrected: Callable, seed: int = 1) -> float:
+def correction_weight(images, noise_std, ctf, cwf: Callable, corrected: Callable, seed: int = 1,
+                      colouring: np.ndarray | None = None) -> float:
   """How much of the network's correction of CWF to apply on this stack: SURE's β in [0, 1]
   (`sure.blend_weight`: its lower confidence bound) for cwf + β·(network − cwf), `cwf` the base estimate
   (the registered cwf) and `corrected` the network's output, on `BLEND_IMAGES` random
   particles with their CTFs, both probed alike with the fitted models held fixed. The network was trained on
   64² corpus molecules; where its correction does not carry over (a 256² box, another molecule) this keeps
-  autoencoder_cwf at CWF instead of below it."""
+  autoencoder_cwf at CWF instead of below it.
+
+  `colouring`: V = 1/W (H, W) when `images` are whitened particles W·y (`fit_autoencoder_cwf`'s `whitening`).
+  β is then weighed on the outputs coloured back, V·f(W·y), against y = V·(W·y), whose noise has PSD σ²·V²
+  (σ the whitened noise's std): SURE of the MSE `denoise` returns, ‖V(f − x)‖², whose Stein term is
+  σ² tr(V² J_f) (coloured probes, `sure.sure(noise_psd=)`), not the whitened particles' ‖f − x‖², which
+  weighs the low frequencies where the coloured noise sits less than the output does."""
   from absl import logging
 
   from cryojax_denoise.denoisers.tuning import sure
+  from cryojax_denoise.noise import whiten as wh
 
   n = len(images)
   idx = np.sort(np.random.default_rng(seed).choice(n, min(n, BLEND_IMAGES), replace=False))
   y, s = images[idx], np.asarray(noise_std, np.float32)[idx]
   c = None if ctf is None else np.asarray(ctf)[idx]
-  ests = [sure.sure(lambda b, sig, f=f: f(b, sig, c), y, s, keep_output=True) for f in (cwf, corrected)]
+  if colouring is None:
+    ests = [sure.sure(lambda b, sig, f=f: f(b, sig, c), y, s, keep_output=True) for f in (cwf, corrected)]
+  else:
+    v = np.asarray(colouring, np.float32)
+    w = 1.0 / v
+
+    def coloured(f):
+      return lambda b, sig: np.asarray(wh.apply_filter(f(np.asarray(wh.apply_filter(b, w)), s, c), v))
+
+    y = np.asarray(wh.apply_filter(y, v))
+    psd = np.square(s.astype(np.float64))[:, None, None] * np.square(v.astype(np.float64))[None]
+    ests = [sure.sure(coloured(f), y, noise_psd=psd, keep_output=True) for f in (cwf, corrected)]
   beta = sure.blend_weight(y, *ests)
-  logging.info("autoencoder_cwf: correction weight %.3f on %d particles (SURE's relative MSE: cwf %.4g, "
-               "network %.4g)", beta, len(y), ests[0].relative, ests[1].relative)
+  logging.info("autoencoder_cwf: correction weight %.3f on %d particles (SURE's relative MSE%s: cwf %.4g, "
+               "network %.4g)", beta, len(y), "" if colouring is None else ", coloured back",
+               ests[0].relative, ests[1].relative)
   return beta
 
 
