@@ -231,6 +231,34 @@ def test_sure_loss_is_unbiased_with_a_prior_that_moves_with_the_probe():
   assert float(frozen) < true - 0.1 * true
 
 
+def test_sure_loss_with_a_colouring_is_unbiased_for_the_mse_coloured_back():
+  """On whitened particles with `sure_colouring` (V² radial) the SURE loss estimates ‖V(f − clean)‖²/N, the
+  MSE of the output coloured back, not the whitened MSE (which differs here by > 30%)."""
+  from cryojax_denoise.noise import whiten as wh
+  from cryojax_denoise.training import self_supervised as ss
+
+  rng = np.random.default_rng(1)
+  h, n = 64, 200
+  yy, xx = np.mgrid[:h, :h]
+  clean = (np.exp(-((yy - 24) ** 2 + (xx - 36) ** 2) / 120.0) * 3).astype(np.float32)
+  radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(h), indexing="ij"))
+  smooth = np.exp(-(radius / 0.1) ** 2).astype(np.float32)
+  f = lambda x: 0.2 * x + 0.8 * wh.apply_filter(x, smooth)  # noqa: E731
+  profile = 1.0 + 5.0 * np.exp(-(np.linspace(0, 0.5, 33) / 0.05) ** 2)
+  v = np.sqrt(ss.colouring_grid(profile, (h, h)))
+  x = clean + rng.normal(size=(n, h, h)).astype(np.float32)
+  b = rng.choice(np.float32([-1, 1]), (n, h, h))
+  err = np.asarray(f(x)) - clean
+  true = float(np.mean(np.asarray(wh.apply_filter(err, v)) ** 2))
+  whitened = float(np.mean(err ** 2))
+  assert abs(true - whitened) > 0.3 * whitened
+  est, _ = ss.sure(f, jax.numpy.asarray(x), None, None, eps=0.01, probe=(jax.numpy.asarray(b), None),
+                   colouring=tuple(profile))
+  assert abs(float(est) - true) < 0.05 * true
+  back = ss.colouring_grid(ss.colouring_profile(1.0 / v), (h, h))  # a filter's V² read back from its profile
+  np.testing.assert_allclose(back, v ** 2, rtol=0.06)
+
+
 @pytest.mark.slow
 def test_general_cwf_init_loads_the_bundled_autoencoder_and_starts_as_cwf():
   from cryojax_denoise.training.model import build_generator, load_init

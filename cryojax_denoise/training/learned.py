@@ -62,8 +62,9 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
   its reach (`den.reach`) is the prior's, else the base; the other is fitted here. `whitening`: the filter W
   (H, W) on the FFT grid the `images` were whitened with under coloured noise, joined to `ctf`
   (`noise.methods.fit_coloured`); None: white noise. Under W the default network is the one trained on such
-  datasets (`pretrained/autoencoder_cwf_coloured_general/`, preset `general_cwf_coloured`), and β is SURE's for
-  the output coloured back (`correction_weight`'s `colouring` = 1/W), the MSE `denoise` returns."""
+  datasets (`pretrained/autoencoder_cwf_coloured_general/`, preset `general_cwf_coloured`), and both the SURE
+  fine-tuning (`sure_colouring`) and β (`correction_weight`'s `colouring` = 1/W) score the output coloured back,
+  the MSE `denoise` returns and the model was trained for."""
   import tempfile
 
   from cryojax_denoise.denoisers.noise import noise_std_or_estimate
@@ -100,9 +101,10 @@ def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | N
                                 None if ctf is None else np.asarray(ctf)[keep])
     with tempfile.TemporaryDirectory(prefix="autoencoder_cwf_") as work:
       init = checkpoint or restore.bundled_dir(kind)
+      colouring = {} if whitening is None else {"sure_colouring": ss.colouring_profile(whitening)}
       tuned = train.finetune(inputs, work, init=init, loss="sure", steps=int(finetune_steps), lr_g=FINETUNE_LR,
                           val_size=16, eval_every=int(finetune_steps), checkpoint_every=int(finetune_steps),
-                          crop_size=FINETUNE_CROP if images.shape[-1] > FINETUNE_CROP else 0)
+                          crop_size=FINETUNE_CROP if images.shape[-1] > FINETUNE_CROP else 0, **colouring)
       net = restore.load_denoiser(tuned)
 
   def corrected(batch, noise_std=None, ctf=None):

@@ -48,7 +48,7 @@ from cryojax_denoise.training import data as data_lib
 
 LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise", "sure")
 REPLACEMENTS = ("mean", "neighbor")
-CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace", "sure_eps")  # loss options that change the compiled step
+CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace", "sure_eps", "sure_colouring")  # loss options that change the compiled step
 
 # Ordered pairs of adjacent pixels of a 2×2 cell, cell index = 2·row + column.
 NEIGHBOUR_PAIRS = np.array([(0, 1), (0, 2), (1, 0), (1, 3), (2, 0), (2, 3), (3, 1), (3, 2)], np.int32)
@@ -67,6 +67,8 @@ def add_config(c: ml_collections.ConfigDict) -> None:
   c.mask_grid = 4               # noise2self: spacing of the masked pixel grid (1/mask_grid² masked)
   c.mask_replace = "mean"       # noise2self: masked pixels <- "mean" of 8 neighbours | a random "neighbor"
   c.sure_eps = 0.01             # sure: probe step ε in units of each image's noise std
+  c.sure_colouring = ()         # sure on whitened particles: radial V² = P / mean P (shells 0 … 0.5 cycles/px)
+                                # of the colouring filter, to score the MSE coloured back; (): the whitened MSE
   c.val_size = 128              # held-out noisy images scored by the self-supervised loss
   c.noise = "white"             # white | coloured | auto: train on particles whitened with their spectrum
   c.noise_psd = ""              # a known noise spectrum file (.npy/.txt, radial or 2D) instead of measuring
@@ -210,12 +212,17 @@ def noise2noise(generator, x, x2, key):
   return rec, {"ss_rec": rec}
 
 
-def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None):
+def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None, colouring: tuple = ()):
   """Monte-Carlo SURE as a training loss (Ramani, Blu & Unser 2008; Soltanayev & Chun, NeurIPS 2018): an
   unbiased estimate of mean((f(x) − clean)²) from x alone under white Gaussian noise of std σ (Haar MAD of
   each standardised image): ‖x − f(x)‖²/N − σ² + 2σ²·bᵀ(f(x + εσb) − f(x))/(εσN), one probe b per image.
   A prior input p (the CWF estimate, affine in x) moves with the probe by εσ·(W b): `probe` = (b, W b)
-  (B, H, W) each, precomputed (`cwf_sure_inputs`); without a prior, b is drawn from `key` (Rademacher)."""
+  (B, H, W) each, precomputed (`cwf_sure_inputs`); without a prior, b is drawn from `key` (Rademacher).
+
+  `colouring`: x are whitened particles and the MSE wanted is that of the output coloured back by V = 1/W,
+  ‖V(f(x) − clean)‖²/N (what `denoise` returns under coloured noise); the radial profile of V² (shells 0 … 0.5
+  cycles/px, `colouring_grid`). SURE of it: (‖V(x − f(x))‖² − σ² tr V² + 2σ² tr(V² J_f))/N, tr(V² J_f) read as
+  (V² b)ᵀ J_f b. On crops V is applied circularly to the crop: still an unbiased estimate of that weighted MSE."""
   from cryojax_denoise.models.generator import estimated_sigma
 
   del x2
@@ -229,10 +236,32 @@ def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None):
   e = eps * sigma
   fx = apply_padded(generator, x, prior)
   fxe = apply_padded(generator, x + e * b, None if prior is None else prior + e * wb)
+  if colouring:
+    v2 = jnp.asarray(colouring_grid(colouring, x.shape[-2:]))
+    resid = jnp.mean(v2 * jnp.abs(jnp.fft.fft2(x - fx)) ** 2, axis=(-2, -1)) / (x.shape[-2] * x.shape[-1])
+    b = jnp.fft.ifft2(jnp.fft.fft2(b) * v2).real  # V² b: E (V² b)ᵀ J b = tr(V² J)
+  else:
+    resid = jnp.mean((x - fx) ** 2, axis=(-2, -1))
   div = jnp.mean(b * (fxe - fx), axis=(-2, -1)) / e[:, 0, 0]
-  per_image = jnp.mean((x - fx) ** 2, axis=(-2, -1)) - sigma[:, 0, 0] ** 2 + 2 * sigma[:, 0, 0] ** 2 * div
+  per_image = resid - sigma[:, 0, 0] ** 2 + 2 * sigma[:, 0, 0] ** 2 * div
   rec = jnp.mean(per_image)
   return rec, {"ss_rec": rec, "sure_div": jnp.mean(div)}
+
+
+def colouring_grid(profile, shape) -> np.ndarray:
+  """V² (H, W) float32 on the unshifted FFT grid from its radial `profile` (S,) on shells 0 … 0.5 cycles/px,
+  scaled to mean 1 (then tr V² = N, the σ² term of the weighted SURE is σ²)."""
+  from cryojax_denoise.noise import whiten as wh
+
+  grid = wh.psd_grid(np.asarray(profile, np.float64), shape)
+  return (grid / grid.mean()).astype(np.float32)
+
+
+def colouring_profile(whitening: np.ndarray) -> tuple:
+  """The radial profile of V² = 1/W² (`sure_colouring`) of a whitening filter W (H, W) (`noise.whiten`)."""
+  from cryojax_denoise.noise import spectrum as sp
+
+  return tuple(float(v) for v in sp.radial_average(1.0 / np.square(np.asarray(whitening, np.float64))))
 
 
 def cwf_sure_inputs(noisy: np.ndarray, cwf, noise_std=None, ctf=None, seed: int = 0) -> np.ndarray:
@@ -264,7 +293,7 @@ def loss_fn(name: str, config=None):
   if name == "noise2noise":
     return noise2noise
   if name == "sure":
-    return partial(sure, eps=float(get("sure_eps", 0.01)))
+    return partial(sure, eps=float(get("sure_eps", 0.01)), colouring=tuple(get("sure_colouring", ()) or ()))
   raise InputError(f"config.loss: must be one of {', '.join(LOSSES)}, got {name!r}")
 
 
