@@ -70,6 +70,12 @@ def shell_frequencies(n_shells: int) -> np.ndarray:
   return np.linspace(0.0, 0.5, int(n_shells))
 
 
+def profile_grid(radial, h: int, w: int) -> np.ndarray:
+  """A radial profile (S,) on shells 0 … 0.5 cycles/px as an (h, w) FFT grid: linear in |k|, held beyond
+  Nyquist (the corners). float64."""
+  return np.interp(np.minimum(radius_grid(h, w), 0.5), shell_frequencies(len(radial)), np.asarray(radial, np.float64))
+
+
 def radius_grid(h: int, w: int) -> np.ndarray:
   """|k| (h, w) in cycles/px on the unshifted FFT grid."""
   return np.hypot(np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :])
@@ -272,6 +278,18 @@ def estimate_spectrum(images, radius_px: float | None = None, *, batch_size: int
   psd = np.maximum(psd, PSD_FLOOR * np.median(psd))
   psd[0, 0] = np.mean([psd[1 % h, 0], psd[-1, 0], psd[0, 1 % w], psd[0, -1]])
   bands = np.array([band_means(radial_average(spectrum(t, c))) for t, c in zip(sums, sizes)])
-  se = (bands.std(0, ddof=1) / np.sqrt(n_groups) / np.maximum(np.abs(band_means(radial_average(psd))), 1e-30)
+  radial = radial_average(psd)
+  se = (bands.std(0, ddof=1) / np.sqrt(n_groups) / np.maximum(np.abs(band_means(radial)), 1e-30)
         if n_groups > 1 else np.full(nb, np.inf))
-  return NoiseSpectrum(radial_average(psd), psd, se, radius, k, int(n - k))
+  return NoiseSpectrum(total_preserving(radial, psd), psd, se, radius, k, int(n - k))
+
+
+def total_preserving(radial: np.ndarray, psd2d: np.ndarray) -> np.ndarray:
+  """`radial` (the shell means of `psd2d`) scaled so that on the grid (`profile_grid`) its mean is `psd2d`'s:
+  the total noise variance σ² the 2D estimate measured. Shell means read back linearly in |k| lose variance
+  where the spectrum is steep (the modes of a shell sit mostly beyond its centre): −0.41% of σ² under relion31's
+  spectrum and −0.26% under the milder one (1,000 ribosome particles of 64², SNR 0.05; the 2D mean +0.06–0.09%),
+  which SURE's σ² term turns into +9–11% of cwf's estimated MSE at SNR 0.05 (σ² 30× the MSE). The shape, and so
+  the whitening filter, is unchanged."""
+  grid_mean = profile_grid(radial, *psd2d.shape).mean()
+  return radial * (float(np.mean(psd2d)) / grid_mean) if grid_mean > 0 else radial

@@ -83,7 +83,7 @@ def psd_grid(psd, shape) -> np.ndarray:
       raise InputError(f"noise_psd: a 2D spectrum of shape {psd.shape} for {h}x{w} images")
     grid = psd
   elif psd.ndim == 1 and psd.size >= 2:
-    grid = np.interp(np.minimum(sp.radius_grid(h, w), 0.5), sp.shell_frequencies(psd.size), psd)
+    grid = sp.profile_grid(psd, h, w)
   else:
     raise InputError(f"noise_psd: a spectrum must be radial (S >= 2 shells) or 2D, got shape {psd.shape}")
   if not np.all(np.isfinite(grid)) or np.any(grid <= 0):
