@@ -48,7 +48,8 @@ from cryojax_denoise.training import data as data_lib
 
 LOSSES = ("neighbor2neighbor", "noise2self", "noise2noise", "sure")
 REPLACEMENTS = ("mean", "neighbor")
-CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace", "sure_eps", "sure_colouring")  # loss options that change the compiled step
+# Loss options that change the compiled step.
+CONFIG_KEYS = ("gamma", "mask_grid", "mask_replace", "sure_eps", "sure_colouring")
 
 # Ordered pairs of adjacent pixels of a 2×2 cell, cell index = 2·row + column.
 NEIGHBOUR_PAIRS = np.array([(0, 1), (0, 2), (1, 0), (1, 3), (2, 0), (2, 3), (3, 1), (3, 2)], np.int32)
@@ -220,9 +221,10 @@ def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None, co
   (B, H, W) each, precomputed (`cwf_sure_inputs`); without a prior, b is drawn from `key` (Rademacher).
 
   `colouring`: x are whitened particles and the MSE wanted is that of the output coloured back by V = 1/W,
-  ‖V(f(x) − clean)‖²/N (what `denoise` returns under coloured noise); the radial profile of V² (shells 0 … 0.5
-  cycles/px, `colouring_grid`). SURE of it: (‖V(x − f(x))‖² − σ² tr V² + 2σ² tr(V² J_f))/N, tr(V² J_f) read as
-  (V² b)ᵀ J_f b. On crops V is applied circularly to the crop: still an unbiased estimate of that weighted MSE."""
+  ‖V(f(x) − clean)‖²/N (what `denoise` returns under coloured noise); the radial profile of V² (shells
+  0 … 0.5 cycles/px, `colouring_grid`). SURE of it: (‖V(x − f(x))‖² − σ² tr V² + 2σ² tr(V² J_f))/N, with
+  tr(V² J_f) read as (V² b)ᵀ J_f b. On crops V is applied circularly to the crop: still an unbiased
+  estimate of that weighted MSE."""
   from cryojax_denoise.models.generator import estimated_sigma
 
   del x2
