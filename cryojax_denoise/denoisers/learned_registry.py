@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+import numpy as np
+
 from cryojax_denoise.denoisers.cwf.cwf import MIN_STACK
 from cryojax_denoise.denoisers.registry import register
 
@@ -38,7 +40,8 @@ def load_gan(*, checkpoint: str | None = None) -> Callable:
 
 
 def fit_autoencoder_cwf(images, noise_std=None, ctf=None, *, checkpoint: str | None = None,
-                        finetune_steps: int = 300, cwf: Callable | None = None, whitening=None) -> Callable:
+                        finetune_steps: int = 300, cwf: Callable | None = None,
+                        whitening: np.ndarray | None = None) -> Callable:
   """Registry `fit` hook of "autoencoder_cwf": CWF fitted on the stack, corrected by the prior="cwf"
   network (fine-tuned on the stack by SURE); see `training.learned.fit_autoencoder_cwf`."""
   return _loader("fit_autoencoder_cwf")(images, noise_std, ctf, checkpoint=checkpoint,
