@@ -251,12 +251,12 @@ def sure(generator, x, x2, key, *, eps: float = 0.01, prior=None, probe=None, co
 
 
 def colouring_grid(profile, shape) -> np.ndarray:
-  """V² (H, W) float32 on the unshifted FFT grid from its radial `profile` (S,) on shells 0 … 0.5 cycles/px,
-  scaled to mean 1 (then tr V² = N, the σ² term of the weighted SURE is σ²)."""
+  """V² = 1/W² (H, W) float32 on the unshifted FFT grid from its radial `profile` (S,) on shells 0 … 0.5
+  cycles/px, W the whitening filter of a noise spectrum of that shape (`whiten.whitening_filter`): mean 1, so
+  tr V² = N and the σ² term of the weighted SURE is σ²."""
   from cryojax_denoise.noise import whiten as wh
 
-  grid = wh.psd_grid(np.asarray(profile, np.float64), shape)
-  return (grid / grid.mean()).astype(np.float32)
+  return (1.0 / np.square(wh.whitening_filter(profile, shape))).astype(np.float32)
 
 
 def colouring_profile(whitening: np.ndarray) -> tuple:
